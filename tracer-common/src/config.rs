@@ -1,0 +1,153 @@
+//! Globals handed to the kernel programs at load time (patched into `.rodata` by the loader).
+
+/// `Filter::fields` bits: which filter fields are set.
+pub mod filter_field {
+    /// `Filter::proto` is set.
+    pub const PROTO: u8 = 1 << 0;
+    /// `Filter::host` is set: matches source or destination address.
+    pub const HOST: u8 = 1 << 1;
+    /// `Filter::sport` is set.
+    pub const SPORT: u8 = 1 << 2;
+    /// `Filter::dport` is set.
+    pub const DPORT: u8 = 1 << 3;
+}
+
+/// The packet filter evaluated in the kernel before anything is written to the ring buffer.
+///
+/// A zero `fields` matches every IPv4 packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// IPv4 address in network byte order; matches source or destination.
+    pub host: [u8; 4],
+    /// Source port, host byte order.
+    pub sport: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `filter_field::*` bits.
+    pub fields: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+impl Filter {
+    /// Matches everything.
+    pub const fn any() -> Self {
+        Self { host: [0; 4], sport: 0, dport: 0, proto: 0, fields: 0, _pad: [0; 2] }
+    }
+
+    /// Whether a packet with these header fields passes. Shared by the kernel program and the
+    /// userspace tests so both read the filter the same way. `has_ports` is false for protocols
+    /// without ports (ICMP) or when the L4 header could not be read.
+    #[inline(always)]
+    pub fn matches(
+        &self,
+        saddr: [u8; 4],
+        daddr: [u8; 4],
+        proto: u8,
+        has_ports: bool,
+        sport: u16,
+        dport: u16,
+    ) -> bool {
+        let f = self.fields;
+        if f & filter_field::PROTO != 0 && proto != self.proto {
+            return false;
+        }
+        if f & filter_field::HOST != 0
+            && u32::from_ne_bytes(saddr) != u32::from_ne_bytes(self.host)
+            && u32::from_ne_bytes(daddr) != u32::from_ne_bytes(self.host)
+        {
+            return false;
+        }
+        if f & (filter_field::SPORT | filter_field::DPORT) != 0 && !has_ports {
+            return false;
+        }
+        if f & filter_field::SPORT != 0 && sport != self.sport {
+            return false;
+        }
+        if f & filter_field::DPORT != 0 && dport != self.dport {
+            return false;
+        }
+        true
+    }
+}
+
+/// Field offsets of kernel structures, read from the running kernel's BTF by userspace.
+///
+/// Rust cannot emit CO-RE relocations, so every offset the programs use arrives here; none is
+/// compiled in. `net_ns_inum` is the offset of `ns.inum` inside `struct net`, whose layout
+/// differs between kernel versions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_len: u32,
+    pub skb_dev: u32,
+    pub skb_protocol: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net.net`: the `struct net *` of the device.
+    pub dev_nd_net: u32,
+    /// `net.ns.inum`.
+    pub net_ns_inum: u32,
+}
+
+impl KernelOffsets {
+    /// All zero: the programs refuse to run (emit nothing) until the loader sets real offsets.
+    pub const fn unset() -> Self {
+        Self {
+            skb_head: 0,
+            skb_data: 0,
+            skb_len: 0,
+            skb_dev: 0,
+            skb_protocol: 0,
+            skb_network_header: 0,
+            skb_transport_header: 0,
+            dev_ifindex: 0,
+            dev_nd_net: 0,
+            net_ns_inum: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), explicit padding, every bit pattern valid.
+unsafe impl aya::Pod for Filter {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C) of u32 only.
+unsafe impl aya::Pod for KernelOffsets {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(fields: u8) -> Filter {
+        Filter { host: [10, 0, 0, 1], sport: 5555, dport: 10001, proto: 6, fields, _pad: [0; 2] }
+    }
+
+    #[test]
+    fn empty_filter_matches_all() {
+        assert!(Filter::any().matches([1, 1, 1, 1], [2, 2, 2, 2], 17, false, 0, 0));
+    }
+
+    #[test]
+    fn dport_filter() {
+        let flt = f(filter_field::DPORT);
+        assert!(flt.matches([1, 1, 1, 1], [2, 2, 2, 2], 6, true, 1, 10001));
+        assert!(!flt.matches([1, 1, 1, 1], [2, 2, 2, 2], 6, true, 10001, 80));
+        assert!(!flt.matches([1, 1, 1, 1], [2, 2, 2, 2], 1, false, 0, 10001));
+    }
+
+    #[test]
+    fn host_matches_either_side_and_proto_is_checked() {
+        let flt = f(filter_field::HOST | filter_field::PROTO);
+        assert!(flt.matches([10, 0, 0, 1], [2, 2, 2, 2], 6, true, 1, 2));
+        assert!(flt.matches([2, 2, 2, 2], [10, 0, 0, 1], 6, true, 1, 2));
+        assert!(!flt.matches([2, 2, 2, 2], [3, 3, 3, 3], 6, true, 1, 2));
+        assert!(!flt.matches([10, 0, 0, 1], [3, 3, 3, 3], 17, true, 1, 2));
+    }
+}

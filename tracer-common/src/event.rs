@@ -1,0 +1,192 @@
+//! The one event type the kernel programs emit through the ring buffer.
+
+/// What a hop event records. Values are part of the kernel/userspace ABI: append, never renumber.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HopKind {
+    /// The packet was received on a device (`netif_receive_skb`).
+    Receive = 0,
+    /// The packet is being handed to a device for transmission (`net_dev_start_xmit`).
+    Transmit = 1,
+    /// The packet was freed as a drop (`kfree_skb`), with a reason and a location.
+    Drop = 2,
+    /// The packet was freed normally (`consume_skb`): consumed by a socket or after transmit.
+    Consume = 3,
+    /// A netfilter hook was traversed (kprobe/fentry backends at `nf_hook_slow`).
+    NetfilterHook = 4,
+    /// The bridge forwarded the frame out of a port (`br_forward`).
+    BridgeForward = 5,
+    /// A veth transmitted the packet to its peer (`veth_xmit`).
+    VethTransmit = 6,
+}
+
+impl HopKind {
+    /// Decodes the raw byte from an event; `None` for values this build does not know.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        Some(match raw {
+            0 => Self::Receive,
+            1 => Self::Transmit,
+            2 => Self::Drop,
+            3 => Self::Consume,
+            4 => Self::NetfilterHook,
+            5 => Self::BridgeForward,
+            6 => Self::VethTransmit,
+            _ => return None,
+        })
+    }
+}
+
+/// `HopEvent::flags`: the IPv4 header was read, addresses and protocol are valid.
+pub const FLAG_IPV4: u8 = 1 << 0;
+/// `HopEvent::flags`: the TCP/UDP header was read, ports (and TCP flags) are valid.
+pub const FLAG_L4: u8 = 1 << 1;
+/// `HopEvent::flags`: the skb matched the filter at this hop (as opposed to being tracked).
+pub const FLAG_MATCHED: u8 = 1 << 2;
+
+/// One hop of one packet, as seen by a kernel program.
+///
+/// Addresses stay in network byte order (as on the wire); ports are converted to host order by
+/// the kernel program so userspace never has to guess.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sk_buff`: the packet's identity while it lives.
+    pub skb: u64,
+    /// For drops and consumes: the kernel address that freed the skb.
+    pub location: u64,
+    /// Inode of the network namespace of `ifindex`'s device (0 when the skb had no device).
+    pub netns: u32,
+    /// Device index within `netns` (0 when the skb had no device).
+    pub ifindex: u32,
+    /// IPv4 source address, network byte order.
+    pub saddr: [u8; 4],
+    /// IPv4 destination address, network byte order.
+    pub daddr: [u8; 4],
+    /// Source port, host byte order.
+    pub sport: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// `skb->len`.
+    pub len: u32,
+    /// `enum skb_drop_reason` value for drops; names come from the running kernel's BTF.
+    pub drop_reason: u32,
+    /// Peer or egress device index for veth/bridge hops (0 otherwise).
+    pub peer_ifindex: u32,
+    /// A [`HopKind`] value.
+    pub kind: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP).
+    pub proto: u8,
+    /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 ...).
+    pub tcp_flags: u8,
+    /// Netfilter hook number (NF_INET_*) for netfilter hops.
+    pub nf_hook: u8,
+    /// Netfilter protocol family (NFPROTO_*) for netfilter hops.
+    pub nf_family: u8,
+    /// Netfilter verdict (NF_DROP=0, NF_ACCEPT=1, NF_STOLEN=2, NF_QUEUE=3) for netfilter hops.
+    pub nf_verdict: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Explicit padding to a multiple of 8 bytes; always zero.
+    pub _pad: u8,
+}
+
+impl HopEvent {
+    /// An all-zero event; the kernel fills it field by field.
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            skb: 0,
+            location: 0,
+            netns: 0,
+            ifindex: 0,
+            saddr: [0; 4],
+            daddr: [0; 4],
+            sport: 0,
+            dport: 0,
+            len: 0,
+            drop_reason: 0,
+            peer_ifindex: 0,
+            kind: 0,
+            proto: 0,
+            tcp_flags: 0,
+            nf_hook: 0,
+            nf_family: 0,
+            nf_verdict: 0,
+            flags: 0,
+            _pad: 0,
+        }
+    }
+
+    /// Decodes one ring buffer record. `None` when the record is too short (a newer kernel
+    /// object than this userspace, or corruption): never read past the record.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length is checked above, every bit pattern is a valid HopEvent (plain
+        // integers and byte arrays), and read_unaligned tolerates any alignment.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The raw bytes of this event, as the kernel writes them (used to build fixtures).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: HopEvent is repr(C) without implicit padding (checked by the layout test).
+        unsafe {
+            core::slice::from_raw_parts(
+                (self as *const Self).cast::<u8>(),
+                core::mem::size_of::<Self>(),
+            )
+        }
+    }
+}
+
+/// Indices of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Events written to the ring buffer.
+    pub const EMITTED: u32 = 0;
+    /// Events lost because the ring buffer was full.
+    pub const LOST: u32 = 1;
+    /// Skbs that could not be remembered because the tracked-skb map refused the insert.
+    pub const TRACK_FAILED: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no implicit padding, every bit pattern valid.
+unsafe impl aya::Pod for HopEvent {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_has_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<HopEvent>(), 64);
+        assert_eq!(core::mem::align_of::<HopEvent>(), 8);
+        assert_eq!(core::mem::offset_of!(HopEvent, netns), 24);
+        assert_eq!(core::mem::offset_of!(HopEvent, kind), 56);
+        assert_eq!(core::mem::offset_of!(HopEvent, _pad), 63);
+    }
+
+    #[test]
+    fn round_trips_through_bytes() {
+        let mut ev = HopEvent::zeroed();
+        ev.skb = 0xffff_8880_0102_0304;
+        ev.kind = HopKind::Drop as u8;
+        ev.dport = 10001;
+        let back = HopEvent::from_bytes(ev.as_bytes()).expect("full record");
+        assert_eq!(back, ev);
+        assert!(HopEvent::from_bytes(&ev.as_bytes()[..63]).is_none());
+    }
+
+    #[test]
+    fn hop_kind_round_trips() {
+        for raw in 0..=6u8 {
+            assert_eq!(HopKind::from_raw(raw).map(|k| k as u8), Some(raw));
+        }
+        assert_eq!(HopKind::from_raw(7), None);
+    }
+}

@@ -1,0 +1,48 @@
+//! The maps shared with userspace, and the globals the loader patches.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{Filter, KernelOffsets, counter};
+
+/// Every hop event, in order per CPU. Size is set by userspace at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Skbs that matched the filter once, keyed by address, so they stay traced after NAT rewrites
+/// their headers. Removed when the skb is freed; LRU so leaks age out.
+#[map]
+pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-CPU event counters (`tracer_common::counter`).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Set by the loader; read with `read_volatile` so the compiler cannot fold the defaults.
+#[unsafe(no_mangle)]
+pub static FILTER: Filter = Filter::any();
+
+/// Set by the loader from the running kernel's BTF.
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets::unset();
+
+#[inline(always)]
+pub fn filter() -> Filter {
+    // SAFETY: a plain read of a static; volatile so the patched value is used.
+    unsafe { core::ptr::read_volatile(&FILTER) }
+}
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,86 @@
+//! Reading `sk_buff` and `net_device` fields through offsets taken from the running kernel's BTF.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use tracer_common::KernelOffsets;
+
+/// Reads a `T` at `base + off`; `None` when the kernel refuses the read.
+#[inline(always)]
+pub fn read<T>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// The headers this tracer looks at.
+#[derive(Clone, Copy, Default)]
+pub struct Headers {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ipv4: bool,
+    pub l4: bool,
+}
+
+const ETH_P_IP_BE: u16 = 0x0008; // htons(0x0800) as read on little-endian
+
+/// Reads the IPv4 and TCP/UDP headers. At receive `skb->data` is the L3 header (the network
+/// header offset is reset only after the tracepoint); elsewhere `head + network_header` is.
+#[inline(always)]
+pub fn headers(skb: u64, off: &KernelOffsets, l3_at_data: bool) -> Headers {
+    let mut h = Headers::default();
+    let Some(protocol) = read::<u16>(skb, off.skb_protocol) else { return h };
+    if protocol != ETH_P_IP_BE {
+        return h;
+    }
+    let l3 = if l3_at_data {
+        match read::<u64>(skb, off.skb_data) {
+            Some(p) => p,
+            None => return h,
+        }
+    } else {
+        let Some(head) = read::<u64>(skb, off.skb_head) else { return h };
+        let Some(nh) = read::<u16>(skb, off.skb_network_header) else { return h };
+        if nh == 0xffff {
+            return h;
+        }
+        head + nh as u64
+    };
+    // version/ihl, tos, tot_len, id, frag_off, ttl, protocol, check, saddr, daddr
+    let Some(ip) = read::<[u8; 20]>(l3, 0) else { return h };
+    if ip[0] >> 4 != 4 {
+        return h;
+    }
+    h.ipv4 = true;
+    h.proto = ip[9];
+    h.saddr = [ip[12], ip[13], ip[14], ip[15]];
+    h.daddr = [ip[16], ip[17], ip[18], ip[19]];
+    let ihl = (ip[0] & 0x0f) as u32 * 4;
+    let frag_off = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+    if ihl < 20 || frag_off != 0 || (h.proto != 6 && h.proto != 17) {
+        return h;
+    }
+    let Some(l4) = read::<[u8; 14]>(l3, ihl) else { return h };
+    h.sport = u16::from_be_bytes([l4[0], l4[1]]);
+    h.dport = u16::from_be_bytes([l4[2], l4[3]]);
+    if h.proto == 6 {
+        h.tcp_flags = l4[13];
+    }
+    h.l4 = true;
+    h
+}
+
+/// `(ifindex, netns inode)` of a `struct net_device *`; zeros for a null device.
+#[inline(always)]
+pub fn device(dev: u64, off: &KernelOffsets) -> (u32, u32) {
+    if dev == 0 {
+        return (0, 0);
+    }
+    let ifindex = read::<u32>(dev, off.dev_ifindex).unwrap_or(0);
+    let netns = match read::<u64>(dev, off.dev_nd_net) {
+        Some(net) if net != 0 => read::<u32>(net, off.net_ns_inum).unwrap_or(0),
+        _ => 0,
+    };
+    (ifindex, netns)
+}

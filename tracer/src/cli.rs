@@ -1,0 +1,165 @@
+//! Command-line flags: one definition per flag, turned into a [`TraceConfig`].
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use clap::{Args, Parser};
+use tracer_common::{Filter, config::filter_field};
+
+use crate::trace::TraceConfig;
+
+/// Follow packets through the Linux network stack and say where and why they die.
+#[derive(Debug, Parser)]
+#[command(name = "pathtrace", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub stop: StopArgs,
+}
+
+/// Which packets to trace (all given filters must match; replies are not matched by
+/// `--dport`, the packet is followed across NAT once it matched).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Filter")]
+pub struct FilterArgs {
+    /// Destination port (TCP/UDP), as the packet has it when first seen.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dport: Option<u16>,
+    /// Source port (TCP/UDP).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub sport: Option<u16>,
+    /// IPv4 address matching either the source or the destination.
+    #[arg(long, value_name = "IPV4")]
+    pub host: Option<Ipv4Addr>,
+    /// Protocol: tcp, udp, icmp, or a protocol number.
+    #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
+    pub proto: Option<u8>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
+pub struct OutputArgs {
+    /// One JSON object per line (ready, hop, verdict, stats); schema in docs/json.md.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Stopping")]
+pub struct StopArgs {
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<Duration>,
+    /// Stop after this many packet verdicts.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Finish a packet with no new hop after this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub idle_ms: u64,
+}
+
+fn parse_proto(s: &str) -> Result<u8, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(6),
+        "udp" => Ok(17),
+        "icmp" => Ok(1),
+        other => other
+            .parse::<u8>()
+            .map_err(|_| format!("`{s}` is not tcp, udp, icmp or a protocol number 0-255")),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 365.0 * 86400.0) {
+        return Err(format!("`{s}`: the duration must be positive (seconds)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl FilterArgs {
+    /// The kernel filter and its description for the header. Ports need TCP or UDP.
+    pub fn to_filter(&self) -> Result<(Filter, String), String> {
+        let mut f = Filter::any();
+        let mut words = Vec::new();
+        if let Some(p) = self.proto {
+            f.proto = p;
+            f.fields |= filter_field::PROTO;
+            words.push(crate::events::proto_name(p).to_owned());
+            if (self.dport.is_some() || self.sport.is_some()) && p != 6 && p != 17 {
+                return Err(format!(
+                    "--sport/--dport need --proto tcp or udp, not {}",
+                    crate::events::proto_name(p)
+                ));
+            }
+        }
+        if let Some(h) = self.host {
+            f.host = h.octets();
+            f.fields |= filter_field::HOST;
+            words.push(format!("host {h}"));
+        }
+        if let Some(p) = self.sport {
+            f.sport = p;
+            f.fields |= filter_field::SPORT;
+            words.push(format!("sport {p}"));
+        }
+        if let Some(p) = self.dport {
+            f.dport = p;
+            f.fields |= filter_field::DPORT;
+            words.push(format!("dport {p}"));
+        }
+        let text = if words.is_empty() { "all IPv4 packets".to_owned() } else { words.join(" ") };
+        Ok((f, text))
+    }
+}
+
+impl Cli {
+    pub fn trace_config(&self) -> Result<TraceConfig, String> {
+        let (filter, filter_text) = self.filter.to_filter()?;
+        Ok(TraceConfig {
+            filter,
+            filter_text,
+            duration: self.stop.duration,
+            count: self.stop.count,
+            idle: Duration::from_millis(self.stop.idle_ms),
+            ..TraceConfig::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pathtrace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn builds_the_kernel_filter() {
+        let cli = parse(&["--dport", "10001", "--proto", "tcp", "--host", "203.0.113.2"]).unwrap();
+        let cfg = cli.trace_config().unwrap();
+        assert_eq!(cfg.filter.dport, 10001);
+        assert_eq!(cfg.filter.proto, 6);
+        assert_eq!(cfg.filter.host, [203, 0, 113, 2]);
+        assert_eq!(cfg.filter_text, "tcp host 203.0.113.2 dport 10001");
+    }
+
+    #[test]
+    fn rejects_bad_filters_with_a_message() {
+        for bad in [
+            &["--dport", "0"][..],
+            &["--dport", "70000"],
+            &["--host", "example"],
+            &["--proto", "sctpx"],
+            &["--duration", "-1"],
+            &["--count", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let cli = parse(&["--proto", "icmp", "--dport", "80"]).unwrap();
+        assert!(cli.trace_config().unwrap_err().contains("need --proto tcp or udp"));
+    }
+}

@@ -1,0 +1,151 @@
+//! One packet = the hops of one skb from its first matching hop until it is freed (or goes
+//! quiet: then its end was not observed).
+
+use std::collections::HashMap;
+
+use crate::events::Hop;
+
+/// The hops of one skb, in time order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub skb: u64,
+    pub hops: Vec<Hop>,
+    /// Ended with a drop or consume event (as opposed to idling out or the trace stopping).
+    pub freed: bool,
+}
+
+impl Packet {
+    pub fn first_ts(&self) -> u64 {
+        self.hops.first().map_or(0, |h| h.ts_ns)
+    }
+}
+
+/// Live packets keyed by skb address. Bounded: past `max_live` the quietest packet is
+/// finished early rather than growing without limit.
+pub struct PacketTracker {
+    live: HashMap<u64, Packet>,
+    idle_ns: u64,
+    max_live: usize,
+}
+
+impl PacketTracker {
+    pub fn new(idle_ns: u64, max_live: usize) -> Self {
+        Self { live: HashMap::new(), idle_ns, max_live: max_live.max(1) }
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Adds a hop; returns packets that are finished: this one when the hop frees its skb,
+    /// and the evicted one when the table is full.
+    pub fn push(&mut self, hop: Hop, finished: &mut Vec<Packet>) {
+        if !self.live.contains_key(&hop.skb) && self.live.len() >= self.max_live {
+            if let Some(oldest) = self.live.values().min_by_key(|p| last_ts(p)).map(|p| p.skb) {
+                if let Some(p) = self.live.remove(&oldest) {
+                    finished.push(p);
+                }
+            }
+        }
+        let packet = self
+            .live
+            .entry(hop.skb)
+            .or_insert_with(|| Packet { skb: hop.skb, hops: Vec::with_capacity(8), freed: false });
+        packet.hops.push(hop);
+        if hop.frees() {
+            if let Some(mut p) = self.live.remove(&hop.skb) {
+                p.freed = true;
+                p.hops.sort_by_key(|h| h.ts_ns);
+                finished.push(p);
+            }
+        }
+    }
+
+    /// Finishes packets with no hop for the idle period before `now_ns` (CLOCK_MONOTONIC).
+    pub fn expire(&mut self, now_ns: u64, finished: &mut Vec<Packet>) {
+        let idle = self.idle_ns;
+        let stale: Vec<u64> = self
+            .live
+            .values()
+            .filter(|p| now_ns.saturating_sub(last_ts(p)) >= idle)
+            .map(|p| p.skb)
+            .collect();
+        for skb in stale {
+            if let Some(mut p) = self.live.remove(&skb) {
+                p.hops.sort_by_key(|h| h.ts_ns);
+                finished.push(p);
+            }
+        }
+        finished.sort_by_key(Packet::first_ts);
+    }
+
+    /// Finishes everything (the trace is stopping).
+    pub fn drain(&mut self, finished: &mut Vec<Packet>) {
+        self.expire(u64::MAX, finished);
+    }
+}
+
+fn last_ts(p: &Packet) -> u64 {
+    p.hops.last().map_or(0, |h| h.ts_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::HopKind;
+
+    use super::*;
+    use crate::events::fixture::*;
+
+    #[test]
+    fn a_freed_skb_finishes_its_packet() {
+        let mut t = PacketTracker::new(1_000_000, 100);
+        let mut done = Vec::new();
+        let hops = forwarding_off_syn();
+        for h in &hops[..2] {
+            t.push(*h, &mut done);
+        }
+        assert!(done.is_empty());
+        t.push(hops[2], &mut done);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].freed);
+        assert_eq!(done[0].hops.len(), 3);
+        assert_eq!(t.live(), 0);
+    }
+
+    #[test]
+    fn reused_skb_address_starts_a_new_packet() {
+        let mut t = PacketTracker::new(1_000_000, 100);
+        let mut done = Vec::new();
+        for h in forwarding_off_syn() {
+            t.push(h, &mut done);
+        }
+        t.push(hop(ev(HopKind::Receive, 50_000, HOST_NS, 2)), &mut done);
+        assert_eq!(done.len(), 1);
+        assert_eq!(t.live(), 1);
+    }
+
+    #[test]
+    fn idle_packets_expire_unfreed_and_table_is_bounded() {
+        let mut t = PacketTracker::new(1_000, 2);
+        let mut done = Vec::new();
+        let mut a = ev(HopKind::Receive, 100, HOST_NS, 2);
+        t.push(hop(a), &mut done);
+        a.skb += 1;
+        a.ts_ns = 5_000;
+        t.push(hop(a), &mut done);
+        t.expire(5_500, &mut done);
+        assert_eq!(done.len(), 1);
+        assert!(!done[0].freed);
+        assert_eq!(done[0].skb, SKB);
+        // Fill to the bound: a third skb evicts the quietest.
+        a.skb += 1;
+        a.ts_ns = 6_000;
+        t.push(hop(a), &mut done);
+        a.skb += 1;
+        a.ts_ns = 7_000;
+        t.push(hop(a), &mut done);
+        assert_eq!(t.live(), 2);
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[1].skb, SKB + 1);
+    }
+}

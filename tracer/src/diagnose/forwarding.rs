@@ -1,0 +1,128 @@
+//! Forwarding disabled on the input interface, or globally (field note 000).
+//!
+//! Kernel view: routing picks a forward route, `ip_route_input_slow` sees the input device's
+//! `forwarding` off and installs `ip_error`, which frees the skb with IP_INADDRERRORS and —
+//! because forwarding is off — sends no ICMP error. The client just times out.
+
+use super::{Case, Diagnosis, Rule, in_netns};
+use crate::resolve::HostFacts;
+
+pub const RULE: Rule = Rule { code: "forwarding_disabled", check };
+
+fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
+    let drop = case.verdict.drop.as_ref()?;
+    if drop.reason != "IP_INADDRERRORS" {
+        return None;
+    }
+    if drop.location.as_ref().is_some_and(|s| s.name != "ip_error") {
+        return None;
+    }
+    let input = *case.input_hop()?;
+    let ifname = facts.interface(input.netns, input.ifindex)?.name;
+    let key = format!("net.ipv4.conf.{ifname}.forwarding");
+    let value = facts.sysctl(input.netns, &key)?;
+    if value != "0" {
+        return None;
+    }
+    let all = facts.sysctl(input.netns, "net.ipv4.conf.all.forwarding");
+    let ns = facts.netns_label(input.netns);
+    let at_drop = case.drop_hop().and_then(|h| h.tuple).or(input.tuple);
+    let arrived = input.tuple.map(|t| format!(" for {}:{}", t.dst, t.dport)).unwrap_or_default();
+    let nat = match (input.tuple, at_drop) {
+        (Some(before), Some(after)) if before.dst != after.dst || before.dport != after.dport => {
+            format!(", was DNATed to {}:{}", after.dst, after.dport)
+        }
+        _ => String::new(),
+    };
+    let location = drop.location.as_ref().map_or_else(|| "ip_error".to_owned(), ToString::to_string);
+
+    let mut evidence = vec![
+        format!("kfree_skb: reason IP_INADDRERRORS at {location}, right after the receive on {ifname}"),
+        format!("{key} = 0 in netns {ns}"),
+    ];
+    if let Some(all) = &all {
+        evidence.push(format!("net.ipv4.conf.all.forwarding = {all} in netns {ns}"));
+    }
+    if let Some(t) = at_drop {
+        evidence.push(format!(
+            "destination {} is not a local address of netns {ns}: the packet had to be forwarded",
+            t.dst
+        ));
+    }
+    evidence.push("ip_error sends no ICMP error when the input interface does not forward: the client sees a timeout".into());
+
+    let globally_off = all.as_deref() == Some("0");
+    let (summary_cause, fix_cmd) = if globally_off {
+        (
+            "IP forwarding is off in this namespace (net.ipv4.ip_forward = 0)".to_owned(),
+            "sysctl -w net.ipv4.ip_forward=1".to_owned(),
+        )
+    } else {
+        (
+            format!("forwarding is disabled on {ifname} ({key} = 0) although it is on elsewhere"),
+            format!("sysctl -w {key}=1"),
+        )
+    };
+    let summary = format!(
+        "{} arrived on {ifname} (netns {ns}){arrived}{nat} and had to be forwarded, but \
+         {summary_cause}: routing drops it at ip_error without telling the sender. Make the \
+         fix persistent in /etc/sysctl.d/.",
+        case.packet_name(),
+    );
+    Some(Diagnosis {
+        code: RULE.code,
+        summary,
+        evidence,
+        fix: Some(in_netns(facts, input.netns, &fix_cmd)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        correlate::Packet,
+        diagnose::{Case, diagnose},
+        events::fixture::*,
+        probes::DropReasons,
+        resolve::fixture::FakeHost,
+        verdict::decide,
+    };
+
+    fn run(host: &mut FakeHost) -> Option<crate::diagnose::Diagnosis> {
+        let packet = Packet { skb: SKB, hops: forwarding_off_syn(), freed: true };
+        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
+        let verdict = decide(&packet, host, &reasons);
+        diagnose(&Case { packet: &packet, verdict: &verdict, flow: None }, host)
+    }
+
+    #[test]
+    fn names_the_interface_sysctl_and_fix() {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.all.forwarding", "1");
+        let d = run(&mut host).expect("diagnosed");
+        assert_eq!(d.code, "forwarding_disabled");
+        assert_eq!(d.fix.as_deref(), Some("ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1"));
+        assert!(d.summary.starts_with("The SYN arrived on eth0 (netns lab-host)"), "{}", d.summary);
+        assert!(d.summary.contains("DNATed to 172.17.0.2:80"), "{}", d.summary);
+        assert!(d.evidence.iter().any(|e| e == "net.ipv4.conf.eth0.forwarding = 0 in netns lab-host"));
+        assert!(d.evidence[0].contains("ip_error+0x80"), "{:?}", d.evidence);
+    }
+
+    #[test]
+    fn global_forwarding_off_fixes_ip_forward() {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.all.forwarding", "0");
+        let d = run(&mut host).expect("diagnosed");
+        assert_eq!(d.fix.as_deref(), Some("ip netns exec lab-host sysctl -w net.ipv4.ip_forward=1"));
+    }
+
+    #[test]
+    fn no_diagnosis_when_forwarding_is_on_or_unknown() {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "1");
+        assert_eq!(run(&mut host), None);
+        assert_eq!(run(&mut FakeHost::lab()), None, "sysctl unreadable: say nothing");
+    }
+}

@@ -1,0 +1,269 @@
+//! Decoding ring buffer records into [`Hop`]s: plain `Copy` values, no allocation per event.
+
+use std::{fmt, net::Ipv4Addr};
+
+use serde::Serialize;
+use tracer_common::{
+    HopEvent, HopKind,
+    event::{FLAG_IPV4, FLAG_L4},
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {0} bytes is shorter than an event")]
+    Short(usize),
+    #[error("unknown hop kind {0} (kernel object newer than this binary?)")]
+    UnknownKind(u8),
+}
+
+/// An IPv4 5-tuple; ports are 0 for protocols without them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Tuple {
+    /// The same flow seen from the other end.
+    pub fn reversed(self) -> Self {
+        Self { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport, proto: self.proto }
+    }
+}
+
+/// Protocol name for display.
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        _ => "ip",
+    }
+}
+
+impl fmt::Display for Tuple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.proto == 6 || self.proto == 17 {
+            write!(f, "{}:{} → {}:{}", self.src, self.sport, self.dst, self.dport)
+        } else {
+            write!(f, "{} → {} ({})", self.src, self.dst, proto_name(self.proto))
+        }
+    }
+}
+
+/// One decoded hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub ts_ns: u64,
+    pub skb: u64,
+    pub kind: HopKind,
+    pub netns: u32,
+    pub ifindex: u32,
+    /// `None` when the packet's IPv4 header could not be read at this hop.
+    pub tuple: Option<Tuple>,
+    pub tcp_flags: u8,
+    pub len: u32,
+    /// Kernel address that freed the skb (drops and consumes).
+    pub location: u64,
+    /// Raw `enum skb_drop_reason` (drops only).
+    pub drop_reason: u32,
+    pub peer_ifindex: u32,
+    pub nf_hook: u8,
+    pub nf_family: u8,
+    pub nf_verdict: u8,
+}
+
+impl Hop {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let ev = HopEvent::from_bytes(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+        Self::from_event(&ev)
+    }
+
+    pub fn from_event(ev: &HopEvent) -> Result<Self, DecodeError> {
+        let kind = HopKind::from_raw(ev.kind).ok_or(DecodeError::UnknownKind(ev.kind))?;
+        let tuple = (ev.flags & FLAG_IPV4 != 0).then(|| {
+            let l4 = ev.flags & FLAG_L4 != 0;
+            Tuple {
+                src: Ipv4Addr::from(ev.saddr),
+                sport: if l4 { ev.sport } else { 0 },
+                dst: Ipv4Addr::from(ev.daddr),
+                dport: if l4 { ev.dport } else { 0 },
+                proto: ev.proto,
+            }
+        });
+        Ok(Self {
+            ts_ns: ev.ts_ns,
+            skb: ev.skb,
+            kind,
+            netns: ev.netns,
+            ifindex: ev.ifindex,
+            tuple,
+            tcp_flags: ev.tcp_flags,
+            len: ev.len,
+            location: ev.location,
+            drop_reason: ev.drop_reason,
+            peer_ifindex: ev.peer_ifindex,
+            nf_hook: ev.nf_hook,
+            nf_family: ev.nf_family,
+            nf_verdict: ev.nf_verdict,
+        })
+    }
+
+    /// Whether the skb ends its life at this hop.
+    pub fn frees(&self) -> bool {
+        matches!(self.kind, HopKind::Drop | HopKind::Consume)
+    }
+}
+
+/// Stable lowercase name of a hop kind, as used in JSON (`"hop"`) and the timeline.
+pub fn kind_name(kind: HopKind) -> &'static str {
+    match kind {
+        HopKind::Receive => "receive",
+        HopKind::Transmit => "transmit",
+        HopKind::Drop => "drop",
+        HopKind::Consume => "consume",
+        HopKind::NetfilterHook => "netfilter",
+        HopKind::BridgeForward => "bridge_forward",
+        HopKind::VethTransmit => "veth_transmit",
+    }
+}
+
+/// TCP flags as `SYN`, `SYN|ACK`, ... (empty for none).
+pub fn tcp_flags_string(flags: u8) -> String {
+    const NAMES: [(u8, &str); 8] = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    let mut out = String::new();
+    for (bit, name) in NAMES {
+        if flags & bit != 0 {
+            if !out.is_empty() {
+                out.push('|');
+            }
+            out.push_str(name);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    //! Builders for recorded events, shared by the correlation, verdict and output tests.
+    use tracer_common::{
+        HopEvent, HopKind,
+        event::{FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
+    };
+
+    use super::Hop;
+
+    pub const HOST_NS: u32 = 4026532000;
+    pub const CTR_NS: u32 = 4026532100;
+    pub const OUT_NS: u32 = 4026532200;
+    pub const SKB: u64 = 0xffff_8880_1234_5600;
+
+    pub fn ev(kind: HopKind, ts_ns: u64, netns: u32, ifindex: u32) -> HopEvent {
+        let mut e = HopEvent::zeroed();
+        e.ts_ns = ts_ns;
+        e.skb = SKB;
+        e.kind = kind as u8;
+        e.netns = netns;
+        e.ifindex = ifindex;
+        e.saddr = [203, 0, 113, 2];
+        e.daddr = [203, 0, 113, 1];
+        e.sport = 40000;
+        e.dport = 10001;
+        e.proto = 6;
+        e.tcp_flags = 0x02;
+        e.len = 60;
+        e.flags = FLAG_IPV4 | FLAG_L4 | FLAG_MATCHED;
+        e
+    }
+
+    pub fn dnat(mut e: HopEvent) -> HopEvent {
+        e.daddr = [172, 17, 0, 2];
+        e.dport = 80;
+        e
+    }
+
+    pub fn hop(e: HopEvent) -> Hop {
+        Hop::from_event(&e).expect("valid fixture event")
+    }
+
+    /// A SYN from the outside namespace that dies on the host's eth0 (field note 000).
+    pub fn forwarding_off_syn() -> Vec<Hop> {
+        let mut drop = dnat(ev(HopKind::Drop, 3_000, HOST_NS, 2));
+        drop.drop_reason = 87;
+        drop.location = 0xffff_ffff_81fe_d3a0;
+        vec![
+            hop(ev(HopKind::Transmit, 1_000, OUT_NS, 2)),
+            hop(ev(HopKind::Receive, 2_000, HOST_NS, 2)),
+            hop(drop),
+        ]
+    }
+
+    /// A healthy SYN: uplink, DNAT, bridge, veth, container, consumed by the listener.
+    pub fn healthy_syn() -> Vec<Hop> {
+        let mut consume = dnat(ev(HopKind::Consume, 9_000, CTR_NS, 2));
+        consume.location = 0xffff_ffff_8200_0000;
+        vec![
+            hop(ev(HopKind::Transmit, 1_000, OUT_NS, 2)),
+            hop(ev(HopKind::Receive, 2_000, HOST_NS, 2)),
+            hop(dnat(ev(HopKind::Transmit, 4_000, HOST_NS, 3))),
+            hop(dnat(ev(HopKind::Transmit, 5_000, HOST_NS, 4))),
+            hop(dnat(ev(HopKind::Receive, 7_000, CTR_NS, 2))),
+            hop(consume),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixture::*, *};
+
+    #[test]
+    fn decodes_a_recorded_event() {
+        let e = ev(HopKind::Receive, 42, HOST_NS, 7);
+        let hop = Hop::decode(e.as_bytes()).expect("decodes");
+        assert_eq!(hop.kind, HopKind::Receive);
+        assert_eq!(hop.ifindex, 7);
+        let t = hop.tuple.expect("ipv4");
+        assert_eq!(t.to_string(), "203.0.113.2:40000 → 203.0.113.1:10001");
+        assert_eq!(tcp_flags_string(hop.tcp_flags), "SYN");
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let e = ev(HopKind::Receive, 42, HOST_NS, 7);
+        assert_eq!(Hop::decode(&e.as_bytes()[..10]), Err(DecodeError::Short(10)));
+        let mut bad = e;
+        bad.kind = 200;
+        assert_eq!(Hop::decode(bad.as_bytes()), Err(DecodeError::UnknownKind(200)));
+    }
+
+    #[test]
+    fn non_ip_event_has_no_tuple_and_icmp_has_no_ports() {
+        let mut e = ev(HopKind::Drop, 1, HOST_NS, 1);
+        e.flags = 0;
+        assert!(Hop::from_event(&e).unwrap().tuple.is_none());
+        e.flags = FLAG_IPV4;
+        e.proto = 1;
+        let t = Hop::from_event(&e).unwrap().tuple.unwrap();
+        assert_eq!((t.sport, t.dport), (0, 0));
+        assert_eq!(t.to_string(), "203.0.113.2 → 203.0.113.1 (icmp)");
+    }
+
+    #[test]
+    fn flags_render_in_conventional_order() {
+        assert_eq!(tcp_flags_string(0x12), "SYN|ACK");
+        assert_eq!(tcp_flags_string(0x14), "ACK|RST");
+        assert_eq!(tcp_flags_string(0), "");
+    }
+}

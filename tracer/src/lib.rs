@@ -1,0 +1,16 @@
+//! pathtrace: follow a packet through the Linux network stack and say where and why it dies.
+//!
+//! Data flows one way: [`probes`] (kernel programs) → [`events`] (decoded hops) →
+//! [`correlate`] (packets, flows) → [`verdict`] → [`diagnose`] → [`report`] → [`output`].
+//! [`resolve`] answers questions about the host along the way; [`trace`] runs a session.
+
+pub mod cli;
+pub mod correlate;
+pub mod diagnose;
+pub mod events;
+pub mod output;
+pub mod probes;
+pub mod report;
+pub mod resolve;
+pub mod trace;
+pub mod verdict;

@@ -1,0 +1,195 @@
+//! The timeline a person reads: one block per packet, hops with relative times, NAT rewrites
+//! where they happen, then the verdict and diagnosis in plain words.
+
+use std::{fmt::Write as _, io::Write};
+
+use super::{Output, Ready, Stats};
+use crate::{
+    correlate::flow::RewriteKind,
+    events::{proto_name, tcp_flags_string},
+    report::Report,
+    verdict::{Delivery, Outcome},
+};
+
+pub struct HumanOutput<W: Write> {
+    out: W,
+}
+
+impl<W: Write> HumanOutput<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+/// Renders one report as text (also used by `cargo xtask demo` through the binary).
+pub fn render(report: &Report) -> String {
+    let mut s = String::new();
+    let first = report.packet.hops.first();
+    let flags = first.map(|h| tcp_flags_string(h.tcp_flags)).unwrap_or_default();
+    let title = report.first_tuple().map_or_else(|| "non-IPv4 packet".to_owned(), |t| {
+        format!("{} {t} ({})", if flags.is_empty() { "packet".into() } else { flags.clone() }, proto_name(t.proto))
+    });
+    let flow = report.flow.as_ref().map_or(String::new(), |f| format!(", flow {}", f.id));
+    let _ = writeln!(s, "{title}  [skb {:#x}{flow}]", report.packet.skb);
+
+    let t0 = report.packet.first_ts();
+    let mut prev_tuple = None;
+    for (i, (hop, view)) in report.packet.hops.iter().zip(&report.hops).enumerate() {
+        let at = format!("{} @ {}", view.ifname, view.netns_name);
+        let mut detail = String::new();
+        if let Some(t) = hop.tuple.filter(|t| Some(*t) != prev_tuple) {
+            let nat = report
+                .flow
+                .as_ref()
+                .and_then(|f| f.rewrites.iter().find(|r| r.hop == i))
+                .map(|r| match r.kind {
+                    RewriteKind::Dnat => "  [DNAT]",
+                    RewriteKind::Snat => "  [SNAT]",
+                    RewriteKind::Nat => "  [NAT]",
+                })
+                .unwrap_or("");
+            let _ = write!(detail, "{t}{nat}");
+            prev_tuple = Some(t);
+        }
+        if !view.tcp_flags.is_empty() && i == 0 {
+            let _ = write!(detail, "  {}", view.tcp_flags);
+        }
+        if let Some(reason) = &view.drop_reason {
+            let _ = write!(detail, "  {reason} at {}", view.location.as_deref().unwrap_or("?"));
+        } else if let Some(loc) = &view.location {
+            let _ = write!(detail, "  at {loc}");
+        }
+        let rel = hop.ts_ns.saturating_sub(t0) as f64 / 1000.0;
+        let _ = writeln!(s, "  {:>10}  {:<9} {:<28} {}", format!("+{rel:.1}µs"), view.hop, at, detail.trim_start());
+    }
+
+    let last = report.last_hop().map(|h| format!("{} ({})", h.ifname, h.netns_name));
+    let line = match report.verdict.outcome {
+        Outcome::Dropped => {
+            let d = report.verdict.drop.as_ref();
+            format!(
+                "DROPPED{}: {} at {}",
+                last.map(|l| format!(" after {l}")).unwrap_or_default(),
+                d.map_or("?", |d| d.reason.as_str()),
+                d.and_then(|d| d.location.as_ref()).map_or_else(|| "an unknown location".into(), |s| s.name.clone()),
+            )
+        }
+        Outcome::Delivered => {
+            let how = match report.verdict.delivery {
+                Some(Delivery::Socket) => "taken by the stack (a socket)",
+                Some(Delivery::Transmitted) => "transmitted out of",
+                Some(Delivery::LocalNamespace) | None => "received by its destination at",
+            };
+            format!("DELIVERED: {how} {}", last.unwrap_or_default())
+        }
+        Outcome::Unknown => format!(
+            "UNKNOWN: last seen at {}; its end was not observed",
+            last.unwrap_or_else(|| "?".into())
+        ),
+    };
+    let _ = writeln!(s, "  => {line}");
+    if let Some(d) = &report.diagnosis {
+        let _ = writeln!(s, "  diagnosis [{}]: {}", d.code, d.summary);
+        for e in &d.evidence {
+            let _ = writeln!(s, "    evidence: {e}");
+        }
+        if let Some(fix) = &d.fix {
+            let _ = writeln!(s, "    fix: {fix}");
+        }
+    }
+    s
+}
+
+impl<W: Write> Output for HumanOutput<W> {
+    fn ready(&mut self, ready: &Ready) -> std::io::Result<()> {
+        writeln!(
+            self.out,
+            "pathtrace: tracing {} with the {} backend ({}) — {}. Ctrl-C to stop.",
+            ready.filter,
+            ready.backend,
+            ready.hooks.join(", "),
+            ready.backend_reason
+        )?;
+        for skipped in &ready.skipped_hooks {
+            writeln!(self.out, "pathtrace: without {skipped}")?;
+        }
+        self.out.flush()
+    }
+
+    fn report(&mut self, report: &Report) -> std::io::Result<()> {
+        writeln!(self.out, "\n{}", render(report).trim_end())?;
+        self.out.flush()
+    }
+
+    fn stats(&mut self, s: &Stats) -> std::io::Result<()> {
+        writeln!(
+            self.out,
+            "\npathtrace: {} packets ({} delivered, {} dropped, {} unknown) in {} flows; {} events read, {} lost in the kernel{}",
+            s.packets,
+            s.delivered,
+            s.dropped,
+            s.unknown,
+            s.flows,
+            s.events,
+            s.lost,
+            if s.lost > 0 { " — the ring buffer was full: narrow the filter" } else { "" }
+        )?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        correlate::{FlowTable, Packet},
+        events::fixture::*,
+        probes::DropReasons,
+        resolve::fixture::FakeHost,
+    };
+
+    fn report(hops: Vec<crate::events::Hop>, host: &mut FakeHost) -> Report {
+        let packet = Packet { skb: SKB, hops, freed: true };
+        let flow = FlowTable::new(8).observe(&packet);
+        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
+        Report::build(packet, flow, host, &reasons)
+    }
+
+    #[test]
+    fn timeline_shows_hops_nat_verdict_and_fix() {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        let text = render(&report(forwarding_off_syn(), &mut host));
+        assert!(text.contains("transmit  eth0 @ lab-out"), "{text}");
+        assert!(text.contains("203.0.113.2:40000 → 172.17.0.2:80  [DNAT]"), "{text}");
+        assert!(text.contains("IP_INADDRERRORS at ip_error+0x80"), "{text}");
+        assert!(text.contains("=> DROPPED after eth0 (lab-host): IP_INADDRERRORS at ip_error"), "{text}");
+        assert!(text.contains("fix: ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1"), "{text}");
+    }
+
+    #[test]
+    fn healthy_timeline_names_every_device() {
+        let text = render(&report(healthy_syn(), &mut FakeHost::lab()));
+        for dev in ["eth0 @ lab-host", "docker0 @ lab-host", "veth0c1 @ lab-host", "eth0 @ lab-ctr"] {
+            assert!(text.contains(dev), "{dev} missing in\n{text}");
+        }
+        assert!(text.contains("=> DELIVERED: taken by the stack (a socket) eth0 (lab-ctr)"), "{text}");
+        assert!(!text.contains("diagnosis"), "{text}");
+    }
+
+    #[test]
+    fn json_verdict_has_the_documented_fields() {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        let r = report(forwarding_off_syn(), &mut host);
+        let v = serde_json::to_value(r.verdict_json()).expect("serializes");
+        assert_eq!(v["kind"], "verdict");
+        assert_eq!(v["outcome"], "dropped");
+        assert_eq!(v["drop_reason"], "IP_INADDRERRORS");
+        assert_eq!(v["location"], "ip_error");
+        assert_eq!(v["last_hop"]["ifname"], "eth0");
+        assert_eq!(v["last_hop"]["netns_name"], "lab-host");
+        assert_eq!(v["diagnosis"]["code"], "forwarding_disabled");
+        assert_eq!(v["nat"][0]["kind"], "dnat");
+    }
+}

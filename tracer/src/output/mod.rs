@@ -1,0 +1,46 @@
+//! Rendering reports: a human timeline or JSON lines (schema in docs/json.md).
+
+pub mod human;
+pub mod json;
+
+use serde::Serialize;
+
+use crate::{probes::loader::KernelCounters, report::Report};
+
+/// What the trace session tells its output.
+pub trait Output {
+    /// Every probe is attached.
+    fn ready(&mut self, ready: &Ready) -> std::io::Result<()>;
+    /// One finished packet.
+    fn report(&mut self, report: &Report) -> std::io::Result<()>;
+    /// Totals at exit.
+    fn stats(&mut self, stats: &Stats) -> std::io::Result<()>;
+}
+
+/// `{"kind":"ready", ...}`: scripts and tests start traffic after this.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ready {
+    pub backend: String,
+    pub backend_reason: String,
+    pub hooks: Vec<&'static str>,
+    pub skipped_hooks: Vec<String>,
+    pub filter: String,
+    pub pid: u32,
+}
+
+/// `{"kind":"stats", ...}`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// Events read from the ring buffer.
+    pub events: u64,
+    /// Events the kernel could not write (ring buffer full): reported, never hidden.
+    pub lost: u64,
+    pub kernel: KernelCounters,
+    pub decode_errors: u64,
+    pub packets: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub unknown: u64,
+    pub flows: u64,
+    pub duration_ms: u64,
+}

@@ -1,0 +1,138 @@
+//! The struct offsets the kernel programs read through, taken from the running kernel's BTF.
+
+use tracer_common::KernelOffsets;
+
+use super::btf::{Btf, BtfError};
+
+/// (struct, member path, expected size in bytes) for each field in [`KernelOffsets`], in order.
+/// The size check catches a kernel that changed a field's type under the same name.
+const FIELDS: [(&str, &str, u32); 10] = [
+    ("sk_buff", "head", 8),
+    ("sk_buff", "data", 8),
+    ("sk_buff", "len", 4),
+    ("sk_buff", "dev", 8),
+    ("sk_buff", "protocol", 2),
+    ("sk_buff", "network_header", 2),
+    ("sk_buff", "transport_header", 2),
+    ("net_device", "ifindex", 4),
+    ("net_device", "nd_net.net", 8),
+    ("net", "ns.inum", 4),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("kernel BTF: {ty}.{member} is {found} bytes, pathtrace reads {expected}")]
+    Size { ty: &'static str, member: &'static str, found: u32, expected: u32 },
+}
+
+/// Looks every field up; fails naming the first one the kernel does not have.
+pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
+    let mut v = [0u32; FIELDS.len()];
+    for (slot, (ty, member, expected)) in v.iter_mut().zip(FIELDS) {
+        let m = btf.member(ty, member)?;
+        if m.size != expected {
+            return Err(OffsetError::Size { ty, member, found: m.size, expected });
+        }
+        *slot = m.offset;
+    }
+    let [
+        skb_head,
+        skb_data,
+        skb_len,
+        skb_dev,
+        skb_protocol,
+        skb_network_header,
+        skb_transport_header,
+        dev_ifindex,
+        dev_nd_net,
+        net_ns_inum,
+    ] = v;
+    Ok(KernelOffsets {
+        skb_head,
+        skb_data,
+        skb_len,
+        skb_dev,
+        skb_protocol,
+        skb_network_header,
+        skb_transport_header,
+        dev_ifindex,
+        dev_nd_net,
+        net_ns_inum,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::btf::fixture::BtfBuilder;
+
+    fn kernel_like(protocol_size: u32) -> Btf {
+        let mut b = BtfBuilder::new();
+        let u32t = b.int("unsigned int", 4);
+        let u16t = b.int("__u16", protocol_size);
+        let u16h = b.int("u16", 2);
+        let ptr = b.ptr(0);
+        let ns = b.composite(false, "ns_common", 8, &[("ns_type", u32t, 0, 0), ("inum", u32t, 32, 0)]);
+        let net = b.composite(false, "net", 64, &[("passive", u32t, 0, 0), ("ns", ns, 256, 0)]);
+        let net_ptr = b.ptr(net);
+        let possible = b.composite(false, "", 8, &[("net", net_ptr, 0, 0)]);
+        let possible_t = b.typedef("possible_net_t", possible);
+        b.composite(
+            false,
+            "net_device",
+            512,
+            &[("ifindex", u32t, 1600, 0), ("nd_net", possible_t, 2048, 0)],
+        );
+        let anon = b.composite(false, "", 16, &[("dev", ptr, 0, 0)]);
+        let anon_u = b.composite(true, "", 16, &[("", anon, 0, 0)]);
+        b.composite(
+            false,
+            "sk_buff",
+            232,
+            &[
+                ("", anon_u, 0, 0),
+                ("len", u32t, 896, 0),
+                ("protocol", u16t, 1440, 0),
+                ("transport_header", u16h, 1456, 0),
+                ("network_header", u16h, 1472, 0),
+                ("head", ptr, 1600, 0),
+                ("data", ptr, 1664, 0),
+            ],
+        );
+        Btf::parse(b.build()).expect("fixture")
+    }
+
+    #[test]
+    fn reads_every_offset() {
+        let mut btf = kernel_like(2);
+        let off = from_btf(&mut btf).expect("all fields present");
+        assert_eq!(off.skb_dev, 0);
+        assert_eq!(off.skb_len, 112);
+        assert_eq!(off.skb_protocol, 180);
+        assert_eq!(off.skb_network_header, 184);
+        assert_eq!(off.skb_head, 200);
+        assert_eq!(off.skb_data, 208);
+        assert_eq!(off.dev_ifindex, 200);
+        assert_eq!(off.dev_nd_net, 256);
+        assert_eq!(off.net_ns_inum, 36);
+    }
+
+    #[test]
+    fn names_the_missing_field() {
+        let mut b = BtfBuilder::new();
+        let ptr = b.ptr(0);
+        b.composite(false, "sk_buff", 16, &[("head", ptr, 0, 0)]);
+        let mut btf = Btf::parse(b.build()).expect("fixture");
+        let err = from_btf(&mut btf).unwrap_err();
+        assert!(err.to_string().contains("sk_buff") && err.to_string().contains("data"), "{err}");
+    }
+
+    #[test]
+    fn rejects_changed_field_size() {
+        let mut btf = kernel_like(4);
+        let err = from_btf(&mut btf).unwrap_err();
+        assert!(matches!(err, OffsetError::Size { member: "protocol", .. }), "{err}");
+    }
+}

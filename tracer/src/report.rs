@@ -1,0 +1,145 @@
+//! A finished packet with everything resolved for output: interface and namespace names,
+//! symbols, its flow, verdict and diagnosis. Output formats only render this.
+
+use serde::Serialize;
+
+use crate::{
+    correlate::{FlowView, Packet, Rewrite, flow::Direction},
+    diagnose::{Case, Diagnosis, diagnose},
+    events::{Hop, Tuple, kind_name, proto_name, tcp_flags_string},
+    probes::DropReasons,
+    resolve::HostFacts,
+    verdict::{Delivery, Outcome, Verdict, decide},
+};
+
+/// One hop with names resolved. Field names are the JSON schema (docs/json.md): add, never
+/// rename.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HopView {
+    pub ts_ns: u64,
+    /// Kernel address of the skb, hex (too large for JSON numbers to hold exactly).
+    pub skb: String,
+    pub hop: &'static str,
+    pub ifname: String,
+    pub ifindex: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    pub netns_name: String,
+    pub src: Option<String>,
+    pub sport: Option<u16>,
+    pub dst: Option<String>,
+    pub dport: Option<u16>,
+    pub proto: Option<&'static str>,
+    pub tcp_flags: String,
+    pub len: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+impl HopView {
+    pub fn new(hop: &Hop, facts: &mut dyn HostFacts, reasons: &DropReasons) -> Self {
+        let t = hop.tuple;
+        let l4 = t.is_some_and(|t| t.proto == 6 || t.proto == 17);
+        let freed = hop.frees().then(|| {
+            facts.symbol(hop.location).map_or_else(|| format!("{:#x}", hop.location), |s| s.to_string())
+        });
+        Self {
+            ts_ns: hop.ts_ns,
+            skb: format!("{:#x}", hop.skb),
+            hop: kind_name(hop.kind),
+            ifname: facts.ifname(hop.netns, hop.ifindex),
+            ifindex: hop.ifindex,
+            netns: hop.netns,
+            netns_name: facts.netns_label(hop.netns),
+            src: t.map(|t| t.src.to_string()),
+            sport: t.filter(|_| l4).map(|t| t.sport),
+            dst: t.map(|t| t.dst.to_string()),
+            dport: t.filter(|_| l4).map(|t| t.dport),
+            proto: t.map(|t| proto_name(t.proto)),
+            tcp_flags: tcp_flags_string(hop.tcp_flags),
+            len: hop.len,
+            drop_reason: (hop.kind == tracer_common::HopKind::Drop).then(|| reasons.name(hop.drop_reason)),
+            location: freed,
+        }
+    }
+}
+
+/// Everything said about one packet.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub packet: Packet,
+    pub hops: Vec<HopView>,
+    pub flow: Option<FlowView>,
+    pub verdict: Verdict,
+    pub diagnosis: Option<Diagnosis>,
+}
+
+impl Report {
+    /// Runs the verdict and diagnosis stages and resolves names.
+    pub fn build(
+        packet: Packet,
+        flow: Option<FlowView>,
+        facts: &mut dyn HostFacts,
+        reasons: &DropReasons,
+    ) -> Self {
+        let verdict = decide(&packet, facts, reasons);
+        let diagnosis = diagnose(&Case { packet: &packet, verdict: &verdict, flow: flow.as_ref() }, facts);
+        let hops = packet.hops.iter().map(|h| HopView::new(h, facts, reasons)).collect();
+        Self { packet, hops, flow, verdict, diagnosis }
+    }
+
+    pub fn last_hop(&self) -> Option<&HopView> {
+        self.verdict.last_hop.and_then(|i| self.hops.get(i))
+    }
+
+    /// The tuple the packet started with.
+    pub fn first_tuple(&self) -> Option<Tuple> {
+        self.packet.hops.iter().find_map(|h| h.tuple)
+    }
+
+    /// The verdict as the JSON object of docs/json.md.
+    pub fn verdict_json(&self) -> VerdictJson<'_> {
+        let drop = self.verdict.drop.as_ref();
+        VerdictJson {
+            kind: "verdict",
+            skb: format!("{:#x}", self.packet.skb),
+            outcome: self.verdict.outcome,
+            delivery: self.verdict.delivery,
+            drop_reason: drop.map(|d| d.reason.clone()),
+            location: drop.map(|d| {
+                d.location.as_ref().map_or_else(|| format!("{:#x}", d.location_addr), |s| s.name.clone())
+            }),
+            location_detail: drop.and_then(|d| d.location.as_ref().map(ToString::to_string)),
+            last_hop: self.last_hop(),
+            tuple: self.first_tuple(),
+            flow: self.flow.as_ref().map(|f| f.id),
+            direction: self.flow.as_ref().map(|f| f.direction),
+            nat: self.flow.as_ref().map_or(&[][..], |f| &f.rewrites[..]),
+            hops: self.hops.len(),
+            duration_ns: self.packet.hops.last().map_or(0, |h| h.ts_ns) - self.packet.first_ts(),
+            diagnosis: self.diagnosis.as_ref(),
+        }
+    }
+}
+
+/// `{"kind":"verdict", ...}`.
+#[derive(Serialize)]
+pub struct VerdictJson<'a> {
+    pub kind: &'static str,
+    pub skb: String,
+    pub outcome: Outcome,
+    pub delivery: Option<Delivery>,
+    pub drop_reason: Option<String>,
+    pub location: Option<String>,
+    pub location_detail: Option<String>,
+    pub last_hop: Option<&'a HopView>,
+    pub tuple: Option<Tuple>,
+    pub flow: Option<u64>,
+    pub direction: Option<Direction>,
+    pub nat: &'a [Rewrite],
+    pub hops: usize,
+    pub duration_ns: u64,
+    pub diagnosis: Option<&'a Diagnosis>,
+}

@@ -1,0 +1,221 @@
+//! Turning what the kernel reports (netns inodes, ifindexes, addresses) into what a person
+//! recognises (interface and namespace names, kernel function names, sysctl values).
+//!
+//! [`HostFacts`] is the one interface the verdict, diagnosis and output stages ask; the real
+//! [`Resolver`] caches what it learns, tests use a fixture implementation.
+
+pub mod kallsyms;
+pub mod links;
+pub mod netns;
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+pub use kallsyms::{Kallsyms, Symbol};
+pub use links::{Link, LinkTable};
+pub use netns::NetnsEntry;
+
+/// Questions the later stages ask about the host. Every answer is optional: a namespace may be
+/// gone by the time a packet is reported.
+pub trait HostFacts {
+    fn interface(&mut self, netns: u32, ifindex: u32) -> Option<Link>;
+    fn netns(&mut self, netns: u32) -> Option<NetnsEntry>;
+    fn sysctl(&mut self, netns: u32, key: &str) -> Option<String>;
+    fn is_local(&mut self, netns: u32, addr: Ipv4Addr) -> Option<bool>;
+    fn symbol(&self, addr: u64) -> Option<Symbol>;
+    /// The namespace pathtrace itself runs in.
+    fn own_netns(&self) -> Option<u32>;
+
+    /// Interface name, or `if<N>` when unknown.
+    fn ifname(&mut self, netns: u32, ifindex: u32) -> String {
+        if ifindex == 0 {
+            return "-".into();
+        }
+        self.interface(netns, ifindex).map_or_else(|| format!("if{ifindex}"), |l| l.name)
+    }
+
+    /// Namespace label, or `netns:<inode>` when unknown.
+    fn netns_label(&mut self, netns: u32) -> String {
+        if netns == 0 {
+            return "-".into();
+        }
+        self.netns(netns).map_or_else(|| format!("netns:{netns}"), |e| e.label)
+    }
+}
+
+/// Refresh a cache at most this often when a lookup misses.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
+
+/// The live resolver: caches namespaces, link tables and kernel symbols.
+pub struct Resolver {
+    own_netns: Option<u32>,
+    namespaces: HashMap<u32, NetnsEntry>,
+    namespaces_at: Option<Instant>,
+    links: HashMap<u32, (LinkTable, Instant)>,
+    kallsyms: Option<Kallsyms>,
+}
+
+impl Resolver {
+    pub fn new() -> Self {
+        let kallsyms = match Kallsyms::from_proc() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!("{e}; kernel locations will be shown as addresses");
+                None
+            }
+        };
+        Self {
+            own_netns: netns::own_inode(),
+            namespaces: HashMap::new(),
+            namespaces_at: None,
+            links: HashMap::new(),
+            kallsyms,
+        }
+    }
+
+    fn refresh_namespaces(&mut self) {
+        if self.namespaces_at.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+            return;
+        }
+        self.namespaces = netns::scan();
+        self.namespaces_at = Some(Instant::now());
+    }
+
+    fn table(&mut self, netns: u32, must_have: impl Fn(&LinkTable) -> bool) -> Option<&LinkTable> {
+        let fresh = match self.links.get(&netns) {
+            Some((t, _)) if must_have(t) => false,
+            Some((_, at)) if at.elapsed() < REFRESH_EVERY => false,
+            _ => true,
+        };
+        if fresh {
+            let entry = self.netns(netns)?;
+            match LinkTable::dump_in(&entry.path) {
+                Ok(t) => {
+                    self.links.insert(netns, (t, Instant::now()));
+                }
+                Err(e) => tracing::debug!(netns, "rtnetlink dump failed: {e}"),
+            }
+        }
+        self.links.get(&netns).map(|(t, _)| t)
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostFacts for Resolver {
+    fn interface(&mut self, netns: u32, ifindex: u32) -> Option<Link> {
+        self.table(netns, |t| t.links.contains_key(&ifindex))?.links.get(&ifindex).cloned()
+    }
+
+    fn netns(&mut self, netns: u32) -> Option<NetnsEntry> {
+        if !self.namespaces.contains_key(&netns) {
+            self.refresh_namespaces();
+        }
+        self.namespaces.get(&netns).cloned()
+    }
+
+    fn sysctl(&mut self, netns: u32, key: &str) -> Option<String> {
+        let entry = self.netns(netns)?;
+        match netns::sysctl(&entry.path, key) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!(netns, key, "sysctl read failed: {e}");
+                None
+            }
+        }
+    }
+
+    fn is_local(&mut self, netns: u32, addr: Ipv4Addr) -> Option<bool> {
+        Some(self.table(netns, |t| t.is_local(addr))?.is_local(addr))
+    }
+
+    fn symbol(&self, addr: u64) -> Option<Symbol> {
+        self.kallsyms.as_ref()?.resolve(addr)
+    }
+
+    fn own_netns(&self) -> Option<u32> {
+        self.own_netns
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    //! A host described in code, for verdict, diagnosis and output tests.
+    use super::*;
+    use crate::events::fixture::{CTR_NS, HOST_NS, OUT_NS};
+
+    #[derive(Default)]
+    pub struct FakeHost {
+        pub links: HashMap<(u32, u32), Link>,
+        pub sysctls: HashMap<(u32, String), String>,
+        pub local: Vec<(u32, Ipv4Addr)>,
+        pub symbols: Vec<(u64, &'static str)>,
+        pub names: HashMap<u32, &'static str>,
+    }
+
+    impl FakeHost {
+        /// The lab topology: outside ns (eth0), host ns (eth0, docker0, veth), container (eth0).
+        pub fn lab() -> Self {
+            let mut h = Self::default();
+            let mut link = |ns, idx, name: &str, kind: &str| {
+                h.links.insert(
+                    (ns, idx),
+                    Link { ifindex: idx, name: name.into(), kind: kind.into(), ..Link::default() },
+                );
+            };
+            link(OUT_NS, 2, "eth0", "veth");
+            link(HOST_NS, 2, "eth0", "veth");
+            link(HOST_NS, 3, "docker0", "bridge");
+            link(HOST_NS, 4, "veth0c1", "veth");
+            link(CTR_NS, 2, "eth0", "veth");
+            for (ns, name) in [(OUT_NS, "lab-out"), (HOST_NS, "lab-host"), (CTR_NS, "lab-ctr")] {
+                h.names.insert(ns, name);
+            }
+            h.local = vec![
+                (HOST_NS, Ipv4Addr::new(203, 0, 113, 1)),
+                (HOST_NS, Ipv4Addr::new(172, 17, 0, 1)),
+                (CTR_NS, Ipv4Addr::new(172, 17, 0, 2)),
+                (OUT_NS, Ipv4Addr::new(203, 0, 113, 2)),
+            ];
+            h.symbols = vec![(0xffff_ffff_81fe_d320, "ip_error"), (0xffff_ffff_8200_0000, "tcp_rcv_state_process")];
+            h
+        }
+
+        pub fn set_sysctl(&mut self, netns: u32, key: &str, value: &str) {
+            self.sysctls.insert((netns, key.into()), value.into());
+        }
+    }
+
+    impl HostFacts for FakeHost {
+        fn interface(&mut self, netns: u32, ifindex: u32) -> Option<Link> {
+            self.links.get(&(netns, ifindex)).cloned()
+        }
+        fn netns(&mut self, netns: u32) -> Option<NetnsEntry> {
+            self.names.get(&netns).map(|n| NetnsEntry {
+                path: format!("/run/netns/{n}").into(),
+                label: (*n).into(),
+                ip_netns_name: Some((*n).into()),
+            })
+        }
+        fn sysctl(&mut self, netns: u32, key: &str) -> Option<String> {
+            self.sysctls.get(&(netns, key.to_owned())).cloned()
+        }
+        fn is_local(&mut self, netns: u32, addr: Ipv4Addr) -> Option<bool> {
+            Some(self.local.contains(&(netns, addr)))
+        }
+        fn symbol(&self, addr: u64) -> Option<Symbol> {
+            let (start, name) = self.symbols.iter().filter(|(a, _)| *a <= addr).max_by_key(|(a, _)| *a)?;
+            Some(Symbol { name: (*name).into(), offset: addr - start, module: None })
+        }
+        fn own_netns(&self) -> Option<u32> {
+            Some(1)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! A trace session: attach the probes, read the ring buffer, correlate, decide, report.
+//!
+//! kernel → [`Hop`] → [`PacketTracker`] → [`FlowTable`] → [`Report`] → [`Output`]; each stage
+//! only feeds the next.
+
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+use tracer_common::Filter;
+
+use crate::{
+    correlate::{FlowTable, Packet, PacketTracker},
+    events::Hop,
+    output::{Output, Ready, Stats},
+    probes::{Backend, ProbeError, Probes, loader::ProbeSizes},
+    report::Report,
+    resolve::Resolver,
+    verdict::Outcome,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("ring buffer: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What to trace and when to stop.
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    pub filter: Filter,
+    /// The filter as the user wrote it, for the header.
+    pub filter_text: String,
+    pub duration: Option<Duration>,
+    /// Stop after this many packet verdicts.
+    pub count: Option<u64>,
+    /// A packet with no new hop for this long is finished without a free event.
+    pub idle: Duration,
+    pub sizes: ProbeSizes,
+    pub backend: Backend,
+    pub max_packets: usize,
+    pub max_flows: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            filter: Filter::any(),
+            filter_text: "all IPv4 packets".into(),
+            duration: None,
+            count: None,
+            idle: Duration::from_millis(500),
+            sizes: ProbeSizes::default(),
+            backend: Backend::Tracepoint,
+            max_packets: 65536,
+            max_flows: 65536,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The correlation and reporting half of a session, independent of the kernel so it can be
+/// driven from recorded events (tests, benchmarks).
+pub struct Pipeline {
+    packets: PacketTracker,
+    flows: FlowTable,
+    resolver: Resolver,
+    drop_reasons: crate::probes::DropReasons,
+    finished: Vec<Packet>,
+    pub stats: Stats,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &TraceConfig, drop_reasons: crate::probes::DropReasons) -> Self {
+        Self {
+            packets: PacketTracker::new(cfg.idle.as_nanos() as u64, cfg.max_packets),
+            flows: FlowTable::new(cfg.max_flows),
+            resolver: Resolver::new(),
+            drop_reasons,
+            finished: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Decodes one ring buffer record.
+    pub fn push_record(&mut self, bytes: &[u8]) {
+        self.stats.events += 1;
+        match Hop::decode(bytes) {
+            Ok(hop) => self.packets.push(hop, &mut self.finished),
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Finishes idle packets (`now_ns`), or all of them (`None`), and reports every finished
+    /// packet. Returns how many verdicts were reported.
+    pub fn flush(&mut self, now_ns: Option<u64>, out: &mut dyn Output) -> std::io::Result<u64> {
+        match now_ns {
+            Some(now) => self.packets.expire(now, &mut self.finished),
+            None => self.packets.drain(&mut self.finished),
+        }
+        let mut n = 0;
+        for packet in std::mem::take(&mut self.finished) {
+            let flow = self.flows.observe(&packet);
+            let report = Report::build(packet, flow, &mut self.resolver, &self.drop_reasons);
+            self.stats.packets += 1;
+            match report.verdict.outcome {
+                Outcome::Delivered => self.stats.delivered += 1,
+                Outcome::Dropped => self.stats.dropped += 1,
+                Outcome::Unknown => self.stats.unknown += 1,
+            }
+            out.report(&report)?;
+            n += 1;
+        }
+        self.stats.flows = self.flows.len() as u64;
+        Ok(n)
+    }
+}
+
+/// Runs a trace until the duration, count, or a signal ends it; returns the totals.
+pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceError> {
+    let started = Instant::now();
+    let mut probes = Probes::attach(cfg.filter, cfg.sizes, cfg.backend)?;
+    let ring = probes.take_events()?;
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+    let mut pipeline = Pipeline::new(&cfg, probes.drop_reasons.clone());
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    out.ready(&Ready {
+        backend: probes.backend.to_string(),
+        backend_reason: "tp_btf tracepoints need only kernel BTF".into(),
+        hooks: probes.attached.clone(),
+        skipped_hooks: probes.skipped.iter().map(|(t, why)| format!("{t}: {why}")).collect(),
+        filter: cfg.filter_text.clone(),
+        pid: std::process::id(),
+    })?;
+
+    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
+    let sleep_until = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut verdicts = 0u64;
+    let reached = |n: u64| cfg.count.is_some_and(|c| n >= c);
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain_ring(guard.get_inner_mut(), &mut pipeline);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                verdicts += pipeline.flush(Some(monotonic_ns()), out)?;
+            }
+            _ = &mut sleep_until => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        if reached(verdicts) {
+            break;
+        }
+    }
+    // Whatever is still buffered belongs to this trace.
+    drain_ring(ring.get_mut(), &mut pipeline);
+    if !reached(verdicts) {
+        pipeline.flush(None, out)?;
+    }
+    let counters = probes.counters()?;
+    pipeline.stats.kernel = counters;
+    pipeline.stats.lost = counters.lost;
+    pipeline.stats.duration_ms = started.elapsed().as_millis() as u64;
+    if counters.lost > 0 {
+        tracing::warn!(lost = counters.lost, "the kernel lost events: the ring buffer was full");
+    }
+    out.stats(&pipeline.stats)?;
+    Ok(pipeline.stats.clone())
+}
+
+fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+    while let Some(item) = ring.next() {
+        pipeline.push_record(&item);
+    }
+}

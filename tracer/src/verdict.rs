@@ -1,0 +1,147 @@
+//! The outcome of one packet, decided from its hops: delivered, dropped, or unknown.
+
+use serde::Serialize;
+use tracer_common::HopKind;
+
+use crate::{
+    correlate::Packet,
+    events::Hop,
+    probes::DropReasons,
+    resolve::{HostFacts, Symbol},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Reached a socket (consumed after a receive), left the host through a device, or was last
+    /// seen received in the namespace that owns its destination address.
+    Delivered,
+    /// Freed with a drop reason.
+    Dropped,
+    /// Its end was not observed.
+    Unknown,
+}
+
+/// How a delivered packet ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Consumed right after a receive: taken by the stack (a socket) in that namespace.
+    Socket,
+    /// Consumed after a transmit: handed to a device that left the traced path.
+    Transmitted,
+    /// Last seen received in the namespace owning the destination address.
+    LocalNamespace,
+}
+
+/// Where and why a packet was freed as a drop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropSite {
+    pub reason_code: u32,
+    /// Kernel name without `SKB_DROP_REASON_`.
+    pub reason: String,
+    pub location: Option<Symbol>,
+    pub location_addr: u64,
+}
+
+/// The verdict on one packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub delivery: Option<Delivery>,
+    pub drop: Option<DropSite>,
+    /// Index of the last hop where the packet was on a device (receive or transmit).
+    pub last_hop: Option<usize>,
+}
+
+/// Decides the verdict for a finished packet.
+pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons) -> Verdict {
+    let last_hop = packet
+        .hops
+        .iter()
+        .rposition(|h| matches!(h.kind, HopKind::Receive | HopKind::Transmit | HopKind::VethTransmit))
+        .or(if packet.hops.is_empty() { None } else { Some(0) });
+    let last_device_hop = last_hop.and_then(|i| packet.hops.get(i));
+
+    if let Some(drop) = packet.hops.iter().find(|h| h.kind == HopKind::Drop) {
+        return Verdict {
+            outcome: Outcome::Dropped,
+            delivery: None,
+            drop: Some(DropSite {
+                reason_code: drop.drop_reason,
+                reason: reasons.name(drop.drop_reason),
+                location: facts.symbol(drop.location),
+                location_addr: drop.location,
+            }),
+            last_hop,
+        };
+    }
+
+    let delivery = if packet.hops.last().is_some_and(|h| h.kind == HopKind::Consume) {
+        match last_device_hop.map(|h| h.kind) {
+            Some(HopKind::Receive) => Some(Delivery::Socket),
+            Some(HopKind::Transmit | HopKind::VethTransmit) => Some(Delivery::Transmitted),
+            _ => None,
+        }
+    } else {
+        last_device_hop.filter(|h| h.kind == HopKind::Receive).and_then(|h| local_delivery(h, facts))
+    };
+    Verdict {
+        outcome: if delivery.is_some() { Outcome::Delivered } else { Outcome::Unknown },
+        delivery,
+        drop: None,
+        last_hop,
+    }
+}
+
+fn local_delivery(hop: &Hop, facts: &mut dyn HostFacts) -> Option<Delivery> {
+    let dst = hop.tuple?.dst;
+    facts.is_local(hop.netns, dst)?.then_some(Delivery::LocalNamespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        events::fixture::*,
+        resolve::fixture::FakeHost,
+    };
+
+    fn reasons() -> DropReasons {
+        DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)])
+    }
+
+    #[test]
+    fn drop_names_reason_location_and_last_device_hop() {
+        let p = Packet { skb: SKB, hops: forwarding_off_syn(), freed: true };
+        let v = decide(&p, &mut FakeHost::lab(), &reasons());
+        assert_eq!(v.outcome, Outcome::Dropped);
+        let drop = v.drop.expect("drop site");
+        assert_eq!(drop.reason, "IP_INADDRERRORS");
+        assert_eq!(drop.location.map(|s| s.name), Some("ip_error".into()));
+        assert_eq!(v.last_hop, Some(1), "the receive on eth0");
+    }
+
+    #[test]
+    fn consumed_after_receive_is_delivered_to_a_socket() {
+        let p = Packet { skb: SKB, hops: healthy_syn(), freed: true };
+        let v = decide(&p, &mut FakeHost::lab(), &reasons());
+        assert_eq!(v.outcome, Outcome::Delivered);
+        assert_eq!(v.delivery, Some(Delivery::Socket));
+        assert_eq!(v.last_hop, Some(4));
+    }
+
+    #[test]
+    fn unfinished_packet_is_delivered_only_in_its_destination_namespace() {
+        let mut hops = healthy_syn();
+        hops.pop(); // no consume observed
+        let p = Packet { skb: SKB, hops: hops.clone(), freed: false };
+        let v = decide(&p, &mut FakeHost::lab(), &reasons());
+        assert_eq!(v.delivery, Some(Delivery::LocalNamespace));
+        // Stopped on the bridge: not the destination's namespace.
+        hops.truncate(3);
+        let p = Packet { skb: SKB, hops, freed: false };
+        let v = decide(&p, &mut FakeHost::lab(), &reasons());
+        assert_eq!(v.outcome, Outcome::Unknown);
+    }
+}
