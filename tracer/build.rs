@@ -20,7 +20,13 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("tracer/ has no parent"))?
         .join("tracer-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
-    let package = Package { name: "tracer-ebpf", root_dir: root, ..Default::default() };
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let package = Package {
+        name: "tracer-ebpf",
+        root_dir: root,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], Toolchain::Nightly)
 }

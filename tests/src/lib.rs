@@ -1,1 +1,464 @@
+//! The lab: a Docker-like host built from network namespaces, with faults as switches.
+//!
+//! ```text
+//!  outside ns                host ns                                   container ns
+//!  eth0 203.0.113.2 ──veth── eth0 203.0.113.1   docker0 172.17.0.1 ── vethXXXX ──veth── eth0 172.17.0.2:80
+//!                            nat: DOCKER DNAT :10001 → 172.17.0.2:80, MASQUERADE; filter FORWARD DROP + Docker's accepts
+//! ```
+//!
+//! Everything lives in namespaces the lab creates (unique names, removed on drop even when a
+//! test panics); the root namespace is never touched. Tests, `cargo xtask demo`, and later the
+//! VM lab and benchmarks share this one definition.
 
+pub mod tracer;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Addresses, names and ports of a lab. [`LabConfig::default`] looks like a stock Docker host;
+/// [`LabConfig::unusual`] changes every name and number so tests cannot lean on them.
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// The host's uplink interface.
+    pub uplink: String,
+    /// The container bridge.
+    pub bridge: String,
+    pub outside_addr: Ipv4Addr,
+    pub host_addr: Ipv4Addr,
+    pub uplink_prefix: u8,
+    pub bridge_addr: Ipv4Addr,
+    pub container_addr: Ipv4Addr,
+    pub bridge_prefix: u8,
+    /// Port published on the host (DNAT from here).
+    pub published_port: u16,
+    /// Port the container listens on.
+    pub container_port: u16,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            uplink: "eth0".into(),
+            bridge: "docker0".into(),
+            outside_addr: Ipv4Addr::new(203, 0, 113, 2),
+            host_addr: Ipv4Addr::new(203, 0, 113, 1),
+            uplink_prefix: 24,
+            bridge_addr: Ipv4Addr::new(172, 17, 0, 1),
+            container_addr: Ipv4Addr::new(172, 17, 0, 2),
+            bridge_prefix: 16,
+            published_port: 10001,
+            container_port: 80,
+        }
+    }
+}
+
+impl LabConfig {
+    /// A topology pathtrace has never seen: other names, addresses and ports.
+    pub fn unusual() -> Self {
+        Self {
+            uplink: "wan0".into(),
+            bridge: "br-apps".into(),
+            outside_addr: Ipv4Addr::new(198, 18, 7, 2),
+            host_addr: Ipv4Addr::new(198, 18, 7, 1),
+            uplink_prefix: 24,
+            bridge_addr: Ipv4Addr::new(10, 200, 0, 1),
+            container_addr: Ipv4Addr::new(10, 200, 0, 5),
+            bridge_prefix: 24,
+            published_port: 8443,
+            container_port: 8080,
+        }
+    }
+
+    fn bridge_subnet(&self) -> String {
+        let mask = u32::MAX
+            .checked_shl(32 - self.bridge_prefix as u32)
+            .unwrap_or(0);
+        let net = Ipv4Addr::from(u32::from(self.bridge_addr) & mask);
+        format!("{net}/{}", self.bridge_prefix)
+    }
+
+    /// Docker's rules for one published port (as `iptables-save` prints them).
+    pub fn docker_rules(&self) -> String {
+        let (br, sub, ctr) = (&self.bridge, self.bridge_subnet(), self.container_addr);
+        let (pp, cp) = (self.published_port, self.container_port);
+        format!(
+            "*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s {sub} ! -o {br} -j MASQUERADE
+-A POSTROUTING -s {ctr}/32 -d {ctr}/32 -p tcp -m tcp --dport {cp} -j MASQUERADE
+-A DOCKER -i {br} -j RETURN
+-A DOCKER ! -i {br} -p tcp -m tcp --dport {pp} -j DNAT --to-destination {ctr}:{cp}
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o {br} -j DOCKER
+-A FORWARD -i {br} ! -o {br} -j ACCEPT
+-A FORWARD -i {br} -o {br} -j ACCEPT
+-A DOCKER -d {ctr}/32 ! -i {br} -o {br} -p tcp -m tcp --dport {cp} -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i {br} ! -o {br} -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o {br} -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+"
+        )
+    }
+}
+
+/// A fault the lab can switch on. Each reproduces a field note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `net.ipv4.conf.<iface>.forwarding = 0` on one host interface (field note 000).
+    ForwardingOff(String),
+    /// `net.ipv4.ip_forward = 0` in the host namespace.
+    IpForwardOff,
+}
+
+/// A network namespace the lab created; `ip netns` knows it by `name`.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Result<Self> {
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `ip -n <ns> ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`).
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Writes a sysctl in this namespace (only namespaces the lab owns).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let file =
+            std::fs::File::open(self.path()).with_context(|| format!("opening {}", self.path()))?;
+        let handle = std::thread::spawn(move || {
+            // SAFETY: setns for this thread only, with a valid namespace fd.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        });
+        let joined = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("netns thread panicked"))?;
+        joined.context("setns")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A TCP listener accepting and closing connections inside the container namespace.
+struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A running lab. Dropping it removes every namespace (and with them every interface and rule).
+pub struct Lab {
+    pub config: LabConfig,
+    /// The host-side veth of the container.
+    pub host_veth: String,
+    // Field order is drop order: stop the listener before its namespace goes.
+    listener: Option<Listener>,
+    pub container: Netns,
+    pub host: Netns,
+    pub outside: Netns,
+}
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Fails with a clear message when not root (the lab creates namespaces and rules).
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the lab needs root (network namespaces, veth, iptables): run `sudo cargo xtask test`"
+        );
+    }
+    Ok(())
+}
+
+/// Removes namespaces left by lab processes that died without cleaning up.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("ptlab-")
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+impl Lab {
+    /// Builds the topology, healthy: the published port answers from the outside namespace.
+    pub fn new(config: LabConfig) -> Result<Self> {
+        require_root()?;
+        sweep_stale();
+        let id = format!(
+            "ptlab-{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let outside = Netns::create(format!("{id}-out"))?;
+        let host = Netns::create(format!("{id}-host"))?;
+        let container = Netns::create(format!("{id}-ctr"))?;
+        let host_veth = format!("veth{:x}", std::process::id() % 0xffff);
+        let mut lab = Self {
+            config,
+            host_veth,
+            listener: None,
+            container,
+            host,
+            outside,
+        };
+        lab.build().with_context(|| format!("building lab {id}"))?;
+        Ok(lab)
+    }
+
+    /// Builds the lab with one fault switched on.
+    pub fn with_fault(config: LabConfig, fault: Fault) -> Result<Self> {
+        let lab = Self::new(config)?;
+        lab.apply(&fault)?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let c = self.config.clone();
+        let (out, host, ctr) = (&self.outside, &self.host, &self.container);
+        // Uplink: a veth whose far end is the outside host.
+        host.ip(&[
+            "link", "add", &c.uplink, "type", "veth", "peer", "name", "eth0", "netns", &out.name,
+        ])?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", c.host_addr, c.uplink_prefix),
+            "dev",
+            &c.uplink,
+        ])?;
+        host.ip(&["link", "set", &c.uplink, "up"])?;
+        out.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", c.outside_addr, c.uplink_prefix),
+            "dev",
+            "eth0",
+        ])?;
+        out.ip(&["link", "set", "eth0", "up"])?;
+        // Bridge and the container's veth.
+        host.ip(&["link", "add", &c.bridge, "type", "bridge"])?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", c.bridge_addr, c.bridge_prefix),
+            "dev",
+            &c.bridge,
+        ])?;
+        host.ip(&["link", "set", &c.bridge, "up"])?;
+        host.ip(&[
+            "link",
+            "add",
+            &self.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ctr.name,
+        ])?;
+        host.ip(&["link", "set", &self.host_veth, "master", &c.bridge, "up"])?;
+        ctr.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", c.container_addr, c.bridge_prefix),
+            "dev",
+            "eth0",
+        ])?;
+        ctr.ip(&["link", "set", "eth0", "up"])?;
+        ctr.ip(&["route", "add", "default", "via", &c.bridge_addr.to_string()])?;
+        // What dockerd does on the host.
+        host.sysctl("net.ipv4.ip_forward", "1")?;
+        run_stdin(
+            "ip",
+            &["netns", "exec", &host.name, "iptables-restore"],
+            &c.docker_rules(),
+        )
+        .context("loading Docker-style rules")?;
+        self.listener = Some(self.listen()?);
+        Ok(())
+    }
+
+    fn listen(&self) -> Result<Listener> {
+        let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.config.container_port);
+        let sock = self.container.run_in(move || TcpListener::bind(addr))??;
+        sock.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match sock.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Listener {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Switches a fault on.
+    pub fn apply(&self, fault: &Fault) -> Result<()> {
+        match fault {
+            Fault::ForwardingOff(iface) => self
+                .host
+                .sysctl(&format!("net.ipv4.conf.{iface}.forwarding"), "0"),
+            Fault::IpForwardOff => self.host.sysctl("net.ipv4.ip_forward", "0"),
+        }
+    }
+
+    /// The address a client outside connects to.
+    pub fn published(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.config.host_addr, self.config.published_port)
+    }
+
+    /// Connects from the outside namespace to the published port; `Ok(true)` when the TCP
+    /// handshake completed within `timeout`.
+    pub fn connect(&self, timeout: Duration) -> Result<bool> {
+        let to = self.published().into();
+        self.outside
+            .run_in(move || TcpStream::connect_timeout(&to, timeout).is_ok())
+    }
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd} (is it installed? `cargo xtask setup`)"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run_stdin(cmd: &str, args: &[&str], input: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_rules_follow_the_config() {
+        let rules = LabConfig::unusual().docker_rules();
+        assert!(rules.contains("-A DOCKER ! -i br-apps -p tcp -m tcp --dport 8443 -j DNAT --to-destination 10.200.0.5:8080"));
+        assert!(rules.contains("-A POSTROUTING -s 10.200.0.0/24 ! -o br-apps -j MASQUERADE"));
+        assert!(rules.contains(":FORWARD DROP"));
+        assert_eq!(LabConfig::default().bridge_subnet(), "172.17.0.0/16");
+    }
+}

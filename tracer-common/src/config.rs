@@ -35,7 +35,14 @@ pub struct Filter {
 impl Filter {
     /// Matches everything.
     pub const fn any() -> Self {
-        Self { host: [0; 4], sport: 0, dport: 0, proto: 0, fields: 0, _pad: [0; 2] }
+        Self {
+            host: [0; 4],
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            fields: 0,
+            _pad: [0; 2],
+        }
     }
 
     /// Whether a packet with these header fields passes. Shared by the kernel program and the
@@ -126,7 +133,14 @@ mod tests {
     use super::*;
 
     fn f(fields: u8) -> Filter {
-        Filter { host: [10, 0, 0, 1], sport: 5555, dport: 10001, proto: 6, fields, _pad: [0; 2] }
+        Filter {
+            host: [10, 0, 0, 1],
+            sport: 5555,
+            dport: 10001,
+            proto: 6,
+            fields,
+            _pad: [0; 2],
+        }
     }
 
     #[test]

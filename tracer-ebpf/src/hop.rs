@@ -24,6 +24,9 @@ pub struct Site {
     pub l3_at_data: bool,
     /// The skb is freed at this hook: forget it after emitting.
     pub frees: bool,
+    /// Emit only for skbs already tracked: a hook this hot (consume_skb) must not pay for
+    /// header reads, and a packet first seen as it is freed normally tells nothing.
+    pub only_tracked: bool,
 }
 
 impl Default for Site {
@@ -35,6 +38,7 @@ impl Default for Site {
             drop_reason: 0,
             l3_at_data: false,
             frees: false,
+            only_tracked: false,
         }
     }
 }
@@ -48,6 +52,9 @@ pub fn record(skb: u64, site: Site) {
     }
     // SAFETY: a map lookup; the value is not held across helper calls.
     let tracked = unsafe { TRACKED.get(&skb).is_some() };
+    if site.only_tracked && !tracked {
+        return;
+    }
     let h = headers(skb, &off, site.l3_at_data);
     let matched = h.ipv4 && filter().matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport);
     if !tracked && !matched {
@@ -61,7 +68,11 @@ pub fn record(skb: u64, site: Site) {
         bump(counter::TRACK_FAILED);
     }
 
-    let dev = if site.dev != 0 { site.dev } else { read::<u64>(skb, off.skb_dev).unwrap_or(0) };
+    let dev = if site.dev != 0 {
+        site.dev
+    } else {
+        read::<u64>(skb, off.skb_dev).unwrap_or(0)
+    };
     let (ifindex, netns) = device(dev, &off);
 
     let Some(mut entry) = EVENTS.reserve::<HopEvent>(0) else {

@@ -24,7 +24,14 @@ mod programs {
     #[btf_tracepoint(function = "netif_receive_skb")]
     pub fn tp_netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
         let skb: u64 = ctx.arg(0);
-        record(skb, Site { kind: HopKind::Receive, l3_at_data: true, ..Site::default() });
+        record(
+            skb,
+            Site {
+                kind: HopKind::Receive,
+                l3_at_data: true,
+                ..Site::default()
+            },
+        );
         0
     }
 
@@ -33,7 +40,14 @@ mod programs {
     pub fn tp_net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
         let skb: u64 = ctx.arg(0);
         let dev: u64 = ctx.arg(1);
-        record(skb, Site { kind: HopKind::Transmit, dev, ..Site::default() });
+        record(
+            skb,
+            Site {
+                kind: HopKind::Transmit,
+                dev,
+                ..Site::default()
+            },
+        );
         0
     }
 
@@ -61,7 +75,16 @@ mod programs {
     pub fn tp_consume_skb(ctx: BtfTracePointContext) -> i32 {
         let skb: u64 = ctx.arg(0);
         let location: u64 = ctx.arg(1);
-        record(skb, Site { kind: HopKind::Consume, location, frees: true, ..Site::default() });
+        record(
+            skb,
+            Site {
+                kind: HopKind::Consume,
+                location,
+                frees: true,
+                only_tracked: true,
+                ..Site::default()
+            },
+        );
         0
     }
 }

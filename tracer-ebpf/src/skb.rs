@@ -30,7 +30,9 @@ const ETH_P_IP_BE: u16 = 0x0008; // htons(0x0800) as read on little-endian
 #[inline(always)]
 pub fn headers(skb: u64, off: &KernelOffsets, l3_at_data: bool) -> Headers {
     let mut h = Headers::default();
-    let Some(protocol) = read::<u16>(skb, off.skb_protocol) else { return h };
+    let Some(protocol) = read::<u16>(skb, off.skb_protocol) else {
+        return h;
+    };
     if protocol != ETH_P_IP_BE {
         return h;
     }
@@ -40,15 +42,21 @@ pub fn headers(skb: u64, off: &KernelOffsets, l3_at_data: bool) -> Headers {
             None => return h,
         }
     } else {
-        let Some(head) = read::<u64>(skb, off.skb_head) else { return h };
-        let Some(nh) = read::<u16>(skb, off.skb_network_header) else { return h };
+        let Some(head) = read::<u64>(skb, off.skb_head) else {
+            return h;
+        };
+        let Some(nh) = read::<u16>(skb, off.skb_network_header) else {
+            return h;
+        };
         if nh == 0xffff {
             return h;
         }
         head + nh as u64
     };
     // version/ihl, tos, tot_len, id, frag_off, ttl, protocol, check, saddr, daddr
-    let Some(ip) = read::<[u8; 20]>(l3, 0) else { return h };
+    let Some(ip) = read::<[u8; 20]>(l3, 0) else {
+        return h;
+    };
     if ip[0] >> 4 != 4 {
         return h;
     }
@@ -61,7 +69,9 @@ pub fn headers(skb: u64, off: &KernelOffsets, l3_at_data: bool) -> Headers {
     if ihl < 20 || frag_off != 0 || (h.proto != 6 && h.proto != 17) {
         return h;
     }
-    let Some(l4) = read::<[u8; 14]>(l3, ihl) else { return h };
+    let Some(l4) = read::<[u8; 14]>(l3, ihl) else {
+        return h;
+    };
     h.sport = u16::from_be_bytes([l4[0], l4[1]]);
     h.dport = u16::from_be_bytes([l4[2], l4[3]]);
     if h.proto == 6 {

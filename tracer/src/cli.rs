@@ -72,7 +72,9 @@ fn parse_proto(s: &str) -> Result<u8, String> {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 365.0 * 86400.0) {
         return Err(format!("`{s}`: the duration must be positive (seconds)"));
     }
@@ -110,7 +112,11 @@ impl FilterArgs {
             f.fields |= filter_field::DPORT;
             words.push(format!("dport {p}"));
         }
-        let text = if words.is_empty() { "all IPv4 packets".to_owned() } else { words.join(" ") };
+        let text = if words.is_empty() {
+            "all IPv4 packets".to_owned()
+        } else {
+            words.join(" ")
+        };
         Ok((f, text))
     }
 }
@@ -139,7 +145,15 @@ mod tests {
 
     #[test]
     fn builds_the_kernel_filter() {
-        let cli = parse(&["--dport", "10001", "--proto", "tcp", "--host", "203.0.113.2"]).unwrap();
+        let cli = parse(&[
+            "--dport",
+            "10001",
+            "--proto",
+            "tcp",
+            "--host",
+            "203.0.113.2",
+        ])
+        .unwrap();
         let cfg = cli.trace_config().unwrap();
         assert_eq!(cfg.filter.dport, 10001);
         assert_eq!(cfg.filter.proto, 6);
@@ -160,6 +174,10 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
         let cli = parse(&["--proto", "icmp", "--dport", "80"]).unwrap();
-        assert!(cli.trace_config().unwrap_err().contains("need --proto tcp or udp"));
+        assert!(
+            cli.trace_config()
+                .unwrap_err()
+                .contains("need --proto tcp or udp")
+        );
     }
 }

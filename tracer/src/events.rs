@@ -29,7 +29,13 @@ pub struct Tuple {
 impl Tuple {
     /// The same flow seen from the other end.
     pub fn reversed(self) -> Self {
-        Self { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport, proto: self.proto }
+        Self {
+            src: self.dst,
+            sport: self.dport,
+            dst: self.src,
+            dport: self.sport,
+            proto: self.proto,
+        }
     }
 }
 
@@ -46,9 +52,19 @@ pub fn proto_name(proto: u8) -> &'static str {
 impl fmt::Display for Tuple {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.proto == 6 || self.proto == 17 {
-            write!(f, "{}:{} → {}:{}", self.src, self.sport, self.dst, self.dport)
+            write!(
+                f,
+                "{}:{} → {}:{}",
+                self.src, self.sport, self.dst, self.dport
+            )
         } else {
-            write!(f, "{} → {} ({})", self.src, self.dst, proto_name(self.proto))
+            write!(
+                f,
+                "{} → {} ({})",
+                self.src,
+                self.dst,
+                proto_name(self.proto)
+            )
         }
     }
 }
@@ -242,10 +258,16 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         let e = ev(HopKind::Receive, 42, HOST_NS, 7);
-        assert_eq!(Hop::decode(&e.as_bytes()[..10]), Err(DecodeError::Short(10)));
+        assert_eq!(
+            Hop::decode(&e.as_bytes()[..10]),
+            Err(DecodeError::Short(10))
+        );
         let mut bad = e;
         bad.kind = 200;
-        assert_eq!(Hop::decode(bad.as_bytes()), Err(DecodeError::UnknownKind(200)));
+        assert_eq!(
+            Hop::decode(bad.as_bytes()),
+            Err(DecodeError::UnknownKind(200))
+        );
     }
 
     #[test]

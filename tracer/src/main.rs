@@ -30,7 +30,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = cli.trace_config().map_err(anyhow::Error::msg).context("invalid filter")?;
+    let cfg = cli
+        .trace_config()
+        .map_err(anyhow::Error::msg)
+        .context("invalid filter")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,6 +43,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         Box::new(HumanOutput::new(stdout().lock()))
     };
-    runtime.block_on(trace::run(cfg, out.as_mut())).context("tracing")?;
+    runtime
+        .block_on(trace::run(cfg, out.as_mut()))
+        .context("tracing")?;
     Ok(())
 }

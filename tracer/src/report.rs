@@ -43,7 +43,9 @@ impl HopView {
         let t = hop.tuple;
         let l4 = t.is_some_and(|t| t.proto == 6 || t.proto == 17);
         let freed = hop.frees().then(|| {
-            facts.symbol(hop.location).map_or_else(|| format!("{:#x}", hop.location), |s| s.to_string())
+            facts
+                .symbol(hop.location)
+                .map_or_else(|| format!("{:#x}", hop.location), |s| s.to_string())
         });
         Self {
             ts_ns: hop.ts_ns,
@@ -60,7 +62,8 @@ impl HopView {
             proto: t.map(|t| proto_name(t.proto)),
             tcp_flags: tcp_flags_string(hop.tcp_flags),
             len: hop.len,
-            drop_reason: (hop.kind == tracer_common::HopKind::Drop).then(|| reasons.name(hop.drop_reason)),
+            drop_reason: (hop.kind == tracer_common::HopKind::Drop)
+                .then(|| reasons.name(hop.drop_reason)),
             location: freed,
         }
     }
@@ -85,9 +88,26 @@ impl Report {
         reasons: &DropReasons,
     ) -> Self {
         let verdict = decide(&packet, facts, reasons);
-        let diagnosis = diagnose(&Case { packet: &packet, verdict: &verdict, flow: flow.as_ref() }, facts);
-        let hops = packet.hops.iter().map(|h| HopView::new(h, facts, reasons)).collect();
-        Self { packet, hops, flow, verdict, diagnosis }
+        let diagnosis = diagnose(
+            &Case {
+                packet: &packet,
+                verdict: &verdict,
+                flow: flow.as_ref(),
+            },
+            facts,
+        );
+        let hops = packet
+            .hops
+            .iter()
+            .map(|h| HopView::new(h, facts, reasons))
+            .collect();
+        Self {
+            packet,
+            hops,
+            flow,
+            verdict,
+            diagnosis,
+        }
     }
 
     pub fn last_hop(&self) -> Option<&HopView> {
@@ -109,7 +129,9 @@ impl Report {
             delivery: self.verdict.delivery,
             drop_reason: drop.map(|d| d.reason.clone()),
             location: drop.map(|d| {
-                d.location.as_ref().map_or_else(|| format!("{:#x}", d.location_addr), |s| s.name.clone())
+                d.location
+                    .as_ref()
+                    .map_or_else(|| format!("{:#x}", d.location_addr), |s| s.name.clone())
             }),
             location_detail: drop.and_then(|d| d.location.as_ref().map(ToString::to_string)),
             last_hop: self.last_hop(),

@@ -65,7 +65,10 @@ impl Default for TraceConfig {
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -146,7 +149,11 @@ pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceE
         backend: probes.backend.to_string(),
         backend_reason: "tp_btf tracepoints need only kernel BTF".into(),
         hooks: probes.attached.clone(),
-        skipped_hooks: probes.skipped.iter().map(|(t, why)| format!("{t}: {why}")).collect(),
+        skipped_hooks: probes
+            .skipped
+            .iter()
+            .map(|(t, why)| format!("{t}: {why}"))
+            .collect(),
         filter: cfg.filter_text.clone(),
         pid: std::process::id(),
     })?;
@@ -191,7 +198,10 @@ pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceE
     pipeline.stats.lost = counters.lost;
     pipeline.stats.duration_ms = started.elapsed().as_millis() as u64;
     if counters.lost > 0 {
-        tracing::warn!(lost = counters.lost, "the kernel lost events: the ring buffer was full");
+        tracing::warn!(
+            lost = counters.lost,
+            "the kernel lost events: the ring buffer was full"
+        );
     }
     out.stats(&pipeline.stats)?;
     Ok(pipeline.stats.clone())

@@ -59,8 +59,17 @@ pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons)
     let last_hop = packet
         .hops
         .iter()
-        .rposition(|h| matches!(h.kind, HopKind::Receive | HopKind::Transmit | HopKind::VethTransmit))
-        .or(if packet.hops.is_empty() { None } else { Some(0) });
+        .rposition(|h| {
+            matches!(
+                h.kind,
+                HopKind::Receive | HopKind::Transmit | HopKind::VethTransmit
+            )
+        })
+        .or(if packet.hops.is_empty() {
+            None
+        } else {
+            Some(0)
+        });
     let last_device_hop = last_hop.and_then(|i| packet.hops.get(i));
 
     if let Some(drop) = packet.hops.iter().find(|h| h.kind == HopKind::Drop) {
@@ -77,17 +86,27 @@ pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons)
         };
     }
 
-    let delivery = if packet.hops.last().is_some_and(|h| h.kind == HopKind::Consume) {
+    let delivery = if packet
+        .hops
+        .last()
+        .is_some_and(|h| h.kind == HopKind::Consume)
+    {
         match last_device_hop.map(|h| h.kind) {
             Some(HopKind::Receive) => Some(Delivery::Socket),
             Some(HopKind::Transmit | HopKind::VethTransmit) => Some(Delivery::Transmitted),
             _ => None,
         }
     } else {
-        last_device_hop.filter(|h| h.kind == HopKind::Receive).and_then(|h| local_delivery(h, facts))
+        last_device_hop
+            .filter(|h| h.kind == HopKind::Receive)
+            .and_then(|h| local_delivery(h, facts))
     };
     Verdict {
-        outcome: if delivery.is_some() { Outcome::Delivered } else { Outcome::Unknown },
+        outcome: if delivery.is_some() {
+            Outcome::Delivered
+        } else {
+            Outcome::Unknown
+        },
         delivery,
         drop: None,
         last_hop,
@@ -96,16 +115,15 @@ pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons)
 
 fn local_delivery(hop: &Hop, facts: &mut dyn HostFacts) -> Option<Delivery> {
     let dst = hop.tuple?.dst;
-    facts.is_local(hop.netns, dst)?.then_some(Delivery::LocalNamespace)
+    facts
+        .is_local(hop.netns, dst)?
+        .then_some(Delivery::LocalNamespace)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        events::fixture::*,
-        resolve::fixture::FakeHost,
-    };
+    use crate::{events::fixture::*, resolve::fixture::FakeHost};
 
     fn reasons() -> DropReasons {
         DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)])
@@ -113,7 +131,11 @@ mod tests {
 
     #[test]
     fn drop_names_reason_location_and_last_device_hop() {
-        let p = Packet { skb: SKB, hops: forwarding_off_syn(), freed: true };
+        let p = Packet {
+            skb: SKB,
+            hops: forwarding_off_syn(),
+            freed: true,
+        };
         let v = decide(&p, &mut FakeHost::lab(), &reasons());
         assert_eq!(v.outcome, Outcome::Dropped);
         let drop = v.drop.expect("drop site");
@@ -124,7 +146,11 @@ mod tests {
 
     #[test]
     fn consumed_after_receive_is_delivered_to_a_socket() {
-        let p = Packet { skb: SKB, hops: healthy_syn(), freed: true };
+        let p = Packet {
+            skb: SKB,
+            hops: healthy_syn(),
+            freed: true,
+        };
         let v = decide(&p, &mut FakeHost::lab(), &reasons());
         assert_eq!(v.outcome, Outcome::Delivered);
         assert_eq!(v.delivery, Some(Delivery::Socket));
@@ -135,12 +161,20 @@ mod tests {
     fn unfinished_packet_is_delivered_only_in_its_destination_namespace() {
         let mut hops = healthy_syn();
         hops.pop(); // no consume observed
-        let p = Packet { skb: SKB, hops: hops.clone(), freed: false };
+        let p = Packet {
+            skb: SKB,
+            hops: hops.clone(),
+            freed: false,
+        };
         let v = decide(&p, &mut FakeHost::lab(), &reasons());
         assert_eq!(v.delivery, Some(Delivery::LocalNamespace));
         // Stopped on the bridge: not the destination's namespace.
         hops.truncate(3);
-        let p = Packet { skb: SKB, hops, freed: false };
+        let p = Packet {
+            skb: SKB,
+            hops,
+            freed: false,
+        };
         let v = decide(&p, &mut FakeHost::lab(), &reasons());
         assert_eq!(v.outcome, Outcome::Unknown);
     }

@@ -43,7 +43,12 @@ pub fn rewrites(packet: &Packet) -> Vec<Rewrite> {
                 (true, false) => RewriteKind::Snat,
                 _ => RewriteKind::Nat,
             };
-            out.push(Rewrite { hop: i, kind, from: p, to: t });
+            out.push(Rewrite {
+                hop: i,
+                kind,
+                from: p,
+                to: t,
+            });
         }
         prev = Some(t);
     }
@@ -111,7 +116,12 @@ impl FlowTable {
     /// Places a finished packet in its flow; `None` for packets without an IPv4 tuple.
     pub fn observe(&mut self, packet: &Packet) -> Option<FlowView> {
         let first = packet.hops.iter().find_map(|h| h.tuple)?;
-        let last = packet.hops.iter().rev().find_map(|h| h.tuple).unwrap_or(first);
+        let last = packet
+            .hops
+            .iter()
+            .rev()
+            .find_map(|h| h.tuple)
+            .unwrap_or(first);
         let rewrites = rewrites(packet);
         let (id, direction) = match self.index.get(&first).copied() {
             Some(found) => found,
@@ -140,7 +150,9 @@ impl FlowTable {
 
     fn insert(&mut self, original: Tuple, translated: Tuple) -> u64 {
         while self.flows.len() >= self.max_flows {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Some(f) = self.flows.remove(&old) {
                 self.index.remove(&f.original);
                 self.index.remove(&f.translated.reversed());
@@ -148,10 +160,18 @@ impl FlowTable {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.flows.insert(id, Flow { original, translated, packets: 0 });
+        self.flows.insert(
+            id,
+            Flow {
+                original,
+                translated,
+                packets: 0,
+            },
+        );
         self.order.push_back(id);
         self.index.insert(original, (id, Direction::Original));
-        self.index.insert(translated.reversed(), (id, Direction::Reply));
+        self.index
+            .insert(translated.reversed(), (id, Direction::Reply));
         id
     }
 }
@@ -166,7 +186,11 @@ mod tests {
     use crate::events::fixture::*;
 
     fn packet(hops: Vec<crate::events::Hop>) -> Packet {
-        Packet { skb: SKB, hops, freed: true }
+        Packet {
+            skb: SKB,
+            hops,
+            freed: true,
+        }
     }
 
     #[test]
@@ -196,7 +220,9 @@ mod tests {
         out.saddr = [203, 0, 113, 1];
         out.sport = 10001;
         out.ts_ns = 12_000;
-        let view = flows.observe(&packet(vec![hop(reply), hop(out)])).expect("ipv4");
+        let view = flows
+            .observe(&packet(vec![hop(reply), hop(out)]))
+            .expect("ipv4");
         assert_eq!(view.id, syn.id);
         assert_eq!(view.direction, Direction::Reply);
         assert_eq!(view.rewrites[0].kind, RewriteKind::Snat);

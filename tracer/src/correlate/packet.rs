@@ -30,7 +30,11 @@ pub struct PacketTracker {
 
 impl PacketTracker {
     pub fn new(idle_ns: u64, max_live: usize) -> Self {
-        Self { live: HashMap::new(), idle_ns, max_live: max_live.max(1) }
+        Self {
+            live: HashMap::new(),
+            idle_ns,
+            max_live: max_live.max(1),
+        }
     }
 
     pub fn live(&self) -> usize {
@@ -40,24 +44,25 @@ impl PacketTracker {
     /// Adds a hop; returns packets that are finished: this one when the hop frees its skb,
     /// and the evicted one when the table is full.
     pub fn push(&mut self, hop: Hop, finished: &mut Vec<Packet>) {
-        if !self.live.contains_key(&hop.skb) && self.live.len() >= self.max_live {
-            if let Some(oldest) = self.live.values().min_by_key(|p| last_ts(p)).map(|p| p.skb) {
-                if let Some(p) = self.live.remove(&oldest) {
-                    finished.push(p);
-                }
-            }
+        if !self.live.contains_key(&hop.skb)
+            && self.live.len() >= self.max_live
+            && let Some(oldest) = self.live.values().min_by_key(|p| last_ts(p)).map(|p| p.skb)
+            && let Some(p) = self.live.remove(&oldest)
+        {
+            finished.push(p);
         }
-        let packet = self
-            .live
-            .entry(hop.skb)
-            .or_insert_with(|| Packet { skb: hop.skb, hops: Vec::with_capacity(8), freed: false });
+        let packet = self.live.entry(hop.skb).or_insert_with(|| Packet {
+            skb: hop.skb,
+            hops: Vec::with_capacity(8),
+            freed: false,
+        });
         packet.hops.push(hop);
-        if hop.frees() {
-            if let Some(mut p) = self.live.remove(&hop.skb) {
-                p.freed = true;
-                p.hops.sort_by_key(|h| h.ts_ns);
-                finished.push(p);
-            }
+        if hop.frees()
+            && let Some(mut p) = self.live.remove(&hop.skb)
+        {
+            p.freed = true;
+            p.hops.sort_by_key(|h| h.ts_ns);
+            finished.push(p);
         }
     }
 

@@ -7,7 +7,10 @@
 use super::{Case, Diagnosis, Rule, in_netns};
 use crate::resolve::HostFacts;
 
-pub const RULE: Rule = Rule { code: "forwarding_disabled", check };
+pub const RULE: Rule = Rule {
+    code: "forwarding_disabled",
+    check,
+};
 
 fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let drop = case.verdict.drop.as_ref()?;
@@ -27,23 +30,33 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let all = facts.sysctl(input.netns, "net.ipv4.conf.all.forwarding");
     let ns = facts.netns_label(input.netns);
     let at_drop = case.drop_hop().and_then(|h| h.tuple).or(input.tuple);
-    let arrived = input.tuple.map(|t| format!(" for {}:{}", t.dst, t.dport)).unwrap_or_default();
+    let arrived = input
+        .tuple
+        .map(|t| format!(" for {}:{}", t.dst, t.dport))
+        .unwrap_or_default();
     let nat = match (input.tuple, at_drop) {
         (Some(before), Some(after)) if before.dst != after.dst || before.dport != after.dport => {
             format!(", was DNATed to {}:{}", after.dst, after.dport)
         }
         _ => String::new(),
     };
-    let location = drop.location.as_ref().map_or_else(|| "ip_error".to_owned(), ToString::to_string);
+    let location = drop
+        .location
+        .as_ref()
+        .map_or_else(|| "ip_error".to_owned(), ToString::to_string);
 
     let mut evidence = vec![
-        format!("kfree_skb: reason IP_INADDRERRORS at {location}, right after the receive on {ifname}"),
+        format!(
+            "kfree_skb: reason IP_INADDRERRORS at {location}, right after the receive on {ifname}"
+        ),
         format!("{key} = 0 in netns {ns}"),
     ];
     if let Some(all) = &all {
-        evidence.push(format!("net.ipv4.conf.all.forwarding = {all} in netns {ns}"));
+        evidence.push(format!(
+            "net.ipv4.conf.all.forwarding = {all} in netns {ns}"
+        ));
     }
-    if let Some(t) = at_drop {
+    if let Some(t) = at_drop.filter(|t| facts.is_local(input.netns, t.dst) == Some(false)) {
         evidence.push(format!(
             "destination {} is not a local address of netns {ns}: the packet had to be forwarded",
             t.dst
@@ -89,10 +102,21 @@ mod tests {
     };
 
     fn run(host: &mut FakeHost) -> Option<crate::diagnose::Diagnosis> {
-        let packet = Packet { skb: SKB, hops: forwarding_off_syn(), freed: true };
+        let packet = Packet {
+            skb: SKB,
+            hops: forwarding_off_syn(),
+            freed: true,
+        };
         let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
         let verdict = decide(&packet, host, &reasons);
-        diagnose(&Case { packet: &packet, verdict: &verdict, flow: None }, host)
+        diagnose(
+            &Case {
+                packet: &packet,
+                verdict: &verdict,
+                flow: None,
+            },
+            host,
+        )
     }
 
     #[test]
@@ -102,11 +126,34 @@ mod tests {
         host.set_sysctl(HOST_NS, "net.ipv4.conf.all.forwarding", "1");
         let d = run(&mut host).expect("diagnosed");
         assert_eq!(d.code, "forwarding_disabled");
-        assert_eq!(d.fix.as_deref(), Some("ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1"));
-        assert!(d.summary.starts_with("The SYN arrived on eth0 (netns lab-host)"), "{}", d.summary);
-        assert!(d.summary.contains("DNATed to 172.17.0.2:80"), "{}", d.summary);
-        assert!(d.evidence.iter().any(|e| e == "net.ipv4.conf.eth0.forwarding = 0 in netns lab-host"));
+        assert_eq!(
+            d.fix.as_deref(),
+            Some("ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1")
+        );
+        assert!(
+            d.summary
+                .starts_with("The SYN arrived on eth0 (netns lab-host)"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.summary.contains("DNATed to 172.17.0.2:80"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e == "net.ipv4.conf.eth0.forwarding = 0 in netns lab-host")
+        );
         assert!(d.evidence[0].contains("ip_error+0x80"), "{:?}", d.evidence);
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e.starts_with("destination 172.17.0.2 is not a local address")),
+            "{:?}",
+            d.evidence
+        );
     }
 
     #[test]
@@ -115,7 +162,10 @@ mod tests {
         host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
         host.set_sysctl(HOST_NS, "net.ipv4.conf.all.forwarding", "0");
         let d = run(&mut host).expect("diagnosed");
-        assert_eq!(d.fix.as_deref(), Some("ip netns exec lab-host sysctl -w net.ipv4.ip_forward=1"));
+        assert_eq!(
+            d.fix.as_deref(),
+            Some("ip netns exec lab-host sysctl -w net.ipv4.ip_forward=1")
+        );
     }
 
     #[test]
@@ -123,6 +173,10 @@ mod tests {
         let mut host = FakeHost::lab();
         host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "1");
         assert_eq!(run(&mut host), None);
-        assert_eq!(run(&mut FakeHost::lab()), None, "sysctl unreadable: say nothing");
+        assert_eq!(
+            run(&mut FakeHost::lab()),
+            None,
+            "sysctl unreadable: say nothing"
+        );
     }
 }

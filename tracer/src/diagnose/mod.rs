@@ -41,8 +41,16 @@ impl Case<'_> {
 
     /// The last receive before the drop (or the end): the interface the packet came in on.
     pub fn input_hop(&self) -> Option<&Hop> {
-        let end = self.packet.hops.iter().position(|h| h.kind == HopKind::Drop).unwrap_or(self.packet.hops.len());
-        self.packet.hops[..end].iter().rev().find(|h| h.kind == HopKind::Receive)
+        let end = self
+            .packet
+            .hops
+            .iter()
+            .position(|h| h.kind == HopKind::Drop)
+            .unwrap_or(self.packet.hops.len());
+        self.packet.hops[..end]
+            .iter()
+            .rev()
+            .find(|h| h.kind == HopKind::Receive)
     }
 
     /// "The SYN", "The SYN-ACK", "The packet": how a person names this packet.

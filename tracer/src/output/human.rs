@@ -25,11 +25,27 @@ impl<W: Write> HumanOutput<W> {
 pub fn render(report: &Report) -> String {
     let mut s = String::new();
     let first = report.packet.hops.first();
-    let flags = first.map(|h| tcp_flags_string(h.tcp_flags)).unwrap_or_default();
-    let title = report.first_tuple().map_or_else(|| "non-IPv4 packet".to_owned(), |t| {
-        format!("{} {t} ({})", if flags.is_empty() { "packet".into() } else { flags.clone() }, proto_name(t.proto))
-    });
-    let flow = report.flow.as_ref().map_or(String::new(), |f| format!(", flow {}", f.id));
+    let flags = first
+        .map(|h| tcp_flags_string(h.tcp_flags))
+        .unwrap_or_default();
+    let title = report.first_tuple().map_or_else(
+        || "non-IPv4 packet".to_owned(),
+        |t| {
+            format!(
+                "{} {t} ({})",
+                if flags.is_empty() {
+                    "packet".into()
+                } else {
+                    flags.clone()
+                },
+                proto_name(t.proto)
+            )
+        },
+    );
+    let flow = report
+        .flow
+        .as_ref()
+        .map_or(String::new(), |f| format!(", flow {}", f.id));
     let _ = writeln!(s, "{title}  [skb {:#x}{flow}]", report.packet.skb);
 
     let t0 = report.packet.first_ts();
@@ -55,15 +71,28 @@ pub fn render(report: &Report) -> String {
             let _ = write!(detail, "  {}", view.tcp_flags);
         }
         if let Some(reason) = &view.drop_reason {
-            let _ = write!(detail, "  {reason} at {}", view.location.as_deref().unwrap_or("?"));
+            let _ = write!(
+                detail,
+                "  {reason} at {}",
+                view.location.as_deref().unwrap_or("?")
+            );
         } else if let Some(loc) = &view.location {
             let _ = write!(detail, "  at {loc}");
         }
         let rel = hop.ts_ns.saturating_sub(t0) as f64 / 1000.0;
-        let _ = writeln!(s, "  {:>10}  {:<9} {:<28} {}", format!("+{rel:.1}µs"), view.hop, at, detail.trim_start());
+        let _ = writeln!(
+            s,
+            "  {:>10}  {:<9} {:<28} {}",
+            format!("+{rel:.1}µs"),
+            view.hop,
+            at,
+            detail.trim_start()
+        );
     }
 
-    let last = report.last_hop().map(|h| format!("{} ({})", h.ifname, h.netns_name));
+    let last = report
+        .last_hop()
+        .map(|h| format!("{} ({})", h.ifname, h.netns_name));
     let line = match report.verdict.outcome {
         Outcome::Dropped => {
             let d = report.verdict.drop.as_ref();
@@ -71,7 +100,8 @@ pub fn render(report: &Report) -> String {
                 "DROPPED{}: {} at {}",
                 last.map(|l| format!(" after {l}")).unwrap_or_default(),
                 d.map_or("?", |d| d.reason.as_str()),
-                d.and_then(|d| d.location.as_ref()).map_or_else(|| "an unknown location".into(), |s| s.name.clone()),
+                d.and_then(|d| d.location.as_ref())
+                    .map_or_else(|| "an unknown location".into(), |s| s.name.clone()),
             )
         }
         Outcome::Delivered => {
@@ -132,7 +162,11 @@ impl<W: Write> Output for HumanOutput<W> {
             s.flows,
             s.events,
             s.lost,
-            if s.lost > 0 { " — the ring buffer was full: narrow the filter" } else { "" }
+            if s.lost > 0 {
+                " — the ring buffer was full: narrow the filter"
+            } else {
+                ""
+            }
         )?;
         self.out.flush()
     }
@@ -149,7 +183,11 @@ mod tests {
     };
 
     fn report(hops: Vec<crate::events::Hop>, host: &mut FakeHost) -> Report {
-        let packet = Packet { skb: SKB, hops, freed: true };
+        let packet = Packet {
+            skb: SKB,
+            hops,
+            freed: true,
+        };
         let flow = FlowTable::new(8).observe(&packet);
         let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
         Report::build(packet, flow, host, &reasons)
@@ -161,19 +199,36 @@ mod tests {
         host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
         let text = render(&report(forwarding_off_syn(), &mut host));
         assert!(text.contains("transmit  eth0 @ lab-out"), "{text}");
-        assert!(text.contains("203.0.113.2:40000 → 172.17.0.2:80  [DNAT]"), "{text}");
+        assert!(
+            text.contains("203.0.113.2:40000 → 172.17.0.2:80  [DNAT]"),
+            "{text}"
+        );
         assert!(text.contains("IP_INADDRERRORS at ip_error+0x80"), "{text}");
-        assert!(text.contains("=> DROPPED after eth0 (lab-host): IP_INADDRERRORS at ip_error"), "{text}");
-        assert!(text.contains("fix: ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1"), "{text}");
+        assert!(
+            text.contains("=> DROPPED after eth0 (lab-host): IP_INADDRERRORS at ip_error"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fix: ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1"),
+            "{text}"
+        );
     }
 
     #[test]
     fn healthy_timeline_names_every_device() {
         let text = render(&report(healthy_syn(), &mut FakeHost::lab()));
-        for dev in ["eth0 @ lab-host", "docker0 @ lab-host", "veth0c1 @ lab-host", "eth0 @ lab-ctr"] {
+        for dev in [
+            "eth0 @ lab-host",
+            "docker0 @ lab-host",
+            "veth0c1 @ lab-host",
+            "eth0 @ lab-ctr",
+        ] {
             assert!(text.contains(dev), "{dev} missing in\n{text}");
         }
-        assert!(text.contains("=> DELIVERED: taken by the stack (a socket) eth0 (lab-ctr)"), "{text}");
+        assert!(
+            text.contains("=> DELIVERED: taken by the stack (a socket) eth0 (lab-ctr)"),
+            "{text}"
+        );
         assert!(!text.contains("diagnosis"), "{text}");
     }
 

@@ -32,17 +32,26 @@ struct Tagged<'a, T: Serialize> {
 
 impl<W: Write> Output for JsonOutput<W> {
     fn ready(&mut self, ready: &Ready) -> std::io::Result<()> {
-        self.line(&Tagged { kind: "ready", body: ready })
+        self.line(&Tagged {
+            kind: "ready",
+            body: ready,
+        })
     }
 
     fn report(&mut self, report: &Report) -> std::io::Result<()> {
         for hop in &report.hops {
-            self.line(&Tagged::<HopView> { kind: "hop", body: hop })?;
+            self.line(&Tagged::<HopView> {
+                kind: "hop",
+                body: hop,
+            })?;
         }
         self.line(&report.verdict_json())
     }
 
     fn stats(&mut self, stats: &Stats) -> std::io::Result<()> {
-        self.line(&Tagged { kind: "stats", body: stats })
+        self.line(&Tagged {
+            kind: "stats",
+            body: stats,
+        })
     }
 }

@@ -13,8 +13,13 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, Error)]
 pub enum BtfError {
-    #[error("cannot read BTF from {path}: {source} (does the kernel have CONFIG_DEBUG_INFO_BTF=y?)")]
-    Read { path: String, source: std::io::Error },
+    #[error(
+        "cannot read BTF from {path}: {source} (does the kernel have CONFIG_DEBUG_INFO_BTF=y?)"
+    )]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("malformed BTF: {0}")]
     Malformed(&'static str),
     #[error("BTF has no {kind} named `{name}`")]
@@ -83,8 +88,10 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path)
-            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(data)
     }
 
@@ -92,14 +99,20 @@ impl Btf {
     pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
         let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
         let u32_at = |o: usize| {
-            data.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            data.get(o..o + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };
         if u16_at(0) != Some(0xeb9f) {
             return Err(BtfError::Malformed("bad magic (big-endian or not BTF)"));
         }
         let hdr_len = u32_at(4).ok_or(BtfError::Malformed("short header"))? as usize;
-        let field = |o| u32_at(o).map(|v| v as usize).ok_or(BtfError::Malformed("short header"));
-        let (type_off, type_len, str_off, str_len) = (field(8)?, field(12)?, field(16)?, field(20)?);
+        let field = |o| {
+            u32_at(o)
+                .map(|v| v as usize)
+                .ok_or(BtfError::Malformed("short header"))
+        };
+        let (type_off, type_len, str_off, str_len) =
+            (field(8)?, field(12)?, field(16)?, field(20)?);
         let type_start = hdr_len + type_off;
         let type_end = type_start + type_len;
         let str_start = hdr_len + str_off;
@@ -117,10 +130,11 @@ impl Btf {
         }];
         let mut pos = type_start;
         while pos < type_end {
-            let (name_off, info, size_or_type) = match (u32_at(pos), u32_at(pos + 4), u32_at(pos + 8)) {
-                (Some(a), Some(b), Some(c)) => (a, b, c),
-                _ => return Err(BtfError::Malformed("truncated type record")),
-            };
+            let (name_off, info, size_or_type) =
+                match (u32_at(pos), u32_at(pos + 4), u32_at(pos + 8)) {
+                    (Some(a), Some(b), Some(c)) => (a, b, c),
+                    _ => return Err(BtfError::Malformed("truncated type record")),
+                };
             let kind = (info >> 24) & 0x1f;
             let vlen = info & 0xffff;
             let extra = pos + 12;
@@ -151,18 +165,28 @@ impl Btf {
         if pos != type_end {
             return Err(BtfError::Malformed("type section overruns its length"));
         }
-        Ok(Self { data, types, str_start, str_len, by_name: HashMap::new() })
+        Ok(Self {
+            data,
+            types,
+            str_start,
+            str_len,
+            by_name: HashMap::new(),
+        })
     }
 
     fn u32_at(&self, o: usize) -> u32 {
         // Offsets were bounds-checked against the type section while parsing.
-        self.data.get(o..o + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.data
+            .get(o..o + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     fn name(&self, off: u32) -> &str {
         let start = self.str_start + off as usize;
         let end = self.str_start + self.str_len;
-        let Some(bytes) = self.data.get(start..end) else { return "" };
+        let Some(bytes) = self.data.get(start..end) else {
+            return "";
+        };
         let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         std::str::from_utf8(&bytes[..len]).unwrap_or("")
     }
@@ -239,23 +263,33 @@ impl Btf {
 
     /// Byte offset and size of a member path such as `"ns.inum"` inside `struct <ty>`.
     pub fn member(&mut self, ty: &str, path: &str) -> Result<Member, BtfError> {
-        let mut id = self
-            .find(KIND_STRUCT, ty)
-            .ok_or_else(|| BtfError::NoType { kind: "struct", name: ty.to_owned() })?;
+        let mut id = self.find(KIND_STRUCT, ty).ok_or_else(|| BtfError::NoType {
+            kind: "struct",
+            name: ty.to_owned(),
+        })?;
         let mut bits = 0u32;
         let mut size = 0;
         for part in path.split('.') {
-            let (off, m_type, bitfield) = self.lookup_member(id, part, 0).ok_or_else(|| {
-                BtfError::NoMember { ty: ty.to_owned(), member: path.to_owned() }
-            })?;
+            let (off, m_type, bitfield) =
+                self.lookup_member(id, part, 0)
+                    .ok_or_else(|| BtfError::NoMember {
+                        ty: ty.to_owned(),
+                        member: path.to_owned(),
+                    })?;
             if bitfield || off % 8 != 0 {
-                return Err(BtfError::Bitfield { ty: ty.to_owned(), member: path.to_owned() });
+                return Err(BtfError::Bitfield {
+                    ty: ty.to_owned(),
+                    member: path.to_owned(),
+                });
             }
             bits += off;
             size = self.size_of(m_type);
             id = m_type;
         }
-        Ok(Member { offset: bits / 8, size })
+        Ok(Member {
+            offset: bits / 8,
+            size,
+        })
     }
 
     /// The variants of `enum <name>` (32- or 64-bit) as (name, value).
@@ -264,7 +298,10 @@ impl Btf {
             Some(id) => (id, false),
             None => (
                 self.find(KIND_ENUM64, name)
-                    .ok_or_else(|| BtfError::NoType { kind: "enum", name: name.to_owned() })?,
+                    .ok_or_else(|| BtfError::NoType {
+                        kind: "enum",
+                        name: name.to_owned(),
+                    })?,
                 true,
             ),
         };
@@ -279,7 +316,14 @@ impl Btf {
             } else {
                 let e = t.extra + 8 * i;
                 let raw = self.u32_at(e + 4);
-                (self.u32_at(e), if signed { raw as i32 as i64 } else { raw as i64 })
+                (
+                    self.u32_at(e),
+                    if signed {
+                        raw as i32 as i64
+                    } else {
+                        raw as i64
+                    },
+                )
             };
             out.push((self.name(n).to_owned(), value));
         }
@@ -311,7 +355,11 @@ pub(crate) mod fixture {
 
     impl BtfBuilder {
         pub fn new() -> Self {
-            Self { types: Vec::new(), strings: vec![0], next_id: 1 }
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: 1,
+            }
         }
 
         fn str(&mut self, s: &str) -> u32 {
@@ -357,7 +405,11 @@ pub(crate) mod fixture {
             size: u32,
             members: &[(&str, u32, u32, u32)],
         ) -> u32 {
-            let kind = if union { super::KIND_UNION } else { super::KIND_STRUCT };
+            let kind = if union {
+                super::KIND_UNION
+            } else {
+                super::KIND_STRUCT
+            };
             let id = self.header(name, kind, members.len() as u32, true, size);
             for &(m, ty, off, bits) in members {
                 let m = self.str(m);
@@ -405,20 +457,41 @@ mod tests {
         let u16t = b.int("__u16", 2);
         let u64t = b.int("u64", 8);
         let be16 = b.typedef("__be16", u16t);
-        let ns_common =
-            b.composite(false, "ns_common", 16, &[("ns_type", u32t, 0, 0), ("inum", u32t, 96, 0)]);
-        let anon = b.composite(true, "", 16, &[("ns", ns_common, 0, 0), ("pad", u64t, 0, 0)]);
-        b.composite(false, "net", 32, &[("refcnt", u32t, 0, 0), ("", anon, 128, 0)]);
+        let ns_common = b.composite(
+            false,
+            "ns_common",
+            16,
+            &[("ns_type", u32t, 0, 0), ("inum", u32t, 96, 0)],
+        );
+        let anon = b.composite(
+            true,
+            "",
+            16,
+            &[("ns", ns_common, 0, 0), ("pad", u64t, 0, 0)],
+        );
+        b.composite(
+            false,
+            "net",
+            32,
+            &[("refcnt", u32t, 0, 0), ("", anon, 128, 0)],
+        );
         let flags = b.composite(
             false,
             "sk_buff",
             24,
-            &[("protocol", be16, 64, 0), ("pkt_type", u16t, 80, 3), ("head", u64t, 128, 0)],
+            &[
+                ("protocol", be16, 64, 0),
+                ("pkt_type", u16t, 80, 3),
+                ("head", u64t, 128, 0),
+            ],
         );
         b.ptr(flags);
         b.enumeration(
             "skb_drop_reason",
-            &[("SKB_NOT_DROPPED_YET", 0), ("SKB_DROP_REASON_IP_INADDRERRORS", 87)],
+            &[
+                ("SKB_NOT_DROPPED_YET", 0),
+                ("SKB_DROP_REASON_IP_INADDRERRORS", 87),
+            ],
         );
         Btf::parse(b.build()).expect("valid fixture")
     }
@@ -426,34 +499,64 @@ mod tests {
     #[test]
     fn finds_nested_member_through_anonymous_union() {
         let mut btf = sample();
-        assert_eq!(btf.member("net", "ns.inum").unwrap(), Member { offset: 28, size: 4 });
+        assert_eq!(
+            btf.member("net", "ns.inum").unwrap(),
+            Member {
+                offset: 28,
+                size: 4
+            }
+        );
     }
 
     #[test]
     fn resolves_typedef_sizes() {
         let mut btf = sample();
-        assert_eq!(btf.member("sk_buff", "protocol").unwrap(), Member { offset: 8, size: 2 });
-        assert_eq!(btf.member("sk_buff", "head").unwrap(), Member { offset: 16, size: 8 });
+        assert_eq!(
+            btf.member("sk_buff", "protocol").unwrap(),
+            Member { offset: 8, size: 2 }
+        );
+        assert_eq!(
+            btf.member("sk_buff", "head").unwrap(),
+            Member {
+                offset: 16,
+                size: 8
+            }
+        );
     }
 
     #[test]
     fn refuses_bitfields_and_unknown_names() {
         let mut btf = sample();
-        assert!(matches!(btf.member("sk_buff", "pkt_type"), Err(BtfError::Bitfield { .. })));
-        assert!(matches!(btf.member("sk_buff", "nope"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member("nope", "x"), Err(BtfError::NoType { .. })));
+        assert!(matches!(
+            btf.member("sk_buff", "pkt_type"),
+            Err(BtfError::Bitfield { .. })
+        ));
+        assert!(matches!(
+            btf.member("sk_buff", "nope"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member("nope", "x"),
+            Err(BtfError::NoType { .. })
+        ));
     }
 
     #[test]
     fn reads_enum_values() {
         let mut btf = sample();
         let values = btf.enum_values("skb_drop_reason").unwrap();
-        assert_eq!(values[1], ("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87));
+        assert_eq!(
+            values[1],
+            ("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(Btf::parse(vec![0; 8]), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(vec![0; 8]),
+            Err(BtfError::Malformed(_))
+        ));
         let mut blob = BtfBuilder::new().build();
         blob.truncate(20);
         assert!(Btf::parse(blob).is_err());
@@ -466,10 +569,14 @@ mod tests {
             eprintln!("skipping: no readable {KERNEL_BTF}");
             return;
         };
-        for (ty, path) in
-            [("sk_buff", "head"), ("sk_buff", "network_header"), ("net", "ns.inum"), ("net_device", "nd_net.net")]
-        {
-            btf.member(ty, path).unwrap_or_else(|e| panic!("{ty}.{path}: {e}"));
+        for (ty, path) in [
+            ("sk_buff", "head"),
+            ("sk_buff", "network_header"),
+            ("net", "ns.inum"),
+            ("net_device", "nd_net.net"),
+        ] {
+            btf.member(ty, path)
+                .unwrap_or_else(|e| panic!("{ty}.{path}: {e}"));
         }
         assert!(btf.enum_values("skb_drop_reason").unwrap().len() > 10);
     }

@@ -39,11 +39,21 @@ pub enum ProbeError {
     #[error("the eBPF object has no map `{0}` (stale build?)")]
     MissingMap(&'static str),
     #[error("this kernel has no `{target}` hook for the {backend} backend: {reason}")]
-    NoHook { backend: Backend, target: &'static str, reason: String },
+    NoHook {
+        backend: Backend,
+        target: &'static str,
+        reason: String,
+    },
     #[error("{what}: {source}")]
-    Program { what: String, source: aya::programs::ProgramError },
+    Program {
+        what: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
 }
 
 /// Sizes of the kernel-side tables.
@@ -57,7 +67,10 @@ pub struct ProbeSizes {
 
 impl Default for ProbeSizes {
     fn default() -> Self {
-        Self { ring_bytes: 4 << 20, tracked_skbs: 16384 }
+        Self {
+            ring_bytes: 4 << 20,
+            tracked_skbs: 16384,
+        }
     }
 }
 
@@ -85,7 +98,11 @@ impl KernelFacts {
         let mut btf = Btf::from_kernel()?;
         let offsets = offsets::from_btf(&mut btf)?;
         let drop_reasons = DropReasons::from_btf(&mut btf)?;
-        Ok(Self { btf, offsets, drop_reasons })
+        Ok(Self {
+            btf,
+            offsets,
+            drop_reasons,
+        })
     }
 }
 
@@ -94,24 +111,27 @@ impl Probes {
     /// required hook is attached.
     pub fn attach(filter: Filter, sizes: ProbeSizes, backend: Backend) -> Result<Self, ProbeError> {
         check_privileges()?;
-        let KernelFacts { mut btf, offsets, drop_reasons } = KernelFacts::read()?;
+        let KernelFacts {
+            mut btf,
+            offsets,
+            drop_reasons,
+        } = KernelFacts::read()?;
         let aya_btf = aya::Btf::from_sys_fs()?;
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
-            .override_global("FILTER", &filter, true)
-            .override_global("OFFSETS", &offsets, true)
-            .map_max_entries("EVENTS", sizes.ring_bytes)
-            .map_max_entries("TRACKED", sizes.tracked_skbs)
-            .load(OBJECT)
-            .map_err(|e| match &e {
-                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-                    if io_error.raw_os_error() == Some(libc::EPERM) =>
-                {
-                    ProbeError::Privileges
-                }
-                _ => ProbeError::Load(e),
-            })?;
+        let mut ebpf =
+            EbpfLoader::new()
+                .btf(Some(&aya_btf))
+                .override_global("FILTER", &filter, true)
+                .override_global("OFFSETS", &offsets, true)
+                .map_max_entries("EVENTS", sizes.ring_bytes)
+                .map_max_entries("TRACKED", sizes.tracked_skbs)
+                .load(OBJECT)
+                .map_err(|e| match &e {
+                    aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                        io_error, ..
+                    }) if io_error.raw_os_error() == Some(libc::EPERM) => ProbeError::Privileges,
+                    _ => ProbeError::Load(e),
+                })?;
 
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
@@ -125,24 +145,44 @@ impl Probes {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Self { ebpf, backend, attached, skipped, drop_reasons, offsets })
+        Ok(Self {
+            ebpf,
+            backend,
+            attached,
+            skipped,
+            drop_reasons,
+            offsets,
+        })
     }
 
     /// Takes the ring buffer for the reader. Call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })
     }
 
     /// Kernel-side counters summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::MissingMap("COUNTERS"))?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
-            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(ProbeError::MissingMap("COUNTERS"))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
         let sum = |index: u32| -> Result<u64, ProbeError> {
-            let values = array
-                .get(&index, 0)
-                .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+            let values = array.get(&index, 0).map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
             Ok(values.iter().sum())
         };
         Ok(KernelCounters {
@@ -183,11 +223,16 @@ fn attach_one(
                 .program_mut(hook.program)
                 .ok_or(ProbeError::MissingProgram(hook.program))?
                 .try_into()
-                .map_err(|source| ProbeError::Program { what: hook.program.to_owned(), source })?;
-            program.load(hook.target, aya_btf).map_err(|source| ProbeError::Program {
-                what: format!("loading {} (tp_btf/{})", hook.program, hook.target),
-                source,
-            })?;
+                .map_err(|source| ProbeError::Program {
+                    what: hook.program.to_owned(),
+                    source,
+                })?;
+            program
+                .load(hook.target, aya_btf)
+                .map_err(|source| ProbeError::Program {
+                    what: format!("loading {} (tp_btf/{})", hook.program, hook.target),
+                    source,
+                })?;
             program.attach().map_err(|source| ProbeError::Program {
                 what: format!("attaching tp_btf/{}", hook.target),
                 source,
@@ -212,13 +257,20 @@ fn check_privileges() -> Result<(), ProbeError> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
     let needed = (1u64 << 39) | (1 << 38) | (1 << 12);
-    if eff & needed == needed { Ok(()) } else { Err(ProbeError::Privileges) }
+    if eff & needed == needed {
+        Ok(())
+    } else {
+        Err(ProbeError::Privileges)
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising our own limit changes
 /// nothing on the host.
 fn raise_memlock_limit() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");

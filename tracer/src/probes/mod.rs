@@ -15,7 +15,7 @@ use std::fmt;
 use tracer_common::HopKind;
 
 pub use drop_reason::DropReasons;
-pub use loader::{Probes, ProbeError};
+pub use loader::{ProbeError, Probes};
 
 /// How a program attaches to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

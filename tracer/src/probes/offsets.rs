@@ -24,7 +24,12 @@ pub enum OffsetError {
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error("kernel BTF: {ty}.{member} is {found} bytes, pathtrace reads {expected}")]
-    Size { ty: &'static str, member: &'static str, found: u32, expected: u32 },
+    Size {
+        ty: &'static str,
+        member: &'static str,
+        found: u32,
+        expected: u32,
+    },
 }
 
 /// Looks every field up; fails naming the first one the kernel does not have.
@@ -33,7 +38,12 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
     for (slot, (ty, member, expected)) in v.iter_mut().zip(FIELDS) {
         let m = btf.member(ty, member)?;
         if m.size != expected {
-            return Err(OffsetError::Size { ty, member, found: m.size, expected });
+            return Err(OffsetError::Size {
+                ty,
+                member,
+                found: m.size,
+                expected,
+            });
         }
         *slot = m.offset;
     }
@@ -74,8 +84,18 @@ mod tests {
         let u16t = b.int("__u16", protocol_size);
         let u16h = b.int("u16", 2);
         let ptr = b.ptr(0);
-        let ns = b.composite(false, "ns_common", 8, &[("ns_type", u32t, 0, 0), ("inum", u32t, 32, 0)]);
-        let net = b.composite(false, "net", 64, &[("passive", u32t, 0, 0), ("ns", ns, 256, 0)]);
+        let ns = b.composite(
+            false,
+            "ns_common",
+            8,
+            &[("ns_type", u32t, 0, 0), ("inum", u32t, 32, 0)],
+        );
+        let net = b.composite(
+            false,
+            "net",
+            64,
+            &[("passive", u32t, 0, 0), ("ns", ns, 256, 0)],
+        );
         let net_ptr = b.ptr(net);
         let possible = b.composite(false, "", 8, &[("net", net_ptr, 0, 0)]);
         let possible_t = b.typedef("possible_net_t", possible);
@@ -126,13 +146,25 @@ mod tests {
         b.composite(false, "sk_buff", 16, &[("head", ptr, 0, 0)]);
         let mut btf = Btf::parse(b.build()).expect("fixture");
         let err = from_btf(&mut btf).unwrap_err();
-        assert!(err.to_string().contains("sk_buff") && err.to_string().contains("data"), "{err}");
+        assert!(
+            err.to_string().contains("sk_buff") && err.to_string().contains("data"),
+            "{err}"
+        );
     }
 
     #[test]
     fn rejects_changed_field_size() {
         let mut btf = kernel_like(4);
         let err = from_btf(&mut btf).unwrap_err();
-        assert!(matches!(err, OffsetError::Size { member: "protocol", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                OffsetError::Size {
+                    member: "protocol",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum KallsymsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0} lists only zero addresses (kptr_restrict); run as root to name kernel locations")]
     Hidden(String),
 }
@@ -42,8 +45,10 @@ impl Kallsyms {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, KallsymsError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| KallsymsError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KallsymsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let table = Self::parse(&text);
         if table.syms.is_empty() {
             return Err(KallsymsError::Hidden(path.display().to_string()));
@@ -60,7 +65,9 @@ impl Kallsyms {
                 let addr = u64::from_str_radix(it.next()?, 16).ok()?;
                 let ty = it.next()?;
                 let name = it.next()?;
-                let module = it.next().map(|m| m.trim_matches(|c| c == '[' || c == ']').to_owned());
+                let module = it
+                    .next()
+                    .map(|m| m.trim_matches(|c| c == '[' || c == ']').to_owned());
                 (addr != 0 && matches!(ty, "t" | "T" | "w" | "W"))
                     .then(|| (addr, name.to_owned(), module))
             })
@@ -77,7 +84,11 @@ impl Kallsyms {
         if idx + 1 == self.syms.len() && addr - start > 1 << 20 {
             return None;
         }
-        Some(Symbol { name: name.clone(), offset: addr - start, module: module.clone() })
+        Some(Symbol {
+            name: name.clone(),
+            offset: addr - start,
+            module: module.clone(),
+        })
     }
 }
 
@@ -109,7 +120,10 @@ ffffffffc0a01000 t br_handle_frame\t[bridge]
         let s = k.resolve(0xffff_ffff_c0a0_1010).expect("module text");
         assert_eq!(s.to_string(), "br_handle_frame+0x10 [bridge]");
         // `some_data` is not text: an address after ip_forward resolves to ip_forward.
-        assert_eq!(k.resolve(0xffff_ffff_8200_0010).map(|s| s.name), Some("ip_forward".into()));
+        assert_eq!(
+            k.resolve(0xffff_ffff_8200_0010).map(|s| s.name),
+            Some("ip_forward".into())
+        );
     }
 
     #[test]

@@ -89,7 +89,11 @@ impl NetlinkSocket {
     fn open() -> std::io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned right away.
         let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
         };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
@@ -117,7 +121,8 @@ impl NetlinkSocket {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             // SAFETY: receiving into a buffer we own, bounded by its length.
-            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -141,12 +146,17 @@ pub fn split_messages(mut data: &[u8], out: &mut Vec<Message>) -> std::io::Resul
         match ty {
             NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
-                let errno = data.get(16..20).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                let errno = data
+                    .get(16..20)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                 if errno != 0 {
                     return Err(std::io::Error::from_raw_os_error(-errno));
                 }
             }
-            _ => out.push(Message { ty, payload: data[16..len].to_vec() }),
+            _ => out.push(Message {
+                ty,
+                payload: data[16..len].to_vec(),
+            }),
         }
         data = &data[align4(len).min(data.len())..];
     }
@@ -189,7 +199,10 @@ pub fn parse_link(msg: &Message) -> Option<Link> {
         return None;
     }
     let ifindex = u32::from_ne_bytes(msg.payload[4..8].try_into().ok()?);
-    let mut link = Link { ifindex, ..Link::default() };
+    let mut link = Link {
+        ifindex,
+        ..Link::default()
+    };
     for (ty, v) in attrs(&msg.payload[16..]) {
         match ty {
             IFLA_IFNAME => link.name = str_of(v),
@@ -258,7 +271,10 @@ mod tests {
         p.extend(attr(IFLA_MASTER, &3u32.to_ne_bytes()));
         p.extend(attr(IFLA_LINK, &2u32.to_ne_bytes()));
         p.extend(attr(IFLA_LINK_NETNSID, &0i32.to_ne_bytes()));
-        p.extend(attr(IFLA_LINKINFO | 0x8000, &attr(IFLA_INFO_KIND, b"veth\0")));
+        p.extend(attr(
+            IFLA_LINKINFO | 0x8000,
+            &attr(IFLA_INFO_KIND, b"veth\0"),
+        ));
         nlmsg(RTM_NEWLINK, &p)
     }
 
@@ -288,10 +304,16 @@ mod tests {
         p.extend_from_slice(&4u32.to_ne_bytes());
         p.extend(attr(IFA_ADDRESS, &[172, 17, 0, 1]));
         p.extend(attr(IFA_LOCAL, &[172, 17, 0, 1]));
-        let msg = Message { ty: RTM_NEWADDR, payload: p };
+        let msg = Message {
+            ty: RTM_NEWADDR,
+            payload: p,
+        };
         let a = parse_addr(&msg).expect("addr");
         assert_eq!(a, (4, Ipv4Addr::new(172, 17, 0, 1), 16));
-        let table = LinkTable { links: HashMap::new(), addrs: vec![a] };
+        let table = LinkTable {
+            links: HashMap::new(),
+            addrs: vec![a],
+        };
         assert!(table.is_local(Ipv4Addr::new(172, 17, 0, 1)));
         assert!(table.is_local(Ipv4Addr::LOCALHOST));
         assert!(!table.is_local(Ipv4Addr::new(172, 17, 0, 2)));

@@ -34,7 +34,8 @@ pub trait HostFacts {
         if ifindex == 0 {
             return "-".into();
         }
-        self.interface(netns, ifindex).map_or_else(|| format!("if{ifindex}"), |l| l.name)
+        self.interface(netns, ifindex)
+            .map_or_else(|| format!("if{ifindex}"), |l| l.name)
     }
 
     /// Namespace label, or `netns:<inode>` when unknown.
@@ -42,7 +43,8 @@ pub trait HostFacts {
         if netns == 0 {
             return "-".into();
         }
-        self.netns(netns).map_or_else(|| format!("netns:{netns}"), |e| e.label)
+        self.netns(netns)
+            .map_or_else(|| format!("netns:{netns}"), |e| e.label)
     }
 }
 
@@ -77,7 +79,10 @@ impl Resolver {
     }
 
     fn refresh_namespaces(&mut self) {
-        if self.namespaces_at.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+        if self
+            .namespaces_at
+            .is_some_and(|t| t.elapsed() < REFRESH_EVERY)
+        {
             return;
         }
         self.namespaces = netns::scan();
@@ -111,7 +116,10 @@ impl Default for Resolver {
 
 impl HostFacts for Resolver {
     fn interface(&mut self, netns: u32, ifindex: u32) -> Option<Link> {
-        self.table(netns, |t| t.links.contains_key(&ifindex))?.links.get(&ifindex).cloned()
+        self.table(netns, |t| t.links.contains_key(&ifindex))?
+            .links
+            .get(&ifindex)
+            .cloned()
     }
 
     fn netns(&mut self, netns: u32) -> Option<NetnsEntry> {
@@ -167,7 +175,12 @@ pub(crate) mod fixture {
             let mut link = |ns, idx, name: &str, kind: &str| {
                 h.links.insert(
                     (ns, idx),
-                    Link { ifindex: idx, name: name.into(), kind: kind.into(), ..Link::default() },
+                    Link {
+                        ifindex: idx,
+                        name: name.into(),
+                        kind: kind.into(),
+                        ..Link::default()
+                    },
                 );
             };
             link(OUT_NS, 2, "eth0", "veth");
@@ -175,7 +188,11 @@ pub(crate) mod fixture {
             link(HOST_NS, 3, "docker0", "bridge");
             link(HOST_NS, 4, "veth0c1", "veth");
             link(CTR_NS, 2, "eth0", "veth");
-            for (ns, name) in [(OUT_NS, "lab-out"), (HOST_NS, "lab-host"), (CTR_NS, "lab-ctr")] {
+            for (ns, name) in [
+                (OUT_NS, "lab-out"),
+                (HOST_NS, "lab-host"),
+                (CTR_NS, "lab-ctr"),
+            ] {
                 h.names.insert(ns, name);
             }
             h.local = vec![
@@ -184,7 +201,10 @@ pub(crate) mod fixture {
                 (CTR_NS, Ipv4Addr::new(172, 17, 0, 2)),
                 (OUT_NS, Ipv4Addr::new(203, 0, 113, 2)),
             ];
-            h.symbols = vec![(0xffff_ffff_81fe_d320, "ip_error"), (0xffff_ffff_8200_0000, "tcp_rcv_state_process")];
+            h.symbols = vec![
+                (0xffff_ffff_81fe_d320, "ip_error"),
+                (0xffff_ffff_8200_0000, "tcp_rcv_state_process"),
+            ];
             h
         }
 
@@ -211,8 +231,16 @@ pub(crate) mod fixture {
             Some(self.local.contains(&(netns, addr)))
         }
         fn symbol(&self, addr: u64) -> Option<Symbol> {
-            let (start, name) = self.symbols.iter().filter(|(a, _)| *a <= addr).max_by_key(|(a, _)| *a)?;
-            Some(Symbol { name: (*name).into(), offset: addr - start, module: None })
+            let (start, name) = self
+                .symbols
+                .iter()
+                .filter(|(a, _)| *a <= addr)
+                .max_by_key(|(a, _)| *a)?;
+            Some(Symbol {
+                name: (*name).into(),
+                offset: addr - start,
+                module: None,
+            })
         }
         fn own_netns(&self) -> Option<u32> {
             Some(1)

@@ -41,7 +41,11 @@ pub fn scan() -> HashMap<u32, NetnsEntry> {
             let is_ip_netns = dir == "/run/netns";
             found.entry(ino).or_insert(NetnsEntry {
                 path,
-                label: if is_ip_netns { name.clone() } else { format!("docker:{name}") },
+                label: if is_ip_netns {
+                    name.clone()
+                } else {
+                    format!("docker:{name}")
+                },
                 ip_netns_name: is_ip_netns.then_some(name),
             });
         }
@@ -49,13 +53,20 @@ pub fn scan() -> HashMap<u32, NetnsEntry> {
     if let Some(ino) = inode_of(Path::new("/proc/1/ns/net")) {
         found.insert(
             ino,
-            NetnsEntry { path: "/proc/1/ns/net".into(), label: "root".into(), ip_netns_name: None },
+            NetnsEntry {
+                path: "/proc/1/ns/net".into(),
+                label: "root".into(),
+                ip_netns_name: None,
+            },
         );
     }
     if let Ok(rd) = fs::read_dir("/proc") {
         for entry in rd.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+            let Some(pid) = name
+                .to_str()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            else {
                 continue;
             };
             let path = entry.path().join("ns/net");
@@ -79,21 +90,27 @@ pub fn run_in<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<T> {
     let file = fs::File::open(path)?;
-    let handle = std::thread::Builder::new().name("pathtrace-netns".into()).spawn(move || {
-        // SAFETY: setns on this thread only; the fd is valid for the call.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(f())
-    })?;
-    handle.join().map_err(|_| std::io::Error::other("netns worker panicked"))?
+    let handle = std::thread::Builder::new()
+        .name("pathtrace-netns".into())
+        .spawn(move || {
+            // SAFETY: setns on this thread only; the fd is valid for the call.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })?;
+    handle
+        .join()
+        .map_err(|_| std::io::Error::other("netns worker panicked"))?
 }
 
 /// Reads a sysctl under /proc/sys as seen from the namespace at `path` (net sysctls are per
 /// namespace of the reader). `key` uses dots: `net.ipv4.conf.eth0.forwarding`.
 pub fn sysctl(path: &Path, key: &str) -> std::io::Result<String> {
     let file = sysctl_path(key);
-    run_in(path, move || fs::read_to_string(&file).map(|s| s.trim().to_owned()))?
+    run_in(path, move || {
+        fs::read_to_string(&file).map(|s| s.trim().to_owned())
+    })?
 }
 
 /// `net.ipv4.conf.eth0.forwarding` → `/proc/sys/net/ipv4/conf/eth0/forwarding`. Interface
@@ -131,6 +148,9 @@ mod tests {
             sysctl_path("net.ipv4.conf.eth0.100.rp_filter"),
             PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/rp_filter")
         );
-        assert_eq!(sysctl_path("net.ipv4.ip_forward"), PathBuf::from("/proc/sys/net/ipv4/ip_forward"));
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward"),
+            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+        );
     }
 }

@@ -1,0 +1,126 @@
+//! Running the `pathtrace` binary against a lab and reading its JSON lines.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+/// The binary under test: `$PATHTRACE_BIN`, else `target/debug/pathtrace` of this workspace
+/// (`cargo xtask test` builds it first).
+pub fn pathtrace_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PATHTRACE_BIN") {
+        return Ok(p.into());
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin = target.join("debug/pathtrace");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build -p tracer` or run `cargo xtask test`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A running `pathtrace --json`, its output collected line by line.
+pub struct Tracer {
+    child: Child,
+    lines: Receiver<Value>,
+    pub seen: Vec<Value>,
+}
+
+impl Tracer {
+    /// Starts pathtrace with `args` (plus `--json`) and waits for its `ready` line.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(pathtrace_bin()?)
+            .args(args)
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting pathtrace")?;
+        let stdout = child.stdout.take().context("pathtrace stdout")?;
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => eprintln!("pathtrace printed a non-JSON line ({e}): {line}"),
+                }
+            }
+        });
+        let mut t = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        t.wait_for(Duration::from_secs(60), |v| v["kind"] == "ready")
+            .context("waiting for ready")?;
+        Ok(t)
+    }
+
+    /// Waits for a line matching `pred`; errors on timeout or when pathtrace exits first.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return Ok(v);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("timed out; pathtrace said: {:#?}", self.seen)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    bail!(
+                        "pathtrace exited ({status}) first; it said: {:#?}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// The hop lines seen for one skb.
+    pub fn hops_of(&self, skb: &str) -> Vec<&Value> {
+        self.seen
+            .iter()
+            .filter(|v| v["kind"] == "hop" && v["skb"] == skb)
+            .collect()
+    }
+
+    /// Sends SIGINT and returns the `stats` line.
+    pub fn stop(mut self) -> Result<Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let stats = self.wait_for(Duration::from_secs(10), |v| v["kind"] == "stats")?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("pathtrace exited with {status}");
+        }
+        Ok(stats)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
