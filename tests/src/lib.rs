@@ -411,42 +411,30 @@ impl Lab {
 
 /// Runs a command, failing with its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd} (is it installed? `cargo xtask setup`)"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_with_input(cmd, args, None)
 }
 
 fn run_stdin(cmd: &str, args: &[&str], input: &str) -> Result<()> {
+    run_with_input(cmd, args, Some(input)).map(drop)
+}
+
+fn run_with_input(cmd: &str, args: &[&str], input: Option<&str>) -> Result<String> {
     use std::io::Write as _;
     let mut child = Command::new(cmd)
         .args(args)
-        .stdin(Stdio::piped())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {cmd}"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(input.as_bytes())?;
+        .with_context(|| format!("running {cmd} (is it installed? `cargo xtask setup`)"))?;
+    if let Some(input) = input {
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
