@@ -101,6 +101,31 @@ pub struct KernelOffsets {
     pub dev_nd_net: u32,
     /// `net.ns.inum`.
     pub net_ns_inum: u32,
+    /// `nf_hook_state.hook` (u8): the NF_INET_* hook number.
+    pub nf_state_hook: u32,
+    /// `nf_hook_state.pf` (u8): the NFPROTO_* family.
+    pub nf_state_pf: u32,
+    /// `nf_hook_state.in` / `.out`: input and output devices.
+    pub nf_state_in: u32,
+    pub nf_state_out: u32,
+    /// `net_bridge_port.dev` (bridge module BTF): the egress port's device in `br_forward`.
+    pub brport_dev: u32,
+    /// `netdev_priv()` offset: `sizeof(struct net_device)` aligned to NETDEV_ALIGN (32).
+    pub netdev_priv: u32,
+    /// `veth_priv.peer` (veth module BTF).
+    pub veth_priv_peer: u32,
+    /// `have::*` bits: which optional groups above are valid (offset 0 is a real offset).
+    pub have: u32,
+}
+
+/// `KernelOffsets::have` bits.
+pub mod have {
+    /// `nf_state_*` are valid.
+    pub const NF_HOOK_STATE: u32 = 1 << 0;
+    /// `brport_dev` is valid (bridge module loaded).
+    pub const BRIDGE_PORT: u32 = 1 << 1;
+    /// `netdev_priv` and `veth_priv_peer` are valid (veth module loaded).
+    pub const VETH_PEER: u32 = 1 << 2;
 }
 
 impl KernelOffsets {
@@ -117,6 +142,14 @@ impl KernelOffsets {
             dev_ifindex: 0,
             dev_nd_net: 0,
             net_ns_inum: 0,
+            nf_state_hook: 0,
+            nf_state_pf: 0,
+            nf_state_in: 0,
+            nf_state_out: 0,
+            brport_dev: 0,
+            netdev_priv: 0,
+            veth_priv_peer: 0,
+            have: 0,
         }
     }
 }

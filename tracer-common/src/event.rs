@@ -88,8 +88,12 @@ pub struct HopEvent {
     pub nf_verdict: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    /// Explicit padding to a multiple of 8 bytes; always zero.
+    /// Explicit padding; always zero.
     pub _pad: u8,
+    /// Namespace inode of `peer_ifindex`'s device (veth peer, bridge egress port).
+    pub peer_netns: u32,
+    /// Explicit padding to a multiple of 8 bytes; always zero.
+    pub _pad2: u32,
 }
 
 impl HopEvent {
@@ -116,6 +120,8 @@ impl HopEvent {
             nf_verdict: 0,
             flags: 0,
             _pad: 0,
+            peer_netns: 0,
+            _pad2: 0,
         }
     }
 
@@ -164,11 +170,12 @@ mod tests {
 
     #[test]
     fn layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<HopEvent>(), 64);
+        assert_eq!(core::mem::size_of::<HopEvent>(), 72);
         assert_eq!(core::mem::align_of::<HopEvent>(), 8);
         assert_eq!(core::mem::offset_of!(HopEvent, netns), 24);
         assert_eq!(core::mem::offset_of!(HopEvent, kind), 56);
         assert_eq!(core::mem::offset_of!(HopEvent, _pad), 63);
+        assert_eq!(core::mem::offset_of!(HopEvent, peer_netns), 64);
     }
 
     #[test]
@@ -179,7 +186,7 @@ mod tests {
         ev.dport = 10001;
         let back = HopEvent::from_bytes(ev.as_bytes()).expect("full record");
         assert_eq!(back, ev);
-        assert!(HopEvent::from_bytes(&ev.as_bytes()[..63]).is_none());
+        assert!(HopEvent::from_bytes(&ev.as_bytes()[..71]).is_none());
     }
 
     #[test]
@@ -189,4 +196,12 @@ mod tests {
         }
         assert_eq!(HopKind::from_raw(7), None);
     }
+}
+
+/// `HopEvent::nf_verdict` values (the kernel's NF_DROP/NF_ACCEPT/NF_STOLEN numbering).
+pub mod nf_verdict {
+    pub const DROP: u8 = 0;
+    pub const ACCEPT: u8 = 1;
+    /// Stolen or queued: the hook kept the packet (NFQUEUE, a reassembly, ...).
+    pub const STOLEN: u8 = 2;
 }

@@ -2,7 +2,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
-    HopEvent, HopKind, counter,
+    HopEvent, HopKind,
+    config::have,
+    counter,
     event::{FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
 };
 
@@ -17,9 +19,13 @@ pub struct Site {
     pub kind: HopKind,
     /// The device argument, when the hook has one; otherwise `skb->dev` is used.
     pub dev: u64,
+    /// A second device reported as the peer (veth peer, bridge egress port, FORWARD output).
+    pub peer_dev: u64,
     /// Kernel address that freed the skb (drops and consumes).
     pub location: u64,
     pub drop_reason: u32,
+    pub nf_hook: u8,
+    pub nf_family: u8,
     /// `skb->data` points at the L3 header here.
     pub l3_at_data: bool,
     /// The skb is freed at this hook: forget it after emitting.
@@ -29,13 +35,16 @@ pub struct Site {
     pub only_tracked: bool,
 }
 
-impl Default for Site {
-    fn default() -> Self {
+impl Site {
+    pub const fn new(kind: HopKind) -> Self {
         Self {
-            kind: HopKind::Receive,
+            kind,
             dev: 0,
+            peer_dev: 0,
             location: 0,
             drop_reason: 0,
+            nf_hook: 0,
+            nf_family: 0,
             l3_at_data: false,
             frees: false,
             only_tracked: false,
@@ -46,19 +55,28 @@ impl Default for Site {
 /// Filters the skb at this hop and emits a [`HopEvent`] when it matches or is already tracked.
 #[inline(always)]
 pub fn record(skb: u64, site: Site) {
+    if let Some(ev) = build(skb, site) {
+        emit(&ev);
+    }
+}
+
+/// Builds the event for this hop without emitting it (netfilter hops are completed with their
+/// verdict when the hook returns). Tracks or forgets the skb as the site says.
+#[inline(always)]
+pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     let off = offsets();
     if skb == 0 || off.skb_head == 0 {
-        return; // not configured by the loader: emit nothing rather than garbage
+        return None; // not configured by the loader: emit nothing rather than garbage
     }
     // SAFETY: a map lookup; the value is not held across helper calls.
     let tracked = unsafe { TRACKED.get(&skb).is_some() };
     if site.only_tracked && !tracked {
-        return;
+        return None;
     }
     let h = headers(skb, &off, site.l3_at_data);
     let matched = h.ipv4 && filter().matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport);
     if !tracked && !matched {
-        return;
+        return None;
     }
     if site.frees {
         if tracked {
@@ -74,11 +92,8 @@ pub fn record(skb: u64, site: Site) {
         read::<u64>(skb, off.skb_dev).unwrap_or(0)
     };
     let (ifindex, netns) = device(dev, &off);
+    let (peer_ifindex, peer_netns) = device(site.peer_dev, &off);
 
-    let Some(mut entry) = EVENTS.reserve::<HopEvent>(0) else {
-        bump(counter::LOST);
-        return;
-    };
     let mut ev = HopEvent::zeroed();
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -92,13 +107,61 @@ pub fn record(skb: u64, site: Site) {
     ev.dport = h.dport;
     ev.len = read::<u32>(skb, off.skb_len).unwrap_or(0);
     ev.drop_reason = site.drop_reason;
+    ev.peer_ifindex = peer_ifindex;
+    ev.peer_netns = peer_netns;
     ev.kind = site.kind as u8;
     ev.proto = h.proto;
     ev.tcp_flags = h.tcp_flags;
+    ev.nf_hook = site.nf_hook;
+    ev.nf_family = site.nf_family;
     ev.flags = (if h.ipv4 { FLAG_IPV4 } else { 0 })
         | (if h.l4 { FLAG_L4 } else { 0 })
         | (if matched { FLAG_MATCHED } else { 0 });
-    entry.write(ev);
-    entry.submit(0);
-    bump(counter::EMITTED);
+    Some(ev)
+}
+
+/// Writes one event to the ring buffer, counting it as emitted or lost.
+#[inline(always)]
+pub fn emit(ev: &HopEvent) {
+    match EVENTS.output::<HopEvent>(ev, 0) {
+        Ok(()) => bump(counter::EMITTED),
+        Err(_) => bump(counter::LOST),
+    }
+}
+
+/// `br_forward(to, skb, ...)`: the bridge forwards `skb` out of port `to`.
+#[inline(always)]
+pub fn bridge_forward(port: u64, skb: u64) {
+    let off = offsets();
+    let egress = if off.have & have::BRIDGE_PORT != 0 {
+        read::<u64>(port, off.brport_dev).unwrap_or(0)
+    } else {
+        0
+    };
+    record(
+        skb,
+        Site {
+            peer_dev: egress,
+            ..Site::new(HopKind::BridgeForward)
+        },
+    );
+}
+
+/// `veth_xmit(skb, dev)`: a veth hands `skb` to its peer.
+#[inline(always)]
+pub fn veth_transmit(skb: u64, dev: u64) {
+    let off = offsets();
+    let peer = if off.have & have::VETH_PEER != 0 && dev != 0 {
+        read::<u64>(dev + off.netdev_priv as u64, off.veth_priv_peer).unwrap_or(0)
+    } else {
+        0
+    };
+    record(
+        skb,
+        Site {
+            dev,
+            peer_dev: peer,
+            ..Site::new(HopKind::VethTransmit)
+        },
+    );
 }

@@ -14,7 +14,11 @@ mod maps;
 mod skb;
 
 #[cfg(target_arch = "bpf")]
-mod programs {
+mod netfilter;
+
+/// tp_btf programs: every backend attaches these (kfree_skb stays the drop source everywhere).
+#[cfg(target_arch = "bpf")]
+mod tracepoints {
     use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
     use tracer_common::HopKind;
 
@@ -27,9 +31,8 @@ mod programs {
         record(
             skb,
             Site {
-                kind: HopKind::Receive,
                 l3_at_data: true,
-                ..Site::default()
+                ..Site::new(HopKind::Receive)
             },
         );
         0
@@ -43,34 +46,30 @@ mod programs {
         record(
             skb,
             Site {
-                kind: HopKind::Transmit,
                 dev,
-                ..Site::default()
+                ..Site::new(HopKind::Transmit)
             },
         );
         0
     }
 
-    /// `trace_kfree_skb(skb, location, reason, rx_sk)`: the packet was dropped.
+    /// `trace_kfree_skb(skb, location, reason, ...)`: the packet was dropped.
     #[btf_tracepoint(function = "kfree_skb")]
     pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> i32 {
         let skb: u64 = ctx.arg(0);
         let location: u64 = ctx.arg(1);
         let reason: u64 = ctx.arg(2);
-        record(
-            skb,
-            Site {
-                kind: HopKind::Drop,
-                location,
-                drop_reason: reason as u32,
-                frees: true,
-                ..Site::default()
-            },
-        );
+        let site = Site {
+            location,
+            drop_reason: reason as u32,
+            frees: true,
+            ..Site::new(HopKind::Drop)
+        };
+        record(skb, site);
         0
     }
 
-    /// `trace_consume_skb(skb, location)`: the packet was freed without error.
+    /// `trace_consume_skb(skb, location)` (kernels >= 6.3): freed without error.
     #[btf_tracepoint(function = "consume_skb")]
     pub fn tp_consume_skb(ctx: BtfTracePointContext) -> i32 {
         let skb: u64 = ctx.arg(0);
@@ -78,13 +77,122 @@ mod programs {
         record(
             skb,
             Site {
-                kind: HopKind::Consume,
                 location,
                 frees: true,
                 only_tracked: true,
-                ..Site::default()
+                ..Site::new(HopKind::Consume)
             },
         );
+        0
+    }
+
+    /// `trace_consume_skb(skb)` (older kernels: no location argument to read).
+    #[btf_tracepoint(function = "consume_skb")]
+    pub fn tp_consume_skb_noloc(ctx: BtfTracePointContext) -> i32 {
+        let skb: u64 = ctx.arg(0);
+        record(
+            skb,
+            Site {
+                frees: true,
+                only_tracked: true,
+                ..Site::new(HopKind::Consume)
+            },
+        );
+        0
+    }
+}
+
+/// fentry/fexit programs: function hooks through BPF trampolines (cheapest, needs BTF and a
+/// kernel that allows tracing programs).
+#[cfg(target_arch = "bpf")]
+mod fentry {
+    use aya_ebpf::{
+        macros::{fentry, fexit},
+        programs::{FEntryContext, FExitContext},
+    };
+
+    use crate::{hop, netfilter};
+
+    /// `int nf_hook_slow(struct sk_buff *skb, struct nf_hook_state *state, ...)`.
+    #[fentry]
+    pub fn fentry_nf_hook_slow(ctx: FEntryContext) -> i32 {
+        let skb: u64 = ctx.arg(0);
+        let state: u64 = ctx.arg(1);
+        netfilter::enter(skb, skb, state);
+        0
+    }
+
+    /// The return value follows the four arguments.
+    #[fexit]
+    pub fn fexit_nf_hook_slow(ctx: FExitContext) -> i32 {
+        let skb: u64 = ctx.arg(0);
+        let ret: i32 = ctx.arg(4);
+        netfilter::exit(skb, ret as i64);
+        0
+    }
+
+    /// `void br_forward(const struct net_bridge_port *to, struct sk_buff *skb, ...)`.
+    #[fentry]
+    pub fn fentry_br_forward(ctx: FEntryContext) -> i32 {
+        hop::bridge_forward(ctx.arg(0), ctx.arg(1));
+        0
+    }
+
+    /// `netdev_tx_t veth_xmit(struct sk_buff *skb, struct net_device *dev)`.
+    #[fentry]
+    pub fn fentry_veth_xmit(ctx: FEntryContext) -> i32 {
+        hop::veth_transmit(ctx.arg(0), ctx.arg(1));
+        0
+    }
+}
+
+/// kprobe/kretprobe programs: the same hooks where fentry is not available.
+#[cfg(target_arch = "bpf")]
+mod kprobes {
+    use aya_ebpf::{
+        helpers::bpf_get_current_pid_tgid,
+        macros::{kprobe, kretprobe},
+        programs::{ProbeContext, RetProbeContext},
+    };
+
+    use crate::{hop, netfilter};
+
+    /// kretprobes see no arguments: pair entry and return by task. A softirq that nests
+    /// another nf_hook_slow on the same task may cost one netfilter hop, never a wrong one:
+    /// the inner call consumes the stash and the outer return finds none.
+    #[kprobe]
+    pub fn kprobe_nf_hook_slow(ctx: ProbeContext) -> u32 {
+        let (Some(skb), Some(state)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+            return 0;
+        };
+        // SAFETY: helper without preconditions.
+        let key = unsafe { bpf_get_current_pid_tgid() };
+        netfilter::enter(key, skb, state);
+        0
+    }
+
+    #[kretprobe]
+    pub fn kretprobe_nf_hook_slow(ctx: RetProbeContext) -> u32 {
+        let ret: i32 = ctx.ret();
+        // SAFETY: helper without preconditions.
+        let key = unsafe { bpf_get_current_pid_tgid() };
+        netfilter::exit(key, ret as i64);
+        0
+    }
+
+    #[kprobe]
+    pub fn kprobe_br_forward(ctx: ProbeContext) -> u32 {
+        if let (Some(port), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+            hop::bridge_forward(port, skb);
+        }
+        0
+    }
+
+    #[kprobe]
+    pub fn kprobe_veth_xmit(ctx: ProbeContext) -> u32 {
+        if let (Some(skb), Some(dev)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+            hop::veth_transmit(skb, dev);
+        }
         0
     }
 }

@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use clap::{Args, Parser};
 use tracer_common::{Filter, config::filter_field};
 
-use crate::trace::TraceConfig;
+use crate::{probes::loader::BackendChoice, trace::TraceConfig};
 
 /// Follow packets through the Linux network stack and say where and why they die.
 #[derive(Debug, Parser)]
@@ -17,6 +17,17 @@ pub struct Cli {
     pub output: OutputArgs,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Probes")]
+pub struct ProbeArgs {
+    /// How to attach to kernel functions: auto (fentry, then kprobe, then tracepoints),
+    /// fentry, kprobe, or tracepoint (no netfilter/bridge/veth hops).
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    pub backend: BackendChoice,
 }
 
 /// Which packets to trace (all given filters must match; replies are not matched by
@@ -130,6 +141,7 @@ impl Cli {
             duration: self.stop.duration,
             count: self.stop.count,
             idle: Duration::from_millis(self.stop.idle_ms),
+            backend: self.probes.backend,
             ..TraceConfig::default()
         })
     }
@@ -170,6 +182,7 @@ mod tests {
             &["--proto", "sctpx"],
             &["--duration", "-1"],
             &["--count", "0"],
+            &["--backend", "ebpf"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

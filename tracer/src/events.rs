@@ -86,6 +86,7 @@ pub struct Hop {
     /// Raw `enum skb_drop_reason` (drops only).
     pub drop_reason: u32,
     pub peer_ifindex: u32,
+    pub peer_netns: u32,
     pub nf_hook: u8,
     pub nf_family: u8,
     pub nf_verdict: u8,
@@ -121,6 +122,7 @@ impl Hop {
             location: ev.location,
             drop_reason: ev.drop_reason,
             peer_ifindex: ev.peer_ifindex,
+            peer_netns: ev.peer_netns,
             nf_hook: ev.nf_hook,
             nf_family: ev.nf_family,
             nf_verdict: ev.nf_verdict,
@@ -143,6 +145,41 @@ pub fn kind_name(kind: HopKind) -> &'static str {
         HopKind::NetfilterHook => "netfilter",
         HopKind::BridgeForward => "bridge_forward",
         HopKind::VethTransmit => "veth_transmit",
+    }
+}
+
+/// `NFPROTO_*` family name.
+pub fn nf_family_name(pf: u8) -> &'static str {
+    match pf {
+        1 => "inet",
+        2 => "ipv4",
+        3 => "arp",
+        5 => "netdev",
+        7 => "bridge",
+        10 => "ipv6",
+        _ => "unknown",
+    }
+}
+
+/// Netfilter hook name (the INET and bridge hooks share numbers).
+pub fn nf_hook_name(hook: u8) -> &'static str {
+    match hook {
+        0 => "PREROUTING",
+        1 => "INPUT",
+        2 => "FORWARD",
+        3 => "OUTPUT",
+        4 => "POSTROUTING",
+        5 => "INGRESS",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Netfilter verdict name.
+pub fn nf_verdict_name(v: u8) -> &'static str {
+    match v {
+        tracer_common::event::nf_verdict::DROP => "drop",
+        tracer_common::event::nf_verdict::ACCEPT => "accept",
+        _ => "stolen",
     }
 }
 

@@ -2,11 +2,15 @@
 //! symbols, its flow, verdict and diagnosis. Output formats only render this.
 
 use serde::Serialize;
+use tracer_common::HopKind;
 
 use crate::{
     correlate::{FlowView, Packet, Rewrite, flow::Direction},
     diagnose::{Case, Diagnosis, diagnose},
-    events::{Hop, Tuple, kind_name, proto_name, tcp_flags_string},
+    events::{
+        Hop, Tuple, kind_name, nf_family_name, nf_hook_name, nf_verdict_name, proto_name,
+        tcp_flags_string,
+    },
     probes::DropReasons,
     resolve::HostFacts,
     verdict::{Delivery, Outcome, Verdict, decide},
@@ -36,6 +40,27 @@ pub struct HopView {
     pub drop_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Netfilter hops: which hook and what it decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netfilter: Option<NetfilterView>,
+    /// veth peer, bridge egress port, or FORWARD output device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NetfilterView {
+    pub family: &'static str,
+    pub hook: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerView {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub netns: u32,
+    pub netns_name: String,
 }
 
 impl HopView {
@@ -65,6 +90,17 @@ impl HopView {
             drop_reason: (hop.kind == tracer_common::HopKind::Drop)
                 .then(|| reasons.name(hop.drop_reason)),
             location: freed,
+            netfilter: (hop.kind == HopKind::NetfilterHook).then(|| NetfilterView {
+                family: nf_family_name(hop.nf_family),
+                hook: nf_hook_name(hop.nf_hook),
+                verdict: nf_verdict_name(hop.nf_verdict),
+            }),
+            peer: (hop.peer_ifindex != 0).then(|| PeerView {
+                ifname: facts.ifname(hop.peer_netns, hop.peer_ifindex),
+                ifindex: hop.peer_ifindex,
+                netns: hop.peer_netns,
+                netns_name: facts.netns_label(hop.peer_netns),
+            }),
         }
     }
 }

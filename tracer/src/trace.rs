@@ -16,7 +16,10 @@ use crate::{
     correlate::{FlowTable, Packet, PacketTracker},
     events::Hop,
     output::{Output, Ready, Stats},
-    probes::{Backend, ProbeError, Probes, loader::ProbeSizes},
+    probes::{
+        ProbeError, Probes,
+        loader::{BackendChoice, ProbeSizes},
+    },
     report::Report,
     resolve::Resolver,
     verdict::Outcome,
@@ -42,7 +45,7 @@ pub struct TraceConfig {
     /// A packet with no new hop for this long is finished without a free event.
     pub idle: Duration,
     pub sizes: ProbeSizes,
-    pub backend: Backend,
+    pub backend: BackendChoice,
     pub max_packets: usize,
     pub max_flows: usize,
 }
@@ -56,7 +59,7 @@ impl Default for TraceConfig {
             count: None,
             idle: Duration::from_millis(500),
             sizes: ProbeSizes::default(),
-            backend: Backend::Tracepoint,
+            backend: BackendChoice::Auto,
             max_packets: 65536,
             max_flows: 65536,
         }
@@ -147,8 +150,9 @@ pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceE
     let mut sigterm = signal(SignalKind::terminate())?;
     out.ready(&Ready {
         backend: probes.backend.to_string(),
-        backend_reason: "tp_btf tracepoints need only kernel BTF".into(),
+        backend_reason: probes.backend_reason.clone(),
         hooks: probes.attached.clone(),
+        attachments: probes.attachments.clone(),
         skipped_hooks: probes
             .skipped
             .iter()

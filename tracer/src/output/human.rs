@@ -3,6 +3,8 @@
 
 use std::{fmt::Write as _, io::Write};
 
+use tracer_common::HopKind;
+
 use super::{Output, Ready, Stats};
 use crate::{
     correlate::flow::RewriteKind,
@@ -70,6 +72,17 @@ pub fn render(report: &Report) -> String {
         if !view.tcp_flags.is_empty() && i == 0 {
             let _ = write!(detail, "  {}", view.tcp_flags);
         }
+        if let Some(nf) = &view.netfilter {
+            let _ = write!(detail, "  {} {} → {}", nf.family, nf.hook, nf.verdict);
+        }
+        if let Some(peer) = &view.peer {
+            let arrow = if hop.kind == HopKind::VethTransmit {
+                "peer"
+            } else {
+                "out"
+            };
+            let _ = write!(detail, "  {arrow} {} @ {}", peer.ifname, peer.netns_name);
+        }
         if let Some(reason) = &view.drop_reason {
             let _ = write!(
                 detail,
@@ -82,7 +95,7 @@ pub fn render(report: &Report) -> String {
         let rel = hop.ts_ns.saturating_sub(t0) as f64 / 1000.0;
         let _ = writeln!(
             s,
-            "  {:>10}  {:<9} {:<28} {}",
+            "  {:>10}  {:<14} {:<28} {}",
             format!("+{rel:.1}µs"),
             view.hop,
             at,
@@ -198,7 +211,7 @@ mod tests {
         let mut host = FakeHost::lab();
         host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
         let text = render(&report(forwarding_off_syn(), &mut host));
-        assert!(text.contains("transmit  eth0 @ lab-out"), "{text}");
+        assert!(text.contains("transmit       eth0 @ lab-out"), "{text}");
         assert!(
             text.contains("203.0.113.2:40000 → 172.17.0.2:80  [DNAT]"),
             "{text}"
@@ -246,5 +259,46 @@ mod tests {
         assert_eq!(v["last_hop"]["netns_name"], "lab-host");
         assert_eq!(v["diagnosis"]["code"], "forwarding_disabled");
         assert_eq!(v["nat"][0]["kind"], "dnat");
+    }
+}
+
+#[cfg(test)]
+mod netfilter_tests {
+    use tracer_common::{HopKind, event::nf_verdict};
+
+    use super::*;
+    use crate::{
+        correlate::Packet, events::fixture::*, probes::DropReasons, resolve::fixture::FakeHost,
+    };
+
+    #[test]
+    fn netfilter_and_veth_hops_read_naturally() {
+        let mut nf = ev(HopKind::NetfilterHook, 2_500, HOST_NS, 2);
+        nf.nf_family = 2;
+        nf.nf_hook = 2;
+        nf.nf_verdict = nf_verdict::DROP;
+        nf.peer_ifindex = 3;
+        nf.peer_netns = HOST_NS;
+        let mut veth = ev(HopKind::VethTransmit, 2_700, HOST_NS, 4);
+        veth.peer_ifindex = 2;
+        veth.peer_netns = CTR_NS;
+        let packet = Packet {
+            skb: SKB,
+            hops: vec![hop(nf), hop(veth)],
+            freed: false,
+        };
+        let r = Report::build(packet, None, &mut FakeHost::lab(), &DropReasons::default());
+        let text = render(&r);
+        assert!(text.contains("netfilter      eth0 @ lab-host"), "{text}");
+        assert!(
+            text.contains("ipv4 FORWARD → drop  out docker0 @ lab-host"),
+            "{text}"
+        );
+        assert!(text.contains("veth_transmit  veth0c1 @ lab-host"), "{text}");
+        assert!(text.contains("peer eth0 @ lab-ctr"), "{text}");
+        let json = serde_json::to_value(&r.hops[0]).expect("json");
+        assert_eq!(json["netfilter"]["hook"], "FORWARD");
+        assert_eq!(json["netfilter"]["verdict"], "drop");
+        assert_eq!(json["peer"]["ifname"], "docker0");
     }
 }

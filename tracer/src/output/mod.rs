@@ -22,7 +22,10 @@ pub trait Output {
 pub struct Ready {
     pub backend: String,
     pub backend_reason: String,
+    /// Hook targets (`netif_receive_skb`, `nf_hook_slow`, ...).
     pub hooks: Vec<&'static str>,
+    /// How each is attached (`tp_btf:kfree_skb`, `fexit:nf_hook_slow`, ...).
+    pub attachments: Vec<String>,
     pub skipped_hooks: Vec<String>,
     pub filter: String,
     pub pid: u32,

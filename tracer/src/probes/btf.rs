@@ -4,7 +4,7 @@
 //! field lives and hands the offsets to the programs. aya parses BTF too, but keeps type lookup
 //! private; this module reads only what pathtrace needs.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use thiserror::Error;
 
@@ -59,7 +59,9 @@ struct TypeRec {
     kind_flag: bool,
     /// `size` for INT/STRUCT/UNION/ENUM, the referenced type id for PTR/TYPEDEF/CONST/...
     size_or_type: u32,
-    /// Offset of the trailing data in `Btf::data`.
+    /// Which blob (`Btf::bufs`) holds the trailing data: 0 for vmlinux, 1 for a module.
+    buf: u8,
+    /// Offset of the trailing data in that blob.
     extra: usize,
 }
 
@@ -71,14 +73,27 @@ pub struct Member {
     pub size: u32,
 }
 
-/// Parsed BTF: type records indexed by id (id 0 is `void`) and the string section.
+/// Parsed BTF: type records indexed by id (id 0 is `void`) and the string sections.
+///
+/// Module BTF (`/sys/kernel/btf/<module>`) is *split* BTF: its type ids and string offsets
+/// continue those of vmlinux, so a module is parsed on top of a copy of the base.
+#[derive(Clone)]
 pub struct Btf {
-    data: Vec<u8>,
+    bufs: Vec<Arc<Vec<u8>>>,
     types: Vec<TypeRec>,
-    str_start: usize,
-    str_len: usize,
+    /// String sections in offset order: (blob, start, length).
+    strs: Vec<(u8, usize, usize)>,
     /// First type id for each (kind, name), built lazily on the first lookup by name.
     by_name: HashMap<(u32, String), u32>,
+}
+
+fn le_u16(data: &[u8], o: usize) -> Option<u16> {
+    data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+}
+
+fn le_u32(data: &[u8], o: usize) -> Option<u32> {
+    data.get(o..o + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 impl Btf {
@@ -88,29 +103,45 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(data)
+        Self::parse(read(path)?)
+    }
+
+    /// vmlinux BTF extended with a loaded module's (`/sys/kernel/btf/<module>`).
+    pub fn with_module(&self, module: &str) -> Result<Self, BtfError> {
+        let path = Path::new(KERNEL_BTF).with_file_name(module);
+        self.extend(read(&path)?)
     }
 
     /// Parses a raw (little-endian) BTF blob.
     pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
-        let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let u32_at = |o: usize| {
-            data.get(o..o + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let empty = Self {
+            bufs: Vec::new(),
+            types: vec![TypeRec {
+                name_off: 0,
+                kind: 0,
+                vlen: 0,
+                kind_flag: false,
+                size_or_type: 0,
+                buf: 0,
+                extra: 0,
+            }],
+            strs: Vec::new(),
+            by_name: HashMap::new(),
         };
-        if u16_at(0) != Some(0xeb9f) {
+        empty.extend(data)
+    }
+
+    /// Parses `data` as split BTF on top of `self` (or as base BTF when `self` is empty).
+    pub fn extend(&self, data: Vec<u8>) -> Result<Self, BtfError> {
+        if le_u16(&data, 0) != Some(0xeb9f) {
             return Err(BtfError::Malformed("bad magic (big-endian or not BTF)"));
         }
-        let hdr_len = u32_at(4).ok_or(BtfError::Malformed("short header"))? as usize;
         let field = |o| {
-            u32_at(o)
+            le_u32(&data, o)
                 .map(|v| v as usize)
                 .ok_or(BtfError::Malformed("short header"))
         };
+        let hdr_len = field(4)?;
         let (type_off, type_len, str_off, str_len) =
             (field(8)?, field(12)?, field(16)?, field(20)?);
         let type_start = hdr_len + type_off;
@@ -119,22 +150,20 @@ impl Btf {
         if type_end > data.len() || str_start + str_len > data.len() {
             return Err(BtfError::Malformed("section past end of data"));
         }
-
-        let mut types = vec![TypeRec {
-            name_off: 0,
-            kind: 0,
-            vlen: 0,
-            kind_flag: false,
-            size_or_type: 0,
-            extra: 0,
-        }];
+        let buf =
+            u8::try_from(self.bufs.len()).map_err(|_| BtfError::Malformed("too many blobs"))?;
+        let mut out = self.clone();
+        out.by_name.clear();
         let mut pos = type_start;
         while pos < type_end {
-            let (name_off, info, size_or_type) =
-                match (u32_at(pos), u32_at(pos + 4), u32_at(pos + 8)) {
-                    (Some(a), Some(b), Some(c)) => (a, b, c),
-                    _ => return Err(BtfError::Malformed("truncated type record")),
-                };
+            let (name_off, info, size_or_type) = match (
+                le_u32(&data, pos),
+                le_u32(&data, pos + 4),
+                le_u32(&data, pos + 8),
+            ) {
+                (Some(a), Some(b), Some(c)) => (a, b, c),
+                _ => return Err(BtfError::Malformed("truncated type record")),
+            };
             let kind = (info >> 24) & 0x1f;
             let vlen = info & 0xffff;
             let extra = pos + 12;
@@ -152,12 +181,13 @@ impl Btf {
                 | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             };
-            types.push(TypeRec {
+            out.types.push(TypeRec {
                 name_off,
                 kind,
                 vlen,
                 kind_flag: info >> 31 == 1,
                 size_or_type,
+                buf,
                 extra,
             });
             pos = extra + trailing;
@@ -165,30 +195,32 @@ impl Btf {
         if pos != type_end {
             return Err(BtfError::Malformed("type section overruns its length"));
         }
-        Ok(Self {
-            data,
-            types,
-            str_start,
-            str_len,
-            by_name: HashMap::new(),
-        })
+        out.strs.push((buf, str_start, str_len));
+        out.bufs.push(Arc::new(data));
+        Ok(out)
     }
 
-    fn u32_at(&self, o: usize) -> u32 {
+    fn u32_at(&self, t: &TypeRec, o: usize) -> u32 {
         // Offsets were bounds-checked against the type section while parsing.
-        self.data
-            .get(o..o + 4)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.bufs
+            .get(t.buf as usize)
+            .and_then(|d| le_u32(d, o))
+            .unwrap_or(0)
     }
 
-    fn name(&self, off: u32) -> &str {
-        let start = self.str_start + off as usize;
-        let end = self.str_start + self.str_len;
-        let Some(bytes) = self.data.get(start..end) else {
-            return "";
-        };
-        let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        std::str::from_utf8(&bytes[..len]).unwrap_or("")
+    fn name(&self, mut off: u32) -> &str {
+        for &(buf, start, len) in &self.strs {
+            if (off as usize) < len {
+                let Some(bytes) = self.bufs[buf as usize].get(start + off as usize..start + len)
+                else {
+                    return "";
+                };
+                let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+                return std::str::from_utf8(&bytes[..end]).unwrap_or("");
+            }
+            off -= len as u32;
+        }
+        ""
     }
 
     fn find(&mut self, kind: u32, name: &str) -> Option<u32> {
@@ -226,8 +258,8 @@ impl Btf {
         match self.types.get(id as usize) {
             Some(t) if t.kind == KIND_PTR => 8,
             Some(t) if t.kind == KIND_ARRAY => {
-                let elem = self.u32_at(t.extra);
-                let n = self.u32_at(t.extra + 8);
+                let elem = self.u32_at(t, t.extra);
+                let n = self.u32_at(t, t.extra + 8);
                 self.size_of(elem).saturating_mul(n)
             }
             Some(t) => t.size_or_type,
@@ -244,7 +276,11 @@ impl Btf {
         }
         for i in 0..t.vlen as usize {
             let m = t.extra + 12 * i;
-            let (m_name, m_type, m_off) = (self.u32_at(m), self.u32_at(m + 4), self.u32_at(m + 8));
+            let (m_name, m_type, m_off) = (
+                self.u32_at(t, m),
+                self.u32_at(t, m + 4),
+                self.u32_at(t, m + 8),
+            );
             let (bit_off, bitfield) = if t.kind_flag {
                 (m_off & 0x00ff_ffff, m_off >> 24 != 0)
             } else {
@@ -311,13 +347,13 @@ impl Btf {
         for i in 0..t.vlen as usize {
             let (n, value) = if wide {
                 let e = t.extra + 12 * i;
-                let v = (self.u32_at(e + 4) as u64) | ((self.u32_at(e + 8) as u64) << 32);
-                (self.u32_at(e), v as i64)
+                let v = (self.u32_at(&t, e + 4) as u64) | ((self.u32_at(&t, e + 8) as u64) << 32);
+                (self.u32_at(&t, e), v as i64)
             } else {
                 let e = t.extra + 8 * i;
-                let raw = self.u32_at(e + 4);
+                let raw = self.u32_at(&t, e + 4);
                 (
-                    self.u32_at(e),
+                    self.u32_at(&t, e),
                     if signed {
                         raw as i32 as i64
                     } else {
@@ -340,6 +376,43 @@ impl Btf {
     pub fn has_func(&mut self, name: &str) -> bool {
         self.find(KIND_FUNC, name).is_some()
     }
+
+    /// Size in bytes of `struct <name>`.
+    pub fn struct_size(&mut self, name: &str) -> Result<u32, BtfError> {
+        let id = self
+            .find(KIND_STRUCT, name)
+            .ok_or_else(|| BtfError::NoType {
+                kind: "struct",
+                name: name.to_owned(),
+            })?;
+        Ok(self.size_of(id))
+    }
+
+    /// Number of arguments a tp_btf program at tracepoint `tp` receives (the prototype of
+    /// `btf_trace_<tp>` minus its leading `void *`). Tracepoints gain arguments across
+    /// kernel versions; a program must not read past the last one.
+    pub fn tracepoint_args(&mut self, tp: &str) -> Option<u32> {
+        let id = self.find(KIND_TYPEDEF, &format!("btf_trace_{tp}"))?;
+        let ptr = self.types.get(self.strip(id) as usize)?;
+        let proto = self.types.get(self.strip(ptr.size_or_type) as usize)?;
+        (ptr.kind == KIND_PTR && proto.kind == KIND_FUNC_PROTO)
+            .then(|| proto.vlen.saturating_sub(1))
+    }
+
+    /// Number of arguments of kernel function `name`.
+    pub fn func_args(&mut self, name: &str) -> Option<u32> {
+        let id = self.find(KIND_FUNC, name)?;
+        let func = self.types.get(id as usize)?;
+        let proto = self.types.get(func.size_or_type as usize)?;
+        (proto.kind == KIND_FUNC_PROTO).then_some(proto.vlen)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
+    std::fs::read(path).map_err(|source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Builds small BTF blobs for tests (no kernel needed).
@@ -351,6 +424,7 @@ pub(crate) mod fixture {
         types: Vec<u8>,
         strings: Vec<u8>,
         next_id: u32,
+        str_base: u32,
     }
 
     impl BtfBuilder {
@@ -359,14 +433,37 @@ pub(crate) mod fixture {
                 types: Vec::new(),
                 strings: vec![0],
                 next_id: 1,
+                str_base: 0,
             }
+        }
+
+        /// A builder for split BTF on top of a base with `base_types` types (void included)
+        /// and `base_strings` bytes of strings.
+        pub fn split(base_types: u32, base_strings: u32) -> Self {
+            Self {
+                types: Vec::new(),
+                strings: Vec::new(),
+                next_id: base_types,
+                str_base: base_strings,
+            }
+        }
+
+        /// `typedef void (*btf_trace_<tp>)(void *, <args>)`.
+        pub fn tracepoint(&mut self, tp: &str, args: &[u32]) -> u32 {
+            let proto = self.header("", super::KIND_FUNC_PROTO, args.len() as u32 + 1, false, 0);
+            for ty in std::iter::once(&0).chain(args) {
+                self.types.extend_from_slice(&0u32.to_le_bytes());
+                self.types.extend_from_slice(&ty.to_le_bytes());
+            }
+            let ptr = self.ptr(proto);
+            self.typedef(&format!("btf_trace_{tp}"), ptr)
         }
 
         fn str(&mut self, s: &str) -> u32 {
             if s.is_empty() {
                 return 0;
             }
-            let off = self.strings.len() as u32;
+            let off = self.str_base + self.strings.len() as u32;
             self.strings.extend_from_slice(s.as_bytes());
             self.strings.push(0);
             off
@@ -549,6 +646,42 @@ mod tests {
             values[1],
             ("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)
         );
+    }
+
+    #[test]
+    fn module_btf_continues_the_base_ids_and_strings() {
+        let mut b = BtfBuilder::new();
+        let u32t = b.int("unsigned int", 4);
+        let base_blob = b.build();
+        let base = Btf::parse(base_blob.clone()).expect("base");
+        let base_strings = base.strs[0].2 as u32;
+        let mut m = BtfBuilder::split(base.types.len() as u32, base_strings);
+        let ptr = m.ptr(u32t);
+        m.composite(
+            false,
+            "veth_priv",
+            16,
+            &[("peer", ptr, 0, 0), ("dropped", u32t, 64, 0)],
+        );
+        let mut both = base.extend(m.build()).expect("split");
+        assert_eq!(
+            both.member("veth_priv", "dropped").unwrap(),
+            Member { offset: 8, size: 4 }
+        );
+        assert_eq!(both.member("veth_priv", "peer").unwrap().size, 8);
+        assert_eq!(both.struct_size("veth_priv").unwrap(), 16);
+    }
+
+    #[test]
+    fn counts_tracepoint_arguments() {
+        let mut b = BtfBuilder::new();
+        let ptr = b.ptr(0);
+        b.tracepoint("consume_skb", &[ptr]);
+        b.tracepoint("kfree_skb", &[ptr, ptr, ptr, ptr]);
+        let mut btf = Btf::parse(b.build()).expect("fixture");
+        assert_eq!(btf.tracepoint_args("consume_skb"), Some(1));
+        assert_eq!(btf.tracepoint_args("kfree_skb"), Some(4));
+        assert_eq!(btf.tracepoint_args("nope"), None);
     }
 
     #[test]

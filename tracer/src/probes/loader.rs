@@ -2,22 +2,26 @@
 //! attaches every hook point of the chosen backend. Links are owned by the returned [`Probes`]:
 //! dropping it (or the process dying) detaches everything; nothing is pinned.
 
+use std::path::Path;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
-use tracer_common::{Filter, KernelOffsets, counter};
+use tracer_common::{Filter, KernelOffsets, config::have, counter};
 
 use super::{
-    Backend, DropReasons, HookPoint,
+    Attach, Backend, DropReasons, FUNCTION_HOOKS, FunctionHook, Needs, Program, TRACEPOINTS,
     btf::{Btf, BtfError, KERNEL_BTF},
-    hooks_for,
     offsets::{self, OffsetError},
 };
 
 /// The kernel object built by `build.rs` (aya-build) from `tracer-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// Present when the kernel can create kprobes through perf (CONFIG_KPROBES).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -38,12 +42,15 @@ pub enum ProbeError {
     MissingProgram(&'static str),
     #[error("the eBPF object has no map `{0}` (stale build?)")]
     MissingMap(&'static str),
-    #[error("this kernel has no `{target}` hook for the {backend} backend: {reason}")]
+    #[error("this kernel has no `{target}` tracepoint usable by pathtrace: {reason}")]
     NoHook {
-        backend: Backend,
         target: &'static str,
         reason: String,
     },
+    #[error("the {backend} backend is not available on this kernel: {reason}")]
+    BackendUnavailable { backend: Backend, reason: String },
+    #[error("no backend could attach: {0}")]
+    NoBackend(String),
     #[error("{what}: {source}")]
     Program {
         what: String,
@@ -54,6 +61,26 @@ pub enum ProbeError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+}
+
+/// Which backend to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// fentry, then kprobe, then tracepoints; the first that attaches wins.
+    #[default]
+    Auto,
+    Only(Backend),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            Ok(Self::Auto)
+        } else {
+            s.parse().map(Self::Only)
+        }
+    }
 }
 
 /// Sizes of the kernel-side tables.
@@ -78,9 +105,13 @@ impl Default for ProbeSizes {
 pub struct Probes {
     ebpf: Ebpf,
     pub backend: Backend,
-    /// The tracepoints/functions attached, in table order.
+    /// Why this backend (what auto tried, or that it was asked for).
+    pub backend_reason: String,
+    /// Hook targets attached, in table order (`netif_receive_skb`, `nf_hook_slow`, ...).
     pub attached: Vec<&'static str>,
-    /// Optional hooks this kernel lacks (tracing goes on without their detail).
+    /// The same as `attach:target` (`tp_btf:kfree_skb`, `fexit:nf_hook_slow`, ...).
+    pub attachments: Vec<String>,
+    /// Optional hooks this kernel lacks, with why (tracing goes on without their detail).
     pub skipped: Vec<(&'static str, String)>,
     pub drop_reasons: DropReasons,
     pub offsets: KernelOffsets,
@@ -106,53 +137,60 @@ impl KernelFacts {
     }
 }
 
+/// Everything one attach attempt needs.
+struct Attempt<'a> {
+    filter: Filter,
+    sizes: ProbeSizes,
+    facts: &'a mut KernelFacts,
+    aya_btf: &'a aya::Btf,
+}
+
 impl Probes {
-    /// Loads the programs with `filter`, attaches the backend's hooks, and returns once every
-    /// required hook is attached.
-    pub fn attach(filter: Filter, sizes: ProbeSizes, backend: Backend) -> Result<Self, ProbeError> {
+    /// Loads the programs with `filter` and attaches the chosen backend's hook points; returns
+    /// once every required hook is attached.
+    pub fn attach(
+        filter: Filter,
+        sizes: ProbeSizes,
+        choice: BackendChoice,
+    ) -> Result<Self, ProbeError> {
         check_privileges()?;
-        let KernelFacts {
-            mut btf,
-            offsets,
-            drop_reasons,
-        } = KernelFacts::read()?;
+        let mut facts = KernelFacts::read()?;
         let aya_btf = aya::Btf::from_sys_fs()?;
         raise_memlock_limit();
-        let mut ebpf =
-            EbpfLoader::new()
-                .btf(Some(&aya_btf))
-                .override_global("FILTER", &filter, true)
-                .override_global("OFFSETS", &offsets, true)
-                .map_max_entries("EVENTS", sizes.ring_bytes)
-                .map_max_entries("TRACKED", sizes.tracked_skbs)
-                .load(OBJECT)
-                .map_err(|e| match &e {
-                    aya::EbpfError::MapError(aya::maps::MapError::CreateError {
-                        io_error, ..
-                    }) if io_error.raw_os_error() == Some(libc::EPERM) => ProbeError::Privileges,
-                    _ => ProbeError::Load(e),
-                })?;
-
-        let mut attached = Vec::new();
-        let mut skipped = Vec::new();
-        for hook in hooks_for(backend) {
-            match attach_one(&mut ebpf, &mut btf, &aya_btf, hook) {
-                Ok(()) => attached.push(hook.target),
-                Err(e @ ProbeError::NoHook { .. }) if !hook.required => {
-                    tracing::info!("{e}; continuing without it");
-                    skipped.push((hook.target, e.to_string()));
+        let mut attempt = Attempt {
+            filter,
+            sizes,
+            facts: &mut facts,
+            aya_btf: &aya_btf,
+        };
+        match choice {
+            BackendChoice::Only(backend) => {
+                let mut p = attempt.run(backend)?;
+                p.backend_reason = format!("--backend {backend}");
+                Ok(p)
+            }
+            BackendChoice::Auto => {
+                let mut refused = Vec::new();
+                for backend in Backend::PREFERENCE {
+                    match attempt.run(backend) {
+                        Ok(mut p) => {
+                            p.backend_reason = if refused.is_empty() {
+                                format!("auto: {backend} attached")
+                            } else {
+                                format!("auto: chose {backend} because {}", refused.join("; "))
+                            };
+                            return Ok(p);
+                        }
+                        Err(ProbeError::BackendUnavailable { backend, reason }) => {
+                            tracing::info!("{backend} backend unavailable: {reason}");
+                            refused.push(format!("{backend} is unavailable ({reason})"));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Err(e) => return Err(e),
+                Err(ProbeError::NoBackend(refused.join("; ")))
             }
         }
-        Ok(Self {
-            ebpf,
-            backend,
-            attached,
-            skipped,
-            drop_reasons,
-            offsets,
-        })
     }
 
     /// Takes the ring buffer for the reader. Call once.
@@ -193,6 +231,226 @@ impl Probes {
     }
 }
 
+impl Attempt<'_> {
+    fn load(&self) -> Result<Ebpf, ProbeError> {
+        EbpfLoader::new()
+            .btf(Some(self.aya_btf))
+            .override_global("FILTER", &self.filter, true)
+            .override_global("OFFSETS", &self.facts.offsets, true)
+            .map_max_entries("EVENTS", self.sizes.ring_bytes)
+            .map_max_entries("TRACKED", self.sizes.tracked_skbs)
+            .load(OBJECT)
+            .map_err(|e| match &e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    ProbeError::Privileges
+                }
+                _ => ProbeError::Load(e),
+            })
+    }
+
+    fn run(&mut self, backend: Backend) -> Result<Probes, ProbeError> {
+        let kprobes = Path::new(KPROBE_PMU).exists();
+        if backend == Backend::Kprobe && !kprobes {
+            return Err(ProbeError::BackendUnavailable {
+                backend,
+                reason: format!(
+                    "the kernel has no kprobes (CONFIG_KPROBES off: {KPROBE_PMU} is missing)"
+                ),
+            });
+        }
+        let mut ebpf = self.load()?;
+        let mut done = Attached::default();
+        self.attach_tracepoints(&mut ebpf, &mut done)?;
+        for hook in FUNCTION_HOOKS {
+            self.attach_function(&mut ebpf, &mut done, hook, backend, kprobes)?;
+        }
+        Ok(Probes {
+            ebpf,
+            backend,
+            backend_reason: String::new(),
+            attached: done.targets,
+            attachments: done.attachments,
+            skipped: done.skipped,
+            drop_reasons: self.facts.drop_reasons.clone(),
+            offsets: self.facts.offsets,
+        })
+    }
+
+    fn attach_tracepoints(
+        &mut self,
+        ebpf: &mut Ebpf,
+        probes: &mut Attached,
+    ) -> Result<(), ProbeError> {
+        for hook in TRACEPOINTS {
+            let Some(args) = self.facts.btf.tracepoint_args(hook.tracepoint) else {
+                let reason = format!("BTF has no btf_trace_{}", hook.tracepoint);
+                if hook.required {
+                    return Err(ProbeError::NoHook {
+                        target: hook.tracepoint,
+                        reason,
+                    });
+                }
+                if !probes.skipped.iter().any(|(t, _)| *t == hook.tracepoint) {
+                    probes.skipped.push((hook.tracepoint, reason));
+                }
+                continue;
+            };
+            if !(hook.min_args..=hook.max_args).contains(&args) {
+                continue; // a version of this program for other kernels
+            }
+            let program = Program {
+                attach: Attach::TpBtf,
+                name: hook.program,
+            };
+            attach_program(ebpf, self.aya_btf, program, hook.tracepoint)?;
+            probes.targets.push(hook.tracepoint);
+            probes
+                .attachments
+                .push(format!("tp_btf:{}", hook.tracepoint));
+        }
+        for hook in TRACEPOINTS.iter().filter(|h| h.required) {
+            if !probes.targets.contains(&hook.tracepoint) {
+                return Err(ProbeError::NoHook {
+                    target: hook.tracepoint,
+                    reason: "no program version matches its arguments on this kernel".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_function(
+        &mut self,
+        ebpf: &mut Ebpf,
+        probes: &mut Attached,
+        hook: &'static FunctionHook,
+        backend: Backend,
+        kprobes: bool,
+    ) -> Result<(), ProbeError> {
+        if backend == Backend::Tracepoint {
+            return Ok(());
+        }
+        let skip = |probes: &mut Attached, reason: String| -> Result<(), ProbeError> {
+            if hook.required {
+                return Err(ProbeError::BackendUnavailable { backend, reason });
+            }
+            tracing::info!(function = hook.function, "skipped: {reason}");
+            probes.skipped.push((hook.function, reason));
+            Ok(())
+        };
+        if hook.needs == Needs::NfHookState && self.facts.offsets.have & have::NF_HOOK_STATE == 0 {
+            return skip(probes, "kernel BTF lacks struct nf_hook_state".into());
+        }
+        // aya attaches fentry only to vmlinux functions; module functions (bridge, veth on
+        // most distributions) get kprobes when the kernel has them.
+        let in_vmlinux = self.facts.btf.has_func(hook.function);
+        let programs = match backend {
+            Backend::Fentry if !in_vmlinux && kprobes => hook.kprobe,
+            Backend::Fentry if !in_vmlinux => {
+                return skip(
+                    probes,
+                    format!(
+                        "{} is not in vmlinux BTF (module not loaded, or fentry on modules unsupported) and there are no kprobes",
+                        hook.function
+                    ),
+                );
+            }
+            _ => hook.programs(backend),
+        };
+        for &program in programs {
+            if let Err(e) = attach_program(ebpf, self.aya_btf, program, hook.function) {
+                let reason = match refused_errno(&e) {
+                    Some(libc::EPERM)
+                        if matches!(program.attach, Attach::FEntry | Attach::FExit) =>
+                    {
+                        format!(
+                            "the kernel refuses fentry/fexit programs ({}:{} load: EPERM)",
+                            program.attach.name(),
+                            hook.function
+                        )
+                    }
+                    _ => format!("{}:{}: {e}", program.attach.name(), hook.function),
+                };
+                return skip(probes, reason);
+            }
+            probes
+                .attachments
+                .push(format!("{}:{}", program.attach.name(), hook.function));
+        }
+        probes.targets.push(hook.function);
+        Ok(())
+    }
+}
+
+/// The errno behind a program load or attach failure, if any.
+fn refused_errno(e: &ProbeError) -> Option<i32> {
+    use aya::programs::ProgramError as P;
+    match e {
+        ProbeError::Program {
+            source: P::LoadError { io_error, .. },
+            ..
+        } => io_error.raw_os_error(),
+        ProbeError::Program {
+            source: P::SyscallError(s),
+            ..
+        } => s.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// What one attempt attached so far.
+#[derive(Default)]
+struct Attached {
+    targets: Vec<&'static str>,
+    attachments: Vec<String>,
+    skipped: Vec<(&'static str, String)>,
+}
+
+fn attach_program(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    program: Program,
+    target: &str,
+) -> Result<(), ProbeError> {
+    let name = program.name;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?;
+    let what = |verb: &str| format!("{verb} {name} ({}:{target})", program.attach.name());
+    let err = |verb: &'static str| {
+        move |source| ProbeError::Program {
+            what: what(verb),
+            source,
+        }
+    };
+    match program.attach {
+        Attach::TpBtf => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(err("loading"))?;
+            p.load(target, btf).map_err(err("loading"))?;
+            p.attach().map_err(err("attaching"))?;
+        }
+        Attach::FEntry => {
+            let p: &mut FEntry = prog.try_into().map_err(err("loading"))?;
+            p.load(target, btf).map_err(err("loading"))?;
+            p.attach().map_err(err("attaching"))?;
+        }
+        Attach::FExit => {
+            let p: &mut FExit = prog.try_into().map_err(err("loading"))?;
+            p.load(target, btf).map_err(err("loading"))?;
+            p.attach().map_err(err("attaching"))?;
+        }
+        Attach::KProbe | Attach::KRetProbe => {
+            let p: &mut KProbe = prog.try_into().map_err(err("loading"))?;
+            p.load().map_err(err("loading"))?;
+            p.attach(target, 0).map_err(err("attaching"))?;
+        }
+    }
+    tracing::debug!(program = name, target, "attached");
+    Ok(())
+}
+
 /// Totals of the per-CPU counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelCounters {
@@ -202,45 +460,6 @@ pub struct KernelCounters {
     pub lost: u64,
     /// Matching skbs the tracked-skb map refused (they are traced only where they match).
     pub track_failed: u64,
-}
-
-fn attach_one(
-    ebpf: &mut Ebpf,
-    btf: &mut Btf,
-    aya_btf: &aya::Btf,
-    hook: &HookPoint,
-) -> Result<(), ProbeError> {
-    match hook.backend {
-        Backend::Tracepoint => {
-            if !btf.has_typedef(&format!("btf_trace_{}", hook.target)) {
-                return Err(ProbeError::NoHook {
-                    backend: hook.backend,
-                    target: hook.target,
-                    reason: format!("BTF has no btf_trace_{}", hook.target),
-                });
-            }
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(hook.program)
-                .ok_or(ProbeError::MissingProgram(hook.program))?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    what: hook.program.to_owned(),
-                    source,
-                })?;
-            program
-                .load(hook.target, aya_btf)
-                .map_err(|source| ProbeError::Program {
-                    what: format!("loading {} (tp_btf/{})", hook.program, hook.target),
-                    source,
-                })?;
-            program.attach().map_err(|source| ProbeError::Program {
-                what: format!("attaching tp_btf/{}", hook.target),
-                source,
-            })?;
-        }
-    }
-    tracing::debug!(target = hook.target, backend = %hook.backend, "attached");
-    Ok(())
 }
 
 /// Fails early with a plain message instead of an EPERM from deep inside the loader.

@@ -1,9 +1,10 @@
-//! Where pathtrace hooks into the kernel: the hook-point table, the BTF facts the programs
+//! Where pathtrace hooks into the kernel: the hook-point tables, the BTF facts the programs
 //! need, and the loader.
 //!
-//! A hook point is a row in [`HOOKS`]; each backend (tp_btf today; kprobe and fentry with the
-//! kernel lab) contributes rows, and every row's program emits the same [`tracer_common::HopEvent`],
-//! so nothing downstream knows which backend ran.
+//! A hook point is a row: [`TRACEPOINTS`] are attached by every backend (receive, transmit,
+//! drop, consume); each [`FUNCTION_HOOKS`] row names a kernel function and the programs each
+//! backend attaches there. Every program emits the same [`tracer_common::HopEvent`], so nothing
+//! downstream knows which backend ran.
 
 pub mod btf;
 pub mod drop_reason;
@@ -17,72 +18,227 @@ use tracer_common::HopKind;
 pub use drop_reason::DropReasons;
 pub use loader::{ProbeError, Probes};
 
-/// How a program attaches to the kernel.
+/// How function hook points are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
-    /// BTF-typed tracepoints (`tp_btf`): stable kernel ABI, available with kernel BTF, no
-    /// kprobes needed.
+    /// fentry/fexit through BPF trampolines: cheapest, needs BTF and a kernel that allows
+    /// tracing programs.
+    Fentry,
+    /// kprobe/kretprobe: needs CONFIG_KPROBES.
+    Kprobe,
+    /// BTF tracepoints only: needs nothing but kernel BTF; no netfilter/bridge/veth detail.
     Tracepoint,
+}
+
+impl Backend {
+    /// The order `--backend auto` tries them in.
+    pub const PREFERENCE: [Backend; 3] = [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint];
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
             Self::Tracepoint => "tracepoint",
         })
     }
 }
 
-/// One place in the kernel a program attaches to.
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fentry" => Ok(Self::Fentry),
+            "kprobe" => Ok(Self::Kprobe),
+            "tracepoint" => Ok(Self::Tracepoint),
+            other => Err(format!(
+                "unknown backend `{other}`: auto, fentry, kprobe or tracepoint"
+            )),
+        }
+    }
+}
+
+/// How one program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    TpBtf,
+    FEntry,
+    FExit,
+    KProbe,
+    KRetProbe,
+}
+
+impl Attach {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TpBtf => "tp_btf",
+            Self::FEntry => "fentry",
+            Self::FExit => "fexit",
+            Self::KProbe => "kprobe",
+            Self::KRetProbe => "kretprobe",
+        }
+    }
+}
+
+/// A program of the object and how it attaches.
 #[derive(Clone, Copy, Debug)]
-pub struct HookPoint {
-    pub backend: Backend,
-    /// Program name in the object (the entry point's function name).
+pub struct Program {
+    pub attach: Attach,
+    pub name: &'static str,
+}
+
+/// A tracepoint every backend attaches.
+#[derive(Clone, Copy, Debug)]
+pub struct TracepointHook {
     pub program: &'static str,
-    /// What it attaches to: a tracepoint name for tp_btf.
-    pub target: &'static str,
-    /// The hop kind its events carry.
+    pub tracepoint: &'static str,
     pub kind: HopKind,
-    /// Whether tracing can go on without it (a kernel that lacks it loses detail, not function).
+    /// The program reads this many tracepoint arguments ...
+    pub min_args: u32,
+    /// ... and is meant for kernels with at most this many (a variant for other kernels
+    /// stands in another row).
+    pub max_args: u32,
+    /// Tracing is pointless without it.
     pub required: bool,
 }
 
-/// Every hook point pathtrace knows, by backend.
-pub const HOOKS: &[HookPoint] = &[
-    HookPoint {
-        backend: Backend::Tracepoint,
+/// Tracepoints, attached whatever the backend. Rows for one tracepoint with different
+/// argument counts are versions for different kernels; the loader picks the one that fits.
+pub const TRACEPOINTS: &[TracepointHook] = &[
+    TracepointHook {
         program: "tp_netif_receive_skb",
-        target: "netif_receive_skb",
+        tracepoint: "netif_receive_skb",
         kind: HopKind::Receive,
+        min_args: 1,
+        max_args: u32::MAX,
         required: true,
     },
-    HookPoint {
-        backend: Backend::Tracepoint,
+    TracepointHook {
         program: "tp_net_dev_start_xmit",
-        target: "net_dev_start_xmit",
+        tracepoint: "net_dev_start_xmit",
         kind: HopKind::Transmit,
+        min_args: 2,
+        max_args: u32::MAX,
         required: true,
     },
-    HookPoint {
-        backend: Backend::Tracepoint,
+    TracepointHook {
         program: "tp_kfree_skb",
-        target: "kfree_skb",
+        tracepoint: "kfree_skb",
         kind: HopKind::Drop,
+        min_args: 3,
+        max_args: u32::MAX,
         required: true,
     },
-    HookPoint {
-        backend: Backend::Tracepoint,
+    TracepointHook {
         program: "tp_consume_skb",
-        target: "consume_skb",
+        tracepoint: "consume_skb",
         kind: HopKind::Consume,
+        min_args: 2,
+        max_args: u32::MAX,
+        required: false,
+    },
+    TracepointHook {
+        program: "tp_consume_skb_noloc",
+        tracepoint: "consume_skb",
+        kind: HopKind::Consume,
+        min_args: 1,
+        max_args: 1,
         required: false,
     },
 ];
 
-/// The rows of one backend.
-pub fn hooks_for(backend: Backend) -> impl Iterator<Item = &'static HookPoint> {
-    HOOKS.iter().filter(move |h| h.backend == backend)
+/// What a function hook needs beyond the function itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    Nothing,
+    /// `nf_hook_state` offsets.
+    NfHookState,
+}
+
+/// A kernel function hook point and the programs each backend attaches there.
+#[derive(Clone, Copy, Debug)]
+pub struct FunctionHook {
+    pub function: &'static str,
+    pub kind: HopKind,
+    pub fentry: &'static [Program],
+    pub kprobe: &'static [Program],
+    /// Without it the backend is not worth choosing (nf_hook_slow is why fentry/kprobe exist).
+    pub required: bool,
+    pub needs: Needs,
+    /// What it shows, for docs and `--help`.
+    pub shows: &'static str,
+}
+
+pub const FUNCTION_HOOKS: &[FunctionHook] = &[
+    FunctionHook {
+        function: "nf_hook_slow",
+        kind: HopKind::NetfilterHook,
+        fentry: &[
+            Program {
+                attach: Attach::FEntry,
+                name: "fentry_nf_hook_slow",
+            },
+            Program {
+                attach: Attach::FExit,
+                name: "fexit_nf_hook_slow",
+            },
+        ],
+        kprobe: &[
+            Program {
+                attach: Attach::KProbe,
+                name: "kprobe_nf_hook_slow",
+            },
+            Program {
+                attach: Attach::KRetProbe,
+                name: "kretprobe_nf_hook_slow",
+            },
+        ],
+        required: true,
+        needs: Needs::NfHookState,
+        shows: "netfilter hook (family, PREROUTING..POSTROUTING) and its verdict",
+    },
+    FunctionHook {
+        function: "br_forward",
+        kind: HopKind::BridgeForward,
+        fentry: &[Program {
+            attach: Attach::FEntry,
+            name: "fentry_br_forward",
+        }],
+        kprobe: &[Program {
+            attach: Attach::KProbe,
+            name: "kprobe_br_forward",
+        }],
+        required: false,
+        needs: Needs::Nothing,
+        shows: "bridge forwarding: ingress and egress port",
+    },
+    FunctionHook {
+        function: "veth_xmit",
+        kind: HopKind::VethTransmit,
+        fentry: &[Program {
+            attach: Attach::FEntry,
+            name: "fentry_veth_xmit",
+        }],
+        kprobe: &[Program {
+            attach: Attach::KProbe,
+            name: "kprobe_veth_xmit",
+        }],
+        required: false,
+        needs: Needs::Nothing,
+        shows: "veth transmit to its peer (peer ifindex and namespace)",
+    },
+];
+
+impl FunctionHook {
+    pub fn programs(&self, backend: Backend) -> &'static [Program] {
+        match backend {
+            Backend::Fentry => self.fentry,
+            Backend::Kprobe => self.kprobe,
+            Backend::Tracepoint => &[],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -90,12 +246,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_tracepoint_row_names_a_distinct_program() {
-        let rows: Vec<_> = hooks_for(Backend::Tracepoint).collect();
-        assert!(rows.iter().any(|h| h.kind == HopKind::Drop && h.required));
-        let mut names: Vec<_> = rows.iter().map(|h| h.program).collect();
+    fn program_names_are_distinct_and_versions_do_not_overlap() {
+        let mut names: Vec<&str> = TRACEPOINTS.iter().map(|h| h.program).collect();
+        for f in FUNCTION_HOOKS {
+            names.extend(f.fentry.iter().chain(f.kprobe).map(|p| p.name));
+        }
+        let n = names.len();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), rows.len());
+        assert_eq!(names.len(), n);
+        // For any argument count at most one version of a tracepoint applies.
+        for args in 0..8 {
+            for tp in ["consume_skb", "kfree_skb"] {
+                let fits = TRACEPOINTS
+                    .iter()
+                    .filter(|h| h.tracepoint == tp && (h.min_args..=h.max_args).contains(&args))
+                    .count();
+                assert!(fits <= 1, "{tp} with {args} args: {fits} programs");
+            }
+        }
+    }
+
+    #[test]
+    fn backends_parse_and_every_function_hook_has_both_kinds_of_program() {
+        assert_eq!("kprobe".parse::<Backend>(), Ok(Backend::Kprobe));
+        assert!("kprobes".parse::<Backend>().is_err());
+        for f in FUNCTION_HOOKS {
+            assert!(
+                !f.fentry.is_empty() && !f.kprobe.is_empty(),
+                "{}",
+                f.function
+            );
+        }
     }
 }

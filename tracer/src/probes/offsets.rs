@@ -1,6 +1,6 @@
 //! The struct offsets the kernel programs read through, taken from the running kernel's BTF.
 
-use tracer_common::KernelOffsets;
+use tracer_common::{KernelOffsets, config::have};
 
 use super::btf::{Btf, BtfError};
 
@@ -32,20 +32,13 @@ pub enum OffsetError {
     },
 }
 
-/// Looks every field up; fails naming the first one the kernel does not have.
+/// Looks every field up; fails naming the first one the kernel does not have. Optional groups
+/// (netfilter hook state, bridge port, veth peer) are filled when their BTF is present; their
+/// hooks are not attached otherwise.
 pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
     let mut v = [0u32; FIELDS.len()];
     for (slot, (ty, member, expected)) in v.iter_mut().zip(FIELDS) {
-        let m = btf.member(ty, member)?;
-        if m.size != expected {
-            return Err(OffsetError::Size {
-                ty,
-                member,
-                found: m.size,
-                expected,
-            });
-        }
-        *slot = m.offset;
+        *slot = field(btf, ty, member, expected)?;
     }
     let [
         skb_head,
@@ -59,7 +52,7 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
         dev_nd_net,
         net_ns_inum,
     ] = v;
-    Ok(KernelOffsets {
+    let mut off = KernelOffsets {
         skb_head,
         skb_data,
         skb_len,
@@ -70,7 +63,76 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
         dev_ifindex,
         dev_nd_net,
         net_ns_inum,
-    })
+        ..KernelOffsets::unset()
+    };
+    let nf = (|| -> Result<[u32; 4], OffsetError> {
+        Ok([
+            field(btf, "nf_hook_state", "hook", 1)?,
+            field(btf, "nf_hook_state", "pf", 1)?,
+            field(btf, "nf_hook_state", "in", 8)?,
+            field(btf, "nf_hook_state", "out", 8)?,
+        ])
+    })();
+    match nf {
+        Ok([hook, pf, input, output]) => {
+            off.nf_state_hook = hook;
+            off.nf_state_pf = pf;
+            off.nf_state_in = input;
+            off.nf_state_out = output;
+            off.have |= have::NF_HOOK_STATE;
+        }
+        Err(e) => tracing::debug!("no netfilter hook state offsets: {e}"),
+    }
+    match btf
+        .with_module("bridge")
+        .map_err(OffsetError::from)
+        .and_then(|mut b| field(&mut b, "net_bridge_port", "dev", 8))
+    {
+        Ok(dev) => {
+            off.brport_dev = dev;
+            off.have |= have::BRIDGE_PORT;
+        }
+        Err(e) => tracing::debug!("no bridge port offsets (bridge module not loaded?): {e}"),
+    }
+    let veth = (|| -> Result<(u32, u32), OffsetError> {
+        let mut b = btf.with_module("veth")?;
+        let peer = field(&mut b, "veth_priv", "peer", 8)?;
+        let dev_size = b.struct_size("net_device")?;
+        Ok((peer, netdev_priv_offset(dev_size)))
+    })();
+    match veth {
+        Ok((peer, priv_off)) => {
+            off.veth_priv_peer = peer;
+            off.netdev_priv = priv_off;
+            off.have |= have::VETH_PEER;
+        }
+        Err(e) => tracing::debug!("no veth peer offsets (veth module not loaded?): {e}"),
+    }
+    Ok(off)
+}
+
+/// `netdev_priv(dev)` is `dev + ALIGN(sizeof(struct net_device), NETDEV_ALIGN)`; NETDEV_ALIGN
+/// has been 32 since it exists.
+pub fn netdev_priv_offset(net_device_size: u32) -> u32 {
+    net_device_size.div_ceil(32) * 32
+}
+
+fn field(
+    btf: &mut Btf,
+    ty: &'static str,
+    member: &'static str,
+    expected: u32,
+) -> Result<u32, OffsetError> {
+    let m = btf.member(ty, member)?;
+    if m.size != expected {
+        return Err(OffsetError::Size {
+            ty,
+            member,
+            found: m.size,
+            expected,
+        });
+    }
+    Ok(m.offset)
 }
 
 #[cfg(test)]
@@ -137,6 +199,17 @@ mod tests {
         assert_eq!(off.dev_ifindex, 200);
         assert_eq!(off.dev_nd_net, 256);
         assert_eq!(off.net_ns_inum, 36);
+        assert_eq!(
+            off.have & have::NF_HOOK_STATE,
+            0,
+            "fixture has no nf_hook_state"
+        );
+    }
+
+    #[test]
+    fn netdev_priv_is_aligned_to_32() {
+        assert_eq!(netdev_priv_offset(2368), 2368);
+        assert_eq!(netdev_priv_offset(2369), 2400);
     }
 
     #[test]
