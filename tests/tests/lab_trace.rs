@@ -1,60 +1,51 @@
-//! pathtrace against the lab, on this machine's kernel (tracepoint backend). Needs root.
+//! pathtrace against the lab scenarios, on this machine's kernel (tracepoints via auto, which
+//! must say why it chose them). Needs root. The VM lab runs the same scenarios with fentry and
+//! kprobe.
 
-use std::time::Duration;
-
-use lab::{Fault, Lab, LabConfig, tracer::Tracer};
+use lab::scenario::{self, Observed, Scenario};
 use serde_json::Value;
 
-/// The first verdict for a SYN (the handshake's later packets match the filter too).
-fn syn_verdict(v: &Value) -> bool {
-    v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
+fn run(name: &str) -> (lab::Lab, Observed, Scenario) {
+    let s = scenario::find(name).expect("scenario exists");
+    let (lab, seen) = scenario::observe(&s, "auto").expect("scenario runs");
+    assert!(
+        seen.matches(&s.expect),
+        "{name}: expected {:?}, pathtrace said {:#}",
+        s.expect,
+        seen.verdict
+    );
+    (lab, seen, s)
 }
 
-fn names(hops: &[&Value]) -> Vec<String> {
-    hops.iter()
-        .map(|h| {
-            format!(
-                "{} {}@{}",
-                h["hop"].as_str().unwrap_or("?"),
-                h["ifname"].as_str().unwrap_or("?"),
-                h["netns_name"].as_str().unwrap_or("?")
-            )
+fn evidence(v: &Value) -> Vec<String> {
+    v["diagnosis"]["evidence"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 #[test]
 fn healthy_connect_is_delivered_through_bridge_and_veth() {
-    let lab = Lab::new(LabConfig::default()).expect("lab");
-    let port = lab.config.published_port.to_string();
-    let mut tracer = Tracer::start(&["--dport", &port]).expect("pathtrace starts");
+    let (lab, seen, _) = run("healthy");
+    let v = &seen.verdict;
+    assert_eq!(v["delivery"], "socket");
     assert!(
-        lab.connect(Duration::from_secs(3)).expect("connect"),
-        "healthy lab must answer"
+        v["diagnosis"].is_null(),
+        "healthy path has nothing to diagnose: {v:#}"
     );
-    let verdict = tracer
-        .wait_for(Duration::from_secs(10), syn_verdict)
-        .expect("a verdict");
-
-    assert_eq!(verdict["outcome"], "delivered", "{verdict:#}");
-    assert_eq!(verdict["delivery"], "socket");
-    assert!(
-        verdict["diagnosis"].is_null(),
-        "healthy path has nothing to diagnose: {verdict:#}"
-    );
-    assert_eq!(verdict["last_hop"]["ifname"], "eth0");
+    assert_eq!(v["last_hop"]["ifname"], "eth0");
+    assert_eq!(v["last_hop"]["netns_name"], lab.container.name.as_str());
+    assert_eq!(v["nat"][0]["kind"], "dnat");
     assert_eq!(
-        verdict["last_hop"]["netns_name"],
-        lab.container.name.as_str()
-    );
-    assert_eq!(verdict["nat"][0]["kind"], "dnat");
-    assert_eq!(
-        verdict["nat"][0]["to"]["dst"],
+        v["nat"][0]["to"]["dst"],
         lab.config.container_addr.to_string()
     );
-
-    let skb = verdict["skb"].as_str().expect("skb").to_owned();
-    let hops = names(&tracer.hops_of(&skb));
+    let hops = seen.hop_names();
     let host = &lab.host.name;
     for want in [
         format!("receive eth0@{host}"),
@@ -64,102 +55,72 @@ fn healthy_connect_is_delivered_through_bridge_and_veth() {
     ] {
         assert!(hops.contains(&want), "missing hop `{want}` in {hops:#?}");
     }
-    let stats = tracer.stop().expect("clean stop");
-    assert_eq!(stats["lost"], 0);
-    assert!(stats["delivered"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(seen.stats["lost"], 0);
+    assert!(
+        seen.stats["delivered"].as_u64() >= Some(1),
+        "{}",
+        seen.stats
+    );
+}
+
+#[test]
+fn auto_backend_explains_its_choice_on_this_kernel() {
+    let (_lab, seen, _) = run("healthy");
+    let backend = seen.ready["backend"].as_str().expect("backend");
+    let reason = seen.ready["backend_reason"].as_str().expect("reason");
+    assert!(reason.starts_with("auto: "), "{reason}");
+    if backend == "tracepoint" {
+        // This machine: no kprobes, fentry refused. Both must be named.
+        assert!(reason.contains("fentry is unavailable"), "{reason}");
+        assert!(reason.contains("kprobe is unavailable"), "{reason}");
+    }
 }
 
 #[test]
 fn forwarding_off_on_uplink_is_diagnosed() {
-    let lab =
-        Lab::with_fault(LabConfig::default(), Fault::ForwardingOff("eth0".into())).expect("lab");
-    let port = lab.config.published_port.to_string();
-    let mut tracer = Tracer::start(&["--dport", &port]).expect("pathtrace starts");
-    assert!(
-        !lab.connect(Duration::from_millis(1500)).expect("connect"),
-        "the SYN must die"
-    );
-    let verdict = tracer
-        .wait_for(Duration::from_secs(10), syn_verdict)
-        .expect("a verdict");
-
-    assert_eq!(verdict["outcome"], "dropped", "{verdict:#}");
-    assert_eq!(verdict["drop_reason"], "IP_INADDRERRORS");
-    assert_eq!(verdict["location"], "ip_error");
-    assert_eq!(verdict["last_hop"]["ifname"], "eth0");
-    assert_eq!(verdict["last_hop"]["netns_name"], lab.host.name.as_str());
-    let d = &verdict["diagnosis"];
-    assert_eq!(d["code"], "forwarding_disabled", "{verdict:#}");
+    let (lab, seen, _) = run("forwarding-off");
+    let v = &seen.verdict;
+    assert_eq!(v["location"], "ip_error");
+    assert_eq!(v["last_hop"]["ifname"], "eth0");
+    assert_eq!(v["last_hop"]["netns_name"], lab.host.name.as_str());
     assert_eq!(
-        d["fix"],
+        v["diagnosis"]["fix"],
         format!(
             "ip netns exec {} sysctl -w net.ipv4.conf.eth0.forwarding=1",
             lab.host.name
         )
     );
-    let evidence: Vec<&str> = d["evidence"]
-        .as_array()
-        .expect("evidence")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(
-        evidence.contains(
-            &format!(
-                "net.ipv4.conf.eth0.forwarding = 0 in netns {}",
-                lab.host.name
-            )
-            .as_str()
-        ),
-        "{evidence:#?}"
+    let want = format!(
+        "net.ipv4.conf.eth0.forwarding = 0 in netns {}",
+        lab.host.name
     );
-    tracer.stop().expect("clean stop");
+    assert!(evidence(v).contains(&want), "{:#?}", evidence(v));
 }
 
 /// Names, addresses and ports pathtrace has never seen: nothing may be assumed.
 #[test]
 fn unfamiliar_topology_gets_the_same_answer() {
-    let cfg = LabConfig::unusual();
-    let lab = Lab::with_fault(cfg.clone(), Fault::ForwardingOff(cfg.uplink.clone())).expect("lab");
-    let port = cfg.published_port.to_string();
-    let mut tracer =
-        Tracer::start(&["--dport", &port, "--proto", "tcp"]).expect("pathtrace starts");
-    assert!(!lab.connect(Duration::from_millis(1500)).expect("connect"));
-    let verdict = tracer
-        .wait_for(Duration::from_secs(10), syn_verdict)
-        .expect("a verdict");
-    assert_eq!(verdict["outcome"], "dropped", "{verdict:#}");
-    assert_eq!(verdict["last_hop"]["ifname"], "wan0");
-    assert_eq!(verdict["diagnosis"]["code"], "forwarding_disabled");
-    let fix = verdict["diagnosis"]["fix"].as_str().expect("fix");
+    let (_lab, seen, s) = run("unusual-forwarding-off");
+    let v = &seen.verdict;
+    assert_eq!(v["last_hop"]["ifname"], "wan0");
+    let fix = v["diagnosis"]["fix"].as_str().expect("fix");
     assert!(
         fix.ends_with("sysctl -w net.ipv4.conf.wan0.forwarding=1"),
         "{fix}"
     );
-    let summary = verdict["diagnosis"]["summary"].as_str().expect("summary");
-    assert!(
-        summary.contains(&format!(
-            "DNATed to {}:{}",
-            cfg.container_addr, cfg.container_port
-        )),
-        "{summary}"
+    let summary = v["diagnosis"]["summary"].as_str().expect("summary");
+    let dnat = format!(
+        "DNATed to {}:{}",
+        s.config.container_addr, s.config.container_port
     );
+    assert!(summary.contains(&dnat), "{summary}");
 }
 
 #[test]
 fn global_ip_forward_off_is_diagnosed() {
-    let lab = Lab::with_fault(LabConfig::default(), Fault::IpForwardOff).expect("lab");
-    let mut tracer = Tracer::start(&["--dport", "10001"]).expect("pathtrace starts");
-    assert!(!lab.connect(Duration::from_millis(1500)).expect("connect"));
-    let verdict = tracer
-        .wait_for(Duration::from_secs(10), syn_verdict)
-        .expect("a verdict");
+    let (lab, seen, _) = run("ip-forward-off");
     assert_eq!(
-        verdict["diagnosis"]["code"], "forwarding_disabled",
-        "{verdict:#}"
-    );
-    assert_eq!(
-        verdict["diagnosis"]["fix"],
+        seen.verdict["diagnosis"]["fix"],
         format!(
             "ip netns exec {} sysctl -w net.ipv4.ip_forward=1",
             lab.host.name

@@ -1,0 +1,95 @@
+//! `ptlab`: runs lab scenarios against pathtrace. The VM lab runs it inside the guest; people
+//! can run it on a host too (root).
+//!
+//! ```text
+//! ptlab list
+//! ptlab run [--backend B] [SCENARIO...]   one `PTLAB-RESULT {json}` line per scenario
+//! ptlab shell SCENARIO                    the lab with its fault, and a shell to explore it
+//! ```
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use lab::scenario;
+
+fn main() {
+    if let Err(e) = run(std::env::args().skip(1).collect()) {
+        eprintln!("ptlab: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("list") => {
+            for s in scenario::all() {
+                println!("{:<24} {}", s.name, s.about);
+            }
+            Ok(())
+        }
+        Some("run") => {
+            let mut backend = "auto".to_owned();
+            let mut names = Vec::new();
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                if a == "--backend" {
+                    backend = it.next().context("--backend needs a value")?.clone();
+                } else {
+                    names.push(a.clone());
+                }
+            }
+            let scenarios = if names.is_empty() {
+                scenario::all()
+            } else {
+                names
+                    .iter()
+                    .map(|n| {
+                        scenario::find(n).with_context(|| format!("no scenario `{n}` (ptlab list)"))
+                    })
+                    .collect::<Result<_>>()?
+            };
+            for s in scenarios {
+                let line = match scenario::observe(&s, &backend) {
+                    Ok((_lab, seen)) => seen.summary(&s),
+                    Err(e) => serde_json::json!({
+                        "scenario": s.name, "backend": backend, "pass": false, "error": format!("{e:#}"),
+                    }),
+                };
+                println!("PTLAB-RESULT {line}");
+            }
+            Ok(())
+        }
+        Some("shell") => {
+            let name = args.get(1).context("ptlab shell SCENARIO")?;
+            let s = scenario::find(name)
+                .with_context(|| format!("no scenario `{name}` (ptlab list)"))?;
+            let lab = match &s.fault {
+                Some(f) => lab::Lab::with_fault(s.config.clone(), f.clone())?,
+                None => lab::Lab::new(s.config.clone())?,
+            };
+            println!(
+                "\nScenario {}: {}\n  client:    ip netns exec {} ...   (connect to {})\n  host:      ip netns exec {} ...\n  container: ip netns exec {} ...\nTry: pathtrace --dport {} &  then  ip netns exec {} nc -w1 {} {}\nExit the shell to tear the lab down.\n",
+                s.name,
+                s.about,
+                lab.outside.name,
+                lab.published(),
+                lab.host.name,
+                lab.container.name,
+                s.config.published_port,
+                lab.outside.name,
+                s.config.host_addr,
+                s.config.published_port,
+            );
+            let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
+            let status = Command::new(&shell)
+                .status()
+                .with_context(|| format!("starting {shell}"))?;
+            drop(lab);
+            if !status.success() {
+                bail!("{shell} exited with {status}");
+            }
+            Ok(())
+        }
+        _ => bail!("usage: ptlab list | run [--backend B] [SCENARIO...] | shell SCENARIO"),
+    }
+}
