@@ -165,8 +165,7 @@ mod kprobes {
         let (Some(skb), Some(state)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
             return 0;
         };
-        // SAFETY: helper without preconditions.
-        let key = unsafe { bpf_get_current_pid_tgid() };
+        let key = bpf_get_current_pid_tgid();
         netfilter::enter(key, skb, state);
         0
     }
@@ -174,8 +173,7 @@ mod kprobes {
     #[kretprobe]
     pub fn kretprobe_nf_hook_slow(ctx: RetProbeContext) -> u32 {
         let ret: i32 = ctx.ret();
-        // SAFETY: helper without preconditions.
-        let key = unsafe { bpf_get_current_pid_tgid() };
+        let key = bpf_get_current_pid_tgid();
         netfilter::exit(key, ret as i64);
         0
     }

@@ -1,8 +1,10 @@
 //! Project tasks. `cargo xtask setup | build | demo | test`; each is one file.
 
 mod demo;
+mod kernel_lab;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::Command;
 
@@ -27,19 +29,26 @@ enum Task {
     },
     /// Build a lab with forwarding off on its uplink and show pathtrace finding it.
     Demo,
-    /// Unit tests, then the integration tests against the lab (root).
-    Test,
+    /// Unit tests, the integration tests against the lab (root), then the kernel lab in a VM.
+    Test {
+        /// Skip the VM kernel lab (it boots qemu under TCG: minutes).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// The lab scenarios in a VM with another kernel, per backend (fentry, kprobe).
+    Lab(kernel_lab::LabArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::run(),
+        Task::Setup => setup::run().and_then(|()| setup::vm_packages()),
         Task::Build { release } => {
             setup::run()?;
             build(release).map(drop)
         }
         Task::Demo => demo::run(),
-        Task::Test => test::run(),
+        Task::Test { no_vm } => test::run(no_vm),
+        Task::Lab(args) => kernel_lab::run(args),
     }
 }
 

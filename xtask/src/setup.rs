@@ -43,8 +43,18 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
+/// What the VM kernel lab needs on top: qemu (the kernel and busybox are downloaded, not
+/// installed).
+pub fn vm_packages() -> Result<()> {
+    install_missing(&["qemu-system-x86"])
+}
+
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_missing(PACKAGES)
+}
+
+fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -249,7 +249,7 @@ mod tests {
         a.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
         a.extend_from_slice(&ty.to_ne_bytes());
         a.extend_from_slice(value);
-        while a.len() % 4 != 0 {
+        while !a.len().is_multiple_of(4) {
             a.push(0);
         }
         a

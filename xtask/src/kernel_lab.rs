@@ -1,0 +1,165 @@
+//! `cargo xtask lab`: the lab scenarios inside a VM running another kernel (Debian's 6.1 by
+//! default, with kprobes and fentry), once per backend, as a table of expected vs observed.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{
+    cargo, require_root, root, setup, status,
+    vm::{self, Accel, Kernel},
+};
+
+#[derive(clap::Args)]
+pub struct LabArgs {
+    /// Scenarios to run (all by default; `ptlab list` names them).
+    pub scenarios: Vec<String>,
+    /// An extracted linux-image package (boot/vmlinuz-*, lib/modules/*); default: Debian's
+    /// linux-image-amd64, downloaded into .cache/vm.
+    #[arg(long, value_name = "DIR")]
+    pub kernel: Option<PathBuf>,
+    /// Backends to run the scenarios with (repeatable).
+    #[arg(long = "backend", value_name = "BACKEND", default_values = ["fentry", "kprobe"])]
+    pub backends: Vec<String>,
+    /// Leave a person in the VM with this scenario's lab set up and pathtrace on PATH.
+    #[arg(long, value_name = "SCENARIO", conflicts_with = "scenarios")]
+    pub shell: Option<String>,
+    /// kvm, tcg, or auto (KVM when it runs a guest here, else TCG).
+    #[arg(long, default_value = "auto")]
+    pub accel: String,
+}
+
+pub fn run(args: LabArgs) -> Result<()> {
+    setup::run()?;
+    setup::vm_packages()?;
+    require_root("lab")?;
+    status(cargo().args([
+        "build",
+        "--package",
+        "tracer",
+        "--package",
+        "pathtrace-lab",
+        "--bins",
+    ]))?;
+    let root = root().canonicalize()?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin_dir = target
+        .join("debug")
+        .canonicalize()
+        .context("target/debug")?;
+
+    let kernel = match &args.kernel {
+        Some(dir) => Kernel::from_tree(dir)?,
+        None => Kernel::debian()?,
+    };
+    let initrd = vm::initramfs(&kernel)?;
+    let (accel, why) = match args.accel.as_str() {
+        "kvm" => (Accel::Kvm, "--accel kvm".to_owned()),
+        "tcg" => (Accel::Tcg, "--accel tcg".to_owned()),
+        "auto" => vm::pick_accel(&kernel, &initrd),
+        other => bail!("--accel {other}: kvm, tcg or auto"),
+    };
+    eprintln!(
+        "xtask lab: kernel {} ({}), {why}",
+        kernel.version,
+        kernel.vmlinuz.display()
+    );
+    let env = format!(
+        "export PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PATHTRACE_BIN={bin}/pathtrace\nexport HOME=/tmp\ncd {root}\n",
+        bin = bin_dir.display(),
+        root = root.display()
+    );
+
+    if let Some(scenario) = &args.shell {
+        let script = vm::write_script("shell.sh", &format!("{env}exec ptlab shell {scenario}\n"))?;
+        vm::boot(&kernel, &initrd, &script, accel, true, Duration::MAX)?;
+        return Ok(());
+    }
+
+    let mut rows: Vec<(String, Value)> = Vec::new();
+    for backend in &args.backends {
+        let script = vm::write_script(
+            &format!("run-{backend}.sh"),
+            &format!(
+                "{env}ptlab run --backend {backend} {}\n",
+                args.scenarios.join(" ")
+            ),
+        )?;
+        let started = std::time::Instant::now();
+        let console = vm::boot(
+            &kernel,
+            &initrd,
+            &script,
+            accel,
+            false,
+            Duration::from_secs(900),
+        )?;
+        eprintln!(
+            "xtask lab: {backend}: VM run took {:.0?}",
+            started.elapsed()
+        );
+        let results: Vec<Value> = console
+            .lines()
+            .filter_map(|l| l.split_once("PTLAB-RESULT ").map(|(_, j)| j))
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
+        if results.is_empty() {
+            bail!("the {backend} run reported no results; console:\n{console}");
+        }
+        rows.extend(results.into_iter().map(|r| (backend.clone(), r)));
+    }
+    print_table(&rows);
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|(backend, r)| !row_passes(backend, r))
+        .map(|(b, r)| format!("{} on {b}", r["scenario"].as_str().unwrap_or("?")))
+        .collect();
+    if !failed.is_empty() {
+        bail!("kernel lab mismatches: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// A row passes when the verdict matches, the requested backend was the one used, and the
+/// function backends showed netfilter hooks.
+fn row_passes(backend: &str, r: &Value) -> bool {
+    let netfilter = r["netfilter"].as_array().is_some_and(|a| !a.is_empty());
+    r["pass"] == true && r["backend"] == backend && (backend == "tracepoint" || netfilter)
+}
+
+fn print_table(rows: &[(String, Value)]) {
+    println!(
+        "\n{:<24} {:<10} {:<42} {:<42} result",
+        "scenario", "backend", "expected", "observed"
+    );
+    let fmt = |v: &Value| {
+        format!(
+            "{} {} {}",
+            v["outcome"].as_str().unwrap_or("-"),
+            v["drop_reason"].as_str().unwrap_or("-"),
+            v["code"].as_str().unwrap_or("-")
+        )
+    };
+    for (backend, r) in rows {
+        let verdict = if row_passes(backend, r) {
+            "ok"
+        } else {
+            "MISMATCH"
+        };
+        println!(
+            "{:<24} {:<10} {:<42} {:<42} {verdict}",
+            r["scenario"].as_str().unwrap_or("?"),
+            backend,
+            fmt(&r["expected"]),
+            r.get("error")
+                .and_then(Value::as_str)
+                .map_or_else(|| fmt(&r["observed"]), |e| format!("error: {e}")),
+        );
+        if let Some(nf) = r["netfilter"].as_array().filter(|a| !a.is_empty()) {
+            let hooks: Vec<&str> = nf.iter().filter_map(Value::as_str).collect();
+            println!("{:<24}   netfilter: {}", "", hooks.join(", "));
+        }
+    }
+}
