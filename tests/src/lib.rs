@@ -10,6 +10,8 @@
 //! test panics); the root namespace is never touched. Tests, `cargo xtask demo`, and later the
 //! VM lab and benchmarks share this one definition.
 
+pub mod debs;
+pub mod docker;
 pub mod scenario;
 pub mod tracer;
 
@@ -149,7 +151,7 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn create(name: String) -> Result<Self> {
+    pub(crate) fn create(name: String) -> Result<Self> {
         run("ip", &["netns", "add", &name])?;
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;

@@ -28,9 +28,18 @@ pub struct Filter {
     pub proto: u8,
     /// `filter_field::*` bits.
     pub fields: u8,
+    /// How many of `or_dports` are set.
+    pub n_or_dports: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
+    /// A packet that fails the fields above still matches when its destination port is one of
+    /// these (and `proto`, if set, matches): `--container` traces traffic to the container's
+    /// address *or* to the ports published to it, before DNAT has rewritten them.
+    pub or_dports: [u16; MAX_OR_DPORTS],
 }
+
+/// Size of `Filter::or_dports`.
+pub const MAX_OR_DPORTS: usize = 8;
 
 impl Filter {
     /// Matches everything.
@@ -41,7 +50,9 @@ impl Filter {
             dport: 0,
             proto: 0,
             fields: 0,
-            _pad: [0; 2],
+            n_or_dports: 0,
+            _pad: 0,
+            or_dports: [0; MAX_OR_DPORTS],
         }
     }
 
@@ -50,6 +61,36 @@ impl Filter {
     /// without ports (ICMP) or when the L4 header could not be read.
     #[inline(always)]
     pub fn matches(
+        &self,
+        saddr: [u8; 4],
+        daddr: [u8; 4],
+        proto: u8,
+        has_ports: bool,
+        sport: u16,
+        dport: u16,
+    ) -> bool {
+        if self.matches_fields(saddr, daddr, proto, has_ports, sport, dport) {
+            return true;
+        }
+        if self.n_or_dports == 0 || !has_ports {
+            return false;
+        }
+        if self.fields & filter_field::PROTO != 0 && proto != self.proto {
+            return false;
+        }
+        let mut i = 0;
+        while i < MAX_OR_DPORTS {
+            if i < self.n_or_dports as usize && self.or_dports[i] == dport {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// The AND of the set fields.
+    #[inline(always)]
+    fn matches_fields(
         &self,
         saddr: [u8; 4],
         daddr: [u8; 4],
@@ -172,8 +213,24 @@ mod tests {
             dport: 10001,
             proto: 6,
             fields,
-            _pad: [0; 2],
+            ..Filter::any()
         }
+    }
+
+    #[test]
+    fn container_filter_matches_its_address_or_its_published_ports() {
+        let mut flt = f(filter_field::HOST | filter_field::PROTO);
+        flt.host = [172, 17, 0, 2];
+        flt.or_dports[0] = 10001;
+        flt.or_dports[1] = 8443;
+        flt.n_or_dports = 2;
+        // Before DNAT: to the host's published port.
+        assert!(flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 6, true, 40000, 8443));
+        // After DNAT, and replies: the container's address.
+        assert!(flt.matches([172, 17, 0, 2], [203, 0, 113, 2], 6, true, 80, 40000));
+        // Another port, another protocol: no.
+        assert!(!flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 6, true, 40000, 22));
+        assert!(!flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 17, true, 40000, 8443));
     }
 
     #[test]

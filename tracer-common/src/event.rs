@@ -92,8 +92,11 @@ pub struct HopEvent {
     pub _pad: u8,
     /// Namespace inode of `peer_ifindex`'s device (veth peer, bridge egress port).
     pub peer_netns: u32,
-    /// Explicit padding to a multiple of 8 bytes; always zero.
-    pub _pad2: u32,
+    /// What stays constant for one packet while NAT rewrites it: the TCP sequence number,
+    /// for UDP the IP id and UDP length, else the IP id and protocol. A tracked skb address
+    /// that shows another fingerprint has been freed (by a path with no tracepoint) and
+    /// reused for another packet. 0 when the headers could not be read.
+    pub fingerprint: u32,
 }
 
 impl HopEvent {
@@ -121,7 +124,7 @@ impl HopEvent {
             flags: 0,
             _pad: 0,
             peer_netns: 0,
-            _pad2: 0,
+            fingerprint: 0,
         }
     }
 

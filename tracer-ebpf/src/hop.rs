@@ -68,21 +68,34 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     if skb == 0 || off.skb_head == 0 {
         return None; // not configured by the loader: emit nothing rather than garbage
     }
-    // SAFETY: a map lookup; the value is not held across helper calls.
-    let tracked = unsafe { TRACKED.get(&skb).is_some() };
-    if site.only_tracked && !tracked {
+    // SAFETY: a map lookup; the value is copied out at once.
+    let remembered = unsafe { TRACKED.get(&skb).copied() };
+    if site.only_tracked && remembered.is_none() {
         return None;
     }
     let h = headers(skb, &off, site.l3_at_data);
+    let tracked = match remembered {
+        // An unreadable header (0) proves nothing either way: keep following.
+        Some(fp) => fp == h.fingerprint || fp == 0 || h.fingerprint == 0,
+        None => false,
+    };
+    if site.only_tracked && !tracked {
+        let _ = TRACKED.remove(&skb);
+        return None;
+    }
     let matched = h.ipv4 && filter().matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport);
     if !tracked && !matched {
+        if remembered.is_some() {
+            // The address now holds another packet: forget the one we followed.
+            let _ = TRACKED.remove(&skb);
+        }
         return None;
     }
     if site.frees {
-        if tracked {
+        if remembered.is_some() {
             let _ = TRACKED.remove(&skb);
         }
-    } else if !tracked && TRACKED.insert(&skb, &1, 0).is_err() {
+    } else if !tracked && TRACKED.insert(&skb, &h.fingerprint, 0).is_err() {
         bump(counter::TRACK_FAILED);
     }
 
@@ -114,6 +127,7 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     ev.tcp_flags = h.tcp_flags;
     ev.nf_hook = site.nf_hook;
     ev.nf_family = site.nf_family;
+    ev.fingerprint = h.fingerprint;
     ev.flags = (if h.ipv4 { FLAG_IPV4 } else { 0 })
         | (if h.l4 { FLAG_L4 } else { 0 })
         | (if matched { FLAG_MATCHED } else { 0 });

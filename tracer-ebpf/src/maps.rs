@@ -10,10 +10,12 @@ use tracer_common::{Filter, KernelOffsets, counter};
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Skbs that matched the filter once, keyed by address, so they stay traced after NAT rewrites
-/// their headers. Removed when the skb is freed; LRU so leaks age out.
+/// Skbs that matched the filter once, keyed by address, valued by the packet's fingerprint, so
+/// they stay traced after NAT rewrites their headers. Removed when the skb is freed; a
+/// different fingerprint at the same address means the skb was freed unseen and reused; LRU
+/// so leaks age out.
 #[map]
-pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+pub static TRACKED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
 /// Per-CPU event counters (`tracer_common::counter`).
 #[map]

@@ -21,6 +21,8 @@ pub struct Headers {
     pub tcp_flags: u8,
     pub ipv4: bool,
     pub l4: bool,
+    /// See `HopEvent::fingerprint`.
+    pub fingerprint: u32,
 }
 
 const ETH_P_IP_BE: u16 = 0x0008; // htons(0x0800) as read on little-endian
@@ -62,6 +64,8 @@ pub fn headers(skb: u64, off: &KernelOffsets, l3_at_data: bool) -> Headers {
     }
     h.ipv4 = true;
     h.proto = ip[9];
+    let ip_id = u16::from_be_bytes([ip[4], ip[5]]) as u32;
+    h.fingerprint = (ip_id << 16) | h.proto as u32 | 0x100;
     h.saddr = [ip[12], ip[13], ip[14], ip[15]];
     h.daddr = [ip[16], ip[17], ip[18], ip[19]];
     let ihl = (ip[0] & 0x0f) as u32 * 4;
@@ -76,6 +80,9 @@ pub fn headers(skb: u64, off: &KernelOffsets, l3_at_data: bool) -> Headers {
     h.dport = u16::from_be_bytes([l4[2], l4[3]]);
     if h.proto == 6 {
         h.tcp_flags = l4[13];
+        h.fingerprint = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]) | 1;
+    } else {
+        h.fingerprint = (ip_id << 16) | u16::from_be_bytes([l4[4], l4[5]]) as u32 | 1;
     }
     h.l4 = true;
     h

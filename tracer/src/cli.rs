@@ -47,6 +47,10 @@ pub struct FilterArgs {
     /// Protocol: tcp, udp, icmp, or a protocol number.
     #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
     pub proto: Option<u8>,
+    /// Traffic to and from a Docker container (name or id): its address, and the host ports
+    /// published to it (before DNAT). Needs the Docker socket.
+    #[arg(long, value_name = "NAME|ID", conflicts_with = "host")]
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +146,7 @@ impl Cli {
             count: self.stop.count,
             idle: Duration::from_millis(self.stop.idle_ms),
             backend: self.probes.backend,
+            container: self.filter.container.clone(),
             ..TraceConfig::default()
         })
     }

@@ -87,6 +87,8 @@ pub struct Hop {
     pub drop_reason: u32,
     pub peer_ifindex: u32,
     pub peer_netns: u32,
+    /// See `HopEvent::fingerprint`: constant for one packet, 0 when unknown.
+    pub fingerprint: u32,
     pub nf_hook: u8,
     pub nf_family: u8,
     pub nf_verdict: u8,
@@ -123,6 +125,7 @@ impl Hop {
             drop_reason: ev.drop_reason,
             peer_ifindex: ev.peer_ifindex,
             peer_netns: ev.peer_netns,
+            fingerprint: ev.fingerprint,
             nf_hook: ev.nf_hook,
             nf_family: ev.nf_family,
             nf_verdict: ev.nf_verdict,
@@ -237,6 +240,7 @@ pub(crate) mod fixture {
         e.tcp_flags = 0x02;
         e.len = 60;
         e.flags = FLAG_IPV4 | FLAG_L4 | FLAG_MATCHED;
+        e.fingerprint = 0x1234_5679;
         e
     }
 

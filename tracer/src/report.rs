@@ -12,7 +12,7 @@ use crate::{
         tcp_flags_string,
     },
     probes::DropReasons,
-    resolve::HostFacts,
+    resolve::{ContainerRef, HostFacts, Published},
     verdict::{Delivery, Outcome, Verdict, decide},
 };
 
@@ -46,6 +46,12 @@ pub struct HopView {
     /// veth peer, bridge egress port, or FORWARD output device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<PeerView>,
+    /// The container the device belongs to (inside it, or the host side of its veth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
+    /// For a host-side veth: the container end it leads to, `web-1:eth0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_interface: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -72,7 +78,13 @@ impl HopView {
                 .symbol(hop.location)
                 .map_or_else(|| format!("{:#x}", hop.location), |s| s.to_string())
         });
+        let owner = facts.container_device(hop.netns, hop.ifindex);
         Self {
+            container_interface: owner
+                .as_ref()
+                .filter(|d| d.host_side)
+                .map(|d| format!("{}:{}", d.container.name, d.ifname)),
+            container: owner.map(|d| d.container),
             ts_ns: hop.ts_ns,
             skb: format!("{:#x}", hop.skb),
             hop: kind_name(hop.kind),
@@ -105,6 +117,27 @@ impl HopView {
     }
 }
 
+/// The container a packet was meant for: its destination port is published to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Target {
+    pub container: ContainerRef,
+    /// The container port the published port leads to.
+    pub port: u16,
+    pub address: Option<String>,
+    pub published_port: u16,
+}
+
+impl Target {
+    fn of(p: Published) -> Self {
+        Self {
+            port: p.container_port,
+            address: p.container_addr.map(|a| a.to_string()),
+            published_port: p.host_port,
+            container: p.container,
+        }
+    }
+}
+
 /// Everything said about one packet.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -113,6 +146,7 @@ pub struct Report {
     pub flow: Option<FlowView>,
     pub verdict: Verdict,
     pub diagnosis: Option<Diagnosis>,
+    pub target: Option<Target>,
 }
 
 impl Report {
@@ -124,14 +158,19 @@ impl Report {
         reasons: &DropReasons,
     ) -> Self {
         let verdict = decide(&packet, facts, reasons);
-        let diagnosis = diagnose(
-            &Case {
-                packet: &packet,
-                verdict: &verdict,
-                flow: flow.as_ref(),
-            },
-            facts,
-        );
+        let target = packet
+            .hops
+            .iter()
+            .find_map(|h| h.tuple)
+            .and_then(|t| facts.published(t.dport, t.proto))
+            .map(Target::of);
+        let case = Case {
+            packet: &packet,
+            verdict: &verdict,
+            flow: flow.as_ref(),
+            target: target.as_ref(),
+        };
+        let diagnosis = diagnose(&case, facts);
         let hops = packet
             .hops
             .iter()
@@ -143,6 +182,7 @@ impl Report {
             flow,
             verdict,
             diagnosis,
+            target,
         }
     }
 
@@ -178,6 +218,7 @@ impl Report {
             hops: self.hops.len(),
             duration_ns: self.packet.hops.last().map_or(0, |h| h.ts_ns) - self.packet.first_ts(),
             diagnosis: self.diagnosis.as_ref(),
+            target: self.target.as_ref(),
         }
     }
 }
@@ -200,4 +241,6 @@ pub struct VerdictJson<'a> {
     pub hops: usize,
     pub duration_ns: u64,
     pub diagnosis: Option<&'a Diagnosis>,
+    /// The container the packet was meant for, when its destination port is published.
+    pub target: Option<&'a Target>,
 }

@@ -10,7 +10,10 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
-use tracer_common::Filter;
+use tracer_common::{
+    Filter,
+    config::{MAX_OR_DPORTS, filter_field},
+};
 
 use crate::{
     correlate::{FlowTable, Packet, PacketTracker},
@@ -21,7 +24,10 @@ use crate::{
         loader::{BackendChoice, ProbeSizes},
     },
     report::Report,
-    resolve::Resolver,
+    resolve::{
+        Resolver, SharedIndex,
+        docker::{self, DockerStatus},
+    },
     verdict::Outcome,
 };
 
@@ -31,6 +37,8 @@ pub enum TraceError {
     Probe(#[from] ProbeError),
     #[error("ring buffer: {0}")]
     Io(#[from] std::io::Error),
+    #[error("--container {name}: {why}")]
+    Container { name: String, why: String },
 }
 
 /// What to trace and when to stop.
@@ -48,6 +56,8 @@ pub struct TraceConfig {
     pub backend: BackendChoice,
     pub max_packets: usize,
     pub max_flows: usize,
+    /// `--container`: resolved through Docker into the kernel filter before attaching.
+    pub container: Option<String>,
 }
 
 impl Default for TraceConfig {
@@ -62,6 +72,7 @@ impl Default for TraceConfig {
             backend: BackendChoice::Auto,
             max_packets: 65536,
             max_flows: 65536,
+            container: None,
         }
     }
 }
@@ -81,6 +92,7 @@ fn monotonic_ns() -> u64 {
 /// driven from recorded events (tests, benchmarks).
 pub struct Pipeline {
     packets: PacketTracker,
+    pub containers: SharedIndex,
     flows: FlowTable,
     resolver: Resolver,
     drop_reasons: crate::probes::DropReasons,
@@ -89,11 +101,16 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(cfg: &TraceConfig, drop_reasons: crate::probes::DropReasons) -> Self {
+    pub fn new(
+        cfg: &TraceConfig,
+        drop_reasons: crate::probes::DropReasons,
+        containers: SharedIndex,
+    ) -> Self {
         Self {
+            containers: containers.clone(),
             packets: PacketTracker::new(cfg.idle.as_nanos() as u64, cfg.max_packets),
             flows: FlowTable::new(cfg.max_flows),
-            resolver: Resolver::new(),
+            resolver: Resolver::new().with_containers(containers),
             drop_reasons,
             finished: Vec::new(),
             stats: Stats::default(),
@@ -138,13 +155,22 @@ impl Pipeline {
 }
 
 /// Runs a trace until the duration, count, or a signal ends it; returns the totals.
-pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceError> {
+pub async fn run(mut cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceError> {
     let started = Instant::now();
+    // Containers first: --container becomes part of the kernel filter, and the first packets
+    // should already resolve to names.
+    let containers = SharedIndex::default();
+    let socket = docker::socket_path();
+    let docker_status = docker::initial(&containers, &socket).await;
+    if let Some(name) = cfg.container.clone() {
+        container_filter(&mut cfg, &name, &containers, &docker_status)?;
+    }
+    let watcher = tokio::spawn(docker::watch(containers.clone(), socket));
     let mut probes = Probes::attach(cfg.filter, cfg.sizes, cfg.backend)?;
     let ring = probes.take_events()?;
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
-    let mut pipeline = Pipeline::new(&cfg, probes.drop_reasons.clone());
+    let mut pipeline = Pipeline::new(&cfg, probes.drop_reasons.clone(), containers);
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -160,6 +186,7 @@ pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceE
             .collect(),
         filter: cfg.filter_text.clone(),
         pid: std::process::id(),
+        docker: docker_status.to_string(),
     })?;
 
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
@@ -207,8 +234,63 @@ pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceE
             "the kernel lost events: the ring buffer was full"
         );
     }
+    watcher.abort();
     out.stats(&pipeline.stats)?;
     Ok(pipeline.stats.clone())
+}
+
+/// Narrows the kernel filter to one container: its address, or a port published to it.
+fn container_filter(
+    cfg: &mut TraceConfig,
+    name: &str,
+    containers: &SharedIndex,
+    status: &DockerStatus,
+) -> Result<(), TraceError> {
+    let err = |why: String| TraceError::Container {
+        name: name.to_owned(),
+        why,
+    };
+    if let DockerStatus::Unavailable(why) = status {
+        return Err(err(format!("Docker is {why}")));
+    }
+    let index = containers
+        .read()
+        .map_err(|_| err("container index poisoned".into()))?;
+    let info = index
+        .find(name)
+        .ok_or_else(|| err("no running container by that name or id".into()))?;
+    let addr = *info
+        .addresses
+        .first()
+        .ok_or_else(|| err("the container has no IPv4 address (host network?)".into()))?;
+    let f = &mut cfg.filter;
+    f.host = addr.octets();
+    f.fields |= filter_field::HOST;
+    let ports = index.ports_of(&info.container);
+    for p in ports
+        .iter()
+        .filter(|p| f.fields & filter_field::PROTO == 0 || p.proto == f.proto)
+        .take(MAX_OR_DPORTS)
+    {
+        f.or_dports[f.n_or_dports as usize] = p.host_port;
+        f.n_or_dports += 1;
+    }
+    let published: Vec<String> = ports.iter().map(|p| p.host_port.to_string()).collect();
+    cfg.filter_text = format!(
+        "container {} ({addr}{}){}",
+        info.container.name,
+        if published.is_empty() {
+            String::new()
+        } else {
+            format!(", published {}", published.join(","))
+        },
+        if cfg.filter_text == "all IPv4 packets" {
+            String::new()
+        } else {
+            format!(" {}", cfg.filter_text)
+        }
+    );
+    Ok(())
 }
 
 fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {

@@ -67,7 +67,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         kernel.vmlinuz.display()
     );
     let env = format!(
-        "export PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PATHTRACE_BIN={bin}/pathtrace\nexport HOME=/tmp\ncd {root}\n",
+        "export PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PATHTRACE_BIN={bin}/pathtrace\nexport HOME=/run/ptlab TMPDIR=/run/ptlab\ncd {root}\n",
         bin = bin_dir.display(),
         root = root.display()
     );

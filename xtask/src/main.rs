@@ -54,7 +54,9 @@ fn main() -> Result<()> {
 
 /// The workspace root (xtask lives one level below it).
 fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = xtask.parent().unwrap_or(xtask);
+    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
 }
 
 fn cargo() -> Command {

@@ -21,8 +21,21 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
     packages()?;
+    docker()?;
     rust_src()?;
     bpf_linker()?;
+    Ok(())
+}
+
+/// Docker for the container tests (`tests/tests/docker.rs`). Installing it does not start it:
+/// the tests start dockerd when none runs and put the host back afterwards. Where it cannot
+/// be installed the Docker tests say so and skip; nothing else depends on it.
+fn docker() -> Result<()> {
+    if let Err(e) = install_missing(&["docker.io"]) {
+        eprintln!(
+            "xtask setup: docker.io could not be installed ({e:#}); the Docker tests will skip"
+        );
+    }
     Ok(())
 }
 

@@ -102,7 +102,7 @@ impl Kernel {
         }
         let debs = cache_dir().join("debs");
         std::fs::create_dir_all(&debs)?;
-        let meta = download(&debs, "linux-image-amd64")?;
+        let meta = lab::debs::download(&debs, "linux-image-amd64")?;
         // The meta package depends on the versioned image: download that one.
         let out = Command::new("dpkg-deb")
             .args(["-f"])
@@ -115,7 +115,7 @@ impl Kernel {
             .find(|d| d.starts_with("linux-image-") && d.ends_with("-amd64"))
             .with_context(|| format!("linux-image-amd64 depends on `{depends}`"))?
             .to_owned();
-        let deb = download(&debs, &image)?;
+        let deb = lab::debs::download(&debs, &image)?;
         let _ = std::fs::remove_dir_all(&dir);
         status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
         let k = Self::from_tree(&dir)?;
@@ -168,52 +168,15 @@ impl Kernel {
     }
 }
 
-/// `apt-get download NAME` into `dir`, refreshing the package lists once if needed.
-fn download(dir: &Path, name: &str) -> Result<PathBuf> {
-    let find = || {
-        std::fs::read_dir(dir).ok().and_then(|rd| {
-            rd.flatten().map(|e| e.path()).find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_")))
-            })
-        })
-    };
-    if let Some(p) = find() {
-        return Ok(p);
-    }
-    let get = || {
-        Command::new("apt-get")
-            .args(["download", "-q", name])
-            .current_dir(dir)
-            .status()
-    };
-    if !get().is_ok_and(|s| s.success()) {
-        status(Command::new("apt-get").args(["update", "-qq"]))?;
-        status(
-            Command::new("apt-get")
-                .args(["download", "-q", name])
-                .current_dir(dir),
-        )?;
-    }
-    find().with_context(|| format!("apt-get download {name} left no .deb in {}", dir.display()))
-}
-
 /// busybox-static's binary, downloaded (installing the package would remove busybox).
 fn busybox() -> Result<PathBuf> {
-    let dir = cache_dir().join("busybox");
-    let bin = dir.join("bin/busybox");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    let debs = cache_dir().join("debs");
-    std::fs::create_dir_all(&debs)?;
-    let deb = download(&debs, "busybox-static")?;
-    status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
-    Ok(bin)
+    lab::debs::busybox_static(&cache_dir())
 }
 
 /// The guest's /init: load the 9p stack, mount the host root read-only at /host, give it fresh
-/// /proc, /sys, /dev, /run and /tmp, load the lab's modules, run the script, power off.
+/// /proc, /sys, /dev and a writable /run (scratch space is /run/ptlab; /tmp stays the host's,
+/// read-only, because the workspace may live there), load the lab's modules, run the script,
+/// power off.
 fn init_script() -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -232,7 +195,7 @@ echo /sbin/modprobe > /proc/sys/kernel/modprobe
 modprobe -a {modules} 2>/dev/null
 for d in proc sys dev; do mount --bind /$d /host/$d; done
 mount -t tmpfs run /host/run
-mount -t tmpfs tmp /host/tmp
+mkdir -p /host/run/ptlab
 mount -t bpf bpf /host/sys/fs/bpf
 mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /host/sys/kernel/debug 2>/dev/null

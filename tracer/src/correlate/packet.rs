@@ -42,8 +42,21 @@ impl PacketTracker {
     }
 
     /// Adds a hop; returns packets that are finished: this one when the hop frees its skb,
-    /// and the evicted one when the table is full.
+    /// the evicted one when the table is full, and the previous one at this address when the
+    /// fingerprint shows the skb was freed unseen (no tracepoint on that path) and reused.
     pub fn push(&mut self, hop: Hop, finished: &mut Vec<Packet>) {
+        let reused = self.live.get(&hop.skb).is_some_and(|p| {
+            let old = p
+                .hops
+                .iter()
+                .rev()
+                .find_map(|h| (h.fingerprint != 0).then_some(h.fingerprint));
+            matches!(old, Some(fp) if hop.fingerprint != 0 && fp != hop.fingerprint)
+        });
+        if reused && let Some(mut p) = self.live.remove(&hop.skb) {
+            p.hops.sort_by_key(|h| h.ts_ns);
+            finished.push(p);
+        }
         if !self.live.contains_key(&hop.skb)
             && self.live.len() >= self.max_live
             && let Some(oldest) = self.live.values().min_by_key(|p| last_ts(p)).map(|p| p.skb)
@@ -127,6 +140,31 @@ mod tests {
         t.push(hop(ev(HopKind::Receive, 50_000, HOST_NS, 2)), &mut done);
         assert_eq!(done.len(), 1);
         assert_eq!(t.live(), 1);
+    }
+
+    #[test]
+    fn an_address_reused_by_another_packet_splits() {
+        let mut t = PacketTracker::new(1_000_000, 100);
+        let mut done = Vec::new();
+        // A SYN-ACK received and freed by a path without a tracepoint ...
+        let mut synack = ev(HopKind::Receive, 1_000, OUT_NS, 2);
+        synack.tcp_flags = 0x12;
+        synack.fingerprint = 0xaaaa_0001;
+        t.push(hop(synack), &mut done);
+        // ... then the client's ACK, allocated at the same address.
+        let mut ack = ev(HopKind::Transmit, 2_000, OUT_NS, 2);
+        ack.tcp_flags = 0x10;
+        ack.fingerprint = 0xbbbb_0001;
+        t.push(hop(ack), &mut done);
+        assert_eq!(done.len(), 1, "the SYN-ACK is finished on its own");
+        assert_eq!(done[0].hops.len(), 1);
+        assert!(!done[0].freed);
+        assert_eq!(t.live(), 1);
+        // Unknown fingerprints (0) never split.
+        let mut unknown = ev(HopKind::Transmit, 3_000, HOST_NS, 3);
+        unknown.fingerprint = 0;
+        t.push(hop(unknown), &mut done);
+        assert_eq!(done.len(), 1);
     }
 
     #[test]

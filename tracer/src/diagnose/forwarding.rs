@@ -76,10 +76,14 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
             format!("sysctl -w {key}=1"),
         )
     };
+    let meant_for = case
+        .target
+        .map(|t| format!(" for container {}", t.container.name))
+        .unwrap_or_default();
     let summary = format!(
-        "{} arrived on {ifname} (netns {ns}){arrived}{nat} and had to be forwarded, but \
-         {summary_cause}: routing drops it at ip_error without telling the sender. Make the \
-         fix persistent in /etc/sysctl.d/.",
+        "{}{meant_for} arrived on {ifname} (netns {ns}){arrived}{nat} and had to be forwarded, \
+         but {summary_cause}: routing drops it at ip_error without telling the sender. Make \
+         the fix persistent in /etc/sysctl.d/.",
         case.packet_name(),
     );
     Some(Diagnosis {
@@ -114,6 +118,7 @@ mod tests {
                 packet: &packet,
                 verdict: &verdict,
                 flow: None,
+                target: None,
             },
             host,
         )

@@ -12,6 +12,7 @@ use tracer_common::HopKind;
 use crate::{
     correlate::{FlowView, Packet},
     events::{Hop, tcp_flags_string},
+    report::Target,
     resolve::HostFacts,
     verdict::Verdict,
 };
@@ -31,6 +32,8 @@ pub struct Case<'a> {
     pub packet: &'a Packet,
     pub verdict: &'a Verdict,
     pub flow: Option<&'a FlowView>,
+    /// The container the packet was meant for (its destination port is published).
+    pub target: Option<&'a Target>,
 }
 
 impl Case<'_> {

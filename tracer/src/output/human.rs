@@ -53,7 +53,10 @@ pub fn render(report: &Report) -> String {
     let t0 = report.packet.first_ts();
     let mut prev_tuple = None;
     for (i, (hop, view)) in report.packet.hops.iter().zip(&report.hops).enumerate() {
-        let at = format!("{} @ {}", view.ifname, view.netns_name);
+        let at = match &view.container_interface {
+            Some(inner) => format!("{} ({inner}) @ {}", view.ifname, view.netns_name),
+            None => format!("{} @ {}", view.ifname, view.netns_name),
+        };
         let mut detail = String::new();
         if let Some(t) = hop.tuple.filter(|t| Some(*t) != prev_tuple) {
             let nat = report
@@ -131,6 +134,18 @@ pub fn render(report: &Report) -> String {
         ),
     };
     let _ = writeln!(s, "  => {line}");
+    if let Some(t) = &report.target {
+        let _ = writeln!(
+            s,
+            "  target: container {} ({}, {}) — port {} published to {}:{}",
+            t.container.name,
+            t.container.id,
+            t.container.image,
+            t.published_port,
+            t.address.as_deref().unwrap_or("?"),
+            t.port
+        );
+    }
     if let Some(d) = &report.diagnosis {
         let _ = writeln!(s, "  diagnosis [{}]: {}", d.code, d.summary);
         for e in &d.evidence {
@@ -153,6 +168,15 @@ impl<W: Write> Output for HumanOutput<W> {
             ready.hooks.join(", "),
             ready.backend_reason
         )?;
+        if ready.docker.starts_with("unavailable") {
+            writeln!(
+                self.out,
+                "pathtrace: Docker {}: interfaces are shown by name, without containers",
+                ready.docker
+            )?;
+        } else {
+            writeln!(self.out, "pathtrace: Docker {}", ready.docker)?;
+        }
         for skipped in &ready.skipped_hooks {
             writeln!(self.out, "pathtrace: without {skipped}")?;
         }
@@ -300,5 +324,61 @@ mod netfilter_tests {
         assert_eq!(json["netfilter"]["hook"], "FORWARD");
         assert_eq!(json["netfilter"]["verdict"], "drop");
         assert_eq!(json["peer"]["ifname"], "docker0");
+    }
+}
+
+#[cfg(test)]
+mod container_tests {
+    use super::*;
+    use crate::{
+        correlate::{FlowTable, Packet},
+        events::fixture::*,
+        probes::DropReasons,
+        resolve::fixture::FakeHost,
+    };
+
+    #[test]
+    fn hops_and_verdict_name_the_container() {
+        let mut host = FakeHost::lab_with_docker();
+        let packet = Packet {
+            skb: SKB,
+            hops: healthy_syn(),
+            freed: true,
+        };
+        let flow = FlowTable::new(4).observe(&packet);
+        let r = Report::build(packet, flow, &mut host, &DropReasons::default());
+        let text = render(&r);
+        assert!(text.contains("veth0c1 (web-1:eth0) @ lab-host"), "{text}");
+        assert!(text.contains("target: container web-1 (0123456789ab, nginx:1.27) — port 10001 published to 172.17.0.2:80"), "{text}");
+        let v = serde_json::to_value(r.verdict_json()).expect("json");
+        assert_eq!(v["target"]["container"]["name"], "web-1");
+        assert_eq!(v["target"]["port"], 80);
+        assert_eq!(v["last_hop"]["container"]["name"], "web-1");
+        let veth = serde_json::to_value(&r.hops[3]).expect("json");
+        assert_eq!(veth["container_interface"], "web-1:eth0");
+    }
+
+    #[test]
+    fn a_syn_dying_at_the_uplink_still_names_its_container() {
+        let mut host = FakeHost::lab_with_docker();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        let packet = Packet {
+            skb: SKB,
+            hops: forwarding_off_syn(),
+            freed: true,
+        };
+        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
+        let r = Report::build(packet, None, &mut host, &reasons);
+        assert_eq!(
+            r.target.as_ref().map(|t| t.container.name.as_str()),
+            Some("web-1")
+        );
+        let d = r.diagnosis.expect("diagnosed");
+        assert!(
+            d.summary
+                .starts_with("The SYN for container web-1 arrived on eth0"),
+            "{}",
+            d.summary
+        );
     }
 }

@@ -29,6 +29,8 @@ pub struct Ready {
     pub skipped_hooks: Vec<String>,
     pub filter: String,
     pub pid: u32,
+    /// Container resolution: `connected (...)` or `unavailable: why`.
+    pub docker: String,
 }
 
 /// `{"kind":"stats", ...}`.

@@ -4,6 +4,7 @@
 //! [`HostFacts`] is the one interface the verdict, diagnosis and output stages ask; the real
 //! [`Resolver`] caches what it learns, tests use a fixture implementation.
 
+pub mod docker;
 pub mod kallsyms;
 pub mod links;
 pub mod netns;
@@ -14,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use docker::{ContainerRef, Published, SharedIndex};
 pub use kallsyms::{Kallsyms, Symbol};
 pub use links::{Link, LinkTable};
 pub use netns::NetnsEntry;
@@ -28,6 +30,17 @@ pub trait HostFacts {
     fn symbol(&self, addr: u64) -> Option<Symbol>;
     /// The namespace pathtrace itself runs in.
     fn own_netns(&self) -> Option<u32>;
+
+    /// The container a device belongs to: a device in its namespace, or the host side of
+    /// its veth.
+    fn container_device(&mut self, _netns: u32, _ifindex: u32) -> Option<ContainerDevice> {
+        None
+    }
+
+    /// The container a host port is published to.
+    fn published(&mut self, _port: u16, _proto: u8) -> Option<Published> {
+        None
+    }
 
     /// Interface name, or `if<N>` when unknown.
     fn ifname(&mut self, netns: u32, ifindex: u32) -> String {
@@ -48,6 +61,16 @@ pub trait HostFacts {
     }
 }
 
+/// A device that belongs to a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerDevice {
+    pub container: ContainerRef,
+    /// The interface name inside the container (`eth0`).
+    pub ifname: String,
+    /// The device is the host-side end of the container's veth.
+    pub host_side: bool,
+}
+
 /// Refresh a cache at most this often when a lookup misses.
 const REFRESH_EVERY: Duration = Duration::from_millis(100);
 
@@ -58,6 +81,10 @@ pub struct Resolver {
     namespaces_at: Option<Instant>,
     links: HashMap<u32, (LinkTable, Instant)>,
     kallsyms: Option<Kallsyms>,
+    containers: Option<SharedIndex>,
+    /// Host-side veth → container device, valid for one index generation.
+    veths: HashMap<(u32, u32), Option<ContainerDevice>>,
+    veths_generation: u64,
 }
 
 impl Resolver {
@@ -75,7 +102,22 @@ impl Resolver {
             namespaces_at: None,
             links: HashMap::new(),
             kallsyms,
+            containers: None,
+            veths: HashMap::new(),
+            veths_generation: 0,
         }
+    }
+
+    /// Names containers from a Docker index kept current by `docker::watch`.
+    pub fn with_containers(mut self, index: SharedIndex) -> Self {
+        self.containers = Some(index);
+        self
+    }
+
+    /// A copy of the current container list (the lock is not held while we dump links).
+    fn container_snapshot(&self) -> Option<(u64, Vec<docker::ContainerInfo>)> {
+        let index = self.containers.as_ref()?.read().ok()?;
+        Some((index.generation, index.containers.clone()))
     }
 
     fn refresh_namespaces(&mut self) {
@@ -123,6 +165,18 @@ impl HostFacts for Resolver {
     }
 
     fn netns(&mut self, netns: u32) -> Option<NetnsEntry> {
+        let container = self.containers.as_ref().and_then(|idx| {
+            let idx = idx.read().ok()?;
+            idx.by_netns(netns)
+                .map(|c| (c.container.name.clone(), c.pid))
+        });
+        if let Some((name, pid)) = container {
+            return Some(NetnsEntry {
+                path: format!("/proc/{pid}/ns/net").into(),
+                label: name,
+                ip_netns_name: None,
+            });
+        }
         if !self.namespaces.contains_key(&netns) {
             self.refresh_namespaces();
         }
@@ -151,6 +205,50 @@ impl HostFacts for Resolver {
     fn own_netns(&self) -> Option<u32> {
         self.own_netns
     }
+
+    fn container_device(&mut self, netns: u32, ifindex: u32) -> Option<ContainerDevice> {
+        let (generation, containers) = self.container_snapshot()?;
+        if let Some(c) = containers.iter().find(|c| c.netns == Some(netns)) {
+            let container = c.container.clone();
+            let ifname = self.ifname(netns, ifindex);
+            return Some(ContainerDevice {
+                container,
+                ifname,
+                host_side: false,
+            });
+        }
+        if generation != self.veths_generation {
+            self.veths.clear();
+            self.veths_generation = generation;
+        }
+        if let Some(known) = self.veths.get(&(netns, ifindex)) {
+            return known.clone();
+        }
+        // A host-side veth: its peer is the container interface whose own peer is this one.
+        let link = self.interface(netns, ifindex)?;
+        let found = link.link.filter(|_| link.kind == "veth").and_then(|peer| {
+            containers.iter().find_map(|c| {
+                let table = self.table(c.netns?, |t| t.links.contains_key(&peer))?;
+                let inner = table.links.get(&peer)?;
+                (inner.link == Some(ifindex)).then(|| ContainerDevice {
+                    container: c.container.clone(),
+                    ifname: inner.name.clone(),
+                    host_side: true,
+                })
+            })
+        });
+        self.veths.insert((netns, ifindex), found.clone());
+        found
+    }
+
+    fn published(&mut self, port: u16, proto: u8) -> Option<Published> {
+        self.containers
+            .as_ref()?
+            .read()
+            .ok()?
+            .published(port, proto)
+            .cloned()
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +264,8 @@ pub(crate) mod fixture {
         pub local: Vec<(u32, Ipv4Addr)>,
         pub symbols: Vec<(u64, &'static str)>,
         pub names: HashMap<u32, &'static str>,
+        pub containers: HashMap<(u32, u32), ContainerDevice>,
+        pub published: Vec<Published>,
     }
 
     impl FakeHost {
@@ -244,6 +344,51 @@ pub(crate) mod fixture {
         }
         fn own_netns(&self) -> Option<u32> {
             Some(1)
+        }
+        fn container_device(&mut self, netns: u32, ifindex: u32) -> Option<ContainerDevice> {
+            self.containers.get(&(netns, ifindex)).cloned()
+        }
+        fn published(&mut self, port: u16, proto: u8) -> Option<Published> {
+            self.published
+                .iter()
+                .find(|p| p.host_port == port && p.proto == proto)
+                .cloned()
+        }
+    }
+
+    impl FakeHost {
+        /// The lab with its container known to Docker as `web-1`, port 10001 published.
+        pub fn lab_with_docker() -> Self {
+            let mut h = Self::lab();
+            let web = ContainerRef {
+                id: "0123456789ab".into(),
+                name: "web-1".into(),
+                image: "nginx:1.27".into(),
+            };
+            h.containers.insert(
+                (CTR_NS, 2),
+                ContainerDevice {
+                    container: web.clone(),
+                    ifname: "eth0".into(),
+                    host_side: false,
+                },
+            );
+            h.containers.insert(
+                (HOST_NS, 4),
+                ContainerDevice {
+                    container: web.clone(),
+                    ifname: "eth0".into(),
+                    host_side: true,
+                },
+            );
+            h.published.push(Published {
+                container: web,
+                host_port: 10001,
+                proto: 6,
+                container_addr: Some(Ipv4Addr::new(172, 17, 0, 2)),
+                container_port: 80,
+            });
+            h
         }
     }
 }

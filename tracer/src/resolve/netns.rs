@@ -50,6 +50,15 @@ pub fn scan() -> HashMap<u32, NetnsEntry> {
             });
         }
     }
+    // The init namespace is `root`; pathtrace's own, when it is not init's (a container or a
+    // sandbox), is `host`. Both beat a process name.
+    if let Some(ino) = own_inode() {
+        found.entry(ino).or_insert(NetnsEntry {
+            path: "/proc/self/ns/net".into(),
+            label: "host".into(),
+            ip_netns_name: None,
+        });
+    }
     if let Some(ino) = inode_of(Path::new("/proc/1/ns/net")) {
         found.insert(
             ino,

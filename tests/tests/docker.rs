@@ -1,0 +1,200 @@
+//! pathtrace against a real dockerd: container names on every hop, the target of a SYN that
+//! died before its container, `--container`, and a dockerd restart mid-trace. These tests
+//! change the root namespace as Docker does, and put it back; xtask runs them one at a time.
+
+use std::time::Duration;
+
+use lab::{
+    docker::{Docker, OutsideHost, unavailable},
+    tracer::Tracer,
+};
+use serde_json::Value;
+
+fn syn_verdict(v: &Value) -> bool {
+    v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
+}
+
+/// Skips (with the reason) only where Docker cannot be installed.
+fn docker() -> Option<Docker> {
+    if let Some(why) = unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    Some(Docker::start().expect("dockerd starts"))
+}
+
+fn name(tag: &str) -> String {
+    format!("pt-{tag}-{}", std::process::id())
+}
+
+#[test]
+fn healthy_connect_names_the_container_on_its_hops() {
+    let Some(docker) = docker() else { return };
+    let web = docker.run(&name("web"), 10001).expect("container");
+    let client = OutsideHost::new().expect("client namespace");
+    let mut tracer = Tracer::start(&["--dport", "10001"]).expect("pathtrace");
+    assert!(
+        tracer.seen[0]["docker"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("connected"),
+        "{:#}",
+        tracer.seen[0]
+    );
+    assert!(
+        client
+            .connect(10001, Duration::from_secs(5))
+            .expect("connect"),
+        "published port must answer"
+    );
+    let v = tracer
+        .wait_for(Duration::from_secs(10), syn_verdict)
+        .expect("verdict");
+    assert_eq!(v["outcome"], "delivered", "{v:#}");
+    assert_eq!(v["target"]["container"]["name"], web.name.as_str());
+    assert_eq!(v["target"]["port"], 80);
+    assert_eq!(
+        v["last_hop"]["container"]["name"],
+        web.name.as_str(),
+        "{v:#}"
+    );
+    assert_eq!(v["last_hop"]["netns_name"], web.name.as_str());
+    let skb = v["skb"].as_str().expect("skb").to_owned();
+    let hops = tracer.hops_of(&skb);
+    let veth = hops
+        .iter()
+        .find(|h| h["container_interface"].is_string())
+        .unwrap_or_else(|| panic!("no hop on the container's host-side veth: {hops:#?}"));
+    assert_eq!(veth["container_interface"], format!("{}:eth0", web.name));
+    assert!(
+        veth["ifname"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("veth"),
+        "{veth:#}"
+    );
+    tracer.stop().expect("clean stop");
+}
+
+#[test]
+fn syn_dying_at_the_host_names_the_container_it_was_for() {
+    let Some(docker) = docker() else { return };
+    let web = docker.run(&name("fwd"), 10001).expect("container");
+    let client = OutsideHost::new().expect("client namespace");
+    client.forwarding_off().expect("fault");
+    let mut tracer = Tracer::start(&["--dport", "10001"]).expect("pathtrace");
+    assert!(
+        !client
+            .connect(10001, Duration::from_millis(1500))
+            .expect("connect")
+    );
+    let v = tracer
+        .wait_for(Duration::from_secs(10), syn_verdict)
+        .expect("verdict");
+    assert_eq!(v["outcome"], "dropped", "{v:#}");
+    assert_eq!(v["drop_reason"], "IP_INADDRERRORS");
+    assert_eq!(v["last_hop"]["ifname"], client.host_if.as_str());
+    assert!(
+        v["last_hop"]["container"].is_null(),
+        "the uplink belongs to no container"
+    );
+    assert_eq!(v["target"]["container"]["name"], web.name.as_str(), "{v:#}");
+    assert_eq!(v["target"]["address"], web.address.to_string());
+    assert_eq!(v["diagnosis"]["code"], "forwarding_disabled");
+    assert_eq!(
+        v["diagnosis"]["fix"],
+        format!("sysctl -w net.ipv4.conf.{}.forwarding=1", client.host_if)
+    );
+    let summary = v["diagnosis"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("for container {}", web.name)),
+        "{summary}"
+    );
+}
+
+#[test]
+fn container_filter_follows_its_published_port_and_address() {
+    let Some(docker) = docker() else { return };
+    let web = docker.run(&name("flt"), 10003).expect("container");
+    let _other = docker.run(&name("other"), 10004).expect("container");
+    let client = OutsideHost::new().expect("client namespace");
+    let mut tracer = Tracer::start(&["--container", &web.name]).expect("pathtrace");
+    let filter = tracer.seen[0]["filter"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        filter.contains(&web.address.to_string()) && filter.contains("10003"),
+        "{filter}"
+    );
+    assert!(
+        client
+            .connect(10004, Duration::from_secs(5))
+            .expect("connect other")
+    );
+    assert!(
+        client
+            .connect(10003, Duration::from_secs(5))
+            .expect("connect web")
+    );
+    let v = tracer
+        .wait_for(Duration::from_secs(10), syn_verdict)
+        .expect("verdict");
+    assert_eq!(
+        v["tuple"]["dport"], 10003,
+        "the other container's traffic must not match: {v:#}"
+    );
+    assert_eq!(v["target"]["container"]["name"], web.name.as_str());
+    // The SYN-ACK matches through the container's address.
+    tracer
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN|ACK"
+        })
+        .expect("the reply is traced too");
+
+    let out = std::process::Command::new(lab::tracer::pathtrace_bin().expect("bin"))
+        .args(["--container", "no-such-container", "--duration", "1"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no running container"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn dockerd_restart_mid_trace_loses_no_later_resolution() {
+    let Some(mut docker) = docker() else { return };
+    if !docker.owned() {
+        eprintln!(
+            "SKIPPED: dockerd was already running; this test only restarts a dockerd it started"
+        );
+        return;
+    }
+    let client = OutsideHost::new().expect("client namespace");
+    let mut tracer = Tracer::start(&["--dport", "10005"]).expect("pathtrace");
+    docker.kill_and_restart().expect("dockerd restarts");
+    // A container that exists only after the restart must still be named.
+    let late = docker
+        .run(&name("late"), 10005)
+        .expect("container after restart");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        client
+            .connect(10005, Duration::from_secs(5))
+            .expect("connect")
+    );
+    let v = tracer
+        .wait_for(Duration::from_secs(10), syn_verdict)
+        .expect("verdict");
+    assert_eq!(v["outcome"], "delivered", "{v:#}");
+    assert_eq!(
+        v["target"]["container"]["name"],
+        late.name.as_str(),
+        "{v:#}"
+    );
+    assert_eq!(v["last_hop"]["container"]["name"], late.name.as_str());
+    tracer.stop().expect("clean stop");
+}
