@@ -142,7 +142,30 @@ pub enum Fault {
     ForwardingOff(String),
     /// `net.ipv4.ip_forward = 0` in the host namespace.
     IpForwardOff,
+    /// Nothing listens in the container.
+    NoListener,
+    /// A DROP rule in DOCKER-USER for the container port (netfilter_drop, rule).
+    DockerUserDrop,
+    /// Docker's per-port ACCEPT is missing: the FORWARD policy DROP applies (field note 001).
+    ForwardAcceptMissing,
+    /// A nat PREROUTING `-j ACCEPT` for the published port ahead of `-j DOCKER` (field note 002).
+    PreroutingAcceptShadow,
+    /// Strict reverse path filtering on the uplink; the client uses a source the host has no
+    /// route back to.
+    StrictRpFilter,
+    /// The published port is DNATed to an address no route reaches.
+    DnatUnroutable,
+    /// The published port is DNATed to an on-link address nobody answers ARP for.
+    DnatDeadNeighbor,
+    /// A second container on the bridge; container-to-container traffic is dropped by
+    /// `-A FORWARD -i docker0 -o docker0 -j DROP` seen through br_netfilter (field note 004).
+    BridgeIccDrop,
+    /// The container's replies are dropped in FORWARD (the SYN gets through, the SYN-ACK dies).
+    ReplyDropped,
 }
+
+/// The source address the client uses for [`Fault::StrictRpFilter`].
+pub const UNROUTABLE_CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 
 /// A network namespace the lab created; `ip netns` knows it by `name`.
 #[derive(Debug)]
@@ -231,6 +254,8 @@ pub struct Lab {
     pub host_veth: String,
     // Field order is drop order: stop the listener before its namespace goes.
     listener: Option<Listener>,
+    /// A second container on the bridge, for same-bridge scenarios.
+    pub peer: Option<Netns>,
     pub container: Netns,
     pub host: Netns,
     pub outside: Netns,
@@ -286,6 +311,7 @@ impl Lab {
             config,
             host_veth,
             listener: None,
+            peer: None,
             container,
             host,
             outside,
@@ -296,7 +322,7 @@ impl Lab {
 
     /// Builds the lab with one fault switched on.
     pub fn with_fault(config: LabConfig, fault: Fault) -> Result<Self> {
-        let lab = Self::new(config)?;
+        let mut lab = Self::new(config)?;
         lab.apply(&fault)?;
         Ok(lab)
     }
@@ -389,13 +415,179 @@ impl Lab {
     }
 
     /// Switches a fault on.
-    pub fn apply(&self, fault: &Fault) -> Result<()> {
+    pub fn apply(&mut self, fault: &Fault) -> Result<()> {
+        let c = self.config.clone();
+        let (cport, pport) = (c.container_port.to_string(), c.published_port.to_string());
         match fault {
             Fault::ForwardingOff(iface) => self
                 .host
                 .sysctl(&format!("net.ipv4.conf.{iface}.forwarding"), "0"),
             Fault::IpForwardOff => self.host.sysctl("net.ipv4.ip_forward", "0"),
+            Fault::NoListener => {
+                self.listener = None;
+                Ok(())
+            }
+            Fault::DockerUserDrop => self.iptables(&[
+                "-I",
+                "DOCKER-USER",
+                "-p",
+                "tcp",
+                "--dport",
+                &cport,
+                "-j",
+                "DROP",
+            ]),
+            Fault::ForwardAcceptMissing => self.iptables(&[
+                "-D",
+                "DOCKER",
+                "-d",
+                &format!("{}/32", c.container_addr),
+                "!",
+                "-i",
+                &c.bridge,
+                "-o",
+                &c.bridge,
+                "-p",
+                "tcp",
+                "-m",
+                "tcp",
+                "--dport",
+                &cport,
+                "-j",
+                "ACCEPT",
+            ]),
+            Fault::PreroutingAcceptShadow => self.iptables(&[
+                "-t",
+                "nat",
+                "-I",
+                "PREROUTING",
+                "1",
+                "!",
+                "-i",
+                "p1p1",
+                "-p",
+                "tcp",
+                "-m",
+                "multiport",
+                "--dports",
+                &format!("80,443,7788,{pport}"),
+                "-j",
+                "ACCEPT",
+            ]),
+            Fault::StrictRpFilter => {
+                self.outside.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{UNROUTABLE_CLIENT}/32"),
+                    "dev",
+                    "eth0",
+                ])?;
+                // ARP from the subnet's own address, so only the TCP packets carry the
+                // unroutable source (the host filters ARP by rp_filter too).
+                self.outside.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+                self.outside
+                    .sysctl("net.ipv4.conf.eth0.arp_announce", "2")?;
+                self.host.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
+                self.host
+                    .sysctl(&format!("net.ipv4.conf.{}.rp_filter", c.uplink), "1")
+            }
+            Fault::DnatUnroutable => self.iptables(&[
+                "-t",
+                "nat",
+                "-I",
+                "DOCKER",
+                "1",
+                "-p",
+                "tcp",
+                "--dport",
+                &pport,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("10.250.0.9:{cport}"),
+            ]),
+            Fault::DnatDeadNeighbor => {
+                let octets = c.container_addr.octets();
+                let dead = Ipv4Addr::new(octets[0], octets[1], octets[2], 99);
+                self.iptables(&[
+                    "-t",
+                    "nat",
+                    "-I",
+                    "DOCKER",
+                    "1",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &pport,
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &format!("{dead}:{cport}"),
+                ])?;
+                self.iptables(&["-I", "DOCKER-USER", "-j", "ACCEPT"])
+            }
+            Fault::BridgeIccDrop => {
+                self.add_peer_container()?;
+                // br_netfilter exists per namespace once the module is loaded (Docker loads it).
+                self.host
+                    .sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+                self.iptables(&[
+                    "-I", "FORWARD", "-i", &c.bridge, "-o", &c.bridge, "-j", "DROP",
+                ])
+            }
+            Fault::ReplyDropped => self.iptables(&[
+                "-I", "FORWARD", "-i", &c.bridge, "!", "-o", &c.bridge, "-j", "DROP",
+            ]),
         }
+    }
+
+    /// `iptables ARGS` in the host namespace.
+    fn iptables(&self, args: &[&str]) -> Result<()> {
+        self.host.exec("iptables", args).map(drop)
+    }
+
+    /// A second container (`.3` on the bridge) for same-bridge traffic.
+    fn add_peer_container(&mut self) -> Result<()> {
+        let c = self.config.clone();
+        let peer = Netns::create(format!("{}-ctr2", self.host.name.trim_end_matches("-host")))?;
+        let veth = format!("{}b", self.host_veth);
+        self.host.ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+        ])?;
+        self.host
+            .ip(&["link", "set", &veth, "master", &c.bridge, "up"])?;
+        let o = c.container_addr.octets();
+        let addr = Ipv4Addr::new(o[0], o[1], o[2], o[3] + 1);
+        peer.ip(&[
+            "addr",
+            "add",
+            &format!("{addr}/{}", c.bridge_prefix),
+            "dev",
+            "eth0",
+        ])?;
+        peer.ip(&["link", "set", "eth0", "up"])?;
+        peer.ip(&["route", "add", "default", "via", &c.bridge_addr.to_string()])?;
+        self.peer = Some(peer);
+        Ok(())
+    }
+
+    /// Connects from the second container straight to the first one's port (no DNAT).
+    pub fn connect_from_peer(&self, timeout: Duration) -> Result<bool> {
+        let peer = self
+            .peer
+            .as_ref()
+            .context("no peer container (Fault::BridgeIccDrop)")?;
+        let to = SocketAddrV4::new(self.config.container_addr, self.config.container_port).into();
+        peer.run_in(move || TcpStream::connect_timeout(&to, timeout).is_ok())
+    }
+
+    /// Connects from the outside namespace with a given source address.
+    pub fn connect_from(&self, src: Ipv4Addr, timeout: Duration) -> Result<bool> {
+        let to: std::net::SocketAddr = self.published().into();
+        self.outside.run_in(move || {
+            let sock = socket2_connect(src, to, timeout);
+            sock.is_ok()
+        })
     }
 
     /// The address a client outside connects to.
@@ -464,4 +656,61 @@ mod tests {
         assert!(rules.contains(":FORWARD DROP"));
         assert_eq!(LabConfig::default().bridge_subnet(), "172.17.0.0/16");
     }
+}
+
+/// A TCP connect from a chosen source address (std has no bind-before-connect).
+fn socket2_connect(
+    src: Ipv4Addr,
+    to: std::net::SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    use std::os::fd::FromRawFd as _;
+    let std::net::SocketAddr::V4(to) = to else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    // SAFETY: plain socket(2); owned by the TcpStream below on success.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let sa = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let local = sa(src, 0);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: valid sockaddr_in of the given length.
+    if unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    stream.set_nonblocking(true)?;
+    let remote = sa(*to.ip(), to.port());
+    // SAFETY: as above.
+    let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    if n <= 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        ));
+    }
+    stream.take_error()?.map_or(Ok(()), Err)
 }

@@ -17,62 +17,175 @@ pub struct Expect {
     pub code: Option<&'static str>,
 }
 
+/// Who opens the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    /// The outside host, to the published port.
+    Outside,
+    /// The outside host from a source address the host cannot route back to.
+    OutsideUnroutable,
+    /// A second container on the same bridge, straight to the container's port.
+    Peer,
+}
+
+/// Which packet of the handshake the scenario is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    Syn,
+    SynAck,
+}
+
+impl Judged {
+    fn flags(self) -> &'static str {
+        match self {
+            Self::Syn => "SYN",
+            Self::SynAck => "SYN|ACK",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
     pub config: LabConfig,
     pub fault: Option<Fault>,
+    pub client: Client,
+    pub judged: Judged,
     pub expect: Expect,
+}
+
+impl Scenario {
+    fn new(name: &'static str, about: &'static str, fault: Option<Fault>, expect: Expect) -> Self {
+        Self {
+            name,
+            about,
+            config: LabConfig::default(),
+            fault,
+            client: Client::Outside,
+            judged: Judged::Syn,
+            expect,
+        }
+    }
+
+    /// pathtrace's filter for this scenario's packets.
+    pub fn filter(&self) -> Vec<String> {
+        let c = &self.config;
+        match (self.client, self.judged) {
+            (_, Judged::SynAck) => vec!["--host".into(), c.outside_addr.to_string()],
+            (Client::Peer, _) => vec!["--dport".into(), c.container_port.to_string()],
+            _ => vec!["--dport".into(), c.published_port.to_string()],
+        }
+    }
+}
+
+fn dropped(reason: &'static str, code: &'static str) -> Expect {
+    Expect {
+        outcome: "dropped",
+        drop_reason: Some(reason),
+        code: Some(code),
+    }
 }
 
 /// Every scenario, healthy first.
 pub fn all() -> Vec<Scenario> {
     let unusual = LabConfig::unusual();
+    let fwd = || dropped("IP_INADDRERRORS", "forwarding_disabled");
     vec![
-        Scenario {
-            name: "healthy",
-            about: "a published port that answers: uplink, DNAT, bridge, veth, container socket",
-            config: LabConfig::default(),
-            fault: None,
-            expect: Expect {
+        Scenario::new(
+            "healthy",
+            "a published port that answers: uplink, DNAT, bridge, veth, container socket",
+            None,
+            Expect {
                 outcome: "delivered",
                 drop_reason: None,
                 code: None,
             },
-        },
+        ),
+        Scenario::new(
+            "forwarding-off",
+            "field note 000: net.ipv4.conf.eth0.forwarding=0 on the host's uplink",
+            Some(Fault::ForwardingOff("eth0".into())),
+            fwd(),
+        ),
+        Scenario::new(
+            "ip-forward-off",
+            "net.ipv4.ip_forward=0 in the host namespace",
+            Some(Fault::IpForwardOff),
+            fwd(),
+        ),
         Scenario {
-            name: "forwarding-off",
-            about: "field note 000: net.ipv4.conf.eth0.forwarding=0 on the host's uplink",
-            config: LabConfig::default(),
-            fault: Some(Fault::ForwardingOff("eth0".into())),
-            expect: Expect {
-                outcome: "dropped",
-                drop_reason: Some("IP_INADDRERRORS"),
-                code: Some("forwarding_disabled"),
-            },
-        },
-        Scenario {
-            name: "ip-forward-off",
-            about: "net.ipv4.ip_forward=0 in the host namespace",
-            config: LabConfig::default(),
-            fault: Some(Fault::IpForwardOff),
-            expect: Expect {
-                outcome: "dropped",
-                drop_reason: Some("IP_INADDRERRORS"),
-                code: Some("forwarding_disabled"),
-            },
-        },
-        Scenario {
-            name: "unusual-forwarding-off",
-            about: "forwarding off on a topology with other names, addresses and ports",
             fault: Some(Fault::ForwardingOff(unusual.uplink.clone())),
             config: unusual,
-            expect: Expect {
-                outcome: "dropped",
-                drop_reason: Some("IP_INADDRERRORS"),
-                code: Some("forwarding_disabled"),
-            },
+            ..Scenario::new(
+                "unusual-forwarding-off",
+                "forwarding off on a topology with other names, addresses and ports",
+                None,
+                fwd(),
+            )
+        },
+        Scenario::new(
+            "no-listener",
+            "the path works but nothing listens in the container",
+            Some(Fault::NoListener),
+            dropped("NO_SOCKET", "no_listener"),
+        ),
+        Scenario::new(
+            "docker-user-drop",
+            "a DROP rule in DOCKER-USER for the container's port",
+            Some(Fault::DockerUserDrop),
+            dropped("NETFILTER_DROP", "netfilter_drop"),
+        ),
+        Scenario::new(
+            "forward-policy-drop",
+            "field note 001: no ACCEPT for the port, the FORWARD policy DROP applies",
+            Some(Fault::ForwardAcceptMissing),
+            dropped("NETFILTER_DROP", "netfilter_drop"),
+        ),
+        Scenario::new(
+            "prerouting-accept",
+            "field note 002: a nat PREROUTING ACCEPT ahead of -j DOCKER, so no DNAT",
+            Some(Fault::PreroutingAcceptShadow),
+            dropped("NO_SOCKET", "dnat_skipped"),
+        ),
+        Scenario {
+            client: Client::OutsideUnroutable,
+            ..Scenario::new(
+                "rp-filter",
+                "strict rp_filter on the uplink, client source with no route back",
+                Some(Fault::StrictRpFilter),
+                dropped("IP_RPFILTER", "rp_filter"),
+            )
+        },
+        Scenario::new(
+            "dnat-no-route",
+            "the published port is DNATed to an address no route reaches",
+            Some(Fault::DnatUnroutable),
+            dropped("IP_INNOROUTES", "no_route"),
+        ),
+        Scenario::new(
+            "dnat-dead-neighbor",
+            "the published port is DNATed to an on-link address nobody answers ARP for",
+            Some(Fault::DnatDeadNeighbor),
+            dropped("NEIGH_FAILED", "neighbor_failed"),
+        ),
+        Scenario {
+            client: Client::Peer,
+            ..Scenario::new(
+                "bridge-icc-drop",
+                "field note 004: container to container on one bridge, dropped in iptables FORWARD via br_netfilter",
+                Some(Fault::BridgeIccDrop),
+                dropped("NETFILTER_DROP", "bridge_netfilter_drop"),
+            )
+        },
+        Scenario {
+            judged: Judged::SynAck,
+            ..Scenario::new(
+                "reply-dropped",
+                "field note 003: the SYN gets in, the container's SYN-ACK dies in FORWARD on its way out",
+                Some(Fault::ReplyDropped),
+                dropped("NETFILTER_DROP", "netfilter_drop"),
+            )
         },
     ]
 }
@@ -158,11 +271,6 @@ impl Observed {
     }
 }
 
-/// The first verdict about a SYN (the handshake's later packets match the filter too).
-fn syn_verdict(v: &Value) -> bool {
-    v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
-}
-
 /// Builds the scenario's lab, runs pathtrace around one client connect, and returns the lab
 /// (for further assertions) with what pathtrace said.
 pub fn observe(s: &Scenario, backend: &str) -> Result<(Lab, Observed)> {
@@ -170,16 +278,31 @@ pub fn observe(s: &Scenario, backend: &str) -> Result<(Lab, Observed)> {
         Some(f) => Lab::with_fault(s.config.clone(), f.clone())?,
         None => Lab::new(s.config.clone())?,
     };
-    let port = s.config.published_port.to_string();
-    let mut tracer = Tracer::start(&["--dport", &port, "--proto", "tcp", "--backend", backend])?;
+    let mut args = s.filter();
+    args.extend([
+        "--proto".into(),
+        "tcp".into(),
+        "--backend".into(),
+        backend.into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut tracer = Tracer::start(&args)?;
     let ready = tracer.seen.last().cloned().unwrap_or(Value::Null);
-    let answered = lab.connect(Duration::from_millis(if s.expect.outcome == "delivered" {
+    let wait = Duration::from_millis(if s.expect.outcome == "delivered" {
         5000
     } else {
         1500
-    }))?;
+    });
+    let answered = match s.client {
+        Client::Outside => lab.connect(wait)?,
+        Client::OutsideUnroutable => lab.connect_from(crate::UNROUTABLE_CLIENT, wait)?,
+        Client::Peer => lab.connect_from_peer(wait)?,
+    };
+    let flags = s.judged.flags();
     let verdict = tracer
-        .wait_for(Duration::from_secs(20), syn_verdict)
+        .wait_for(Duration::from_secs(20), |v| {
+            v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == flags
+        })
         .with_context(|| {
             format!(
                 "scenario {}: no verdict (client connect answered: {answered})",

@@ -127,3 +127,198 @@ fn global_ip_forward_off_is_diagnosed() {
         )
     );
 }
+
+fn diagnosis(seen: &Observed) -> &Value {
+    &seen.verdict["diagnosis"]
+}
+
+fn fix(seen: &Observed) -> String {
+    diagnosis(seen)["fix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn no_listener_names_the_port_and_namespace() {
+    let (lab, seen, _) = run("no-listener");
+    let d = diagnosis(&seen);
+    let summary = d["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("netns {}", lab.container.name)),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("nothing listens on tcp port 80"),
+        "{summary}"
+    );
+    assert_eq!(
+        fix(&seen),
+        format!(
+            "ip netns exec {} ss -ltnp   # then start the service on 0.0.0.0:80 (not 127.0.0.1) in netns {}",
+            lab.container.name, lab.container.name
+        )
+    );
+}
+
+#[test]
+fn docker_user_drop_names_the_rule() {
+    let (lab, seen, _) = run("docker-user-drop");
+    let d = diagnosis(&seen);
+    assert_eq!(d["rule"]["table"], "filter");
+    assert_eq!(d["rule"]["chain"], "DOCKER-USER");
+    assert_eq!(d["rule"]["index"], 1);
+    assert_eq!(
+        d["rule"]["text"],
+        "-A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP"
+    );
+    assert_eq!(d["confidence"], "high", "{d:#}");
+    assert!(
+        d["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at FORWARD"),
+        "{d:#}"
+    );
+    assert!(fix(&seen).starts_with(&format!(
+        "ip netns exec {} iptables -t filter -D DOCKER-USER 1",
+        lab.host.name
+    )));
+}
+
+#[test]
+fn forward_policy_drop_names_the_policy() {
+    let (_lab, seen, _) = run("forward-policy-drop");
+    let d = diagnosis(&seen);
+    assert!(d["rule"]["index"].is_null(), "{d:#}");
+    assert_eq!(d["rule"]["text"], ":FORWARD DROP");
+    assert!(
+        fix(&seen).ends_with(
+            "iptables -t filter -I DOCKER-USER -i eth0 -o docker0 -p tcp --dport 80 -j ACCEPT"
+        ),
+        "{}",
+        fix(&seen)
+    );
+    let evidence = evidence(&seen.verdict).join("\n");
+    assert!(evidence.contains("filter/DOCKER-USER"), "{evidence}");
+}
+
+#[test]
+fn prerouting_accept_shadowing_docker_is_dnat_skipped() {
+    let (lab, seen, _) = run("prerouting-accept");
+    let d = diagnosis(&seen);
+    assert_eq!(d["rule"]["chain"], "PREROUTING");
+    assert_eq!(d["rule"]["index"], 1);
+    assert!(
+        d["rule"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("-j ACCEPT"),
+        "{d:#}"
+    );
+    assert_eq!(
+        fix(&seen),
+        format!(
+            "ip netns exec {} iptables -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DOCKER",
+            lab.host.name
+        )
+    );
+    let evidence = evidence(&seen.verdict).join("\n");
+    assert!(evidence.contains("the DNAT that never ran: nat/DOCKER rule 2: -A DOCKER ! -i docker0 -p tcp -m tcp --dport 10001 -j DNAT --to-destination 172.17.0.2:80"), "{evidence}");
+}
+
+#[test]
+fn strict_rp_filter_is_diagnosed() {
+    let (lab, seen, _) = run("rp-filter");
+    let evidence = evidence(&seen.verdict).join("\n");
+    assert!(
+        evidence.contains(
+            "net.ipv4.conf.all.rp_filter = 1 (strict), net.ipv4.conf.eth0.rp_filter = 1 (strict)"
+        ),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains(&format!(
+            "no connected route back to {}",
+            lab::UNROUTABLE_CLIENT
+        )),
+        "{evidence}"
+    );
+    assert!(
+        fix(&seen).contains("sysctl -w net.ipv4.conf.eth0.rp_filter=2"),
+        "{}",
+        fix(&seen)
+    );
+}
+
+#[test]
+fn dnat_to_nowhere_is_no_route_and_dead_neighbour_is_named() {
+    let (_lab, seen, _) = run("dnat-no-route");
+    assert!(
+        diagnosis(&seen)["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("there is no route to 10.250.0.9")
+    );
+    let (_lab, seen, _) = run("dnat-dead-neighbor");
+    let summary = diagnosis(&seen)["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        summary.contains("ARP got no answer for 172.17.0.99 on docker0"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn same_bridge_traffic_dropped_through_br_netfilter() {
+    let (_lab, seen, _) = run("bridge-icc-drop");
+    let d = diagnosis(&seen);
+    assert_eq!(
+        d["rule"]["text"], "-A FORWARD -i docker0 -o docker0 -j DROP",
+        "{d:#}"
+    );
+    let evidence = evidence(&seen.verdict).join("\n");
+    assert!(
+        evidence.contains("bridge-nf-call-iptables = 1"),
+        "{evidence}"
+    );
+}
+
+#[test]
+fn a_dying_reply_is_judged_as_the_reply_of_its_flow() {
+    let (_lab, seen, _) = run("reply-dropped");
+    let v = &seen.verdict;
+    assert_eq!(v["direction"], "reply", "{v:#}");
+    assert_eq!(
+        v["diagnosis"]["rule"]["text"],
+        "-A FORWARD -i docker0 ! -o docker0 -j DROP"
+    );
+    assert_eq!(v["diagnosis"]["rule"]["index"], 1);
+}
+
+/// Field note 003: the reply is de-NATed by conntrack, hop by hop, with no DNAT rule for it.
+#[test]
+fn healthy_reply_shows_the_conntrack_rewrite() {
+    let lab = lab::Lab::new(lab::LabConfig::default()).expect("lab");
+    let outside = lab.config.outside_addr.to_string();
+    let mut tracer =
+        lab::tracer::Tracer::start(&["--host", &outside, "--proto", "tcp"]).expect("pathtrace");
+    assert!(
+        lab.connect(std::time::Duration::from_secs(5))
+            .expect("connect")
+    );
+    let v = tracer
+        .wait_for(std::time::Duration::from_secs(10), |v| {
+            v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN|ACK"
+        })
+        .expect("the SYN-ACK's verdict");
+    assert_eq!(v["outcome"], "delivered", "{v:#}");
+    assert_eq!(v["direction"], "reply");
+    let rw = &v["nat"][0];
+    assert_eq!(rw["kind"], "snat", "{v:#}");
+    assert_eq!(rw["from"]["src"], lab.config.container_addr.to_string());
+    assert_eq!(rw["to"]["src"], lab.config.host_addr.to_string());
+    assert_eq!(rw["to"]["sport"], lab.config.published_port);
+}

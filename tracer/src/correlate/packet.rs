@@ -20,6 +20,10 @@ impl Packet {
     }
 }
 
+/// How long a packet last seen on a receive may stay quiet before it is finished: longer than
+/// ARP's default resolution attempts (3 probes, 1 s apart).
+pub const QUEUED_GRACE_NS: u64 = 4_000_000_000;
+
 /// Live packets keyed by skb address. Bounded: past `max_live` the quietest packet is
 /// finished early rather than growing without limit.
 pub struct PacketTracker {
@@ -80,12 +84,24 @@ impl PacketTracker {
     }
 
     /// Finishes packets with no hop for the idle period before `now_ns` (CLOCK_MONOTONIC).
+    ///
+    /// A packet whose last hop is a receive gets [`QUEUED_GRACE_NS`] instead: after a receive
+    /// it may be waiting in a neighbour queue for ARP (up to ~3 s before NEIGH_FAILED), and
+    /// finishing it early would call it delivered or unknown before the kernel decides.
     pub fn expire(&mut self, now_ns: u64, finished: &mut Vec<Packet>) {
         let idle = self.idle_ns;
+        let grace = idle.max(QUEUED_GRACE_NS);
         let stale: Vec<u64> = self
             .live
             .values()
-            .filter(|p| now_ns.saturating_sub(last_ts(p)) >= idle)
+            .filter(|p| {
+                let waited = now_ns.saturating_sub(last_ts(p));
+                let after_receive = p
+                    .hops
+                    .last()
+                    .is_some_and(|h| h.kind == tracer_common::HopKind::Receive);
+                waited >= if after_receive { grace } else { idle }
+            })
             .map(|p| p.skb)
             .collect();
         for skb in stale {
@@ -143,6 +159,17 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_last_seen_on_a_receive_waits_for_arp() {
+        let mut t = PacketTracker::new(500_000_000, 100);
+        let mut done = Vec::new();
+        t.push(hop(ev(HopKind::Receive, 1_000, HOST_NS, 2)), &mut done);
+        t.expire(1_000 + 1_000_000_000, &mut done);
+        assert!(done.is_empty(), "may be queued for ARP");
+        t.expire(1_000 + QUEUED_GRACE_NS, &mut done);
+        assert_eq!(done.len(), 1);
+    }
+
+    #[test]
     fn an_address_reused_by_another_packet_splits() {
         let mut t = PacketTracker::new(1_000_000, 100);
         let mut done = Vec::new();
@@ -171,7 +198,7 @@ mod tests {
     fn idle_packets_expire_unfreed_and_table_is_bounded() {
         let mut t = PacketTracker::new(1_000, 2);
         let mut done = Vec::new();
-        let mut a = ev(HopKind::Receive, 100, HOST_NS, 2);
+        let mut a = ev(HopKind::Transmit, 100, HOST_NS, 2);
         t.push(hop(a), &mut done);
         a.skb += 1;
         a.ts_ns = 5_000;

@@ -4,7 +4,7 @@
 //! `forwarding` off and installs `ip_error`, which frees the skb with IP_INADDRERRORS and —
 //! because forwarding is off — sends no ICMP error. The client just times out.
 
-use super::{Case, Diagnosis, Rule, in_netns};
+use super::{Case, Confidence, Diagnosis, Rule, in_netns};
 use crate::resolve::HostFacts;
 
 pub const RULE: Rule = Rule {
@@ -91,6 +91,8 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         summary,
         evidence,
         fix: Some(in_netns(facts, input.netns, &fix_cmd)),
+        confidence: Confidence::High,
+        rule: None,
     })
 }
 

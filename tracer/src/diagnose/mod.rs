@@ -5,13 +5,18 @@
 //! never change the host.
 
 mod forwarding;
+mod netfilter;
+mod routing;
+pub mod ruleset;
+mod socket;
 
 use serde::Serialize;
 use tracer_common::HopKind;
 
+use self::ruleset::{CtState, PacketAtHook, RuleRef};
 use crate::{
-    correlate::{FlowView, Packet},
-    events::{Hop, tcp_flags_string},
+    correlate::{FlowView, Packet, flow::Direction},
+    events::{Hop, Tuple, tcp_flags_string},
     report::Target,
     resolve::HostFacts,
     verdict::Verdict,
@@ -25,6 +30,19 @@ pub struct Diagnosis {
     pub summary: String,
     pub evidence: Vec<String>,
     pub fix: Option<String>,
+    /// How sure the rule is: `high` (read or observed directly), `medium` (inferred, e.g. the
+    /// hook from surrounding hops), `low` (a guess worth checking).
+    pub confidence: Confidence,
+    /// The netfilter rule or chain policy named, when there is one.
+    pub rule: Option<RuleRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confidence {
+    Low,
+    Medium,
+    High,
 }
 
 /// What a rule looks at.
@@ -75,7 +93,15 @@ pub struct Rule {
 }
 
 /// Every rule, most specific first; the first that recognises the case wins.
-pub const RULES: &[Rule] = &[forwarding::RULE];
+pub const RULES: &[Rule] = &[
+    forwarding::RULE,
+    netfilter::DNAT_SKIPPED,
+    netfilter::NETFILTER_DROP,
+    socket::NO_LISTENER,
+    routing::RP_FILTER,
+    routing::NO_ROUTE,
+    routing::NEIGHBOR_FAILED,
+];
 
 /// Runs the rules over a finished packet.
 pub fn diagnose(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
@@ -94,5 +120,77 @@ pub fn in_netns(facts: &mut dyn HostFacts, netns: u32, cmd: &str) -> String {
             None => format!("nsenter --net={} {cmd}", e.path.display()),
         },
         None => format!("{cmd}  # in network namespace {netns}"),
+    }
+}
+
+impl Case<'_> {
+    /// Conntrack state as the ruleset sees this packet: a bare SYN (or the first packet of a
+    /// flow) is NEW, replies and later packets are ESTABLISHED.
+    pub fn ct_state(&self) -> CtState {
+        let flags = self.packet.hops.first().map_or(0, |h| h.tcp_flags);
+        let proto = self
+            .packet
+            .hops
+            .iter()
+            .find_map(|h| h.tuple)
+            .map_or(0, |t| t.proto);
+        match self.flow {
+            Some(f) if f.direction == Direction::Reply => CtState::Established,
+            _ if proto == 6 && flags & 0x12 == 0x02 => CtState::New,
+            Some(f) if f.packets > 1 => CtState::Established,
+            _ if proto == 6 => CtState::Established,
+            _ => CtState::New,
+        }
+    }
+
+    /// The namespace the packet died in.
+    pub fn drop_netns(&self) -> Option<u32> {
+        let d = self.drop_hop()?;
+        Some(if d.netns != 0 {
+            d.netns
+        } else {
+            self.input_hop()?.netns
+        })
+    }
+
+    /// The packet at a hook of namespace `netns`, with `tuple` as its header there.
+    pub fn at_hook(
+        &self,
+        facts: &mut dyn HostFacts,
+        netns: u32,
+        tuple: Tuple,
+        in_if: Option<String>,
+        out_if: Option<String>,
+    ) -> PacketAtHook {
+        let local_addrs = [tuple.src, tuple.dst]
+            .into_iter()
+            .filter(|a| facts.is_local(netns, *a) == Some(true))
+            .collect();
+        PacketAtHook {
+            src: tuple.src,
+            dst: tuple.dst,
+            proto: tuple.proto,
+            sport: tuple.sport,
+            dport: tuple.dport,
+            tcp_flags: self.packet.hops.first().map_or(0, |h| h.tcp_flags),
+            in_if,
+            out_if,
+            physdev_in: None,
+            physdev_out: None,
+            ct_state: self.ct_state(),
+            local_addrs,
+        }
+    }
+}
+
+/// How a rule reads in evidence: `filter/DOCKER-USER rule 1: -A DOCKER-USER ... (4 packets)`.
+pub fn describe_rule(r: &RuleRef) -> String {
+    let packets = r
+        .packets
+        .map(|p| format!(" ({p} packets matched)"))
+        .unwrap_or_default();
+    match r.index {
+        Some(i) => format!("{}/{} rule {i}: {}{packets}", r.table, r.chain, r.text),
+        None => format!("{}/{} policy DROP{packets}", r.table, r.chain),
     }
 }

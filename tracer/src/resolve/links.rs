@@ -52,6 +52,19 @@ impl LinkTable {
         addr.is_loopback() || self.addrs.iter().any(|(_, a, _)| *a == addr)
     }
 
+    /// The interface whose connected subnet holds `addr` (longest prefix): where the
+    /// namespace would send it without a gateway.
+    pub fn connected_route(&self, addr: Ipv4Addr) -> Option<&Link> {
+        self.addrs
+            .iter()
+            .filter(|(_, a, len)| {
+                let mask = u32::MAX.checked_shl(32 - *len as u32).unwrap_or(0);
+                u32::from(*a) & mask == u32::from(addr) & mask
+            })
+            .max_by_key(|(_, _, len)| *len)
+            .and_then(|(idx, _, _)| self.links.get(idx))
+    }
+
     /// Dumps the namespace at `path` (on a thread inside it).
     pub fn dump_in(path: &Path) -> std::io::Result<Self> {
         super::netns::run_in(path, Self::dump_here)?

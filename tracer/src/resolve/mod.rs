@@ -12,8 +12,11 @@ pub mod netns;
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
+    sync::Arc,
     time::{Duration, Instant},
 };
+
+use crate::diagnose::ruleset::iptables::Ruleset;
 
 pub use docker::{ContainerRef, Published, SharedIndex};
 pub use kallsyms::{Kallsyms, Symbol};
@@ -39,6 +42,16 @@ pub trait HostFacts {
 
     /// The container a host port is published to.
     fn published(&mut self, _port: u16, _proto: u8) -> Option<Published> {
+        None
+    }
+
+    /// The namespace's iptables ruleset (iptables-nft or legacy) with counters.
+    fn ruleset(&mut self, _netns: u32) -> Option<Arc<Ruleset>> {
+        None
+    }
+
+    /// The interface of the connected subnet holding `addr` in `netns`.
+    fn connected_route(&mut self, _netns: u32, _addr: Ipv4Addr) -> Option<Link> {
         None
     }
 
@@ -249,6 +262,43 @@ impl HostFacts for Resolver {
             .published(port, proto)
             .cloned()
     }
+
+    fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
+        let entry = self.netns(netns)?;
+        match netns::run_in(&entry.path, read_ruleset) {
+            Ok(Some(rs)) => Some(Arc::new(rs)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(netns, "reading the ruleset failed: {e}");
+                None
+            }
+        }
+    }
+
+    fn connected_route(&mut self, netns: u32, addr: Ipv4Addr) -> Option<Link> {
+        self.table(netns, |t| t.connected_route(addr).is_some())?
+            .connected_route(addr)
+            .cloned()
+    }
+}
+
+/// `iptables-save -c` in the calling thread's namespace: the nft-backed tables first, then
+/// legacy; whichever has rules (a host uses one or the other).
+fn read_ruleset() -> Option<Ruleset> {
+    for cmd in ["iptables-nft-save", "iptables-legacy-save", "iptables-save"] {
+        let Ok(out) = std::process::Command::new(cmd).arg("-c").output() else {
+            continue;
+        };
+        if !out.status.success() {
+            continue;
+        }
+        match Ruleset::parse(&String::from_utf8_lossy(&out.stdout)) {
+            Ok(rs) if !rs.is_empty() => return Some(rs),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("{cmd}: {e}"),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -266,6 +316,9 @@ pub(crate) mod fixture {
         pub names: HashMap<u32, &'static str>,
         pub containers: HashMap<(u32, u32), ContainerDevice>,
         pub published: Vec<Published>,
+        pub rulesets: HashMap<u32, Arc<Ruleset>>,
+        /// (netns, subnet address, prefix, ifindex)
+        pub subnets: Vec<(u32, Ipv4Addr, u8, u32)>,
     }
 
     impl FakeHost {
@@ -300,6 +353,10 @@ pub(crate) mod fixture {
                 (HOST_NS, Ipv4Addr::new(172, 17, 0, 1)),
                 (CTR_NS, Ipv4Addr::new(172, 17, 0, 2)),
                 (OUT_NS, Ipv4Addr::new(203, 0, 113, 2)),
+            ];
+            h.subnets = vec![
+                (HOST_NS, Ipv4Addr::new(203, 0, 113, 0), 24, 2),
+                (HOST_NS, Ipv4Addr::new(172, 17, 0, 0), 16, 3),
             ];
             h.symbols = vec![
                 (0xffff_ffff_81fe_d320, "ip_error"),
@@ -353,6 +410,20 @@ pub(crate) mod fixture {
                 .iter()
                 .find(|p| p.host_port == port && p.proto == proto)
                 .cloned()
+        }
+        fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
+            self.rulesets.get(&netns).cloned()
+        }
+        fn connected_route(&mut self, netns: u32, addr: Ipv4Addr) -> Option<Link> {
+            let (_, _, _, idx) = self
+                .subnets
+                .iter()
+                .filter(|(ns, a, len, _)| {
+                    let mask = u32::MAX.checked_shl(32 - *len as u32).unwrap_or(0);
+                    *ns == netns && u32::from(*a) & mask == u32::from(addr) & mask
+                })
+                .max_by_key(|(_, _, len, _)| *len)?;
+            self.links.get(&(netns, *idx)).cloned()
         }
     }
 

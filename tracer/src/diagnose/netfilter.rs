@@ -1,0 +1,598 @@
+//! Netfilter: which rule or policy dropped the packet (field notes 001 and 004), and a nat
+//! PREROUTING rule that kept Docker's DNAT from running (field note 002).
+//!
+//! The hook comes from the `nf_hook_slow` hop where the backend has one; on tracepoints it is
+//! inferred by walking the packet through the hooks in kernel order and seeing where the
+//! ruleset drops it. The rule comes from evaluating the namespace's ruleset against the packet
+//! as it was at that hook, cross-checked with the rule's counter. Nothing is inserted into the
+//! ruleset.
+
+use tracer_common::{HopKind, event::nf_verdict};
+
+use super::{
+    Case, Confidence, Diagnosis, Rule, describe_rule, in_netns,
+    ruleset::{Hook, HookOutcome, Verdict},
+};
+use crate::{events::Tuple, resolve::HostFacts};
+
+pub const NETFILTER_DROP: Rule = Rule {
+    code: "netfilter_drop",
+    check: netfilter_drop,
+};
+pub const DNAT_SKIPPED: Rule = Rule {
+    code: "dnat_skipped",
+    check: dnat_skipped,
+};
+
+/// Where the packet was when netfilter judged it.
+struct Walked {
+    outcome: HookOutcome,
+    /// (in, out) interfaces at that hook.
+    in_if: Option<String>,
+    out_if: Option<String>,
+    /// The hook was observed (nf_hook_slow hop), not inferred.
+    observed: bool,
+    /// Same-bridge traffic seen by iptables through br_netfilter.
+    bridged: Option<String>,
+}
+
+fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
+    let drop = case.verdict.drop.as_ref()?;
+    if drop.reason != "NETFILTER_DROP" {
+        return None;
+    }
+    let netns = case.drop_netns()?;
+    let ns = facts.netns_label(netns);
+    let nf_hop = case
+        .packet
+        .hops
+        .iter()
+        .rev()
+        .find(|h| h.kind == HopKind::NetfilterHook && h.nf_verdict == nf_verdict::DROP);
+    let observed_hook = nf_hop.and_then(|h| Hook::from_number(h.nf_hook));
+    let family = nf_hop.map(|h| crate::events::nf_family_name(h.nf_family));
+    let ruleset = facts.ruleset(netns);
+    let walked = ruleset
+        .as_ref()
+        .and_then(|rs| walk(case, facts, rs, netns, observed_hook));
+
+    let location = drop
+        .location
+        .as_ref()
+        .map_or_else(|| "nf_hook_slow".to_owned(), ToString::to_string);
+    let mut evidence = vec![format!(
+        "kfree_skb: reason NETFILTER_DROP at {location} in netns {ns}"
+    )];
+    if let (Some(h), Some(f)) = (observed_hook, family) {
+        evidence.push(format!("nf_hook_slow: {f} {} returned drop", h.name()));
+    }
+    let Some(w) = walked.filter(|w| w.outcome.verdict != Verdict::Accept) else {
+        // The kernel dropped in netfilter but the iptables rules do not explain it.
+        let hook = observed_hook.map_or("a netfilter hook".to_owned(), |h| h.name().to_owned());
+        if ruleset.is_none() {
+            evidence.push(format!("no iptables rules in netns {ns}: the drop comes from native nft tables (nft list ruleset)"));
+        } else {
+            evidence.push("evaluating the iptables rules against the packet does not drop it: look at native nft tables (nft list ruleset) and rules with matches pathtrace cannot evaluate".into());
+        }
+        return Some(Diagnosis {
+            code: NETFILTER_DROP.code,
+            summary: format!(
+                "{} was dropped by netfilter at {hook} in netns {ns}, by a rule pathtrace could not pin down.",
+                case.packet_name()
+            ),
+            evidence,
+            fix: Some(in_netns(facts, netns, "nft list ruleset")),
+            confidence: Confidence::Low,
+            rule: None,
+        });
+    };
+    let by = w.outcome.by.clone()?;
+    let hook = w.outcome.hook.name();
+    let counted = by.packets.is_some_and(|p| p > 0);
+    let confidence = match (
+        w.outcome.unknown_matches.is_empty(),
+        counted || by.packets.is_none(),
+        w.observed,
+    ) {
+        (true, true, true) => Confidence::High,
+        (true, true, false) => Confidence::High,
+        (true, false, _) | (false, true, _) => Confidence::Medium,
+        (false, false, _) => Confidence::Low,
+    };
+    evidence.push(format!(
+        "evaluating the ruleset against the packet at {hook} (in {}, out {}): {} → {}",
+        w.in_if.as_deref().unwrap_or("-"),
+        w.out_if.as_deref().unwrap_or("-"),
+        w.outcome.path.join(" → "),
+        describe_rule(&by)
+    ));
+    if !w.observed {
+        evidence.push(format!("hook inferred from the hops and the ruleset walk (tracepoint backend); {hook} is the first hook whose rules drop this packet"));
+    }
+    if by.packets == Some(0) {
+        evidence.push("its counter is 0: the kernel counted no packet for this rule, so another rule or table may be dropping".into());
+    }
+    for u in &w.outcome.unknown_matches {
+        evidence.push(format!(
+            "pathtrace cannot evaluate a match of {u}; assumed not to match"
+        ));
+    }
+    let target = case
+        .target
+        .map(|t| format!(" for container {}", t.container.name))
+        .unwrap_or_default();
+    let tuple = case
+        .drop_hop()
+        .and_then(|h| h.tuple)
+        .or(case.input_hop().and_then(|h| h.tuple));
+    let what = tuple.map(|t| format!(" ({t})")).unwrap_or_default();
+    let (code, summary, fix) = match &w.bridged {
+        Some(bridge) => (
+            "bridge_netfilter_drop",
+            format!(
+                "{}{target}{what} was bridged on {bridge}, and because br_netfilter hands bridged IPv4 to iptables (net.bridge.bridge-nf-call-iptables = 1) the {} chain {} dropped it.",
+                case.packet_name(),
+                by.chain,
+                rule_words(&by)
+            ),
+            fix_for(&by, tuple, &w),
+        ),
+        None => (
+            NETFILTER_DROP.code,
+            format!(
+                "{}{target}{what} was dropped by netfilter at {hook} in netns {ns}: {} {}.",
+                case.packet_name(),
+                by.table,
+                rule_words(&by)
+            ),
+            fix_for(&by, tuple, &w),
+        ),
+    };
+    if let Some(bridge) = &w.bridged {
+        evidence.push(format!(
+            "the packet came in on a port of bridge {bridge} and stays on it: bridge-nf-call-iptables = 1 in netns {ns}"
+        ));
+    }
+    Some(Diagnosis {
+        code,
+        summary,
+        evidence,
+        fix: Some(in_netns(facts, netns, &fix)),
+        confidence,
+        rule: Some(by),
+    })
+}
+
+fn rule_words(by: &super::ruleset::RuleRef) -> String {
+    match by.index {
+        Some(i) => format!("chain {} rule {i} (`{}`)", by.chain, by.text),
+        None => format!("chain {} policy DROP (no rule accepted it)", by.chain),
+    }
+}
+
+fn fix_for(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, w: &Walked) -> String {
+    match by.index {
+        Some(i) => format!(
+            "iptables -t {} -D {} {i}   # remove or narrow: {}",
+            by.table, by.chain, by.text
+        ),
+        None => {
+            let mut accept = format!(
+                "iptables -t {} -I {}",
+                by.table,
+                if by.chain == "FORWARD" {
+                    "DOCKER-USER"
+                } else {
+                    &by.chain
+                }
+            );
+            if let Some(i) = &w.in_if {
+                accept.push_str(&format!(" -i {i}"));
+            }
+            if let Some(o) = &w.out_if {
+                accept.push_str(&format!(" -o {o}"));
+            }
+            if let Some(t) = tuple.filter(|t| t.proto == 6 || t.proto == 17) {
+                let p = if t.proto == 6 { "tcp" } else { "udp" };
+                accept.push_str(&format!(" -p {p} --dport {}", t.dport));
+            }
+            accept.push_str(" -j ACCEPT");
+            accept
+        }
+    }
+}
+
+/// Walks the packet through the hooks of `netns` until a hook drops it.
+fn walk(
+    case: &Case<'_>,
+    facts: &mut dyn HostFacts,
+    rs: &super::ruleset::iptables::Ruleset,
+    netns: u32,
+    observed: Option<Hook>,
+) -> Option<Walked> {
+    let input = case.input_hop().filter(|h| h.netns == netns).copied();
+    let first = case
+        .packet
+        .hops
+        .iter()
+        .filter(|h| h.netns == netns)
+        .find_map(|h| h.tuple)?;
+    let at_drop = case.drop_hop().and_then(|h| h.tuple).unwrap_or(first);
+    // Input side: a bridge port hands the packet to iptables as the bridge itself.
+    let (in_if, physdev_in, bridge) = match input {
+        Some(h) => {
+            let link = facts.interface(h.netns, h.ifindex);
+            let master = link
+                .as_ref()
+                .and_then(|l| l.master)
+                .and_then(|m| facts.interface(h.netns, m));
+            match (link, master) {
+                (Some(l), Some(m)) if m.kind == "bridge" => {
+                    (Some(m.name.clone()), Some(l.name), Some(m.name))
+                }
+                (Some(l), _) => (Some(l.name), None, None),
+                _ => (None, None, None),
+            }
+        }
+        None => (None, None, None),
+    };
+    let bridged_on = |facts: &mut dyn HostFacts, out: &Option<String>| -> Option<String> {
+        let b = bridge.clone()?;
+        (out.as_deref() == Some(b.as_str())
+            && facts
+                .sysctl(netns, "net.bridge.bridge-nf-call-iptables")
+                .as_deref()
+                == Some("1"))
+        .then_some(b)
+    };
+    let at = |facts: &mut dyn HostFacts, hook: Hook, t: Tuple, out_if: Option<String>| {
+        let mut p = case.at_hook(facts, netns, t, in_if.clone(), out_if.clone());
+        if hook != Hook::Output {
+            p.physdev_in = physdev_in.clone();
+        } else {
+            p.in_if = None;
+        }
+        (rs.evaluate(hook, &p), out_if)
+    };
+    let route =
+        |facts: &mut dyn HostFacts, t: Tuple| facts.connected_route(netns, t.dst).map(|l| l.name);
+
+    let result = |outcome: HookOutcome,
+                  out_if: Option<String>,
+                  bridged: Option<String>,
+                  observed: bool| Walked {
+        outcome,
+        in_if: in_if.clone(),
+        out_if,
+        observed,
+        bridged,
+    };
+
+    if let Some(hook) = observed {
+        // The backend saw the hook: evaluate just that one, with the header at the drop.
+        let t = if hook == Hook::Prerouting || hook == Hook::Output {
+            first
+        } else {
+            at_drop
+        };
+        let out_if = if matches!(hook, Hook::Forward | Hook::Postrouting | Hook::Output) {
+            route(facts, t)
+        } else {
+            None
+        };
+        let (o, out_if) = at(facts, hook, t, out_if);
+        let bridged = if hook == Hook::Forward {
+            bridged_on(facts, &out_if)
+        } else {
+            None
+        };
+        return Some(result(o, out_if, bridged, true));
+    }
+    if input.is_none() {
+        // Locally generated: OUTPUT, then POSTROUTING.
+        let out_if = route(facts, first);
+        let (o, out_if) = at(facts, Hook::Output, first, out_if);
+        if o.verdict != Verdict::Accept {
+            return Some(result(o, out_if, None, false));
+        }
+        let (o, out_if) = at(facts, Hook::Postrouting, at_drop, out_if);
+        return Some(result(o, out_if, None, false));
+    }
+    let (pre, _) = at(facts, Hook::Prerouting, first, None);
+    if pre.verdict != Verdict::Accept {
+        return Some(result(pre, None, None, false));
+    }
+    let mut t = first;
+    if let Some((addr, port)) = pre.dnat {
+        t.dst = addr;
+        if let Some(p) = port {
+            t.dport = p;
+        }
+    } else if at_drop != first {
+        t = at_drop; // a rewrite the ruleset walk did not model, seen by the kernel
+    }
+    let local = facts.is_local(netns, t.dst) == Some(true);
+    if local {
+        let (o, out_if) = at(facts, Hook::Input, t, None);
+        return Some(result(o, out_if, None, false));
+    }
+    let out_if = route(facts, t);
+    let (fwd, out_if) = at(facts, Hook::Forward, t, out_if);
+    if fwd.verdict != Verdict::Accept {
+        let bridged = bridged_on(facts, &out_if);
+        return Some(result(fwd, out_if, bridged, false));
+    }
+    let (post, out_if) = at(facts, Hook::Postrouting, t, out_if);
+    Some(result(post, out_if, None, false))
+}
+
+/// The packet reached the host itself (a local socket, or a reset for want of one) although
+/// its port is published to a container or DNATed by a rule: something in nat PREROUTING ran
+/// first.
+fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
+    let input = *case.input_hop()?;
+    let first = input.tuple?;
+    let ended_here = match &case.verdict.drop {
+        Some(d) => d.reason == "NO_SOCKET" && case.drop_netns() == Some(input.netns),
+        None => {
+            case.verdict.outcome == crate::verdict::Outcome::Delivered
+                && case
+                    .packet
+                    .hops
+                    .last()
+                    .is_some_and(|h| h.netns == input.netns || h.netns == 0)
+        }
+    };
+    if !ended_here || facts.is_local(input.netns, first.dst) != Some(true) {
+        tracing::debug!(ended_here, "dnat_skipped: not delivered locally");
+        return None;
+    }
+    // The packet kept its destination: no DNAT happened on the way.
+    if case
+        .packet
+        .hops
+        .iter()
+        .filter_map(|h| h.tuple)
+        .any(|t| t.dst != first.dst || t.dport != first.dport)
+    {
+        return None;
+    }
+    let rs = facts.ruleset(input.netns)?;
+    let dnats = rs.dnat_rules_for(first.proto, first.dport);
+    tracing::debug!(
+        dnats = dnats.len(),
+        tables = rs.tables.len(),
+        "dnat_skipped: ruleset read"
+    );
+    if dnats.is_empty() && case.target.is_none() {
+        return None;
+    }
+    let ns = facts.netns_label(input.netns);
+    let in_if = facts.interface(input.netns, input.ifindex).map(|l| l.name);
+    let pkt = case.at_hook(facts, input.netns, first, in_if.clone(), None);
+    let pre = rs.evaluate(Hook::Prerouting, &pkt);
+    tracing::debug!(?pre, "dnat_skipped: PREROUTING walk");
+    if pre.dnat.is_some() {
+        return None; // the ruleset would DNAT it: something else is going on
+    }
+    let shadow = pre.by.clone().filter(|r| r.table == "nat");
+    let dnat = dnats.first().cloned();
+    let mut evidence = vec![format!(
+        "{} stayed addressed to {}:{} (local to netns {ns}) on every hop: no DNAT",
+        case.packet_name(),
+        first.dst,
+        first.dport
+    )];
+    match &case.verdict.drop {
+        Some(d) => evidence.push(format!(
+            "the host answered for itself: NO_SOCKET at {} (a RST), nothing on the host listens on {}",
+            d.location.as_ref().map_or_else(|| "tcp_v4_rcv".into(), |s| s.name.clone()),
+            first.dport
+        )),
+        None => evidence.push(format!("a socket on the host itself took it (port {})", first.dport)),
+    }
+    if let Some(d) = &dnat {
+        evidence.push(format!("the DNAT that never ran: {}", describe_rule(d)));
+    }
+    if let Some(t) = case.target {
+        evidence.push(format!(
+            "Docker publishes port {} to container {} ({}:{})",
+            t.published_port,
+            t.container.name,
+            t.address.as_deref().unwrap_or("?"),
+            t.port
+        ));
+    }
+    if let Some(s) = &shadow {
+        evidence.push(format!(
+            "nat PREROUTING accepted the packet first: {}",
+            describe_rule(s)
+        ));
+        evidence.push(format!("chains walked: {}", pre.path.join(" → ")));
+    }
+    let summary = match &shadow {
+        Some(s) => format!(
+            "{} to published port {} never reached its DNAT: {} `{}` accepted it in nat {} before the jump to {}, so it was delivered to the host itself{}.",
+            case.packet_name(),
+            first.dport,
+            s.index.map_or("the policy".into(), |i| format!("rule {i}")),
+            s.text,
+            s.chain,
+            dnat.as_ref().map_or("the DNAT chain", |d| d.chain.as_str()),
+            case.target
+                .map(|t| format!(" instead of container {}", t.container.name))
+                .unwrap_or_default()
+        ),
+        None => format!(
+            "{} to published port {} was delivered to the host itself: its DNAT did not run.",
+            case.packet_name(),
+            first.dport
+        ),
+    };
+    let fix = match (&shadow, &dnat) {
+        (Some(_), Some(d)) if d.chain == "DOCKER" => {
+            "iptables -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DOCKER".to_owned()
+        }
+        (Some(s), _) => format!(
+            "iptables -t nat -D {} {}   # or move it after the DNAT jump",
+            s.chain,
+            s.index.unwrap_or(1)
+        ),
+        _ => "iptables-save -t nat   # find what keeps the DNAT from running".to_owned(),
+    };
+    Some(Diagnosis {
+        code: DNAT_SKIPPED.code,
+        summary,
+        evidence,
+        fix: Some(in_netns(facts, input.netns, &fix)),
+        confidence: if shadow.is_some() {
+            Confidence::High
+        } else {
+            Confidence::Medium
+        },
+        rule: shadow,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tracer_common::HopKind;
+
+    use crate::{
+        correlate::{FlowTable, Packet},
+        diagnose::ruleset::iptables::Ruleset,
+        events::fixture::*,
+        probes::DropReasons,
+        report::Report,
+        resolve::fixture::FakeHost,
+    };
+
+    const DOCKER: &str = include_str!("../../test_data/iptables_docker.txt");
+
+    fn reasons() -> DropReasons {
+        DropReasons::from_pairs([
+            ("SKB_DROP_REASON_NO_SOCKET".to_owned(), 3),
+            ("SKB_DROP_REASON_NETFILTER_DROP".to_owned(), 12),
+        ])
+    }
+
+    fn report(host: &mut FakeHost, hops: Vec<crate::events::Hop>) -> Report {
+        let packet = Packet {
+            skb: SKB,
+            hops,
+            freed: true,
+        };
+        let flow = FlowTable::new(4).observe(&packet);
+        Report::build(packet, flow, host, &reasons())
+    }
+
+    fn dropped_at(
+        kind_reason: u32,
+        dnat: bool,
+        netns: u32,
+        ifindex: u32,
+    ) -> Vec<crate::events::Hop> {
+        let mut d = ev(HopKind::Drop, 3_000, netns, ifindex);
+        if dnat {
+            d = crate::events::fixture::dnat(d);
+        }
+        d.drop_reason = kind_reason;
+        vec![
+            hop(ev(HopKind::Transmit, 1_000, OUT_NS, 2)),
+            hop(ev(HopKind::Receive, 2_000, HOST_NS, 2)),
+            hop(d),
+        ]
+    }
+
+    #[test]
+    fn prerouting_accept_ahead_of_docker_is_dnat_skipped() {
+        let mut host = FakeHost::lab_with_docker();
+        let shadowed = DOCKER.replace(
+            "[5:300] -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+            "[2:120] -A PREROUTING ! -i p1p1 -p tcp -m multiport --dports 80,443,7788,10001 -j ACCEPT\n[5:300] -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        );
+        host.rulesets
+            .insert(HOST_NS, Arc::new(Ruleset::parse(&shadowed).unwrap()));
+        let r = report(&mut host, dropped_at(3, false, HOST_NS, 2));
+        let d = r.diagnosis.expect("diagnosed");
+        assert_eq!(d.code, "dnat_skipped", "{d:#?}");
+        let rule = d.rule.expect("the shadowing rule");
+        assert_eq!((rule.chain.as_str(), rule.index), ("PREROUTING", Some(1)));
+        assert_eq!(
+            d.fix.as_deref(),
+            Some(
+                "ip netns exec lab-host iptables -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DOCKER"
+            )
+        );
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e.starts_with("the DNAT that never ran: nat/DOCKER rule 2")),
+            "{:#?}",
+            d.evidence
+        );
+        assert!(
+            d.summary.contains("instead of container web-1"),
+            "{}",
+            d.summary
+        );
+    }
+
+    #[test]
+    fn docker_user_drop_is_attributed_on_tracepoints() {
+        let mut host = FakeHost::lab_with_docker();
+        let text = DOCKER.replace(
+            "[0:0] -A DOCKER-USER -j RETURN",
+            "[1:60] -A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP\n[0:0] -A DOCKER-USER -j RETURN",
+        );
+        host.rulesets
+            .insert(HOST_NS, Arc::new(Ruleset::parse(&text).unwrap()));
+        let r = report(&mut host, dropped_at(12, true, HOST_NS, 2));
+        let d = r.diagnosis.expect("diagnosed");
+        assert_eq!(d.code, "netfilter_drop");
+        let rule = d.rule.expect("rule");
+        assert_eq!(
+            (rule.table.as_str(), rule.chain.as_str(), rule.index),
+            ("filter", "DOCKER-USER", Some(1))
+        );
+        assert_eq!(d.confidence, crate::diagnose::Confidence::High);
+        assert!(d.summary.contains("at FORWARD"), "{}", d.summary);
+        assert!(
+            d.fix
+                .as_deref()
+                .unwrap_or_default()
+                .contains("iptables -t filter -D DOCKER-USER 1"),
+            "{:?}",
+            d.fix
+        );
+    }
+
+    #[test]
+    fn forward_policy_drop_names_the_policy_and_an_accept_to_add() {
+        let mut host = FakeHost::lab_with_docker();
+        let text = DOCKER.replace(
+            "[3:180] -A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT\n",
+            "",
+        );
+        host.rulesets
+            .insert(HOST_NS, Arc::new(Ruleset::parse(&text).unwrap()));
+        let r = report(&mut host, dropped_at(12, true, HOST_NS, 2));
+        let d = r.diagnosis.expect("diagnosed");
+        assert_eq!(d.code, "netfilter_drop");
+        assert_eq!(d.rule.as_ref().and_then(|r| r.index), None, "the policy");
+        assert!(
+            d.summary.contains("chain FORWARD policy DROP"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.fix.as_deref().unwrap_or_default().ends_with(
+                "iptables -t filter -I DOCKER-USER -i eth0 -o docker0 -p tcp --dport 80 -j ACCEPT"
+            ),
+            "{:?}",
+            d.fix
+        );
+    }
+}

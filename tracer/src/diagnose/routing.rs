@@ -1,0 +1,167 @@
+//! Routing: reverse path filtering, no route, neighbour resolution.
+
+use super::{Case, Confidence, Diagnosis, Rule, in_netns};
+use crate::resolve::HostFacts;
+
+pub const RP_FILTER: Rule = Rule {
+    code: "rp_filter",
+    check: rp_filter,
+};
+pub const NO_ROUTE: Rule = Rule {
+    code: "no_route",
+    check: no_route,
+};
+pub const NEIGHBOR_FAILED: Rule = Rule {
+    code: "neighbor_failed",
+    check: neighbor_failed,
+};
+
+fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
+    let drop = case.verdict.drop.as_ref()?;
+    if drop.reason != "IP_RPFILTER" {
+        return None;
+    }
+    let input = *case.input_hop()?;
+    let t = input.tuple?;
+    let ifname = facts.interface(input.netns, input.ifindex)?.name;
+    let ns = facts.netns_label(input.netns);
+    let all = facts.sysctl(input.netns, "net.ipv4.conf.all.rp_filter");
+    let iface = facts.sysctl(input.netns, &format!("net.ipv4.conf.{ifname}.rp_filter"));
+    let mode = |v: &Option<String>| match v.as_deref() {
+        Some("1") => "1 (strict)",
+        Some("2") => "2 (loose)",
+        Some("0") => "0 (off)",
+        _ => "?",
+    };
+    let back = facts.connected_route(input.netns, t.src).map(|l| l.name);
+    let mut evidence = vec![
+        format!("kfree_skb: reason IP_RPFILTER right after the receive on {ifname} in netns {ns}"),
+        format!(
+            "net.ipv4.conf.all.rp_filter = {}, net.ipv4.conf.{ifname}.rp_filter = {}: the kernel uses the larger",
+            mode(&all),
+            mode(&iface)
+        ),
+    ];
+    evidence.push(match &back {
+        Some(dev) if *dev != ifname => format!("the route back to {} goes out {dev}, not {ifname}", t.src),
+        Some(_) => format!("a connected route back to {} exists via {ifname}; a more specific route may differ (ip route get {})", t.src, t.src),
+        None => format!("no connected route back to {} (check `ip route get {} from {} iif {ifname}`)", t.src, t.src, t.dst),
+    });
+    Some(Diagnosis {
+        code: RP_FILTER.code,
+        summary: format!(
+            "{} from {} arrived on {ifname} (netns {ns}), but reverse path filtering dropped it: the route back to {} does not go out {ifname}.",
+            case.packet_name(),
+            t.src,
+            t.src
+        ),
+        evidence,
+        fix: Some(in_netns(
+            facts,
+            input.netns,
+            &format!(
+                "sysctl -w net.ipv4.conf.{ifname}.rp_filter=2 net.ipv4.conf.all.rp_filter=2   # loose mode; or add a route back to {} via {ifname}",
+                t.src
+            ),
+        )),
+        confidence: Confidence::High,
+        rule: None,
+    })
+}
+
+fn no_route(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
+    let drop = case.verdict.drop.as_ref()?;
+    if !matches!(drop.reason.as_str(), "IP_INNOROUTES" | "IP_OUTNOROUTES") {
+        return None;
+    }
+    let netns = case.drop_netns()?;
+    let t = case.drop_hop().and_then(|h| h.tuple)?;
+    let ns = facts.netns_label(netns);
+    let first = case.packet.hops.iter().find_map(|h| h.tuple).unwrap_or(t);
+    let mut evidence = vec![format!(
+        "kfree_skb: reason {} at {} in netns {ns}",
+        drop.reason,
+        drop.location
+            .as_ref()
+            .map_or_else(|| "?".into(), |s| s.to_string())
+    )];
+    if first.dst != t.dst {
+        evidence.push(format!(
+            "the destination was rewritten (DNAT) from {} to {}",
+            first.dst, t.dst
+        ));
+    }
+    evidence.push(format!(
+        "no route in netns {ns} reaches {}: no connected subnet holds it and no route covers it",
+        t.dst
+    ));
+    Some(Diagnosis {
+        code: NO_ROUTE.code,
+        summary: format!(
+            "{} to {} was dropped in netns {ns}: there is no route to {}.",
+            case.packet_name(),
+            t.dst,
+            t.dst
+        ),
+        evidence,
+        fix: Some(in_netns(
+            facts,
+            netns,
+            &format!(
+                "ip route get {}   # then add the missing route, or fix the address the DNAT targets",
+                t.dst
+            ),
+        )),
+        confidence: Confidence::High,
+        rule: None,
+    })
+}
+
+fn neighbor_failed(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
+    let drop = case.verdict.drop.as_ref()?;
+    if !matches!(
+        drop.reason.as_str(),
+        "NEIGH_FAILED" | "NEIGH_QUEUEFULL" | "NEIGH_DEAD"
+    ) {
+        return None;
+    }
+    let netns = case.drop_netns()?;
+    let t = case.drop_hop().and_then(|h| h.tuple)?;
+    let ns = facts.netns_label(netns);
+    let dev = facts.connected_route(netns, t.dst).map(|l| l.name);
+    let on = dev
+        .as_deref()
+        .map(|d| format!(" on {d}"))
+        .unwrap_or_default();
+    let why = match drop.reason.as_str() {
+        "NEIGH_QUEUEFULL" => "too many packets waited for the same neighbour",
+        "NEIGH_DEAD" => "the neighbour entry was removed while packets waited",
+        _ => "ARP got no answer",
+    };
+    Some(Diagnosis {
+        code: NEIGHBOR_FAILED.code,
+        summary: format!(
+            "{} to {} was dropped in netns {ns}: {why} for {}{on} — nothing on that link answers for the address.",
+            case.packet_name(),
+            t.dst,
+            t.dst
+        ),
+        evidence: vec![
+            format!("kfree_skb: reason {} in netns {ns}", drop.reason),
+            format!(
+                "{} is on a connected subnet{on}: it is resolved by ARP, not routed",
+                t.dst
+            ),
+        ],
+        fix: Some(in_netns(
+            facts,
+            netns,
+            &format!(
+                "ip neigh show {}   # is the container or host at {} up on{on}?",
+                t.dst, t.dst
+            ),
+        )),
+        confidence: Confidence::High,
+        rule: None,
+    })
+}

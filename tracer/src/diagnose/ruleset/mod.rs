@@ -1,0 +1,129 @@
+//! Netfilter rulesets as data, and an evaluator that walks a packet through them.
+//!
+//! pathtrace never inserts TRACE rules: to say *which* rule dropped a packet it reads the
+//! ruleset (`iptables-save -c` for iptables-nft and iptables-legacy) and evaluates it against
+//! the packet as it was at each hook — interfaces, addresses after DNAT, ports, conntrack
+//! state — the way the kernel walks the tables in priority order.
+
+pub mod iptables;
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+/// The netfilter hooks of the inet families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Hook {
+    #[serde(rename = "PREROUTING")]
+    Prerouting,
+    #[serde(rename = "INPUT")]
+    Input,
+    #[serde(rename = "FORWARD")]
+    Forward,
+    #[serde(rename = "OUTPUT")]
+    Output,
+    #[serde(rename = "POSTROUTING")]
+    Postrouting,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prerouting => "PREROUTING",
+            Self::Input => "INPUT",
+            Self::Forward => "FORWARD",
+            Self::Output => "OUTPUT",
+            Self::Postrouting => "POSTROUTING",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "PREROUTING" => Self::Prerouting,
+            "INPUT" => Self::Input,
+            "FORWARD" => Self::Forward,
+            "OUTPUT" => Self::Output,
+            "POSTROUTING" => Self::Postrouting,
+            _ => return None,
+        })
+    }
+
+    /// From the kernel's NF_INET_* number.
+    pub fn from_number(n: u8) -> Option<Self> {
+        Some(match n {
+            0 => Self::Prerouting,
+            1 => Self::Input,
+            2 => Self::Forward,
+            3 => Self::Output,
+            4 => Self::Postrouting,
+            _ => return None,
+        })
+    }
+}
+
+/// Conntrack state as `-m conntrack --ctstate` sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CtState {
+    New,
+    Established,
+    Related,
+    Invalid,
+    Untracked,
+}
+
+/// A packet as it stands at a hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketAtHook {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    pub in_if: Option<String>,
+    pub out_if: Option<String>,
+    /// Bridge port the frame came in on / goes out of (br_netfilter), for `-m physdev`.
+    pub physdev_in: Option<String>,
+    pub physdev_out: Option<String>,
+    pub ct_state: CtState,
+    /// Addresses local to the namespace, for `-m addrtype --dst-type LOCAL`.
+    pub local_addrs: Vec<Ipv4Addr>,
+}
+
+/// What a rule or policy decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Reject,
+}
+
+/// The rule or chain policy that decided, as a person finds it in `iptables-save`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub table: String,
+    pub chain: String,
+    /// 1-based position in its chain (`iptables -L --line-numbers`); `None` for the policy.
+    pub index: Option<usize>,
+    /// The rule as `iptables-save` prints it, or `:CHAIN POLICY` for a policy.
+    pub text: String,
+    /// Packets the kernel counted for it, when the ruleset was read with counters.
+    pub packets: Option<u64>,
+}
+
+/// The outcome of walking one hook's tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookOutcome {
+    pub hook: Hook,
+    pub verdict: Verdict,
+    /// The deciding rule or policy (`None` when every chain fell through to ACCEPT).
+    pub by: Option<RuleRef>,
+    /// The chains entered, in order (`filter/FORWARD → DOCKER-USER → ...`).
+    pub path: Vec<String>,
+    /// A DNAT that rewrote the destination here: (address, port).
+    pub dnat: Option<(Ipv4Addr, Option<u16>)>,
+    /// Matches the evaluator could not decide and assumed false.
+    pub unknown_matches: Vec<String>,
+}
