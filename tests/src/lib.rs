@@ -644,20 +644,6 @@ fn run_with_input(cmd: &str, args: &[&str], input: Option<&str>) -> Result<Strin
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn docker_rules_follow_the_config() {
-        let rules = LabConfig::unusual().docker_rules();
-        assert!(rules.contains("-A DOCKER ! -i br-apps -p tcp -m tcp --dport 8443 -j DNAT --to-destination 10.200.0.5:8080"));
-        assert!(rules.contains("-A POSTROUTING -s 10.200.0.0/24 ! -o br-apps -j MASQUERADE"));
-        assert!(rules.contains(":FORWARD DROP"));
-        assert_eq!(LabConfig::default().bridge_subnet(), "172.17.0.0/16");
-    }
-}
-
 /// A TCP connect from a chosen source address (std has no bind-before-connect).
 fn socket2_connect(
     src: Ipv4Addr,
@@ -713,4 +699,18 @@ fn socket2_connect(
         ));
     }
     stream.take_error()?.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_rules_follow_the_config() {
+        let rules = LabConfig::unusual().docker_rules();
+        assert!(rules.contains("-A DOCKER ! -i br-apps -p tcp -m tcp --dport 8443 -j DNAT --to-destination 10.200.0.5:8080"));
+        assert!(rules.contains("-A POSTROUTING -s 10.200.0.0/24 ! -o br-apps -j MASQUERADE"));
+        assert!(rules.contains(":FORWARD DROP"));
+        assert_eq!(LabConfig::default().bridge_subnet(), "172.17.0.0/16");
+    }
 }

@@ -229,7 +229,7 @@ fn prerouting_accept_shadowing_docker_is_dnat_skipped() {
 
 #[test]
 fn strict_rp_filter_is_diagnosed() {
-    let (lab, seen, _) = run("rp-filter");
+    let (_lab, seen, _) = run("rp-filter");
     let evidence = evidence(&seen.verdict).join("\n");
     assert!(
         evidence.contains(

@@ -9,8 +9,10 @@ use crate::{probes::loader::BackendChoice, trace::TraceConfig};
 
 /// Follow packets through the Linux network stack and say where and why they die.
 #[derive(Debug, Parser)]
-#[command(name = "pathtrace", version, about, long_about = None)]
+#[command(name = "pathtrace", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -19,6 +21,27 @@ pub struct Cli {
     pub stop: StopArgs,
     #[command(flatten)]
     pub probes: ProbeArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check this host's configuration without tracing: forwarding, rp_filter, br_netfilter,
+    /// nat chain order and FORWARD rules for every published Docker port (or --dport). Exits
+    /// 1 when it finds a problem.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check this port (as a client sends it) instead of Docker's published ports.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dport: Option<u16>,
+    /// Protocol of --dport: tcp or udp.
+    #[arg(long, value_name = "PROTO", default_value = "tcp", value_parser = parse_proto)]
+    pub proto: u8,
+    /// One JSON object with every finding.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +214,11 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
+        assert!(parse(&["doctor", "--dport", "0"]).is_err());
+        assert!(matches!(
+            parse(&["doctor", "--dport", "10001"]).unwrap().command,
+            Some(Command::Doctor(_))
+        ));
         let cli = parse(&["--proto", "icmp", "--dport", "80"]).unwrap();
         assert!(
             cli.trace_config()

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod correlate;
 pub mod diagnose;
+pub mod doctor;
 pub mod events;
 pub mod output;
 pub mod probes;

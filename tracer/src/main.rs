@@ -5,7 +5,7 @@ use std::io::{IsTerminal, stdout};
 use anyhow::Context as _;
 use clap::Parser;
 use pathtrace::{
-    cli::Cli,
+    cli::{Cli, Command, DoctorArgs},
     output::{Output, human::HumanOutput, json::JsonOutput},
     trace,
 };
@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("pathtrace: error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -29,7 +29,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(Command::Doctor(args)) = &cli.command {
+        return doctor(args);
+    }
     let cfg = cli
         .trace_config()
         .map_err(anyhow::Error::msg)
@@ -46,5 +49,97 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime
         .block_on(trace::run(cfg, out.as_mut()))
         .context("tracing")?;
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `pathtrace doctor`: static checks of this namespace; exit status 1 when anything is found.
+fn doctor(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
+    use pathtrace::{
+        doctor::{HostConfig, PortCheck, examine},
+        resolve::{LinkTable, docker, netns::sysctl_path, read_ruleset},
+    };
+    let links = LinkTable::dump_here().context("listing interfaces (rtnetlink)")?;
+    let ruleset = read_ruleset();
+    let mut ports = Vec::new();
+    let mut docker_status = String::from("not used (--dport given)");
+    if let Some(port) = args.dport {
+        ports.push(PortCheck {
+            port,
+            proto: args.proto,
+            published: None,
+        });
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let index = pathtrace::resolve::SharedIndex::default();
+        docker_status = runtime
+            .block_on(docker::initial(&index, &docker::socket_path()))
+            .to_string();
+        if let Ok(index) = index.read() {
+            for p in &index.published {
+                ports.push(PortCheck {
+                    port: p.host_port,
+                    proto: p.proto,
+                    published: Some(p.clone()),
+                });
+            }
+        }
+    }
+    let host = HostConfig {
+        links,
+        sysctl: Box::new(|key| {
+            std::fs::read_to_string(sysctl_path(key))
+                .ok()
+                .map(|v| v.trim().to_owned())
+        }),
+        ruleset,
+    };
+    let findings = examine(&host, &ports);
+    let checked: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{}/{}", p.port, pathtrace::events::proto_name(p.proto)))
+        .collect();
+    if args.json {
+        let v = serde_json::json!({
+            "kind": "doctor",
+            "ports": checked,
+            "docker": docker_status,
+            "iptables": host.ruleset.is_some(),
+            "findings": findings,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "pathtrace doctor: checked forwarding, rp_filter, br_netfilter{}; ports: {}; Docker {docker_status}",
+            if host.ruleset.is_some() {
+                ", iptables"
+            } else {
+                " (no iptables rules found)"
+            },
+            if checked.is_empty() {
+                "none".to_owned()
+            } else {
+                checked.join(", ")
+            }
+        );
+        if findings.is_empty() {
+            println!("no problems found");
+        }
+        for f in &findings {
+            println!("\n[{}] ({:?}) {}", f.code, f.confidence, f.summary);
+            for e in &f.evidence {
+                println!("  evidence: {e}");
+            }
+            if let Some(fix) = &f.fix {
+                println!("  fix: {fix}");
+            }
+        }
+    }
+    Ok(if findings.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }

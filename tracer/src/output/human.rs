@@ -147,7 +147,15 @@ pub fn render(report: &Report) -> String {
         );
     }
     if let Some(d) = &report.diagnosis {
-        let _ = writeln!(s, "  diagnosis [{}]: {}", d.code, d.summary);
+        let confidence = match d.confidence {
+            crate::diagnose::Confidence::High => "",
+            crate::diagnose::Confidence::Medium => " (medium confidence)",
+            crate::diagnose::Confidence::Low => " (low confidence)",
+        };
+        let _ = writeln!(s, "  diagnosis [{}]{confidence}: {}", d.code, d.summary);
+        if let Some(rule) = &d.rule {
+            let _ = writeln!(s, "    rule: {}", crate::diagnose::describe_rule(rule));
+        }
         for e in &d.evidence {
             let _ = writeln!(s, "    evidence: {e}");
         }

@@ -284,7 +284,7 @@ impl HostFacts for Resolver {
 
 /// `iptables-save -c` in the calling thread's namespace: the nft-backed tables first, then
 /// legacy; whichever has rules (a host uses one or the other).
-fn read_ruleset() -> Option<Ruleset> {
+pub fn read_ruleset() -> Option<Ruleset> {
     for cmd in ["iptables-nft-save", "iptables-legacy-save", "iptables-save"] {
         let Ok(out) = std::process::Command::new(cmd).arg("-c").output() else {
             continue;

@@ -1,0 +1,102 @@
+//! `pathtrace doctor` in the lab's host namespace: the static checks find the faults the
+//! trace diagnoses, exit 1 when they do, and never change the ruleset or sysctls.
+
+use std::process::Command;
+
+use lab::{Fault, Lab, LabConfig, tracer::pathtrace_bin};
+use serde_json::Value;
+
+fn doctor(lab: &Lab) -> (i32, Value) {
+    let before = lab.host.exec("iptables-save", &[]).expect("iptables-save");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.host.name])
+        .arg(pathtrace_bin().expect("binary"))
+        .args([
+            "doctor",
+            "--dport",
+            &lab.config.published_port.to_string(),
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    let after = lab.host.exec("iptables-save", &[]).expect("iptables-save");
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(&before),
+        strip(&after),
+        "doctor must not change the ruleset"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn codes(v: &Value) -> Vec<String> {
+    v["findings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["code"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn healthy_lab_is_clean() {
+    let lab = Lab::new(LabConfig::default()).expect("lab");
+    let (code, v) = doctor(&lab);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(codes(&v).is_empty(), "{v:#}");
+}
+
+#[test]
+fn finds_the_static_faults() {
+    for (fault, want) in [
+        (Fault::ForwardingOff("eth0".into()), "forwarding_disabled"),
+        (Fault::PreroutingAcceptShadow, "dnat_skipped"),
+        (Fault::ForwardAcceptMissing, "netfilter_drop"),
+        (Fault::StrictRpFilter, "rp_filter"),
+    ] {
+        let lab = Lab::with_fault(LabConfig::default(), fault.clone()).expect("lab");
+        let before = lab
+            .host
+            .exec("sysctl", &["-a", "-r", "^net.ipv4.conf"])
+            .unwrap_or_default();
+        let (code, v) = doctor(&lab);
+        assert_eq!(code, 1, "{fault:?}: {v:#}");
+        assert!(
+            codes(&v).iter().any(|c| c == want),
+            "{fault:?}: expected {want} in {v:#}"
+        );
+        let after = lab
+            .host
+            .exec("sysctl", &["-a", "-r", "^net.ipv4.conf"])
+            .unwrap_or_default();
+        assert_eq!(before, after, "doctor must not change sysctls");
+        if want == "forwarding_disabled" {
+            let f = &v["findings"][0];
+            assert_eq!(f["fix"], "sysctl -w net.ipv4.conf.eth0.forwarding=1");
+        }
+        if want == "dnat_skipped" {
+            let f = v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["code"] == want)
+                .unwrap();
+            assert_eq!(f["rule"]["chain"], "PREROUTING");
+            assert_eq!(f["rule"]["index"], 1);
+        }
+    }
+}
