@@ -83,7 +83,8 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         let _ = TRACKED.remove(&skb);
         return None;
     }
-    let matched = h.ipv4 && filter().matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport);
+    let matched = h.ipv4
+        && filter().is_some_and(|f| f.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport));
     if !tracked && !matched {
         if remembered.is_some() {
             // The address now holds another packet: forget the one we followed.

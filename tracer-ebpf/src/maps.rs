@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{Filter, KernelOffsets, counter};
 
@@ -21,18 +21,19 @@ pub static TRACKED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Set by the loader; read with `read_volatile` so the compiler cannot fold the defaults.
-#[unsafe(no_mangle)]
-pub static FILTER: Filter = Filter::any();
+/// The packet filter, one entry. A map rather than a constant so a daemon can change it on
+/// SIGHUP without detaching anything.
+#[map]
+pub static FILTERS: Array<Filter> = Array::with_max_entries(1, 0);
 
 /// Set by the loader from the running kernel's BTF.
 #[unsafe(no_mangle)]
 pub static OFFSETS: KernelOffsets = KernelOffsets::unset();
 
+/// The current filter; matches nothing until userspace has written one.
 #[inline(always)]
-pub fn filter() -> Filter {
-    // SAFETY: a plain read of a static; volatile so the patched value is used.
-    unsafe { core::ptr::read_volatile(&FILTER) }
+pub fn filter() -> Option<Filter> {
+    FILTERS.get(0).copied()
 }
 
 #[inline(always)]

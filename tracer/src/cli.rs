@@ -29,6 +29,26 @@ pub enum Command {
     /// nat chain order and FORWARD rules for every published Docker port (or --dport). Exits
     /// 1 when it finds a problem.
     Doctor(DoctorArgs),
+    /// Run continuously, exporting drops to Prometheus (--listen) and as JSON lines. SIGHUP
+    /// re-reads --config and swaps the filter in place; SIGTERM stops and flushes.
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// TOML configuration (re-read on SIGHUP); flags override it. See docs/daemon.md.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Prometheus endpoint (default 127.0.0.1:9464; anything else is an explicit choice).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Drop events as JSON lines: a file (rotated by size) or `-` for stdout.
+    #[arg(long, value_name = "PATH")]
+    pub json_log: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -98,7 +118,7 @@ pub struct StopArgs {
     pub idle_ms: u64,
 }
 
-fn parse_proto(s: &str) -> Result<u8, String> {
+pub fn parse_proto(s: &str) -> Result<u8, String> {
     match s.to_ascii_lowercase().as_str() {
         "tcp" => Ok(6),
         "udp" => Ok(17),

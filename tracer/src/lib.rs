@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod correlate;
+pub mod daemon;
 pub mod diagnose;
 pub mod doctor;
 pub mod events;

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, stdout};
 use anyhow::Context as _;
 use clap::Parser;
 use pathtrace::{
-    cli::{Cli, Command, DoctorArgs},
+    cli::{Cli, Command, DaemonArgs, DoctorArgs},
     output::{Output, human::HumanOutput, json::JsonOutput},
     trace,
 };
@@ -30,8 +30,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    if let Some(Command::Doctor(args)) = &cli.command {
-        return doctor(args);
+    match &cli.command {
+        Some(Command::Doctor(args)) => return doctor(args),
+        Some(Command::Daemon(args)) => return daemon(args),
+        None => {}
     }
     let cfg = cli
         .trace_config()
@@ -49,6 +51,45 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     runtime
         .block_on(trace::run(cfg, out.as_mut()))
         .context("tracing")?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `pathtrace daemon`: the config file, then flags on top.
+fn daemon(args: &DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
+    use pathtrace::daemon::{self, config::DaemonConfig};
+    let mut cfg = match &args.config {
+        Some(path) => DaemonConfig::load(path)?,
+        None => DaemonConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        cfg.listen = listen;
+    }
+    if let Some(path) = &args.json_log {
+        cfg.json.path = Some(path.clone());
+    }
+    let f = &args.filter;
+    if f.dport.is_some() || f.sport.is_some() || f.host.is_some() || f.proto.is_some() {
+        cfg.filter.dport = f.dport.or(cfg.filter.dport);
+        cfg.filter.sport = f.sport.or(cfg.filter.sport);
+        cfg.filter.host = f.host.or(cfg.filter.host);
+        if let Some(p) = f.proto {
+            cfg.filter.proto = Some(p.to_string());
+        }
+    }
+    if args.filter.container.is_some() {
+        anyhow::bail!("--container is not supported by the daemon yet: use --dport/--host");
+    }
+    if args.probes.backend != pathtrace::probes::loader::BackendChoice::Auto {
+        cfg.backend = match args.probes.backend {
+            pathtrace::probes::loader::BackendChoice::Only(b) => b.to_string(),
+            pathtrace::probes::loader::BackendChoice::Auto => "auto".into(),
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(daemon::run(cfg, args.config.clone()))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

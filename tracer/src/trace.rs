@@ -117,6 +117,11 @@ impl Pipeline {
         }
     }
 
+    /// Packets being correlated now.
+    pub fn live_packets(&self) -> usize {
+        self.packets.live()
+    }
+
     /// Decodes one ring buffer record.
     pub fn push_record(&mut self, bytes: &[u8]) {
         self.stats.events += 1;
@@ -154,8 +159,24 @@ impl Pipeline {
     }
 }
 
+/// Changes applied to a running session.
+#[derive(Clone, Copy, Debug)]
+pub enum Control {
+    /// Swap the kernel filter without detaching anything.
+    SetFilter(Filter),
+}
+
 /// Runs a trace until the duration, count, or a signal ends it; returns the totals.
-pub async fn run(mut cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceError> {
+pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceError> {
+    run_controlled(cfg, out, None).await
+}
+
+/// [`run`], with changes arriving on `control` while it runs.
+pub async fn run_controlled(
+    mut cfg: TraceConfig,
+    out: &mut dyn Output,
+    mut control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+) -> Result<Stats, TraceError> {
     let started = Instant::now();
     // Containers first: --container becomes part of the kernel filter, and the first packets
     // should already resolve to names.
@@ -199,17 +220,41 @@ pub async fn run(mut cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, Tr
     tokio::pin!(sleep_until);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut verdicts = 0u64;
+    let mut ticks = 0u64;
     let reached = |n: u64| cfg.count.is_some_and(|c| n >= c);
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain_ring(guard.get_inner_mut(), &mut pipeline);
-                guard.clear_ready();
+                // Bounded batches: under a flood the other tasks (a daemon's HTTP endpoint,
+                // the tick) still run between them.
+                if !drain_ring(guard.get_inner_mut(), &mut pipeline, BATCH) {
+                    guard.clear_ready();
+                }
+                tokio::task::yield_now().await;
             }
             _ = tick.tick() => {
                 verdicts += pipeline.flush(Some(monotonic_ns()), out)?;
+                ticks += 1;
+                if ticks.is_multiple_of(10) {
+                    // Kernel counters once a second: three map lookups.
+                    if let Ok(c) = probes.counters() {
+                        pipeline.stats.kernel = c;
+                        pipeline.stats.lost = c.lost;
+                    }
+                }
+                out.tick(&pipeline.stats, pipeline.live_packets())?;
+            }
+            Some(change) = async {
+                match control.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match change {
+                    Control::SetFilter(f) => probes.set_filter(f)?,
+                }
             }
             _ = &mut sleep_until => break,
             _ = sigint.recv() => break,
@@ -220,7 +265,7 @@ pub async fn run(mut cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, Tr
         }
     }
     // Whatever is still buffered belongs to this trace.
-    drain_ring(ring.get_mut(), &mut pipeline);
+    while drain_ring(ring.get_mut(), &mut pipeline, BATCH) {}
     if !reached(verdicts) {
         pipeline.flush(None, out)?;
     }
@@ -293,8 +338,16 @@ fn container_filter(
     Ok(())
 }
 
-fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
-    while let Some(item) = ring.next() {
-        pipeline.push_record(&item);
+/// Records read per wakeup before yielding.
+const BATCH: usize = 4096;
+
+/// Reads up to `limit` records; `true` when more may be waiting.
+fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, limit: usize) -> bool {
+    for _ in 0..limit {
+        match ring.next() {
+            Some(item) => pipeline.push_record(&item),
+            None => return false,
+        }
     }
+    true
 }

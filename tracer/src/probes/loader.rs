@@ -193,6 +193,12 @@ impl Probes {
         }
     }
 
+    /// Replaces the kernel filter in place: nothing is detached, packets already tracked stay
+    /// tracked (a daemon's SIGHUP).
+    pub fn set_filter(&mut self, filter: Filter) -> Result<(), ProbeError> {
+        write_filter(&mut self.ebpf, filter)
+    }
+
     /// Takes the ring buffer for the reader. Call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
@@ -235,7 +241,6 @@ impl Attempt<'_> {
     fn load(&self) -> Result<Ebpf, ProbeError> {
         EbpfLoader::new()
             .btf(Some(self.aya_btf))
-            .override_global("FILTER", &self.filter, true)
             .override_global("OFFSETS", &self.facts.offsets, true)
             .map_max_entries("EVENTS", self.sizes.ring_bytes)
             .map_max_entries("TRACKED", self.sizes.tracked_skbs)
@@ -261,6 +266,7 @@ impl Attempt<'_> {
             });
         }
         let mut ebpf = self.load()?;
+        write_filter(&mut ebpf, self.filter)?;
         let mut done = Attached::default();
         self.attach_tracepoints(&mut ebpf, &mut done)?;
         for hook in FUNCTION_HOOKS {
@@ -382,6 +388,21 @@ impl Attempt<'_> {
         probes.targets.push(hook.function);
         Ok(())
     }
+}
+
+fn write_filter(ebpf: &mut Ebpf, filter: Filter) -> Result<(), ProbeError> {
+    let map = ebpf
+        .map_mut("FILTERS")
+        .ok_or(ProbeError::MissingMap("FILTERS"))?;
+    let mut array: aya::maps::Array<&mut MapData, Filter> = aya::maps::Array::try_from(map)
+        .map_err(|source| ProbeError::Map {
+            name: "FILTERS",
+            source,
+        })?;
+    array.set(0, filter, 0).map_err(|source| ProbeError::Map {
+        name: "FILTERS",
+        source,
+    })
 }
 
 /// The errno behind a program load or attach failure, if any.

@@ -98,7 +98,14 @@ pub struct Resolver {
     /// Host-side veth → container device, valid for one index generation.
     veths: HashMap<(u32, u32), Option<ContainerDevice>>,
     veths_generation: u64,
+    /// Sysctls and rulesets read recently: a flood of drops must not run `iptables-save` or
+    /// enter a namespace once per packet.
+    sysctls: HashMap<(u32, String), (Option<String>, Instant)>,
+    rulesets: HashMap<u32, (Option<Arc<Ruleset>>, Instant)>,
 }
+
+/// How long a sysctl or ruleset read stays fresh.
+const FACT_TTL: Duration = Duration::from_secs(1);
 
 impl Resolver {
     pub fn new() -> Self {
@@ -118,6 +125,8 @@ impl Resolver {
             containers: None,
             veths: HashMap::new(),
             veths_generation: 0,
+            sysctls: HashMap::new(),
+            rulesets: HashMap::new(),
         }
     }
 
@@ -197,14 +206,22 @@ impl HostFacts for Resolver {
     }
 
     fn sysctl(&mut self, netns: u32, key: &str) -> Option<String> {
+        if let Some((v, at)) = self.sysctls.get(&(netns, key.to_owned()))
+            && at.elapsed() < FACT_TTL
+        {
+            return v.clone();
+        }
         let entry = self.netns(netns)?;
-        match netns::sysctl(&entry.path, key) {
+        let value = match netns::sysctl(&entry.path, key) {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(netns, key, "sysctl read failed: {e}");
                 None
             }
-        }
+        };
+        self.sysctls
+            .insert((netns, key.to_owned()), (value.clone(), Instant::now()));
+        value
     }
 
     fn is_local(&mut self, netns: u32, addr: Ipv4Addr) -> Option<bool> {
@@ -264,15 +281,21 @@ impl HostFacts for Resolver {
     }
 
     fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
+        if let Some((rs, at)) = self.rulesets.get(&netns)
+            && at.elapsed() < FACT_TTL
+        {
+            return rs.clone();
+        }
         let entry = self.netns(netns)?;
-        match netns::run_in(&entry.path, read_ruleset) {
-            Ok(Some(rs)) => Some(Arc::new(rs)),
-            Ok(None) => None,
+        let rs = match netns::run_in(&entry.path, read_ruleset) {
+            Ok(rs) => rs.map(Arc::new),
             Err(e) => {
                 tracing::debug!(netns, "reading the ruleset failed: {e}");
                 None
             }
-        }
+        };
+        self.rulesets.insert(netns, (rs.clone(), Instant::now()));
+        rs
     }
 
     fn connected_route(&mut self, netns: u32, addr: Ipv4Addr) -> Option<Link> {

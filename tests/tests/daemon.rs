@@ -1,0 +1,248 @@
+//! `pathtrace daemon` against the lab: Prometheus counters and JSON lines per drop, SIGHUP
+//! swapping the filter, SIGTERM stopping promptly, SIGKILL leaving no probe attached, and a
+//! flood with a tiny ring buffer: losses counted and exported, memory bounded.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lab::{Fault, Lab, LabConfig, tracer::pathtrace_bin};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &str, port: u16) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("pathtrace-daemon-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pathtrace.toml"), config).unwrap();
+        let child = Command::new(pathtrace_bin().unwrap())
+            .args(["daemon", "--config"])
+            .arg(dir.join("pathtrace.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--json-log"])
+            .arg(dir.join("drops.json"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("daemon starts");
+        let d = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while d.get("/healthz").map(|(s, _)| s) != Some(200) {
+            assert!(Instant::now() < deadline, "daemon never became healthy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    /// A real HTTP scrape.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, resp.split_once("\r\n\r\n")?.1.to_owned()))
+    }
+
+    fn metrics(&self) -> String {
+        self.get("/metrics").expect("scrape").1
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn wait_for_metric(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let m = self.metrics();
+            if pred(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "metric never appeared:\n{m}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every line of the exposition is `name{labels} value` or a comment.
+fn assert_prometheus_text(text: &str) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        assert!(series.starts_with("pathtrace_"), "{line}");
+    }
+}
+
+#[test]
+fn drops_are_counted_with_labels_and_logged_as_json() {
+    let lab =
+        Lab::with_fault(LabConfig::default(), Fault::ForwardingOff("eth0".into())).expect("lab");
+    let d = Daemon::start("[filter]\ndport = 10001\nproto = \"tcp\"\n", 19464);
+    assert!(!lab.connect(Duration::from_millis(1500)).unwrap());
+    let m = d.wait_for_metric(|m| m.contains("reason=\"IP_INADDRERRORS\""));
+    assert_prometheus_text(&m);
+    let line = m.lines().find(|l| l.contains("IP_INADDRERRORS")).unwrap();
+    assert!(line.contains("hook=\"ip_error\""), "{line}");
+    assert!(line.contains("ifname=\"eth0\""), "{line}");
+    assert!(
+        line.contains(&format!("netns=\"{}\"", lab.host.name)),
+        "{line}"
+    );
+    assert!(line.contains("code=\"forwarding_disabled\""), "{line}");
+    assert!(m.contains("pathtrace_build_info{"), "{m}");
+    let log = std::fs::read_to_string(d.dir.join("drops.json")).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(log.lines().next().expect("a JSON line")).unwrap();
+    assert_eq!(first["kind"], "verdict");
+    assert_eq!(first["diagnosis"]["code"], "forwarding_disabled");
+}
+
+#[test]
+fn sighup_swaps_the_filter_and_sigterm_stops_promptly() {
+    let lab =
+        Lab::with_fault(LabConfig::default(), Fault::ForwardingOff("eth0".into())).expect("lab");
+    let mut d = Daemon::start("[filter]\ndport = 1\nproto = \"tcp\"\n", 19465);
+    assert!(!lab.connect(Duration::from_millis(1200)).unwrap());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !d.metrics().contains("IP_INADDRERRORS"),
+        "dport 1 must not match"
+    );
+    // A bad file is refused and the filter kept.
+    std::fs::write(d.dir.join("pathtrace.toml"), "[filter]\ndport = \"x\"\n").unwrap();
+    d.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.metrics().contains("pathtrace_filter_reloads_total 0"));
+    std::fs::write(
+        d.dir.join("pathtrace.toml"),
+        "[filter]\ndport = 10001\nproto = \"tcp\"\n",
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for_metric(|m| m.contains("pathtrace_filter_reloads_total 1"));
+    assert!(!lab.connect(Duration::from_millis(1200)).unwrap());
+    d.wait_for_metric(|m| m.contains("IP_INADDRERRORS"));
+
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "SIGTERM took {:?}",
+        t.elapsed()
+    );
+}
+
+fn our_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| {
+                    p["name"].as_str().is_some_and(|n| {
+                        n.starts_with("tp_netif_rec") || n.starts_with("tp_kfree_skb")
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_leaves_no_probe_attached() {
+    let before = our_programs();
+    let mut d = Daemon::start("", 19466);
+    assert!(our_programs() > before, "the daemon's programs are loaded");
+    d.signal(libc::SIGKILL);
+    d.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while our_programs() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        our_programs(),
+        before,
+        "links and programs die with the process: nothing pinned"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_is_counted_not_hidden_and_memory_stays_bounded() {
+    let lab = Lab::new(LabConfig::default()).expect("lab");
+    // A tiny ring buffer and packet table: the flood must overflow them.
+    let d = Daemon::start(
+        "[filter]\ndport = 10002\nproto = \"udp\"\n[limits]\nring_bytes = 16384\nmax_packets = 512\n",
+        19467,
+    );
+    let to = SocketAddrV4::new(lab.config.host_addr, 10002);
+    let send = |n: u32| {
+        lab.outside
+            .run_in(move || {
+                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                for _ in 0..n {
+                    let _ = s.send_to(b"pathtrace-flood", to);
+                }
+            })
+            .unwrap();
+    };
+    send(20_000);
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_warm = rss_kib(d.child.id());
+    send(200_000);
+    let m = d.wait_for_metric(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("pathtrace_events_lost_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|v| v > 0)
+    });
+    assert_prometheus_text(&m);
+    let rss_after = rss_kib(d.child.id());
+    assert!(
+        rss_after < rss_warm + 64 * 1024,
+        "RSS grew from {rss_warm} KiB to {rss_after} KiB"
+    );
+    assert!(
+        d.get("/healthz").map(|(s, _)| s) == Some(200),
+        "healthy through the flood"
+    );
+}

@@ -1,0 +1,189 @@
+//! The daemon's TOML configuration. Flags override the file; SIGHUP re-reads the file and
+//! applies the new filter without detaching the probes.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::cli::FilterArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// toml's message names the line, column and field.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: filter: {message}")]
+    Filter { path: String, message: String },
+}
+
+/// `[filter]`: the same fields as the trace flags.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub dport: Option<u16>,
+    pub sport: Option<u16>,
+    pub host: Option<std::net::Ipv4Addr>,
+    pub proto: Option<String>,
+}
+
+/// `[json]`: where drop events go.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonConfig {
+    /// A file (rotated by size) or `-` for stdout; unset: no JSON log.
+    pub path: Option<PathBuf>,
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` .. `path.N`).
+    pub keep: u32,
+}
+
+impl Default for JsonConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: 64 << 20,
+            keep: 5,
+        }
+    }
+}
+
+/// `[limits]`: memory bounds.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Packets correlated at once (userspace).
+    pub max_packets: usize,
+    /// Flows remembered (userspace).
+    pub max_flows: usize,
+    /// Skbs tracked at once (kernel LRU).
+    pub tracked_skbs: u32,
+    /// Ring buffer bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Distinct label sets per metric before the rest fold into `other`.
+    pub top_n: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_packets: 16384,
+            max_flows: 65536,
+            tracked_skbs: 16384,
+            ring_bytes: 4 << 20,
+            top_n: 100,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Prometheus endpoint; anything but loopback is an explicit choice.
+    pub listen: SocketAddr,
+    pub backend: String,
+    pub filter: FilterConfig,
+    pub json: JsonConfig,
+    pub limits: Limits,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            backend: "auto".into(),
+            filter: FilterConfig::default(),
+            json: JsonConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })?;
+        cfg.filter_args()
+            .to_filter()
+            .map_err(|message| ConfigError::Filter {
+                path: path.to_owned(),
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// The filter section as the trace flags, so both are validated by one piece of code.
+    pub fn filter_args(&self) -> FilterArgs {
+        FilterArgs {
+            dport: self.filter.dport,
+            sport: self.filter.sport,
+            host: self.filter.host,
+            proto: self
+                .filter
+                .proto
+                .as_deref()
+                .and_then(|p| crate::cli::parse_proto(p).ok()),
+            container: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let cfg = DaemonConfig::parse(
+            "listen = \"0.0.0.0:9500\"\n[filter]\ndport = 10001\nproto = \"tcp\"\n[json]\npath = \"/var/log/pathtrace/drops.json\"\nmax_bytes = 1048576\n[limits]\ntop_n = 20\n",
+            "t.toml",
+        )
+        .expect("valid");
+        assert_eq!(cfg.listen.port(), 9500);
+        assert_eq!(cfg.filter.dport, Some(10001));
+        assert_eq!(cfg.json.max_bytes, 1 << 20);
+        assert_eq!(cfg.json.keep, 5, "defaults fill the rest");
+        assert_eq!(cfg.limits.top_n, 20);
+        let (f, text) = cfg.filter_args().to_filter().unwrap();
+        assert_eq!(
+            (f.dport, f.proto, text.as_str()),
+            (10001, 6, "tcp dport 10001")
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let err = DaemonConfig::parse("[filter]\ndport = 70000\n", "/etc/pathtrace.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/pathtrace.toml: "), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = DaemonConfig::parse("[filter]\ndports = 1\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dports"), "{err}");
+        let err = DaemonConfig::parse("[filter]\nproto = \"icmp\"\ndport = 80\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("need --proto tcp or udp"), "{err}");
+    }
+}

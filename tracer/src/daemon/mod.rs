@@ -1,0 +1,261 @@
+//! `pathtrace daemon`: the same probes, left running, exporting drops to Prometheus and as JSON
+//! lines. SIGHUP re-reads the config and swaps the kernel filter in place; SIGTERM stops and
+//! flushes; links are owned by file descriptors, so even SIGKILL leaves no probe attached.
+
+pub mod config;
+mod http;
+pub mod metrics;
+pub mod sink;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use self::{
+    config::DaemonConfig,
+    metrics::{DropLabels, Metrics},
+    sink::Sink,
+};
+use crate::{
+    output::{Output, Ready, Stats},
+    report::Report,
+    trace::{Control, TraceConfig, TraceError},
+    verdict::Outcome,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {addr}: {source} (is another pathtrace or exporter using the port?)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the JSON log {path}: {source}")]
+    Sink {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+}
+
+/// A reader that has not ticked for this long is stalled.
+const STALL: Duration = Duration::from_secs(10);
+
+/// What the HTTP endpoint and the trace loop share.
+pub struct State {
+    pub metrics: Metrics,
+    attached: bool,
+    last_tick: Option<Instant>,
+}
+
+impl State {
+    /// `/healthz`: fails when probes are not attached or the reader stopped ticking.
+    pub fn health(&self) -> Result<(), String> {
+        if !self.attached {
+            return Err("probes are not attached".into());
+        }
+        match self.last_tick {
+            Some(t) if t.elapsed() < STALL => Ok(()),
+            Some(t) => Err(format!(
+                "the ring buffer reader stalled {:.0?} ago",
+                t.elapsed()
+            )),
+            None => Err("the reader has not started".into()),
+        }
+    }
+}
+
+/// The trace session's output in daemon mode: counters and drop events.
+struct DaemonOutput {
+    state: Arc<Mutex<State>>,
+    sink: Option<Sink>,
+}
+
+fn labels(report: &Report) -> DropLabels {
+    let last = report.last_hop();
+    let nf_hook = report.hops.iter().rev().find_map(|h| {
+        h.netfilter
+            .as_ref()
+            .filter(|n| n.verdict == "drop")
+            .map(|n| n.hook)
+    });
+    let location = report
+        .verdict
+        .drop
+        .as_ref()
+        .and_then(|d| d.location.as_ref().map(|s| s.name.clone()));
+    DropLabels {
+        reason: report
+            .verdict
+            .drop
+            .as_ref()
+            .map_or_else(String::new, |d| d.reason.clone()),
+        hook: nf_hook.map(str::to_owned).or(location).unwrap_or_default(),
+        ifname: last.map_or_else(String::new, |h| h.ifname.clone()),
+        netns: last.map_or_else(String::new, |h| h.netns_name.clone()),
+        container: report
+            .target
+            .as_ref()
+            .map(|t| t.container.name.clone())
+            .or_else(|| last.and_then(|h| h.container.as_ref().map(|c| c.name.clone())))
+            .unwrap_or_default(),
+        code: report
+            .diagnosis
+            .as_ref()
+            .map_or_else(String::new, |d| d.code.to_owned()),
+    }
+}
+
+impl Output for DaemonOutput {
+    fn ready(&mut self, ready: &Ready) -> std::io::Result<()> {
+        if let Ok(mut s) = self.state.lock() {
+            s.attached = true;
+            s.last_tick = Some(Instant::now());
+            s.metrics.backend = ready.backend.clone();
+        }
+        tracing::info!(backend = %ready.backend, reason = %ready.backend_reason, filter = %ready.filter, docker = %ready.docker, "pathtrace daemon ready");
+        Ok(())
+    }
+
+    fn report(&mut self, report: &Report) -> std::io::Result<()> {
+        if report.verdict.outcome != Outcome::Dropped {
+            return Ok(());
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.metrics.count_drop(labels(report));
+        }
+        if let Some(sink) = &mut self.sink {
+            let line =
+                serde_json::to_string(&report.verdict_json()).map_err(std::io::Error::other)?;
+            sink.write_line(&line)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, stats: &Stats, live_packets: usize) -> std::io::Result<()> {
+        if let Ok(mut s) = self.state.lock() {
+            s.last_tick = Some(Instant::now());
+            let m = &mut s.metrics;
+            m.events = stats.events;
+            m.lost = stats.kernel.lost;
+            m.decode_errors = stats.decode_errors;
+            m.packets = stats.packets;
+            m.flows = stats.flows;
+            m.live_packets = live_packets as u64;
+        }
+        Ok(())
+    }
+
+    fn stats(&mut self, stats: &Stats) -> std::io::Result<()> {
+        if let Some(sink) = &mut self.sink {
+            sink.flush()?;
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.attached = false;
+        }
+        tracing::info!(
+            events = stats.events,
+            lost = stats.lost,
+            dropped = stats.dropped,
+            "pathtrace daemon stopped"
+        );
+        Ok(())
+    }
+}
+
+/// Runs until SIGINT/SIGTERM. `config_path` is re-read on SIGHUP.
+pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    let (filter, filter_text) =
+        cfg.filter_args()
+            .to_filter()
+            .map_err(|message| config::ConfigError::Filter {
+                path: "flags".into(),
+                message,
+            })?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let sink =
+        match &cfg.json.path {
+            Some(p) => Some(Sink::open(p, cfg.json.max_bytes, cfg.json.keep).map_err(
+                |source| DaemonError::Sink {
+                    path: p.display().to_string(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+    let state = Arc::new(Mutex::new(State {
+        metrics: Metrics::new(cfg.limits.top_n),
+        attached: false,
+        last_tick: None,
+    }));
+    let server = tokio::spawn(http::serve(listener, state.clone()));
+
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let reloader = config_path.map(|path| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match DaemonConfig::load(&path).and_then(|c| {
+                    c.filter_args()
+                        .to_filter()
+                        .map_err(|message| config::ConfigError::Filter {
+                            path: path.display().to_string(),
+                            message,
+                        })
+                }) {
+                    Ok((filter, text)) => {
+                        tracing::info!(filter = %text, "SIGHUP: applying the new filter");
+                        if let Ok(mut s) = state.lock() {
+                            s.metrics.filter_reloads += 1;
+                        }
+                        let _ = control_tx.send(Control::SetFilter(filter));
+                    }
+                    Err(e) => tracing::error!("SIGHUP: keeping the current filter: {e}"),
+                }
+            }
+        })
+    });
+
+    let trace_cfg = TraceConfig {
+        filter,
+        filter_text,
+        backend: cfg
+            .backend
+            .parse()
+            .map_err(|message| config::ConfigError::Parse {
+                path: "backend".into(),
+                message,
+            })?,
+        max_packets: cfg.limits.max_packets,
+        max_flows: cfg.limits.max_flows,
+        sizes: crate::probes::loader::ProbeSizes {
+            ring_bytes: cfg.limits.ring_bytes,
+            tracked_skbs: cfg.limits.tracked_skbs,
+        },
+        ..TraceConfig::default()
+    };
+    let mut out = DaemonOutput { state, sink };
+    let result = crate::trace::run_controlled(trace_cfg, &mut out, Some(control_rx)).await;
+    server.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
+    result.map(drop).map_err(DaemonError::from)
+}
