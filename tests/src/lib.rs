@@ -10,6 +10,7 @@
 //! test panics); the root namespace is never touched. Tests, `cargo xtask demo`, and later the
 //! VM lab and benchmarks share this one definition.
 
+pub mod bench;
 pub mod debs;
 pub mod docker;
 pub mod scenario;

@@ -1,5 +1,6 @@
 //! Project tasks. `cargo xtask setup | build | demo | test`; each is one file.
 
+mod bench;
 mod demo;
 mod kernel_lab;
 mod setup;
@@ -37,6 +38,8 @@ enum Task {
     },
     /// The lab scenarios in a VM with another kernel, per backend (fentry, kprobe).
     Lab(kernel_lab::LabArgs),
+    /// What tracing costs on the container forwarding path; writes docs/performance.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
         Task::Demo => demo::run(),
         Task::Test { no_vm } => test::run(no_vm),
         Task::Lab(args) => kernel_lab::run(args),
+        Task::Bench(args) => bench::run(args),
     }
 }
 

@@ -85,9 +85,10 @@ impl PacketTracker {
 
     /// Finishes packets with no hop for the idle period before `now_ns` (CLOCK_MONOTONIC).
     ///
-    /// A packet whose last hop is a receive gets [`QUEUED_GRACE_NS`] instead: after a receive
-    /// it may be waiting in a neighbour queue for ARP (up to ~3 s before NEIGH_FAILED), and
-    /// finishing it early would call it delivered or unknown before the kernel decides.
+    /// A packet last seen inside the stack (a receive, a netfilter hook, a bridge decision)
+    /// gets [`QUEUED_GRACE_NS`] instead: it may be waiting in a neighbour queue for ARP (up to
+    /// ~3 s before NEIGH_FAILED), and finishing it early would call it delivered or unknown
+    /// before the kernel decides.
     pub fn expire(&mut self, now_ns: u64, finished: &mut Vec<Packet>) {
         let idle = self.idle_ns;
         let grace = idle.max(QUEUED_GRACE_NS);

@@ -1,0 +1,194 @@
+//! Traffic for the benchmark: a UDP flood from the outside namespace to the published port
+//! (DNATed through the bridge into the container, where a sink counts what arrives), and a
+//! TCP SYN flood from raw sockets. Loops are bounded in count and time.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::Lab;
+
+/// The UDP port the bench publishes (DNAT to the container's port 9).
+pub const UDP_PORT: u16 = 10009;
+
+/// Counts datagrams arriving in the container.
+pub struct Sink {
+    pub received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Lab {
+    /// Publishes UDP [`UDP_PORT`] to the container's port 9 (Docker's rule shape) and starts a
+    /// counting sink there.
+    pub fn udp_sink(&self) -> Result<Sink> {
+        let c = &self.config;
+        let to = format!("{}:9", c.container_addr);
+        self.host.exec(
+            "iptables",
+            &["-t", "nat", "-A", "DOCKER", "!", "-i", &c.bridge, "-p", "udp", "--dport", &UDP_PORT.to_string(), "-j", "DNAT", "--to-destination", &to],
+        )?;
+        self.host.exec(
+            "iptables",
+            &["-A", "DOCKER", "-d", &format!("{}/32", c.container_addr), "!", "-i", &c.bridge, "-o", &c.bridge, "-p", "udp", "--dport", "9", "-j", "ACCEPT"],
+        )?;
+        let sock = self.container.run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9)))??;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (received.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if sock.recv(&mut buf).is_ok() {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Sink { received, stop, thread: Some(thread) })
+    }
+
+    /// Sends 18-byte datagrams to the published UDP port for `duration` (at most `max`).
+    pub fn udp_flood(&self, duration: Duration, max: u64) -> Result<u64> {
+        let to = SocketAddrV4::new(self.config.host_addr, UDP_PORT);
+        self.outside.run_in(move || -> std::io::Result<u64> {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            s.connect(to)?;
+            let payload = [0x5au8; 18];
+            let end = Instant::now() + duration;
+            let mut sent = 0u64;
+            while sent < max && Instant::now() < end {
+                for _ in 0..64 {
+                    if s.send(&payload).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+            Ok(sent)
+        })?
+        .context("udp flood")
+    }
+
+    /// TCP segments the container's stack has received (`Tcp: InSegs`), to count SYNs that
+    /// made it through.
+    pub fn container_tcp_in_segs(&self) -> Result<u64> {
+        let text = self.container.run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next().context("Tcp header")?, tcp.next().context("Tcp values")?);
+        let i = names.split_whitespace().position(|n| n == "InSegs").context("InSegs")?;
+        values.split_whitespace().nth(i).context("InSegs value")?.parse().context("InSegs number")
+    }
+
+    /// Sends TCP SYNs (raw socket, source ports cycling) to the published TCP port.
+    pub fn syn_flood(&self, duration: Duration, max: u64) -> Result<u64> {
+        let (src, dst, dport) = (self.config.outside_addr, self.config.host_addr, self.config.published_port);
+        self.outside.run_in(move || syn_flood(src, dst, dport, duration, max))?
+    }
+}
+
+fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4+TCP SYN, checksums filled.
+pub fn syn_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, seq: u32) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[6] = 0x40; // DF
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let ip_sum = checksum(&p[..20], 0);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = 0u32;
+    for w in [&src.octets()[..], &dst.octets()[..]] {
+        for c in w.chunks(2) {
+            pseudo += u16::from_be_bytes([c[0], c[1]]) as u32;
+        }
+    }
+    pseudo += 6 + 20;
+    let tcp_sum = checksum(&p[20..40], pseudo);
+    p[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
+    p
+}
+
+fn syn_flood(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, duration: Duration, max: u64) -> Result<u64> {
+    // SAFETY: a raw socket we own and close at the end.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("raw socket");
+    }
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(dst).to_be() },
+        sin_zero: [0; 8],
+    };
+    let end = Instant::now() + duration;
+    let mut sent = 0u64;
+    while sent < max && Instant::now() < end {
+        let sport = 20000 + (sent % 40000) as u16;
+        let p = syn_packet(src, dst, sport, dport, sent as u32);
+        // SAFETY: valid buffer and sockaddr.
+        let n = unsafe {
+            libc::sendto(fd, p.as_ptr().cast(), p.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
+        };
+        if n > 0 {
+            sent += 1;
+        }
+    }
+    // SAFETY: closing our fd.
+    unsafe { libc::close(fd) };
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syn_checksums_verify() {
+        let p = syn_packet(Ipv4Addr::new(203, 0, 113, 2), Ipv4Addr::new(203, 0, 113, 1), 40000, 10001, 7);
+        assert_eq!(checksum(&p[..20], 0), 0, "IP header sums to zero with its checksum");
+        let mut pseudo = 0u32;
+        for w in [[203u8, 0], [113, 2], [203, 0], [113, 1]] {
+            pseudo += u16::from_be_bytes(w) as u32;
+        }
+        pseudo += 6 + 20;
+        assert_eq!(checksum(&p[20..], pseudo), 0);
+        assert_eq!(p[33], 0x02, "SYN");
+    }
+}
