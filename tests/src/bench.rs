@@ -43,13 +43,47 @@ impl Lab {
         let to = format!("{}:9", c.container_addr);
         self.host.exec(
             "iptables",
-            &["-t", "nat", "-A", "DOCKER", "!", "-i", &c.bridge, "-p", "udp", "--dport", &UDP_PORT.to_string(), "-j", "DNAT", "--to-destination", &to],
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "DOCKER",
+                "!",
+                "-i",
+                &c.bridge,
+                "-p",
+                "udp",
+                "--dport",
+                &UDP_PORT.to_string(),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
         )?;
         self.host.exec(
             "iptables",
-            &["-A", "DOCKER", "-d", &format!("{}/32", c.container_addr), "!", "-i", &c.bridge, "-o", &c.bridge, "-p", "udp", "--dport", "9", "-j", "ACCEPT"],
+            &[
+                "-A",
+                "DOCKER",
+                "-d",
+                &format!("{}/32", c.container_addr),
+                "!",
+                "-i",
+                &c.bridge,
+                "-o",
+                &c.bridge,
+                "-p",
+                "udp",
+                "--dport",
+                "9",
+                "-j",
+                "ACCEPT",
+            ],
         )?;
-        let sock = self.container.run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9)))??;
+        let sock = self
+            .container
+            .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9)))??;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -62,44 +96,67 @@ impl Lab {
                 }
             }
         });
-        Ok(Sink { received, stop, thread: Some(thread) })
+        Ok(Sink {
+            received,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Sends 18-byte datagrams to the published UDP port for `duration` (at most `max`).
     pub fn udp_flood(&self, duration: Duration, max: u64) -> Result<u64> {
         let to = SocketAddrV4::new(self.config.host_addr, UDP_PORT);
-        self.outside.run_in(move || -> std::io::Result<u64> {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-            s.connect(to)?;
-            let payload = [0x5au8; 18];
-            let end = Instant::now() + duration;
-            let mut sent = 0u64;
-            while sent < max && Instant::now() < end {
-                for _ in 0..64 {
-                    if s.send(&payload).is_ok() {
-                        sent += 1;
+        self.outside
+            .run_in(move || -> std::io::Result<u64> {
+                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                s.connect(to)?;
+                let payload = [0x5au8; 18];
+                let end = Instant::now() + duration;
+                let mut sent = 0u64;
+                while sent < max && Instant::now() < end {
+                    for _ in 0..64 {
+                        if s.send(&payload).is_ok() {
+                            sent += 1;
+                        }
                     }
                 }
-            }
-            Ok(sent)
-        })?
-        .context("udp flood")
+                Ok(sent)
+            })?
+            .context("udp flood")
     }
 
     /// TCP segments the container's stack has received (`Tcp: InSegs`), to count SYNs that
     /// made it through.
     pub fn container_tcp_in_segs(&self) -> Result<u64> {
-        let text = self.container.run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+        let text = self
+            .container
+            .run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
         let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-        let (names, values) = (tcp.next().context("Tcp header")?, tcp.next().context("Tcp values")?);
-        let i = names.split_whitespace().position(|n| n == "InSegs").context("InSegs")?;
-        values.split_whitespace().nth(i).context("InSegs value")?.parse().context("InSegs number")
+        let (names, values) = (
+            tcp.next().context("Tcp header")?,
+            tcp.next().context("Tcp values")?,
+        );
+        let i = names
+            .split_whitespace()
+            .position(|n| n == "InSegs")
+            .context("InSegs")?;
+        values
+            .split_whitespace()
+            .nth(i)
+            .context("InSegs value")?
+            .parse()
+            .context("InSegs number")
     }
 
     /// Sends TCP SYNs (raw socket, source ports cycling) to the published TCP port.
     pub fn syn_flood(&self, duration: Duration, max: u64) -> Result<u64> {
-        let (src, dst, dport) = (self.config.outside_addr, self.config.host_addr, self.config.published_port);
-        self.outside.run_in(move || syn_flood(src, dst, dport, duration, max))?
+        let (src, dst, dport) = (
+            self.config.outside_addr,
+            self.config.host_addr,
+            self.config.published_port,
+        );
+        self.outside
+            .run_in(move || syn_flood(src, dst, dport, duration, max))?
     }
 }
 
@@ -145,7 +202,13 @@ pub fn syn_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, seq: u32
     p
 }
 
-fn syn_flood(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, duration: Duration, max: u64) -> Result<u64> {
+fn syn_flood(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+    duration: Duration,
+    max: u64,
+) -> Result<u64> {
     // SAFETY: a raw socket we own and close at the end.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if fd < 0 {
@@ -154,7 +217,9 @@ fn syn_flood(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, duration: Duration, max: 
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(dst).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
         sin_zero: [0; 8],
     };
     let end = Instant::now() + duration;
@@ -164,7 +229,14 @@ fn syn_flood(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, duration: Duration, max: 
         let p = syn_packet(src, dst, sport, dport, sent as u32);
         // SAFETY: valid buffer and sockaddr.
         let n = unsafe {
-            libc::sendto(fd, p.as_ptr().cast(), p.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
+            libc::sendto(
+                fd,
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
         };
         if n > 0 {
             sent += 1;
@@ -181,8 +253,18 @@ mod tests {
 
     #[test]
     fn syn_checksums_verify() {
-        let p = syn_packet(Ipv4Addr::new(203, 0, 113, 2), Ipv4Addr::new(203, 0, 113, 1), 40000, 10001, 7);
-        assert_eq!(checksum(&p[..20], 0), 0, "IP header sums to zero with its checksum");
+        let p = syn_packet(
+            Ipv4Addr::new(203, 0, 113, 2),
+            Ipv4Addr::new(203, 0, 113, 1),
+            40000,
+            10001,
+            7,
+        );
+        assert_eq!(
+            checksum(&p[..20], 0),
+            0,
+            "IP header sums to zero with its checksum"
+        );
         let mut pseudo = 0u32;
         for w in [[203u8, 0], [113, 2], [203, 0], [113, 1]] {
             pseudo += u16::from_be_bytes(w) as u32;

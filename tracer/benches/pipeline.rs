@@ -35,7 +35,11 @@ fn recorded(packets: u64) -> Vec<u8> {
             e.ifindex = ifindex;
             e.netns = 4026532000 + (i as u32 / 2);
             e.saddr = [203, 0, 113, 2];
-            e.daddr = if i >= 2 { [172, 17, 0, 2] } else { [203, 0, 113, 1] };
+            e.daddr = if i >= 2 {
+                [172, 17, 0, 2]
+            } else {
+                [203, 0, 113, 1]
+            };
             e.sport = 20000 + (p % 40000) as u16;
             e.dport = if i >= 2 { 80 } else { 10001 };
             e.proto = 6;

@@ -44,7 +44,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let mut out: Box<dyn Output> = if cli.output.json {
-        Box::new(JsonOutput::new(stdout().lock()))
+        Box::new(JsonOutput::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            stdout().lock(),
+        )))
     } else {
         Box::new(HumanOutput::new(stdout().lock()))
     };

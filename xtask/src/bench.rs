@@ -49,9 +49,23 @@ struct Run {
     rss_kib: u64,
 }
 
+/// A running pathtrace whose output is drained on a thread (a full pipe would stall it and
+/// count as lost events), keeping only the final `stats` line.
 struct Tracer {
     child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    stats: std::thread::JoinHandle<Option<Value>>,
+}
+
+impl Tracer {
+    /// SIGINT, then the stats line.
+    fn stop(mut self) -> Result<Option<Value>> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.child.wait()?;
+        self.stats
+            .join()
+            .map_err(|_| anyhow::anyhow!("output thread panicked"))
+    }
 }
 
 fn start_tracer(bin: &std::path::Path, mode: Mode) -> Result<Option<Tracer>> {
@@ -70,7 +84,16 @@ fn start_tracer(bin: &std::path::Path, mode: Mode) -> Result<Option<Tracer>> {
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
     for line in lines.by_ref() {
         if line?.contains("\"kind\":\"ready\"") {
-            return Ok(Some(Tracer { child, lines }));
+            let stats = std::thread::spawn(move || {
+                let mut last = None;
+                for line in lines.map_while(Result::ok) {
+                    if line.contains("\"kind\":\"stats\"") {
+                        last = serde_json::from_str(&line).ok();
+                    }
+                }
+                last
+            });
+            return Ok(Some(Tracer { child, stats }));
         }
     }
     bail!("pathtrace exited before it was ready")
@@ -95,7 +118,13 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn measure(lab: &Lab, sink: &lab::bench::Sink, bin: &std::path::Path, mode: Mode, secs: u64) -> Result<Run> {
+fn measure(
+    lab: &Lab,
+    sink: &lab::bench::Sink,
+    bin: &std::path::Path,
+    mode: Mode,
+    secs: u64,
+) -> Result<Run> {
     let tracer = start_tracer(bin, mode)?;
     let cpu0 = tracer.as_ref().map_or(0.0, |t| cpu_seconds(t.child.id()));
     let before = sink.received.load(std::sync::atomic::Ordering::Relaxed);
@@ -104,22 +133,21 @@ fn measure(lab: &Lab, sink: &lab::bench::Sink, bin: &std::path::Path, mode: Mode
     let elapsed = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
     let got = sink.received.load(std::sync::atomic::Ordering::Relaxed) - before;
-    let mut run = Run { pps: got as f64 / elapsed, events: 0, lost: 0, cpu_s: 0.0, rss_kib: 0 };
-    if let Some(mut t) = tracer {
+    let mut run = Run {
+        pps: got as f64 / elapsed,
+        events: 0,
+        lost: 0,
+        cpu_s: 0.0,
+        rss_kib: 0,
+    };
+    if let Some(t) = tracer {
         let pid = t.child.id();
         run.cpu_s = cpu_seconds(pid) - cpu0;
         run.rss_kib = peak_rss_kib(pid);
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
-        for line in t.lines.by_ref() {
-            let line = line?;
-            if line.contains("\"kind\":\"stats\"") {
-                let v: Value = serde_json::from_str(&line)?;
-                run.events = v["events"].as_u64().unwrap_or(0);
-                run.lost = v["kernel"]["lost"].as_u64().unwrap_or(0);
-            }
+        if let Some(v) = t.stop()? {
+            run.events = v["events"].as_u64().unwrap_or(0);
+            run.lost = v["kernel"]["lost"].as_u64().unwrap_or(0);
         }
-        t.child.wait()?;
     }
     Ok(run)
 }
@@ -130,7 +158,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Per-program average run time with bpf_stats on for one matching run.
-fn hook_costs(lab: &Lab, sink: &lab::bench::Sink, bin: &std::path::Path, secs: u64) -> Result<Vec<(String, f64, u64)>> {
+fn hook_costs(
+    lab: &Lab,
+    sink: &lab::bench::Sink,
+    bin: &std::path::Path,
+    secs: u64,
+) -> Result<Vec<(String, f64, u64)>> {
     let key = "/proc/sys/kernel/bpf_stats_enabled";
     let old = std::fs::read_to_string(key).unwrap_or_else(|_| "0".into());
     std::fs::write(key, "1").context("enabling kernel.bpf_stats_enabled for the run")?;
@@ -138,12 +171,12 @@ fn hook_costs(lab: &Lab, sink: &lab::bench::Sink, bin: &std::path::Path, secs: u
         let tracer = start_tracer(bin, Mode::Matching)?.context("tracer")?;
         lab.udp_flood(Duration::from_secs(secs), u64::MAX)?;
         let _ = sink;
-        let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().context("bpftool")?;
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "-j"])
+            .output()
+            .context("bpftool")?;
         let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let mut tracer = tracer;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(tracer.child.id() as i32, libc::SIGINT) };
-        tracer.child.wait()?;
+        tracer.stop()?;
         Ok(progs
             .as_array()
             .into_iter()
@@ -151,7 +184,11 @@ fn hook_costs(lab: &Lab, sink: &lab::bench::Sink, bin: &std::path::Path, secs: u
             .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("tp_")))
             .filter_map(|p| {
                 let (t, n) = (p["run_time_ns"].as_u64()?, p["run_cnt"].as_u64()?);
-                Some((p["name"].as_str()?.to_owned(), if n > 0 { t as f64 / n as f64 } else { 0.0 }, n))
+                Some((
+                    p["name"].as_str()?.to_owned(),
+                    if n > 0 { t as f64 / n as f64 } else { 0.0 },
+                    n,
+                ))
             })
             .collect())
     })();
@@ -162,7 +199,14 @@ fn hook_costs(lab: &Lab, sink: &lab::bench::Sink, bin: &std::path::Path, secs: u
 pub fn run(args: BenchArgs) -> Result<()> {
     setup::run()?;
     require_root("bench")?;
-    status(cargo().args(["build", "--release", "--package", "tracer", "--bin", "pathtrace"]))?;
+    status(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+        "--bin",
+        "pathtrace",
+    ]))?;
     let bin = root().join("target/release/pathtrace");
     let pipeline = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(root())
@@ -170,24 +214,52 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .args(["bench", "-q", "--package", "tracer", "--bench", "pipeline"])
         .output()
         .context("running the pipeline benchmark")?;
-    let pipeline = String::from_utf8_lossy(&pipeline.stdout).lines().find(|l| l.starts_with("pipeline:")).unwrap_or("pipeline: (failed)").to_owned();
+    let pipeline = String::from_utf8_lossy(&pipeline.stdout)
+        .lines()
+        .find(|l| l.starts_with("pipeline:"))
+        .unwrap_or("pipeline: (failed)")
+        .to_owned();
 
     let lab = Lab::new(LabConfig::default())?;
     let sink = lab.udp_sink()?;
     lab.udp_flood(Duration::from_secs(1), u64::MAX)?; // warm up ARP, conntrack, caches
     let mut results: Vec<(Mode, Run)> = Vec::new();
     for round in 0..args.rounds {
-        for mode in [Mode::Untraced, Mode::NonMatching, Mode::Untraced, Mode::Matching] {
+        for mode in [
+            Mode::Untraced,
+            Mode::NonMatching,
+            Mode::Untraced,
+            Mode::Matching,
+        ] {
             let r = measure(&lab, &sink, &bin, mode, args.seconds)?;
-            eprintln!("round {round} {mode:?}: {:.0} pkt/s, {} events, {} lost", r.pps, r.events, r.lost);
+            eprintln!(
+                "round {round} {mode:?}: {:.0} pkt/s, {} events, {} lost",
+                r.pps, r.events, r.lost
+            );
             results.push((mode, r));
         }
     }
     let costs = hook_costs(&lab, &sink, &bin, args.seconds)?;
 
-    let pps = |m: Mode| median(results.iter().filter(|(x, _)| *x == m).map(|(_, r)| r.pps).collect());
-    let (base, non, all) = (pps(Mode::Untraced), pps(Mode::NonMatching), pps(Mode::Matching));
-    let matching: Vec<&Run> = results.iter().filter(|(m, _)| *m == Mode::Matching).map(|(_, r)| r).collect();
+    let pps = |m: Mode| {
+        median(
+            results
+                .iter()
+                .filter(|(x, _)| *x == m)
+                .map(|(_, r)| r.pps)
+                .collect(),
+        )
+    };
+    let (base, non, all) = (
+        pps(Mode::Untraced),
+        pps(Mode::NonMatching),
+        pps(Mode::Matching),
+    );
+    let matching: Vec<&Run> = results
+        .iter()
+        .filter(|(m, _)| *m == Mode::Matching)
+        .map(|(_, r)| r)
+        .collect();
     let events: u64 = matching.iter().map(|r| r.events).sum();
     let lost: u64 = matching.iter().map(|r| r.lost).sum();
     let cpu: f64 = matching.iter().map(|r| r.cpu_s).sum();
@@ -197,17 +269,55 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut table = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(table, "| measure | value | goal |\n|---|---|---|");
-    let _ = writeln!(table, "| untraced forwarding (UDP, 18-byte payload) | {base:.0} pkt/s | |");
-    let _ = writeln!(table, "| traced, filter matching nothing / untraced | {:.3} ({non:.0} pkt/s) | ≥ 0.95 |", non / base);
-    let _ = writeln!(table, "| traced, every packet matching / untraced | {:.3} ({all:.0} pkt/s) | ≥ 0.60 |", all / base);
-    let _ = writeln!(table, "| events delivered to userspace (matching) | {:.0} /s | |", events as f64 / secs);
-    let _ = writeln!(table, "| events lost in the kernel (matching) | {lost} of {} | 0 |", events + lost);
-    let _ = writeln!(table, "| pathtrace CPU per million events | {:.2} s | |", if events > 0 { cpu / events as f64 * 1e6 } else { 0.0 });
-    let _ = writeln!(table, "| pathtrace peak RSS | {:.1} MiB | |", rss as f64 / 1024.0);
+    let _ = writeln!(
+        table,
+        "| untraced forwarding (UDP, 18-byte payload) | {base:.0} pkt/s | |"
+    );
+    let _ = writeln!(
+        table,
+        "| traced, filter matching nothing / untraced | {:.3} ({non:.0} pkt/s) | ≥ 0.95 |",
+        non / base
+    );
+    let _ = writeln!(
+        table,
+        "| traced, every packet matching / untraced | {:.3} ({all:.0} pkt/s) | ≥ 0.60 |",
+        all / base
+    );
+    let _ = writeln!(
+        table,
+        "| events delivered to userspace (matching) | {:.0} /s | |",
+        events as f64 / secs
+    );
+    let _ = writeln!(
+        table,
+        "| events lost in the kernel (matching) | {lost} of {} | 0 |",
+        events + lost
+    );
+    let _ = writeln!(
+        table,
+        "| pathtrace CPU per million events | {:.2} s | |",
+        if events > 0 {
+            cpu / events as f64 * 1e6
+        } else {
+            0.0
+        }
+    );
+    let _ = writeln!(
+        table,
+        "| pathtrace peak RSS | {:.1} MiB | |",
+        rss as f64 / 1024.0
+    );
     for (name, ns, n) in &costs {
-        let _ = writeln!(table, "| BPF `{name}` run time | {ns:.0} ns/call ({n} calls) | |");
+        let _ = writeln!(
+            table,
+            "| BPF `{name}` run time | {ns:.0} ns/call ({n} calls) | |"
+        );
     }
-    let _ = writeln!(table, "| {} | | ≥ 2 M events/s |", pipeline.trim_start_matches("pipeline: "));
+    let _ = writeln!(
+        table,
+        "| {} | | ≥ 2 M events/s |",
+        pipeline.trim_start_matches("pipeline: ")
+    );
     println!("\n{table}");
 
     if !args.no_write {
@@ -220,9 +330,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
              the kernel's own accounting (`kernel.bpf_stats_enabled`, on for one extra run and restored).\n",
             args.rounds,
             args.seconds,
-            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim(),
         );
         std::fs::write(root().join("docs/performance.md"), doc)?;
         eprintln!("wrote docs/performance.md");

@@ -139,6 +139,9 @@ impl Resolver {
     /// A copy of the current container list (the lock is not held while we dump links).
     fn container_snapshot(&self) -> Option<(u64, Vec<docker::ContainerInfo>)> {
         let index = self.containers.as_ref()?.read().ok()?;
+        if index.containers.is_empty() {
+            return None; // no Docker, or nothing running: the common fast path per hop
+        }
         Some((index.generation, index.containers.clone()))
     }
 
