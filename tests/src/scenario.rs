@@ -53,6 +53,9 @@ pub struct Scenario {
     pub client: Client,
     pub judged: Judged,
     pub expect: Expect,
+    /// Why the VM kernel lab does not run this scenario, if it does not (reported as skipped in
+    /// its table, never silently).
+    pub vm_skip: Option<&'static str>,
 }
 
 impl Scenario {
@@ -65,6 +68,7 @@ impl Scenario {
             client: Client::Outside,
             judged: Judged::Syn,
             expect,
+            vm_skip: None,
         }
     }
 
@@ -163,12 +167,17 @@ pub fn all() -> Vec<Scenario> {
             Some(Fault::DnatUnroutable),
             dropped("IP_INNOROUTES", "no_route"),
         ),
-        Scenario::new(
-            "dnat-dead-neighbor",
-            "the published port is DNATed to an on-link address nobody answers ARP for",
-            Some(Fault::DnatDeadNeighbor),
-            dropped("NEIGH_FAILED", "neighbor_failed"),
-        ),
+        Scenario {
+            vm_skip: Some(
+                "on Debian's 6.1 kernel the SYN's skb is consumed in __neigh_event_send and a copy waits for ARP, so the NEIGH_FAILED drop is not linked to the traced packet yet",
+            ),
+            ..Scenario::new(
+                "dnat-dead-neighbor",
+                "the published port is DNATed to an on-link address nobody answers ARP for",
+                Some(Fault::DnatDeadNeighbor),
+                dropped("NEIGH_FAILED", "neighbor_failed"),
+            )
+        },
         Scenario {
             client: Client::Peer,
             ..Scenario::new(

@@ -48,7 +48,14 @@ fn run(args: Vec<String>) -> Result<()> {
                     })
                     .collect::<Result<_>>()?
             };
+            let in_vm = std::env::var_os("PTLAB_IN_VM").is_some();
             for s in scenarios {
+                if let (true, Some(why)) = (in_vm, s.vm_skip) {
+                    let line =
+                        serde_json::json!({"scenario": s.name, "backend": backend, "skipped": why});
+                    println!("PTLAB-RESULT {line}");
+                    continue;
+                }
                 let line = match scenario::observe(&s, &backend) {
                     Ok((_lab, seen)) => seen.summary(&s),
                     Err(e) => serde_json::json!({
