@@ -6,15 +6,14 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 
-use crate::Lab;
+use crate::{Lab, Worker};
 
 /// The UDP port the bench publishes (DNAT to the container's port 9).
 pub const UDP_PORT: u16 = 10009;
@@ -22,17 +21,7 @@ pub const UDP_PORT: u16 = 10009;
 /// Counts datagrams arriving in the container.
 pub struct Sink {
     pub received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    _worker: Worker,
 }
 
 impl Lab {
@@ -86,20 +75,16 @@ impl Lab {
             .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9)))??;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (received.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !s.load(Ordering::Relaxed) {
-                if sock.recv(&mut buf).is_ok() {
-                    r.fetch_add(1, Ordering::Relaxed);
-                }
+        let counter = received.clone();
+        let mut buf = [0u8; 2048];
+        let worker = Worker::spawn(move || {
+            if sock.recv(&mut buf).is_ok() {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         });
         Ok(Sink {
             received,
-            stop,
-            thread: Some(thread),
+            _worker: worker,
         })
     }
 

@@ -233,13 +233,30 @@ impl Drop for Netns {
     }
 }
 
-/// A TCP listener accepting and closing connections inside the container namespace.
-struct Listener {
+/// A thread repeating one step until dropped (the lab's listener, the bench's sink). Each
+/// step must return within a short time (a nonblocking call or a read timeout).
+pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for Listener {
+impl Worker {
+    pub(crate) fn spawn(mut step: impl FnMut() + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                step();
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Worker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -254,7 +271,7 @@ pub struct Lab {
     /// The host-side veth of the container.
     pub host_veth: String,
     // Field order is drop order: stop the listener before its namespace goes.
-    listener: Option<Listener>,
+    listener: Option<Worker>,
     /// A second container on the bridge, for same-bridge scenarios.
     pub peer: Option<Netns>,
     pub container: Netns,
@@ -395,24 +412,15 @@ impl Lab {
         Ok(())
     }
 
-    fn listen(&self) -> Result<Listener> {
+    /// A TCP listener accepting and closing connections inside the container namespace.
+    fn listen(&self) -> Result<Worker> {
         let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.config.container_port);
         let sock = self.container.run_in(move || TcpListener::bind(addr))??;
         sock.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match sock.accept() {
-                    Ok((conn, _)) => drop(conn),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Ok(Listener {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Worker::spawn(move || match sock.accept() {
+            Ok((conn, _)) => drop(conn),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }))
     }
 
     /// Switches a fault on.
@@ -492,39 +500,11 @@ impl Lab {
                 self.host
                     .sysctl(&format!("net.ipv4.conf.{}.rp_filter", c.uplink), "1")
             }
-            Fault::DnatUnroutable => self.iptables(&[
-                "-t",
-                "nat",
-                "-I",
-                "DOCKER",
-                "1",
-                "-p",
-                "tcp",
-                "--dport",
-                &pport,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &format!("10.250.0.9:{cport}"),
-            ]),
+            Fault::DnatUnroutable => self.dnat_first(&format!("10.250.0.9:{cport}")),
             Fault::DnatDeadNeighbor => {
                 let octets = c.container_addr.octets();
                 let dead = Ipv4Addr::new(octets[0], octets[1], octets[2], 99);
-                self.iptables(&[
-                    "-t",
-                    "nat",
-                    "-I",
-                    "DOCKER",
-                    "1",
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    &pport,
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    &format!("{dead}:{cport}"),
-                ])?;
+                self.dnat_first(&format!("{dead}:{cport}"))?;
                 self.iptables(&["-I", "DOCKER-USER", "-j", "ACCEPT"])
             }
             Fault::BridgeIccDrop => {
@@ -540,6 +520,26 @@ impl Lab {
                 "-I", "FORWARD", "-i", &c.bridge, "!", "-o", &c.bridge, "-j", "DROP",
             ]),
         }
+    }
+
+    /// A DNAT of the published TCP port to `to`, ahead of Docker's own.
+    fn dnat_first(&self, to: &str) -> Result<()> {
+        let port = self.config.published_port.to_string();
+        self.iptables(&[
+            "-t",
+            "nat",
+            "-I",
+            "DOCKER",
+            "1",
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            to,
+        ])
     }
 
     /// `iptables ARGS` in the host namespace.

@@ -92,7 +92,6 @@ fn monotonic_ns() -> u64 {
 /// driven from recorded events (tests, benchmarks).
 pub struct Pipeline {
     packets: PacketTracker,
-    pub containers: SharedIndex,
     flows: FlowTable,
     resolver: Resolver,
     drop_reasons: crate::probes::DropReasons,
@@ -107,7 +106,6 @@ impl Pipeline {
         containers: SharedIndex,
     ) -> Self {
         Self {
-            containers: containers.clone(),
             packets: PacketTracker::new(cfg.idle.as_nanos() as u64, cfg.max_packets),
             flows: FlowTable::new(cfg.max_flows),
             resolver: Resolver::new().with_containers(containers),
