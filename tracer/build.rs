@@ -28,5 +28,12 @@ fn main() -> anyhow::Result<()> {
         root_dir: root,
         ..Default::default()
     };
+    // aya-build watches only the eBPF crate; the kernel side also compiles tracer-common (event
+    // layout, filter, fingerprints), so a change there must rebuild the object too.
+    let common = std::path::Path::new(&manifest)
+        .parent()
+        .ok_or_else(|| anyhow!("tracer/ has no parent"))?
+        .join("tracer-common");
+    println!("cargo:rerun-if-changed={}", common.display());
     aya_build::build_ebpf([package], Toolchain::Nightly)
 }

@@ -92,8 +92,9 @@ pub struct HopEvent {
     pub _pad: u8,
     /// Namespace inode of `peer_ifindex`'s device (veth peer, bridge egress port).
     pub peer_netns: u32,
-    /// What stays constant for one packet while NAT rewrites it: the TCP sequence number,
-    /// for UDP the IP id and UDP length, else the IP id and protocol. A tracked skb address
+    /// What stays constant for one packet while NAT rewrites it (see `fingerprint`): TCP
+    /// sequence, acknowledgement and flags, for UDP the IP id and UDP length, else the IP id
+    /// and protocol. A tracked skb address
     /// that shows another fingerprint has been freed (by a path with no tracepoint) and
     /// reused for another packet. 0 when the headers could not be read.
     pub fingerprint: u32,
@@ -163,6 +164,34 @@ pub mod counter {
     pub const COUNT: u32 = 3;
 }
 
+/// How `HopEvent::fingerprint` is computed, shared so userspace tests pin the kernel's choice.
+/// Every value is non-zero (0 means "headers unreadable") without folding neighbours together:
+/// a SYN-ACK (seq S) and the next segment (seq S+1) must differ even when S is even.
+pub mod fingerprint {
+    #[inline(always)]
+    const fn nonzero(x: u32) -> u32 {
+        if x == 0 { 1 } else { x }
+    }
+
+    /// TCP: sequence and acknowledgement numbers and flags, which NAT leaves alone.
+    #[inline(always)]
+    pub const fn tcp(seq: u32, ack: u32, flags: u8) -> u32 {
+        nonzero(seq ^ ack.rotate_left(16) ^ ((flags as u32) << 24))
+    }
+
+    /// UDP: the IP id and the UDP length.
+    #[inline(always)]
+    pub const fn udp(ip_id: u16, udp_len: u16) -> u32 {
+        nonzero(((ip_id as u32) << 16) | udp_len as u32)
+    }
+
+    /// Any other IPv4 packet: the IP id and protocol (bit 8 keeps it non-zero).
+    #[inline(always)]
+    pub const fn ip(ip_id: u16, proto: u8) -> u32 {
+        ((ip_id as u32) << 16) | 0x100 | proto as u32
+    }
+}
+
 #[cfg(feature = "user")]
 // SAFETY: repr(C), no implicit padding, every bit pattern valid.
 unsafe impl aya::Pod for HopEvent {}
@@ -190,6 +219,23 @@ mod tests {
         let back = HopEvent::from_bytes(ev.as_bytes()).expect("full record");
         assert_eq!(back, ev);
         assert!(HopEvent::from_bytes(&ev.as_bytes()[..71]).is_none());
+    }
+
+    #[test]
+    fn adjacent_tcp_segments_have_different_fingerprints() {
+        use super::fingerprint;
+        // The SYN-ACK (seq S, ack C+1) and the server's next ACK (seq S+1, same ack) share an
+        // skb address when the first is freed unseen; the fingerprint must tell them apart.
+        for s in [0u32, 2, 0x8000_0000, u32::MAX - 1] {
+            let synack = fingerprint::tcp(s, 77, 0x12);
+            let ack = fingerprint::tcp(s.wrapping_add(1), 77, 0x10);
+            assert_ne!(synack, ack, "seq {s}");
+            assert_ne!(synack, 0);
+        }
+        assert_ne!(fingerprint::tcp(0, 0, 0), 0);
+        assert_ne!(fingerprint::udp(0, 0), 0);
+        assert_ne!(fingerprint::udp(7, 100), fingerprint::udp(7, 101));
+        assert_ne!(fingerprint::ip(0, 0), 0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Reading `sk_buff` and `net_device` fields through offsets taken from the running kernel's BTF.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use tracer_common::KernelOffsets;
+use tracer_common::{KernelOffsets, event::fingerprint};
 
 /// Reads a `T` at `base + off`; `None` when the kernel refuses the read.
 #[inline(always)]
@@ -64,8 +64,8 @@ pub fn headers(skb: u64, off: &KernelOffsets, l3_at_data: bool) -> Headers {
     }
     h.ipv4 = true;
     h.proto = ip[9];
-    let ip_id = u16::from_be_bytes([ip[4], ip[5]]) as u32;
-    h.fingerprint = (ip_id << 16) | h.proto as u32 | 0x100;
+    let ip_id = u16::from_be_bytes([ip[4], ip[5]]);
+    h.fingerprint = fingerprint::ip(ip_id, h.proto);
     h.saddr = [ip[12], ip[13], ip[14], ip[15]];
     h.daddr = [ip[16], ip[17], ip[18], ip[19]];
     let ihl = (ip[0] & 0x0f) as u32 * 4;
@@ -80,9 +80,11 @@ pub fn headers(skb: u64, off: &KernelOffsets, l3_at_data: bool) -> Headers {
     h.dport = u16::from_be_bytes([l4[2], l4[3]]);
     if h.proto == 6 {
         h.tcp_flags = l4[13];
-        h.fingerprint = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]) | 1;
+        let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+        let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
+        h.fingerprint = fingerprint::tcp(seq, ack, h.tcp_flags);
     } else {
-        h.fingerprint = (ip_id << 16) | u16::from_be_bytes([l4[4], l4[5]]) as u32 | 1;
+        h.fingerprint = fingerprint::udp(ip_id, u16::from_be_bytes([l4[4], l4[5]]));
     }
     h.l4 = true;
     h
