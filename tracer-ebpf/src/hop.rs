@@ -9,8 +9,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{EVENTS, TRACKED, bump, filter, offsets},
-    skb::{device, headers, read},
+    maps::{EVENTS, bump, filter, forget, off, remembered, track},
+    skb::{Access, device, field, headers, read},
 };
 
 /// What the entry point knows about the hook it runs at.
@@ -33,6 +33,8 @@ pub struct Site {
     /// Emit only for skbs already tracked: a hook this hot (consume_skb) must not pay for
     /// header reads, and a packet first seen as it is freed normally tells nothing.
     pub only_tracked: bool,
+    /// How the skb pointer may be read (BTF-typed or not).
+    pub access: Access,
 }
 
 impl Site {
@@ -48,6 +50,7 @@ impl Site {
             l3_at_data: false,
             frees: false,
             only_tracked: false,
+            access: Access::Probe,
         }
     }
 }
@@ -64,23 +67,21 @@ pub fn record(skb: u64, site: Site) {
 /// verdict when the hook returns). Tracks or forgets the skb as the site says.
 #[inline(always)]
 pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
-    let off = offsets();
-    if skb == 0 || off.skb_head == 0 {
+    if skb == 0 || off!(skb_head) == 0 {
         return None; // not configured by the loader: emit nothing rather than garbage
     }
-    // SAFETY: a map lookup; the value is copied out at once.
-    let remembered = unsafe { TRACKED.get(&skb).copied() };
+    let remembered = remembered(skb);
     if site.only_tracked && remembered.is_none() {
         return None;
     }
-    let h = headers(skb, &off, site.l3_at_data);
+    let h = headers(skb, site.l3_at_data, site.access);
     let tracked = match remembered {
         // An unreadable header (0) proves nothing either way: keep following.
         Some(fp) => fp == h.fingerprint || fp == 0 || h.fingerprint == 0,
         None => false,
     };
     if site.only_tracked && !tracked {
-        let _ = TRACKED.remove(&skb);
+        forget(skb);
         return None;
     }
     let matched = h.ipv4
@@ -88,25 +89,25 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     if !tracked && !matched {
         if remembered.is_some() {
             // The address now holds another packet: forget the one we followed.
-            let _ = TRACKED.remove(&skb);
+            forget(skb);
         }
         return None;
     }
     if site.frees {
         if remembered.is_some() {
-            let _ = TRACKED.remove(&skb);
+            forget(skb);
         }
-    } else if !tracked && TRACKED.insert(&skb, &h.fingerprint, 0).is_err() {
-        bump(counter::TRACK_FAILED);
+    } else if !tracked {
+        track(skb, h.fingerprint, remembered.is_none());
     }
 
     let dev = if site.dev != 0 {
         site.dev
     } else {
-        read::<u64>(skb, off.skb_dev).unwrap_or(0)
+        field::<u64>(skb, off!(skb_dev), site.access).unwrap_or(0)
     };
-    let (ifindex, netns) = device(dev, &off);
-    let (peer_ifindex, peer_netns) = device(site.peer_dev, &off);
+    let (ifindex, netns) = device(dev);
+    let (peer_ifindex, peer_netns) = device(site.peer_dev);
 
     let mut ev = HopEvent::zeroed();
     // SAFETY: helper without preconditions.
@@ -119,7 +120,7 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     ev.daddr = h.daddr;
     ev.sport = h.sport;
     ev.dport = h.dport;
-    ev.len = read::<u32>(skb, off.skb_len).unwrap_or(0);
+    ev.len = field::<u32>(skb, off!(skb_len), site.access).unwrap_or(0);
     ev.drop_reason = site.drop_reason;
     ev.peer_ifindex = peer_ifindex;
     ev.peer_netns = peer_netns;
@@ -147,9 +148,8 @@ pub fn emit(ev: &HopEvent) {
 /// `br_forward(to, skb, ...)`: the bridge forwards `skb` out of port `to`.
 #[inline(always)]
 pub fn bridge_forward(port: u64, skb: u64) {
-    let off = offsets();
-    let egress = if off.have & have::BRIDGE_PORT != 0 {
-        read::<u64>(port, off.brport_dev).unwrap_or(0)
+    let egress = if off!(have) & have::BRIDGE_PORT != 0 {
+        read::<u64>(port, off!(brport_dev)).unwrap_or(0)
     } else {
         0
     };
@@ -165,9 +165,8 @@ pub fn bridge_forward(port: u64, skb: u64) {
 /// `veth_xmit(skb, dev)`: a veth hands `skb` to its peer.
 #[inline(always)]
 pub fn veth_transmit(skb: u64, dev: u64) {
-    let off = offsets();
-    let peer = if off.have & have::VETH_PEER != 0 && dev != 0 {
-        read::<u64>(dev + off.netdev_priv as u64, off.veth_priv_peer).unwrap_or(0)
+    let peer = if off!(have) & have::VETH_PEER != 0 && dev != 0 {
+        read::<u64>(dev + off!(netdev_priv) as u64, off!(veth_priv_peer)).unwrap_or(0)
     } else {
         0
     };

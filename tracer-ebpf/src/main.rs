@@ -5,6 +5,9 @@
 //! for `bpfel-unknown-none` by `tracer/build.rs`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `atomic_xadd`: the BPF target offers no atomic read-modify-write methods (see maps.rs).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod hop;
@@ -22,7 +25,10 @@ mod tracepoints {
     use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
     use tracer_common::HopKind;
 
-    use crate::hop::{Site, record};
+    use crate::{
+        hop::{Site, record},
+        skb::Access,
+    };
 
     /// `trace_netif_receive_skb(skb)`: a device received the packet; `skb->data` is at L3.
     #[btf_tracepoint(function = "netif_receive_skb")]
@@ -32,6 +38,7 @@ mod tracepoints {
             skb,
             Site {
                 l3_at_data: true,
+                access: Access::Direct,
                 ..Site::new(HopKind::Receive)
             },
         );
@@ -47,6 +54,7 @@ mod tracepoints {
             skb,
             Site {
                 dev,
+                access: Access::Direct,
                 ..Site::new(HopKind::Transmit)
             },
         );
@@ -63,6 +71,7 @@ mod tracepoints {
             location,
             drop_reason: reason as u32,
             frees: true,
+            access: Access::Direct,
             ..Site::new(HopKind::Drop)
         };
         record(skb, site);
@@ -80,6 +89,7 @@ mod tracepoints {
                 location,
                 frees: true,
                 only_tracked: true,
+                access: Access::Direct,
                 ..Site::new(HopKind::Consume)
             },
         );
@@ -95,6 +105,7 @@ mod tracepoints {
             Site {
                 frees: true,
                 only_tracked: true,
+                access: Access::Direct,
                 ..Site::new(HopKind::Consume)
             },
         );

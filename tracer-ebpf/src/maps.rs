@@ -4,6 +4,8 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
+use core::sync::atomic::AtomicI64;
+
 use tracer_common::{Filter, KernelOffsets, counter};
 
 /// Every hop event, in order per CPU. Size is set by userspace at load time.
@@ -15,7 +17,58 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// different fingerprint at the same address means the skb was freed unseen and reused; LRU
 /// so leaks age out.
 #[map]
-pub static TRACKED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+static TRACKED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Entries in [`TRACKED`], counted on a new insert and on a successful remove. LRU evictions
+/// go unseen, so it can only run above the truth; zero therefore proves nothing is tracked, and
+/// then the non-matching path skips the hash lookup (a helper call on every packet).
+static TRACKED_LIVE: AtomicI64 = AtomicI64::new(0);
+
+/// The BPF target has no `fetch_add` on atomics; the intrinsic with its result unused lowers
+/// to the one atomic instruction BPF has (`lock xadd`).
+#[inline(always)]
+fn add_live(delta: i64) {
+    // SAFETY: an atomic add on a static; concurrent adds from other CPUs are what it is for.
+    unsafe {
+        core::intrinsics::atomic_xadd::<i64, i64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            TRACKED_LIVE.as_ptr(),
+            delta,
+        );
+    }
+}
+
+/// The fingerprint remembered for `skb`, if it is tracked.
+#[inline(always)]
+pub fn remembered(skb: u64) -> Option<u32> {
+    // A plain load: atomic loads do not lower for the generic BPF CPU, and a racy read is
+    // fine here (a missed just-inserted entry is the next hop's to find).
+    // SAFETY: an aligned read of a static.
+    if unsafe { core::ptr::read_volatile(TRACKED_LIVE.as_ptr()) } <= 0 {
+        return None;
+    }
+    // SAFETY: a map lookup; the value is copied out at once.
+    unsafe { TRACKED.get(&skb).copied() }
+}
+
+/// Remembers `skb` with its fingerprint; `new` when it was not tracked before.
+#[inline(always)]
+pub fn track(skb: u64, fingerprint: u32, new: bool) {
+    match TRACKED.insert(&skb, &fingerprint, 0) {
+        Ok(()) if new => {
+            add_live(1);
+        }
+        Ok(()) => {}
+        Err(_) => bump(counter::TRACK_FAILED),
+    }
+}
+
+/// Stops following `skb`.
+#[inline(always)]
+pub fn forget(skb: u64) {
+    if TRACKED.remove(&skb).is_ok() {
+        add_live(-1);
+    }
+}
 
 /// Per-CPU event counters (`tracer_common::counter`).
 #[map]
@@ -36,11 +89,16 @@ pub fn filter() -> Option<Filter> {
     FILTERS.get(0).copied()
 }
 
-#[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+/// One field of [`OFFSETS`], read where it is used. The volatile read keeps LLVM from folding
+/// the compiled-in zeros; reading the field straight from the frozen `.rodata` map (not from a
+/// stack copy) lets the verifier treat it as a known constant, which direct BTF loads need.
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: a plain read of a static the loader patched before load.
+        unsafe { core::ptr::read_volatile(&$crate::maps::OFFSETS.$field) }
+    };
 }
+pub(crate) use off;
 
 #[inline(always)]
 pub fn bump(index: u32) {

@@ -6,7 +6,7 @@ use tracer_common::{HopEvent, HopKind, config::have, event::nf_verdict};
 
 use crate::{
     hop::{Site, build, emit},
-    maps::offsets,
+    maps::off,
     skb::read,
 };
 
@@ -21,14 +21,13 @@ const NF_INET_FORWARD: u8 = 2;
 /// `nf_hook_slow(skb, state, ...)` entry.
 #[inline(always)]
 pub fn enter(key: u64, skb: u64, state: u64) {
-    let off = offsets();
-    if off.have & have::NF_HOOK_STATE == 0 || state == 0 {
+    if off!(have) & have::NF_HOOK_STATE == 0 || state == 0 {
         return;
     }
-    let hook = read::<u8>(state, off.nf_state_hook).unwrap_or(0);
-    let pf = read::<u8>(state, off.nf_state_pf).unwrap_or(0);
-    let input = read::<u64>(state, off.nf_state_in).unwrap_or(0);
-    let output = read::<u64>(state, off.nf_state_out).unwrap_or(0);
+    let hook = read::<u8>(state, off!(nf_state_hook)).unwrap_or(0);
+    let pf = read::<u8>(state, off!(nf_state_pf)).unwrap_or(0);
+    let input = read::<u64>(state, off!(nf_state_in)).unwrap_or(0);
+    let output = read::<u64>(state, off!(nf_state_out)).unwrap_or(0);
     let (dev, peer) = match hook {
         NF_INET_LOCAL_OUT | NF_INET_POST_ROUTING => (output, 0),
         NF_INET_FORWARD => (input, output),

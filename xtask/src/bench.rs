@@ -157,20 +157,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Per-program average run time with bpf_stats on for one matching run.
+/// Per-program average run time with bpf_stats on for one run in `mode`.
 fn hook_costs(
     lab: &Lab,
-    sink: &lab::bench::Sink,
     bin: &std::path::Path,
+    mode: Mode,
     secs: u64,
 ) -> Result<Vec<(String, f64, u64)>> {
     let key = "/proc/sys/kernel/bpf_stats_enabled";
     let old = std::fs::read_to_string(key).unwrap_or_else(|_| "0".into());
     std::fs::write(key, "1").context("enabling kernel.bpf_stats_enabled for the run")?;
     let result = (|| -> Result<Vec<(String, f64, u64)>> {
-        let tracer = start_tracer(bin, Mode::Matching)?.context("tracer")?;
+        let tracer = start_tracer(bin, mode)?.context("tracer")?;
         lab.udp_flood(Duration::from_secs(secs), u64::MAX)?;
-        let _ = sink;
         let out = Command::new("bpftool")
             .args(["prog", "show", "-j"])
             .output()
@@ -239,7 +238,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             results.push((mode, r));
         }
     }
-    let costs = hook_costs(&lab, &sink, &bin, args.seconds)?;
+    let idle_costs = hook_costs(&lab, &bin, Mode::NonMatching, args.seconds)?;
+    let costs = hook_costs(&lab, &bin, Mode::Matching, args.seconds)?;
 
     let pps = |m: Mode| {
         median(
@@ -308,9 +308,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rss as f64 / 1024.0
     );
     for (name, ns, n) in &costs {
+        let idle = idle_costs
+            .iter()
+            .find(|(x, _, _)| x == name)
+            .map_or_else(|| "-".to_owned(), |(_, ns, _)| format!("{ns:.0}"));
         let _ = writeln!(
             table,
-            "| BPF `{name}` run time | {ns:.0} ns/call ({n} calls) | |"
+            "| BPF `{name}` run time, non-matching / matching | {idle} / {ns:.0} ns/call ({n} calls matching) | |"
         );
     }
     let _ = writeln!(
