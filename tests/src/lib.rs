@@ -11,6 +11,7 @@
 //! VM lab and benchmarks share this one definition.
 
 pub mod bench;
+pub mod daemon;
 pub mod debs;
 pub mod docker;
 pub mod scenario;
@@ -163,6 +164,10 @@ pub enum Fault {
     BridgeIccDrop,
     /// The container's replies are dropped in FORWARD (the SYN gets through, the SYN-ACK dies).
     ReplyDropped,
+    /// firewalld's native nft table (as firewalld 0.8 on CentOS 8 writes it): the uplink is in
+    /// the public zone, the Docker bridge in none, so forwarded traffic ends at its final
+    /// `reject` (field note 001).
+    FirewalldForward,
 }
 
 /// The source address the client uses for [`Fault::StrictRpFilter`].
@@ -519,6 +524,12 @@ impl Lab {
             Fault::ReplyDropped => self.iptables(&[
                 "-I", "FORWARD", "-i", &c.bridge, "!", "-o", &c.bridge, "-j", "DROP",
             ]),
+            Fault::FirewalldForward => run_stdin(
+                "ip",
+                &["netns", "exec", &self.host.name, "nft", "-f", "-"],
+                &firewalld_ruleset(&c.uplink),
+            )
+            .context("loading a firewalld-style nft table"),
         }
     }
 
@@ -608,6 +619,38 @@ impl Lab {
 /// Runs a command, failing with its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
     run_with_input(cmd, args, None)
+}
+
+/// firewalld's forward path as 0.8 writes it in `table inet firewalld`: interfaces in a zone
+/// get that zone's rules, everything else falls through to the final reject.
+fn firewalld_ruleset(uplink: &str) -> String {
+    format!(
+        r#"table inet firewalld {{
+    chain filter_FWDI_public {{
+        icmp type echo-request accept
+    }}
+    chain filter_FWDO_public {{
+    }}
+    chain filter_FORWARD_IN_ZONES {{
+        iifname "{uplink}" goto filter_FWDI_public
+        goto filter_FWDI_public
+    }}
+    chain filter_FORWARD_OUT_ZONES {{
+        oifname "{uplink}" goto filter_FWDO_public
+        goto filter_FWDO_public
+    }}
+    chain filter_FORWARD {{
+        type filter hook forward priority filter + 10; policy accept;
+        ct state {{ established, related }} accept
+        iifname "lo" accept
+        jump filter_FORWARD_IN_ZONES
+        jump filter_FORWARD_OUT_ZONES
+        ct state {{ invalid }} drop
+        reject with icmpx type admin-prohibited
+    }}
+}}
+"#
+    )
 }
 
 fn run_stdin(cmd: &str, args: &[&str], input: &str) -> Result<()> {

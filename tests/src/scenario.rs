@@ -147,6 +147,12 @@ pub fn all() -> Vec<Scenario> {
             dropped("NETFILTER_DROP", "netfilter_drop"),
         ),
         Scenario::new(
+            "firewalld-forward",
+            "field note 001: firewalld's nft table rejects forwarding to a bridge in no zone",
+            Some(Fault::FirewalldForward),
+            dropped("NETFILTER_DROP", "netfilter_drop"),
+        ),
+        Scenario::new(
             "prerouting-accept",
             "field note 002: a nat PREROUTING ACCEPT ahead of -j DOCKER, so no DNAT",
             Some(Fault::PreroutingAcceptShadow),

@@ -3,85 +3,12 @@
 //! flood with a tiny ring buffer: losses counted and exported, memory bounded.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use lab::{Fault, Lab, LabConfig, tracer::pathtrace_bin};
-
-struct Daemon {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(config: &str, port: u16) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("pathtrace-daemon-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("pathtrace.toml"), config).unwrap();
-        let child = Command::new(pathtrace_bin().unwrap())
-            .args(["daemon", "--config"])
-            .arg(dir.join("pathtrace.toml"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--json-log"])
-            .arg(dir.join("drops.json"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("daemon starts");
-        let d = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while d.get("/healthz").map(|(s, _)| s) != Some(200) {
-            assert!(Instant::now() < deadline, "daemon never became healthy");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        d
-    }
-
-    /// A real HTTP scrape.
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, resp.split_once("\r\n\r\n")?.1.to_owned()))
-    }
-
-    fn metrics(&self) -> String {
-        self.get("/metrics").expect("scrape").1
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    fn wait_for_metric(&self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = self.metrics();
-            if pred(&m) {
-                return m;
-            }
-            assert!(Instant::now() < deadline, "metric never appeared:\n{m}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use lab::{Fault, Lab, LabConfig, daemon::Daemon};
 
 /// Every line of the exposition is `name{labels} value` or a comment.
 fn assert_prometheus_text(text: &str) {

@@ -1,10 +1,12 @@
 //! pathtrace against a real dockerd: container names on every hop, the target of a SYN that
-//! died before its container, `--container`, and a dockerd restart mid-trace. These tests
+//! died before its container, `--container`, and a dockerd restart mid-trace, in the CLI
+//! and under `pathtrace daemon`. These tests
 //! change the root namespace as Docker does, and put it back; xtask runs them one at a time.
 
 use std::time::Duration;
 
 use lab::{
+    daemon::Daemon,
     docker::{Docker, OutsideHost, unavailable},
     tracer::Tracer,
 };
@@ -21,6 +23,18 @@ fn docker() -> Option<Docker> {
         return None;
     }
     Some(Docker::start().expect("dockerd starts"))
+}
+
+/// A dockerd this test started and may restart; `None` (with the reason) otherwise.
+fn owned_docker() -> Option<Docker> {
+    let docker = docker()?;
+    if !docker.owned() {
+        eprintln!(
+            "SKIPPED: dockerd was already running; this test only restarts a dockerd it started"
+        );
+        return None;
+    }
+    Some(docker)
 }
 
 fn name(tag: &str) -> String {
@@ -166,13 +180,9 @@ fn container_filter_follows_its_published_port_and_address() {
 
 #[test]
 fn dockerd_restart_mid_trace_loses_no_later_resolution() {
-    let Some(mut docker) = docker() else { return };
-    if !docker.owned() {
-        eprintln!(
-            "SKIPPED: dockerd was already running; this test only restarts a dockerd it started"
-        );
+    let Some(mut docker) = owned_docker() else {
         return;
-    }
+    };
     let client = OutsideHost::new().expect("client namespace");
     let mut tracer = Tracer::start(&["--dport", "10005"]).expect("pathtrace");
     docker.kill_and_restart().expect("dockerd restarts");
@@ -197,4 +207,39 @@ fn dockerd_restart_mid_trace_loses_no_later_resolution() {
     );
     assert_eq!(v["last_hop"]["container"]["name"], late.name.as_str());
     tracer.stop().expect("clean stop");
+}
+
+/// The daemon keeps its Docker view across a dockerd restart: it stays healthy while dockerd
+/// is gone, and a drop for a container created after the restart is counted under that
+/// container's name.
+#[test]
+fn daemon_names_containers_created_after_a_dockerd_restart() {
+    let Some(mut docker) = owned_docker() else {
+        return;
+    };
+    let client = OutsideHost::new().expect("client namespace");
+    let d = Daemon::start("[filter]\ndport = 10007\nproto = \"tcp\"\n", 19470);
+    docker.kill_and_restart().expect("dockerd restarts");
+    assert_eq!(d.get("/healthz").map(|(s, _)| s), Some(200));
+    let late = docker
+        .run(&name("dlate"), 10007)
+        .expect("container after restart");
+    client
+        .forwarding_off()
+        .expect("forwarding off on the client link");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !client
+            .connect(10007, Duration::from_millis(1500))
+            .expect("connect")
+    );
+    let wanted = format!("container=\"{}\"", late.name);
+    let m = d.wait_for_metric(|m| m.contains(&wanted));
+    let line = m
+        .lines()
+        .find(|l| l.contains(&wanted))
+        .expect("the drop series");
+    assert!(line.contains("reason=\"IP_INADDRERRORS\""), "{line}");
+    assert!(line.contains("code=\"forwarding_disabled\""), "{line}");
+    assert_eq!(d.get("/healthz").map(|(s, _)| s), Some(200));
 }

@@ -203,6 +203,29 @@ fn forward_policy_drop_names_the_policy() {
     assert!(evidence.contains("filter/DOCKER-USER"), "{evidence}");
 }
 
+/// Field note 001 as it really was: firewalld's own nft table, not iptables, drops the SYN.
+#[test]
+fn firewalld_nft_reject_is_named_by_table_chain_and_handle() {
+    let (_lab, seen, _) = run("firewalld-forward");
+    let d = diagnosis(&seen);
+    assert_eq!(d["rule"]["table"], "inet firewalld", "{d:#}");
+    assert_eq!(d["rule"]["chain"], "filter_FORWARD");
+    assert_eq!(d["rule"]["text"], "reject with icmpx admin-prohibited");
+    assert!(d["rule"]["handle"].as_u64().is_some(), "{d:#}");
+    let fix = fix(&seen);
+    assert!(
+        fix.contains("firewall-cmd --permanent --zone=trusted --change-interface=docker0"),
+        "{fix}"
+    );
+    let evidence = evidence(&seen.verdict).join("\n");
+    // Docker's iptables FORWARD accepted the published port first; firewalld runs after it.
+    assert!(
+        evidence.contains("filter/DOCKER")
+            && evidence.contains("inet firewalld/filter_FORWARD_OUT_ZONES"),
+        "{evidence}"
+    );
+}
+
 #[test]
 fn prerouting_accept_shadowing_docker_is_dnat_skipped() {
     let (lab, seen, _) = run("prerouting-accept");

@@ -247,6 +247,13 @@ mod tests {
     }
 }
 
+/// Ring buffer flags of `bpf_ringbuf_output`/`bpf_ringbuf_query` (uapi `BPF_RB_*`).
+pub mod ring {
+    pub const NO_WAKEUP: u64 = 1;
+    pub const FORCE_WAKEUP: u64 = 2;
+    pub const AVAIL_DATA: u64 = 0;
+}
+
 /// `HopEvent::nf_verdict` values (the kernel's NF_DROP/NF_ACCEPT/NF_STOLEN numbering).
 pub mod nf_verdict {
     pub const DROP: u8 = 0;

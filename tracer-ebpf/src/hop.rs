@@ -5,11 +5,12 @@ use tracer_common::{
     HopEvent, HopKind,
     config::have,
     counter,
+    event::ring,
     event::{FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
 };
 
 use crate::{
-    maps::{EVENTS, bump, filter, forget, off, remembered, track},
+    maps::{EVENTS, WAKEUP_BYTES, bump, filter, forget, off, remembered, track},
     skb::{Access, device, field, headers, read},
 };
 
@@ -136,10 +137,26 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     Some(ev)
 }
 
+/// Bytes past `WAKEUP_BYTES` within which an event still wakes the reader: four records
+/// (an event plus the ring's 8-byte header).
+const WAKEUP_WINDOW: u64 = 4 * (core::mem::size_of::<HopEvent>() as u64 + 8);
+
 /// Writes one event to the ring buffer, counting it as emitted or lost.
 #[inline(always)]
 pub fn emit(ev: &HopEvent) {
-    match EVENTS.output::<HopEvent>(ev, 0) {
+    // SAFETY: a plain read of a static the loader patched before load.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    // Wake the reader once, as the backlog crosses the threshold (a window of a few records,
+    // since CPUs produce concurrently); waking on every event past it would cost an irq_work
+    // per event exactly when the reader is already behind. A missed crossing waits for the
+    // reader's timer.
+    let pending = EVENTS.query(ring::AVAIL_DATA);
+    let flags = if pending >= threshold && pending < threshold + WAKEUP_WINDOW {
+        ring::FORCE_WAKEUP
+    } else {
+        ring::NO_WAKEUP
+    };
+    match EVENTS.output::<HopEvent>(ev, flags) {
         Ok(()) => bump(counter::EMITTED),
         Err(_) => bump(counter::LOST),
     }

@@ -129,7 +129,7 @@ mod fentry {
     pub fn fentry_nf_hook_slow(ctx: FEntryContext) -> i32 {
         let skb: u64 = ctx.arg(0);
         let state: u64 = ctx.arg(1);
-        netfilter::enter(skb, skb, state);
+        netfilter::enter(skb, skb, state, false);
         0
     }
 
@@ -161,31 +161,36 @@ mod fentry {
 #[cfg(target_arch = "bpf")]
 mod kprobes {
     use aya_ebpf::{
-        helpers::bpf_get_current_pid_tgid,
+        helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
         macros::{kprobe, kretprobe},
         programs::{ProbeContext, RetProbeContext},
     };
 
     use crate::{hop, netfilter};
 
-    /// kretprobes see no arguments: pair entry and return by task. A softirq that nests
-    /// another nf_hook_slow on the same task may cost one netfilter hop, never a wrong one:
-    /// the inner call consumes the stash and the outer return finds none.
+    /// kretprobes see no arguments: entry and return are paired by CPU and task (softirqs on
+    /// different CPUs all run as pid 0). Calls nested on the same task for packets we do not
+    /// follow are counted in the stash and skipped on return (see `netfilter::Pending`).
+    #[inline(always)]
+    fn task_key() -> u64 {
+        // SAFETY: helpers without preconditions.
+        let (task, cpu) = unsafe { (bpf_get_current_pid_tgid(), bpf_get_smp_processor_id()) };
+        task ^ (u64::from(cpu) << 48)
+    }
+
     #[kprobe]
     pub fn kprobe_nf_hook_slow(ctx: ProbeContext) -> u32 {
         let (Some(skb), Some(state)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
             return 0;
         };
-        let key = bpf_get_current_pid_tgid();
-        netfilter::enter(key, skb, state);
+        netfilter::enter(task_key(), skb, state, true);
         0
     }
 
     #[kretprobe]
     pub fn kretprobe_nf_hook_slow(ctx: RetProbeContext) -> u32 {
         let ret: i32 = ctx.ret();
-        let key = bpf_get_current_pid_tgid();
-        netfilter::exit(key, ret as i64);
+        netfilter::exit(task_key(), ret as i64);
         0
     }
 

@@ -79,6 +79,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static FILTERS: Array<Filter> = Array::with_max_entries(1, 0);
 
+/// Bytes waiting in [`EVENTS`] before an event wakes the reader; below that the reader finds
+/// the events on its own timer. Set by the loader from the ring size; one wakeup per event
+/// would cost a context switch per event under load.
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: u64 = 0;
+
 /// Set by the loader from the running kernel's BTF.
 #[unsafe(no_mangle)]
 pub static OFFSETS: KernelOffsets = KernelOffsets::unset();

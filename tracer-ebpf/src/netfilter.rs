@@ -10,17 +10,30 @@ use crate::{
     skb::read,
 };
 
-/// Hops waiting for their hook's verdict, keyed by skb (fentry) or by task (kprobe).
+/// A hop waiting for its hook's verdict.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Pending {
+    ev: HopEvent,
+    /// Calls of `nf_hook_slow` nested inside this one for packets we do not follow (a
+    /// `reject` sends its ICMP error through OUTPUT from inside FORWARD): with kprobes the
+    /// returns are matched by task, and those inner returns are not this hop's verdict.
+    nested: u32,
+    _pad: u32,
+}
+
+/// Hops waiting for their hook's verdict, keyed by skb (fentry) or by CPU and task (kprobe).
 #[map]
-static NF_PENDING: LruHashMap<u64, HopEvent> = LruHashMap::with_max_entries(4096, 0);
+static NF_PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(4096, 0);
 
 const NF_INET_LOCAL_OUT: u8 = 3;
 const NF_INET_POST_ROUTING: u8 = 4;
 const NF_INET_FORWARD: u8 = 2;
 
-/// `nf_hook_slow(skb, state, ...)` entry.
+/// `nf_hook_slow(skb, state, ...)` entry. `by_task`: `key` names the task, not the skb, so a
+/// nested call can share it.
 #[inline(always)]
-pub fn enter(key: u64, skb: u64, state: u64) {
+pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
     if off!(have) & have::NF_HOOK_STATE == 0 || state == 0 {
         return;
     }
@@ -40,19 +53,40 @@ pub fn enter(key: u64, skb: u64, state: u64) {
         nf_family: pf,
         ..Site::new(HopKind::NetfilterHook)
     };
-    if let Some(ev) = build(skb, site) {
-        let _ = NF_PENDING.insert(&key, &ev, 0);
+    match build(skb, site) {
+        Some(ev) => {
+            let pending = Pending {
+                ev,
+                nested: 0,
+                _pad: 0,
+            };
+            let _ = NF_PENDING.insert(&key, &pending, 0);
+        }
+        None if by_task => {
+            if let Some(outer) = NF_PENDING.get_ptr_mut(&key) {
+                // SAFETY: a map value pointer, valid until the entry is removed; this CPU is
+                // the only one using this task's key.
+                unsafe { (*outer).nested += 1 };
+            }
+        }
+        None => {}
     }
 }
 
 /// `nf_hook_slow` return: 1 accepted, 0 stolen or queued, negative dropped.
 #[inline(always)]
 pub fn exit(key: u64, ret: i64) {
-    // SAFETY: the value is copied out before the map is touched again.
-    let Some(pending) = (unsafe { NF_PENDING.get(&key) }) else {
+    let Some(pending) = NF_PENDING.get_ptr_mut(&key) else {
         return;
     };
-    let mut ev = *pending;
+    // SAFETY: as in `enter`; the value is copied out before the entry is removed.
+    let mut ev = unsafe {
+        if (*pending).nested > 0 {
+            (*pending).nested -= 1; // an inner call's return, not ours
+            return;
+        }
+        (*pending).ev
+    };
     let _ = NF_PENDING.remove(&key);
     ev.nf_verdict = match ret {
         1 => nf_verdict::ACCEPT,

@@ -5,7 +5,10 @@ use std::{net::Ipv4Addr, time::Duration};
 use clap::{Args, Parser};
 use tracer_common::{Filter, config::filter_field};
 
-use crate::{probes::loader::BackendChoice, trace::TraceConfig};
+use crate::{
+    probes::loader::{BackendChoice, ProbeSizes},
+    trace::TraceConfig,
+};
 
 /// Follow packets through the Linux network stack and say where and why they die.
 #[derive(Debug, Parser)]
@@ -71,6 +74,23 @@ pub struct ProbeArgs {
     /// fentry, kprobe, or tracepoint (no netfilter/bridge/veth hops).
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     pub backend: BackendChoice,
+    /// Ring buffer between the kernel and pathtrace, in MiB (a power of two). Larger rides
+    /// out longer bursts before events are lost (losses are always counted and reported).
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
+}
+
+/// A power of two from 1 to 1024: the kernel wants the ring a power-of-two number of pages.
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of MiB"))?;
+    if !(1..=1024).contains(&n) || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} MiB: the ring must be a power of two from 1 to 1024 MiB"
+        ));
+    }
+    Ok(n)
 }
 
 /// Which packets to trace (all given filters must match; replies are not matched by
@@ -190,6 +210,10 @@ impl Cli {
             idle: Duration::from_millis(self.stop.idle_ms),
             backend: self.probes.backend,
             container: self.filter.container.clone(),
+            sizes: ProbeSizes {
+                ring_bytes: self.probes.ring_mib << 20,
+                ..ProbeSizes::default()
+            },
             ..TraceConfig::default()
         })
     }
@@ -198,6 +222,15 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two() {
+        assert_eq!(parse_ring_mib("16"), Ok(16));
+        assert!(parse_ring_mib("12").unwrap_err().contains("power of two"));
+        assert!(parse_ring_mib("0").is_err());
+        assert!(parse_ring_mib("2048").is_err());
+        assert!(parse_ring_mib("lots").unwrap_err().contains("whole number"));
+    }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("pathtrace").chain(args.iter().copied()))

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use crate::{
     diagnose::{
         Confidence, Diagnosis, describe_rule,
-        ruleset::{CtState, Hook, PacketAtHook, Verdict, iptables::Ruleset},
+        ruleset::{CtState, Hook, PacketAtHook, Ruleset, Verdict},
     },
     resolve::{LinkTable, Published},
 };

@@ -188,6 +188,16 @@ pub fn nf_verdict_name(v: u8) -> &'static str {
 
 /// TCP flags as `SYN`, `SYN|ACK`, ... (empty for none).
 pub fn tcp_flags_string(flags: u8) -> String {
+    tcp_flags_name(flags).to_owned()
+}
+
+/// [`tcp_flags_string`] without an allocation per hop: all 256 combinations are named once.
+pub fn tcp_flags_name(flags: u8) -> &'static str {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| (0..=255u8).map(spell_tcp_flags).collect())[flags as usize].as_str()
+}
+
+fn spell_tcp_flags(flags: u8) -> String {
     const NAMES: [(u8, &str); 8] = [
         (0x02, "SYN"),
         (0x10, "ACK"),

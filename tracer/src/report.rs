@@ -1,6 +1,8 @@
 //! A finished packet with everything resolved for output: interface and namespace names,
 //! symbols, its flow, verdict and diagnosis. Output formats only render this.
 
+use std::net::Ipv4Addr;
+
 use serde::Serialize;
 use tracer_common::HopKind;
 
@@ -9,7 +11,7 @@ use crate::{
     diagnose::{Case, Diagnosis, diagnose},
     events::{
         Hop, Tuple, kind_name, nf_family_name, nf_hook_name, nf_verdict_name, proto_name,
-        tcp_flags_string,
+        tcp_flags_name,
     },
     probes::DropReasons,
     resolve::{ContainerRef, HostFacts, Published},
@@ -22,19 +24,19 @@ use crate::{
 pub struct HopView {
     pub ts_ns: u64,
     /// Kernel address of the skb, hex (too large for JSON numbers to hold exactly).
-    pub skb: String,
+    pub skb: SkbAddr,
     pub hop: &'static str,
     pub ifname: String,
     pub ifindex: u32,
     /// Network namespace inode.
     pub netns: u32,
     pub netns_name: String,
-    pub src: Option<String>,
+    pub src: Option<Ipv4Addr>,
     pub sport: Option<u16>,
-    pub dst: Option<String>,
+    pub dst: Option<Ipv4Addr>,
     pub dport: Option<u16>,
     pub proto: Option<&'static str>,
-    pub tcp_flags: String,
+    pub tcp_flags: &'static str,
     pub len: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
@@ -52,6 +54,22 @@ pub struct HopView {
     /// For a host-side veth: the container end it leads to, `web-1:eth0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_interface: Option<String>,
+}
+
+/// An skb address, written as hex (`0xffff8881...`) without an allocation per hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SkbAddr(pub u64);
+
+impl std::fmt::Display for SkbAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl Serialize for SkbAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -86,18 +104,18 @@ impl HopView {
                 .map(|d| format!("{}:{}", d.container.name, d.ifname)),
             container: owner.map(|d| d.container),
             ts_ns: hop.ts_ns,
-            skb: format!("{:#x}", hop.skb),
+            skb: SkbAddr(hop.skb),
             hop: kind_name(hop.kind),
             ifname: facts.ifname(hop.netns, hop.ifindex),
             ifindex: hop.ifindex,
             netns: hop.netns,
             netns_name: facts.netns_label(hop.netns),
-            src: t.map(|t| t.src.to_string()),
+            src: t.map(|t| t.src),
             sport: t.filter(|_| l4).map(|t| t.sport),
-            dst: t.map(|t| t.dst.to_string()),
+            dst: t.map(|t| t.dst),
             dport: t.filter(|_| l4).map(|t| t.dport),
             proto: t.map(|t| proto_name(t.proto)),
-            tcp_flags: tcp_flags_string(hop.tcp_flags),
+            tcp_flags: tcp_flags_name(hop.tcp_flags),
             len: hop.len,
             drop_reason: (hop.kind == tracer_common::HopKind::Drop)
                 .then(|| reasons.name(hop.drop_reason)),
@@ -200,7 +218,7 @@ impl Report {
         let drop = self.verdict.drop.as_ref();
         VerdictJson {
             kind: "verdict",
-            skb: format!("{:#x}", self.packet.skb),
+            skb: SkbAddr(self.packet.skb),
             outcome: self.verdict.outcome,
             delivery: self.verdict.delivery,
             drop_reason: drop.map(|d| d.reason.clone()),
@@ -227,7 +245,7 @@ impl Report {
 #[derive(Serialize)]
 pub struct VerdictJson<'a> {
     pub kind: &'static str,
-    pub skb: String,
+    pub skb: SkbAddr,
     pub outcome: Outcome,
     pub delivery: Option<Delivery>,
     pub drop_reason: Option<String>,

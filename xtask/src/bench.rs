@@ -8,7 +8,6 @@
 //! userspace pipeline on recorded events. Writes docs/performance.md.
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -49,22 +48,28 @@ struct Run {
     rss_kib: u64,
 }
 
-/// A running pathtrace whose output is drained on a thread (a full pipe would stall it and
-/// count as lost events), keeping only the final `stats` line.
+/// A running pathtrace writing its JSON to a file, as `pathtrace --json > trace.jsonl` would:
+/// a pipe read by this harness (which shares the two cores with the flood) would measure the
+/// harness's reading speed instead of pathtrace's.
 struct Tracer {
     child: Child,
-    stats: std::thread::JoinHandle<Option<Value>>,
+    output: std::path::PathBuf,
 }
 
 impl Tracer {
-    /// SIGINT, then the stats line.
+    /// SIGINT, then the stats line (the last line pathtrace writes).
     fn stop(mut self) -> Result<Option<Value>> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait()?;
-        self.stats
-            .join()
-            .map_err(|_| anyhow::anyhow!("output thread panicked"))
+        let text = std::fs::read_to_string(&self.output)
+            .with_context(|| format!("reading {}", self.output.display()))?;
+        let _ = std::fs::remove_file(&self.output);
+        Ok(text
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"kind\":\"stats\""))
+            .and_then(|l| serde_json::from_str(l).ok()))
     }
 }
 
@@ -74,29 +79,29 @@ fn start_tracer(bin: &std::path::Path, mode: Mode) -> Result<Option<Tracer>> {
         Mode::NonMatching => &["--dport", "1", "--proto", "udp"],
         Mode::Matching => &["--dport", "10009", "--proto", "udp"],
     };
+    let output = std::env::temp_dir().join(format!("pathtrace-bench-{}.jsonl", std::process::id()));
+    let file =
+        std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
     let mut child = Command::new(bin)
         .args(filter)
         .args(["--json", "--backend", "tracepoint"])
-        .stdout(Stdio::piped())
+        .stdout(file)
         .stderr(Stdio::null())
         .spawn()
         .context("starting pathtrace")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    for line in lines.by_ref() {
-        if line?.contains("\"kind\":\"ready\"") {
-            let stats = std::thread::spawn(move || {
-                let mut last = None;
-                for line in lines.map_while(Result::ok) {
-                    if line.contains("\"kind\":\"stats\"") {
-                        last = serde_json::from_str(&line).ok();
-                    }
-                }
-                last
-            });
-            return Ok(Some(Tracer { child, stats }));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Some(status) = child.try_wait()? {
+            bail!("pathtrace exited before it was ready: {status}");
         }
+        let head = std::fs::read_to_string(&output).unwrap_or_default();
+        if head.contains("\"kind\":\"ready\"") {
+            return Ok(Some(Tracer { child, output }));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("pathtrace exited before it was ready")
+    let _ = child.kill();
+    bail!("pathtrace was not ready within 30 s")
 }
 
 /// utime + stime of a process, in seconds.
@@ -152,6 +157,31 @@ fn measure(
     Ok(run)
 }
 
+/// The median over runs in `mode` of each run's throughput against the untraced runs just
+/// before and after it: this machine's baseline drifts by ±10 % within minutes, and a ratio
+/// of medians taken far apart measures the drift as much as the tracer.
+fn paired_ratio(results: &[(Mode, Run)], mode: Mode) -> f64 {
+    let ratios = results
+        .iter()
+        .enumerate()
+        .filter(|(_, (m, _))| *m == mode)
+        .filter_map(|(i, (_, run))| {
+            let before = results[..i]
+                .iter()
+                .rev()
+                .find(|(m, _)| *m == Mode::Untraced);
+            let after = results[i + 1..].iter().find(|(m, _)| *m == Mode::Untraced);
+            let base: Vec<f64> = [before, after]
+                .into_iter()
+                .flatten()
+                .map(|(_, r)| r.pps)
+                .collect();
+            (!base.is_empty()).then(|| run.pps / (base.iter().sum::<f64>() / base.len() as f64))
+        })
+        .collect();
+    median(ratios)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -194,6 +224,9 @@ fn hook_costs(
     let _ = std::fs::write(key, old.trim());
     result
 }
+
+/// The heading where docs/performance.md's hand-written part starts.
+const ANALYSIS: &str = "## Where the goals stand";
 
 pub fn run(args: BenchArgs) -> Result<()> {
     setup::run()?;
@@ -255,6 +288,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         pps(Mode::NonMatching),
         pps(Mode::Matching),
     );
+    let (non_ratio, all_ratio) = (
+        paired_ratio(&results, Mode::NonMatching),
+        paired_ratio(&results, Mode::Matching),
+    );
     let matching: Vec<&Run> = results
         .iter()
         .filter(|(m, _)| *m == Mode::Matching)
@@ -275,13 +312,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let _ = writeln!(
         table,
-        "| traced, filter matching nothing / untraced | {:.3} ({non:.0} pkt/s) | ≥ 0.95 |",
-        non / base
+        "| traced, filter matching nothing / untraced | {non_ratio:.3} ({non:.0} pkt/s) | ≥ 0.95 |"
     );
     let _ = writeln!(
         table,
-        "| traced, every packet matching / untraced | {:.3} ({all:.0} pkt/s) | ≥ 0.60 |",
-        all / base
+        "| traced, every packet matching / untraced | {all_ratio:.3} ({all:.0} pkt/s) | ≥ 0.60 |"
     );
     let _ = writeln!(
         table,
@@ -331,7 +366,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
              container namespace, counted by a sink there. Runs interleave untraced and traced measurements; medians are shown.\n\n{table}\n\
              How to read it: the ratios are the forwarding throughput kept while pathtrace is attached; \"matching\" means every flood\n\
              packet produces ~4 events (receive, DNAT transmit on the bridge, veth transmit, receive in the container). BPF run time is\n\
-             the kernel's own accounting (`kernel.bpf_stats_enabled`, on for one extra run and restored).\n",
+             the kernel's own accounting (`kernel.bpf_stats_enabled`, on for two extra runs, one per filter, and restored).\n\
+             Ratios pair each traced run with the untraced runs around it; the CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n",
             args.rounds,
             args.seconds,
             std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -342,7 +378,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .unwrap_or_default()
                 .trim(),
         );
-        std::fs::write(root().join("docs/performance.md"), doc)?;
+        // The analysis below the generated table is written by people: keep it.
+        let path = root().join("docs/performance.md");
+        let analysis = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|old| old.find(ANALYSIS).map(|at| old[at..].to_owned()))
+            .unwrap_or_default();
+        std::fs::write(&path, format!("{doc}\n{analysis}"))?;
         eprintln!("wrote docs/performance.md");
     }
     drop(sink);

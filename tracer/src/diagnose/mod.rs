@@ -189,8 +189,15 @@ pub fn describe_rule(r: &RuleRef) -> String {
         .packets
         .map(|p| format!(" ({p} packets matched)"))
         .unwrap_or_default();
+    let handle = r
+        .handle
+        .map(|h| format!(" (handle {h})"))
+        .unwrap_or_default();
     match r.index {
-        Some(i) => format!("{}/{} rule {i}: {}{packets}", r.table, r.chain, r.text),
+        Some(i) => format!(
+            "{}/{} rule {i}{handle}: {}{packets}",
+            r.table, r.chain, r.text
+        ),
         None => format!("{}/{} policy DROP{packets}", r.table, r.chain),
     }
 }

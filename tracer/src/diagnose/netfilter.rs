@@ -70,9 +70,9 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         // The kernel dropped in netfilter but the iptables rules do not explain it.
         let hook = observed_hook.map_or("a netfilter hook".to_owned(), |h| h.name().to_owned());
         if ruleset.is_none() {
-            evidence.push(format!("no iptables rules in netns {ns}: the drop comes from native nft tables (nft list ruleset)"));
+            evidence.push(format!("no iptables or nft rules could be read in netns {ns} (iptables-save, nft -j list ruleset)"));
         } else {
-            evidence.push("evaluating the iptables rules against the packet does not drop it: look at native nft tables (nft list ruleset) and rules with matches pathtrace cannot evaluate".into());
+            evidence.push("evaluating the iptables and nft tables against the packet does not drop it: look for rules with matches pathtrace cannot evaluate (nft list ruleset)".into());
         }
         return Some(Diagnosis {
             code: NETFILTER_DROP.code,
@@ -164,49 +164,108 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
 }
 
 fn rule_words(by: &super::ruleset::RuleRef) -> String {
-    match by.index {
-        Some(i) => format!("chain {} rule {i} (`{}`)", by.chain, by.text),
-        None => format!("chain {} policy DROP (no rule accepted it)", by.chain),
+    match (by.index, by.handle) {
+        (Some(i), Some(h)) => format!("chain {} rule {i}, handle {h} (`{}`)", by.chain, by.text),
+        (Some(i), None) => format!("chain {} rule {i} (`{}`)", by.chain, by.text),
+        (None, _) => format!("chain {} policy DROP (no rule accepted it)", by.chain),
+    }
+}
+
+/// firewalld owns its nft table: a rule deleted by hand comes back on reload, so the fix is
+/// to give the Docker-side interface a zone (Docker >= 20.10 adds a `docker` zone itself).
+fn firewalld_fix(w: &Walked) -> String {
+    let container_side = [w.out_if.as_deref(), w.in_if.as_deref()]
+        .into_iter()
+        .flatten()
+        .find(|i| i.starts_with("docker") || i.starts_with("br-") || i.starts_with("veth"))
+        .or(w.out_if.as_deref())
+        .unwrap_or("docker0");
+    format!(
+        "firewall-cmd --permanent --zone=trusted --change-interface={container_side} && firewall-cmd --reload   # firewalld forwards only between interfaces that are in zones; Docker >= 20.10 puts its bridges in a `docker` zone itself"
+    )
+}
+
+/// A native nft rule or policy: delete or narrow the rule by handle, or accept ahead of the
+/// policy.
+fn nft_fix(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, w: &Walked) -> String {
+    if by.table.ends_with(" firewalld") {
+        return firewalld_fix(w);
+    }
+    match by.handle {
+        Some(h) => format!(
+            "nft delete rule {} {} handle {h}   # remove or narrow: {}",
+            by.table, by.chain, by.text
+        ),
+        None => format!(
+            "nft insert rule {} {}{} accept",
+            by.table,
+            by.chain,
+            flow_match(w, tuple, true)
+        ),
     }
 }
 
 fn fix_for(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, w: &Walked) -> String {
+    // iptables tables are named `filter`, nft tables `<family> <name>`.
+    if by.table.contains(' ') {
+        return nft_fix(by, tuple, w);
+    }
     match by.index {
         Some(i) => format!(
             "iptables -t {} -D {} {i}   # remove or narrow: {}",
             by.table, by.chain, by.text
         ),
-        None => {
-            let mut accept = format!(
-                "iptables -t {} -I {}",
-                by.table,
-                if by.chain == "FORWARD" {
-                    "DOCKER-USER"
-                } else {
-                    &by.chain
-                }
-            );
-            if let Some(i) = &w.in_if {
-                accept.push_str(&format!(" -i {i}"));
-            }
-            if let Some(o) = &w.out_if {
-                accept.push_str(&format!(" -o {o}"));
-            }
-            if let Some(t) = tuple.filter(|t| t.proto == 6 || t.proto == 17) {
-                let p = if t.proto == 6 { "tcp" } else { "udp" };
-                accept.push_str(&format!(" -p {p} --dport {}", t.dport));
-            }
-            accept.push_str(" -j ACCEPT");
-            accept
+        None => format!(
+            "iptables -t {} -I {}{} -j ACCEPT",
+            by.table,
+            if by.chain == "FORWARD" {
+                "DOCKER-USER"
+            } else {
+                &by.chain
+            },
+            flow_match(w, tuple, false)
+        ),
+    }
+}
+
+/// The interfaces and destination port of the dropped flow as rule matches, in nft or
+/// iptables syntax: what an accept ahead of a drop policy needs.
+fn flow_match(w: &Walked, tuple: Option<Tuple>, nft: bool) -> String {
+    let mut m = String::new();
+    let quote = |s: &str| {
+        if nft {
+            format!("\"{s}\"")
+        } else {
+            s.to_owned()
+        }
+    };
+    let (iif, oif) = if nft {
+        ("iifname", "oifname")
+    } else {
+        ("-i", "-o")
+    };
+    if let Some(i) = &w.in_if {
+        m.push_str(&format!(" {iif} {}", quote(i)));
+    }
+    if let Some(o) = &w.out_if {
+        m.push_str(&format!(" {oif} {}", quote(o)));
+    }
+    if let Some(t) = tuple.filter(|t| t.proto == 6 || t.proto == 17) {
+        let p = if t.proto == 6 { "tcp" } else { "udp" };
+        if nft {
+            m.push_str(&format!(" {p} dport {}", t.dport));
+        } else {
+            m.push_str(&format!(" -p {p} --dport {}", t.dport));
         }
     }
+    m
 }
 
 /// Walks the packet through the hooks of `netns` until a hook drops it.
 fn walk(
     case: &Case<'_>,
     facts: &mut dyn HostFacts,
-    rs: &super::ruleset::iptables::Ruleset,
+    rs: &super::ruleset::Ruleset,
     netns: u32,
     observed: Option<Hook>,
 ) -> Option<Walked> {
@@ -462,7 +521,7 @@ mod tests {
 
     use crate::{
         correlate::{FlowTable, Packet},
-        diagnose::ruleset::iptables::Ruleset,
+        diagnose::ruleset::Ruleset,
         events::fixture::*,
         probes::DropReasons,
         report::Report,

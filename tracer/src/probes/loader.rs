@@ -237,11 +237,19 @@ impl Probes {
     }
 }
 
+/// Pending bytes at which an event wakes the reader: an eighth of the ring, so a reader that
+/// drains on its timer (`trace::DRAIN_EVERY`) is rarely woken, and one that fell behind is woken
+/// long before the ring is full.
+fn wakeup_bytes(ring_bytes: u32) -> u64 {
+    u64::from(ring_bytes / 8)
+}
+
 impl Attempt<'_> {
     fn load(&self) -> Result<Ebpf, ProbeError> {
         EbpfLoader::new()
             .btf(Some(self.aya_btf))
             .override_global("OFFSETS", &self.facts.offsets, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes(self.sizes.ring_bytes), true)
             .map_max_entries("EVENTS", self.sizes.ring_bytes)
             .map_max_entries("TRACKED", self.sizes.tracked_skbs)
             .load(OBJECT)

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::diagnose::ruleset::iptables::Ruleset;
+use crate::diagnose::ruleset::Ruleset;
 
 pub use docker::{ContainerRef, Published, SharedIndex};
 pub use kallsyms::{Kallsyms, Symbol};
@@ -189,6 +189,35 @@ impl HostFacts for Resolver {
             .cloned()
     }
 
+    // The two lookups every hop makes: clone the name only, not the whole entry.
+    fn ifname(&mut self, netns: u32, ifindex: u32) -> String {
+        if ifindex == 0 {
+            return "-".into();
+        }
+        self.table(netns, |t| t.links.contains_key(&ifindex))
+            .and_then(|t| t.links.get(&ifindex))
+            .map_or_else(|| format!("if{ifindex}"), |l| l.name.clone())
+    }
+
+    fn netns_label(&mut self, netns: u32) -> String {
+        if netns == 0 {
+            return "-".into();
+        }
+        let container = self.containers.as_ref().and_then(|idx| {
+            let idx = idx.read().ok()?;
+            idx.by_netns(netns).map(|c| c.container.name.clone())
+        });
+        if let Some(name) = container {
+            return name;
+        }
+        if !self.namespaces.contains_key(&netns) {
+            self.refresh_namespaces();
+        }
+        self.namespaces
+            .get(&netns)
+            .map_or_else(|| format!("netns:{netns}"), |e| e.label.clone())
+    }
+
     fn netns(&mut self, netns: u32) -> Option<NetnsEntry> {
         let container = self.containers.as_ref().and_then(|idx| {
             let idx = idx.read().ok()?;
@@ -311,6 +340,17 @@ impl HostFacts for Resolver {
 /// `iptables-save -c` in the calling thread's namespace: the nft-backed tables first, then
 /// legacy; whichever has rules (a host uses one or the other).
 pub fn read_ruleset() -> Option<Ruleset> {
+    let (mut rs, via_nft) = read_iptables().unwrap_or_default();
+    // Native nft tables (firewalld, hand-written) run at the same hooks; iptables-nft's own
+    // tables show up there too and are left to iptables-save, which numbers their rules.
+    if let Some(nft) = read_nft(via_nft) {
+        rs.merge(nft);
+    }
+    (!rs.is_empty()).then_some(rs)
+}
+
+/// `iptables-save -c` from the first variant that has rules; `true` when it was iptables-nft.
+fn read_iptables() -> Option<(Ruleset, bool)> {
     for cmd in ["iptables-nft-save", "iptables-legacy-save", "iptables-save"] {
         let Ok(out) = std::process::Command::new(cmd).arg("-c").output() else {
             continue;
@@ -318,13 +358,42 @@ pub fn read_ruleset() -> Option<Ruleset> {
         if !out.status.success() {
             continue;
         }
-        match Ruleset::parse(&String::from_utf8_lossy(&out.stdout)) {
-            Ok(rs) if !rs.is_empty() => return Some(rs),
+        let text = String::from_utf8_lossy(&out.stdout);
+        match Ruleset::parse(&text) {
+            Ok(rs) if !rs.is_empty() => {
+                let via_nft = cmd == "iptables-nft-save" || text.contains("(nf_tables)");
+                return Some((rs, via_nft));
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!("{cmd}: {e}"),
         }
     }
     None
+}
+
+/// `nft -j list ruleset`, IPv4 families only.
+fn read_nft(skip_iptables_tables: bool) -> Option<Ruleset> {
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "ruleset"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        tracing::debug!(
+            "nft -j list ruleset: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    match crate::diagnose::ruleset::nft::parse(
+        &String::from_utf8_lossy(&out.stdout),
+        skip_iptables_tables,
+    ) {
+        Ok(rs) => Some(rs),
+        Err(e) => {
+            tracing::debug!("nft -j list ruleset: {e}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

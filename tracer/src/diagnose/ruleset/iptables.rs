@@ -4,118 +4,15 @@
 //! parser serves both. Matches the evaluator does not know are kept as text and reported, so
 //! a verdict that depends on them is never stated with more confidence than it deserves.
 
-use std::{collections::HashMap, net::Ipv4Addr};
-
-use super::{CtState, Hook, HookOutcome, PacketAtHook, RuleRef, Verdict};
+use super::{
+    CtState, Verdict,
+    model::{BaseChain, Chain, Cond, Net, Rule, Ruleset, Source, Table, Target},
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
     #[error("line {line}: {why}")]
     Line { line: usize, why: String },
-}
-
-/// An IPv4 prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Net {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl Net {
-    fn parse(s: &str) -> Option<Self> {
-        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let len: u8 = l.parse().ok().filter(|l| *l <= 32)?;
-        Some(Self {
-            addr: a.parse().ok()?,
-            len,
-        })
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - self.len as u32).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.addr) & mask
-    }
-}
-
-/// One match condition of a rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cond {
-    InIface(String),
-    OutIface(String),
-    Src(Net),
-    Dst(Net),
-    Proto(u8),
-    Dport(u16, u16),
-    Sport(u16, u16),
-    /// `-m multiport --dports/--sports/--ports`: (is dport, is sport, ranges).
-    Multiport(bool, bool, Vec<(u16, u16)>),
-    CtState(Vec<CtState>),
-    DstTypeLocal,
-    SrcTypeLocal,
-    PhysdevIn(String),
-    PhysdevOut(String),
-    PhysdevIsBridged,
-    /// `--syn`: SYN set, ACK/RST/FIN clear.
-    Syn,
-    /// A match the evaluator does not model, as written.
-    Unknown(String),
-}
-
-/// What a rule does when it matches.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Accept,
-    Drop,
-    Reject,
-    Return,
-    Jump(String),
-    Goto(String),
-    Dnat(Ipv4Addr, Option<u16>),
-    /// SNAT, MASQUERADE: accept in the nat table.
-    SourceNat,
-    /// LOG, MARK, ...: non-terminal.
-    Continue(String),
-    /// No `-j`: counts and goes on.
-    None,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
-    /// 1-based position in its chain.
-    pub index: usize,
-    /// As iptables-save prints it, without counters.
-    pub text: String,
-    pub packets: Option<u64>,
-    /// (negated, condition)
-    pub conds: Vec<(bool, Cond)>,
-    pub target: Target,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chain {
-    pub name: String,
-    /// Built-in chains have a policy.
-    pub policy: Option<Verdict>,
-    pub policy_packets: Option<u64>,
-    pub rules: Vec<Rule>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Table {
-    pub name: String,
-    pub chains: Vec<Chain>,
-}
-
-impl Table {
-    pub fn chain(&self, name: &str) -> Option<&Chain> {
-        self.chains.iter().find(|c| c.name == name)
-    }
-}
-
-/// A whole `iptables-save` dump.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ruleset {
-    pub tables: Vec<Table>,
 }
 
 fn tokenize(line: &str) -> Vec<String> {
@@ -213,6 +110,8 @@ impl Ruleset {
             if let Some(name) = line.strip_prefix('*') {
                 rs.tables.push(Table {
                     name: name.to_owned(),
+                    family: "ip".into(),
+                    source: Source::Iptables,
                     chains: Vec::new(),
                 });
                 continue;
@@ -231,6 +130,8 @@ impl Ruleset {
                 };
                 table.chains.push(Chain {
                     name: name.to_owned(),
+                    // Built-in chains are declared with a policy, user chains with `-`.
+                    base: policy.and_then(|_| BaseChain::iptables(&table.name, name)),
                     policy,
                     policy_packets: parts.next().and_then(counters),
                     rules: Vec::new(),
@@ -258,6 +159,7 @@ impl Ruleset {
                 None => {
                     table.chains.push(Chain {
                         name: chain_name.clone(),
+                        base: None,
                         policy: None,
                         policy_packets: None,
                         rules: Vec::new(),
@@ -269,6 +171,7 @@ impl Ruleset {
             let index = chain.rules.len() + 1;
             chain.rules.push(Rule {
                 index,
+                handle: None,
                 text: rule_text.to_owned(),
                 packets,
                 conds,
@@ -276,18 +179,6 @@ impl Ruleset {
             });
         }
         Ok(rs)
-    }
-
-    pub fn table(&self, name: &str) -> Option<&Table> {
-        self.tables.iter().find(|t| t.name == name)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tables.iter().all(|t| {
-            t.chains
-                .iter()
-                .all(|c| c.rules.is_empty() && c.policy != Some(Verdict::Drop))
-        })
     }
 }
 
@@ -423,238 +314,12 @@ fn parse_rule(t: &[String], is_chain: impl Fn(&str) -> bool) -> (Vec<(bool, Cond
     (conds, target)
 }
 
-fn iface_matches(pattern: &str, name: Option<&str>) -> Option<bool> {
-    let name = name?;
-    Some(match pattern.strip_suffix('+') {
-        Some(prefix) => name.starts_with(prefix),
-        None => name == pattern,
-    })
-}
-
-/// `Some(true/false)` when decidable for this packet, `None` when it is not.
-fn cond_holds(c: &Cond, p: &PacketAtHook) -> Option<bool> {
-    let in_range = |v: u16, (a, b): (u16, u16)| a <= v && v <= b;
-    let has_ports = p.proto == 6 || p.proto == 17 || p.proto == 132;
-    Some(match c {
-        Cond::InIface(n) => iface_matches(n, p.in_if.as_deref())?,
-        Cond::OutIface(n) => iface_matches(n, p.out_if.as_deref())?,
-        Cond::Src(n) => n.contains(p.src),
-        Cond::Dst(n) => n.contains(p.dst),
-        Cond::Proto(x) => p.proto == *x,
-        Cond::Dport(a, b) => has_ports && in_range(p.dport, (*a, *b)),
-        Cond::Sport(a, b) => has_ports && in_range(p.sport, (*a, *b)),
-        Cond::Multiport(d, s, ranges) => {
-            has_ports
-                && ranges
-                    .iter()
-                    .any(|r| (*d && in_range(p.dport, *r)) || (*s && in_range(p.sport, *r)))
-        }
-        Cond::CtState(states) => states.contains(&p.ct_state),
-        Cond::DstTypeLocal => p.local_addrs.contains(&p.dst) || p.dst.is_loopback(),
-        Cond::SrcTypeLocal => p.local_addrs.contains(&p.src) || p.src.is_loopback(),
-        Cond::PhysdevIn(n) => iface_matches(n, p.physdev_in.as_deref()).unwrap_or(false),
-        Cond::PhysdevOut(n) => iface_matches(n, p.physdev_out.as_deref()).unwrap_or(false),
-        Cond::PhysdevIsBridged => p.physdev_in.is_some() && p.physdev_out.is_some(),
-        Cond::Syn => p.proto == 6 && p.tcp_flags & 0x17 == 0x02,
-        Cond::Unknown(_) => return None,
-    })
-}
-
-/// Tables in the order the kernel runs them at a hook (by priority).
-fn tables_at(hook: Hook) -> &'static [&'static str] {
-    match hook {
-        Hook::Prerouting => &["raw", "mangle", "nat"],
-        Hook::Input => &["mangle", "filter", "security", "nat"],
-        Hook::Forward => &["mangle", "filter", "security"],
-        Hook::Output => &["raw", "mangle", "nat", "filter", "security"],
-        Hook::Postrouting => &["mangle", "nat"],
-    }
-}
-
-enum Flow {
-    /// Fell off the end (or RETURN) of this chain.
-    Fallthrough,
-    Verdict(Verdict, RuleRef),
-    Dnat(Ipv4Addr, Option<u16>, RuleRef),
-}
-
-struct Walk<'a> {
-    table: &'a Table,
-    pkt: &'a PacketAtHook,
-    path: Vec<String>,
-    unknown: Vec<String>,
-}
-
-impl Walk<'_> {
-    fn rule_ref(&self, chain: &Chain, rule: &Rule) -> RuleRef {
-        RuleRef {
-            table: self.table.name.clone(),
-            chain: chain.name.clone(),
-            index: Some(rule.index),
-            text: rule.text.clone(),
-            packets: rule.packets,
-        }
-    }
-
-    fn chain(&mut self, name: &str, depth: u32) -> Flow {
-        let Some(chain) = self.table.chain(name) else {
-            return Flow::Fallthrough;
-        };
-        if depth > 32 {
-            return Flow::Fallthrough;
-        }
-        self.path.push(format!("{}/{}", self.table.name, name));
-        for rule in &chain.rules {
-            let mut all = true;
-            for (neg, c) in &rule.conds {
-                match cond_holds(c, self.pkt) {
-                    Some(v) if v != *neg => {}
-                    Some(_) => {
-                        all = false;
-                        break;
-                    }
-                    None => {
-                        let text = match c {
-                            Cond::Unknown(t) => t.clone(),
-                            other => format!("{other:?}"),
-                        };
-                        self.unknown.push(format!("{}: {text}", rule.text));
-                        all = false;
-                        break;
-                    }
-                }
-            }
-            if !all {
-                continue;
-            }
-            let here = self.rule_ref(chain, rule);
-            match &rule.target {
-                Target::Accept | Target::SourceNat => return Flow::Verdict(Verdict::Accept, here),
-                Target::Drop => return Flow::Verdict(Verdict::Drop, here),
-                Target::Reject => return Flow::Verdict(Verdict::Reject, here),
-                Target::Dnat(a, p) => return Flow::Dnat(*a, *p, here),
-                Target::Return => return Flow::Fallthrough,
-                Target::Jump(sub) => match self.chain(sub, depth + 1) {
-                    Flow::Fallthrough => {}
-                    decided => return decided,
-                },
-                Target::Goto(sub) => return self.chain(sub, depth + 1),
-                Target::Continue(_) | Target::None => {}
-            }
-        }
-        Flow::Fallthrough
-    }
-}
-
-impl Ruleset {
-    /// Runs the tables of one hook over the packet, in kernel order. NAT tables see only the
-    /// first packet of a connection.
-    pub fn evaluate(&self, hook: Hook, pkt: &PacketAtHook) -> HookOutcome {
-        let mut out = HookOutcome {
-            hook,
-            verdict: Verdict::Accept,
-            by: None,
-            path: Vec::new(),
-            dnat: None,
-            unknown_matches: Vec::new(),
-        };
-        for name in tables_at(hook) {
-            if *name == "nat" && pkt.ct_state != CtState::New {
-                continue;
-            }
-            let Some(table) = self.table(name) else {
-                continue;
-            };
-            let Some(builtin) = table.chain(hook.name()) else {
-                continue;
-            };
-            let mut walk = Walk {
-                table,
-                pkt,
-                path: Vec::new(),
-                unknown: Vec::new(),
-            };
-            let flow = walk.chain(hook.name(), 0);
-            out.path.extend(walk.path);
-            out.unknown_matches.extend(walk.unknown);
-            match flow {
-                Flow::Verdict(Verdict::Accept, by) => {
-                    // The accepting rule of the last table that decided explicitly (in nat, an
-                    // ACCEPT also means no DNAT for this connection).
-                    out.by = Some(by);
-                }
-                Flow::Verdict(v, by) => {
-                    out.verdict = v;
-                    out.by = Some(by);
-                    return out;
-                }
-                Flow::Dnat(a, p, by) => {
-                    out.dnat = Some((a, p));
-                    out.by = Some(by);
-                }
-                Flow::Fallthrough => {
-                    if builtin.policy == Some(Verdict::Drop) {
-                        out.verdict = Verdict::Drop;
-                        out.by = Some(RuleRef {
-                            table: table.name.clone(),
-                            chain: builtin.name.clone(),
-                            index: None,
-                            text: format!(":{} DROP", builtin.name),
-                            packets: builtin.policy_packets,
-                        });
-                        return out;
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Every DNAT rule for `dport` (nat table), with the chain it sits in: what a packet to a
-    /// published port should have hit.
-    pub fn dnat_rules_for(&self, proto: u8, dport: u16) -> Vec<RuleRef> {
-        let mut out = Vec::new();
-        let Some(nat) = self.table("nat") else {
-            return out;
-        };
-        let mut chain_rules: HashMap<&str, &Chain> = HashMap::new();
-        for c in &nat.chains {
-            chain_rules.insert(c.name.as_str(), c);
-        }
-        for c in &nat.chains {
-            for r in &c.rules {
-                let is_dnat = matches!(r.target, Target::Dnat(..));
-                let port_ok = r.conds.iter().any(|(neg, cond)| {
-                    !neg && match cond {
-                        Cond::Dport(a, b) => *a <= dport && dport <= *b,
-                        Cond::Multiport(true, _, ranges) => {
-                            ranges.iter().any(|(a, b)| *a <= dport && dport <= *b)
-                        }
-                        _ => false,
-                    }
-                });
-                let proto_ok = r
-                    .conds
-                    .iter()
-                    .all(|(neg, cond)| !matches!(cond, Cond::Proto(p) if (*p == proto) == *neg));
-                if is_dnat && port_ok && proto_ok {
-                    out.push(RuleRef {
-                        table: "nat".into(),
-                        chain: c.name.clone(),
-                        index: Some(r.index),
-                        text: r.text.clone(),
-                        packets: r.packets,
-                    });
-                }
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+    use crate::diagnose::ruleset::{Hook, PacketAtHook};
 
     const DOCKER: &str = include_str!("../../../test_data/iptables_docker.txt");
 

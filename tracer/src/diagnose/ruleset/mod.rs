@@ -6,6 +6,10 @@
 //! state — the way the kernel walks the tables in priority order.
 
 pub mod iptables;
+pub mod model;
+pub mod nft;
+
+pub use model::Ruleset;
 
 use std::net::Ipv4Addr;
 
@@ -107,6 +111,9 @@ pub struct RuleRef {
     pub chain: String,
     /// 1-based position in its chain (`iptables -L --line-numbers`); `None` for the policy.
     pub index: Option<usize>,
+    /// nft rule handle (`nft -a list ruleset`), for native nft rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
     /// The rule as `iptables-save` prints it, or `:CHAIN POLICY` for a policy.
     pub text: String,
     /// Packets the kernel counted for it, when the ruleset was read with counters.
@@ -126,4 +133,29 @@ pub struct HookOutcome {
     pub dnat: Option<(Ipv4Addr, Option<u16>)>,
     /// Matches the evaluator could not decide and assumed false.
     pub unknown_matches: Vec<String>,
+}
+
+#[cfg(test)]
+pub(crate) mod ruleset_fixtures {
+    use std::net::Ipv4Addr;
+
+    use super::{CtState, PacketAtHook};
+
+    /// A new TCP SYN to port 80 being forwarded from `in_if` to `out_if`.
+    pub fn syn_at_forward(in_if: &str, out_if: &str, src: Ipv4Addr) -> PacketAtHook {
+        PacketAtHook {
+            src,
+            dst: Ipv4Addr::new(172, 17, 0, 2),
+            proto: 6,
+            sport: 40000,
+            dport: 80,
+            tcp_flags: 0x02,
+            in_if: Some(in_if.into()),
+            out_if: Some(out_if.into()),
+            physdev_in: None,
+            physdev_out: None,
+            ct_state: CtState::New,
+            local_addrs: vec![Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(172, 17, 0, 1)],
+        }
+    }
 }

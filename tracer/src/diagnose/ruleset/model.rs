@@ -1,0 +1,446 @@
+//! The ruleset model every source is parsed into (iptables-save text, nft JSON), and the
+//! evaluator that walks a packet through it: base chains of a hook in priority order, jumps,
+//! gotos, returns and policies, the way the kernel does.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use super::{CtState, Hook, HookOutcome, PacketAtHook, RuleRef, Verdict};
+
+/// An IPv4 prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Net {
+    /// `a.b.c.d[/len]`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+        let len: u8 = l.parse().ok().filter(|l| *l <= 32)?;
+        Some(Self {
+            addr: a.parse().ok()?,
+            len,
+        })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - self.len as u32).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+/// One match condition of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cond {
+    InIface(String),
+    OutIface(String),
+    Src(Net),
+    Dst(Net),
+    Proto(u8),
+    Dport(u16, u16),
+    Sport(u16, u16),
+    /// `-m multiport --dports/--sports/--ports`: (is dport, is sport, ranges).
+    Multiport(bool, bool, Vec<(u16, u16)>),
+    CtState(Vec<CtState>),
+    DstTypeLocal,
+    SrcTypeLocal,
+    PhysdevIn(String),
+    PhysdevOut(String),
+    PhysdevIsBridged,
+    /// `--syn`: SYN set, ACK/RST/FIN clear.
+    Syn,
+    /// Any of these holds (an nft set: `tcp dport { 80, 443 }`).
+    AnyOf(Vec<Cond>),
+    /// Never holds for the packets pathtrace follows (`meta nfproto ipv6`).
+    Never,
+    /// A match the evaluator does not model, as written.
+    Unknown(String),
+}
+
+/// What a rule does when it matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Accept,
+    Drop,
+    Reject,
+    Return,
+    Jump(String),
+    Goto(String),
+    Dnat(Ipv4Addr, Option<u16>),
+    /// SNAT, MASQUERADE: accept in the nat table.
+    SourceNat,
+    /// LOG, MARK, ...: non-terminal.
+    Continue(String),
+    /// No `-j`: counts and goes on.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// 1-based position in its chain.
+    pub index: usize,
+    /// nft's rule handle (`nft -a list ruleset`), for native nft rules.
+    pub handle: Option<u64>,
+    /// As iptables-save or nft prints it, without counters.
+    pub text: String,
+    pub packets: Option<u64>,
+    /// (negated, condition)
+    pub conds: Vec<(bool, Cond)>,
+    pub target: Target,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    /// Where the kernel enters this chain; `None` for chains reached only by jumps.
+    pub base: Option<BaseChain>,
+    /// Built-in chains have a policy.
+    pub policy: Option<Verdict>,
+    pub policy_packets: Option<u64>,
+    pub rules: Vec<Rule>,
+}
+
+/// A chain the kernel enters at a hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    pub hook: Hook,
+    /// Lower runs first (raw -300, mangle -150, dstnat -100, filter 0, srcnat 100).
+    pub priority: i32,
+    /// A nat chain: it sees only the first packet of a connection.
+    pub nat: bool,
+}
+
+impl BaseChain {
+    /// The built-in chains of iptables' tables, at the priorities the kernel registers them.
+    pub fn iptables(table: &str, chain: &str) -> Option<Self> {
+        let hook = Hook::from_name(chain)?;
+        let priority = match (table, hook) {
+            ("raw", _) => -300,
+            ("mangle", _) => -150,
+            ("nat", Hook::Prerouting | Hook::Output) => -100,
+            ("nat", _) => 100,
+            ("filter", _) => 0,
+            ("security", _) => 50,
+            _ => return None,
+        };
+        Some(Self {
+            hook,
+            priority,
+            nat: table == "nat",
+        })
+    }
+}
+
+/// Which tool owns a table: it decides how a rule is named and how a fix is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// iptables-save text (iptables-nft or iptables-legacy).
+    Iptables,
+    /// A native nftables table (`nft -j list ruleset`): firewalld, hand-written rulesets.
+    Nft,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// `filter`, `nat` for iptables; the table name for nft.
+    pub name: String,
+    /// nft family (`ip`, `inet`, ...); `ip` for iptables.
+    pub family: String,
+    pub source: Source,
+    pub chains: Vec<Chain>,
+}
+
+impl Table {
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    /// How rules of this table are named in findings: `filter` for iptables, `inet firewalld`
+    /// for nft.
+    pub fn label(&self) -> String {
+        match self.source {
+            Source::Iptables => self.name.clone(),
+            Source::Nft => format!("{} {}", self.family, self.name),
+        }
+    }
+}
+
+/// Every table of a namespace, from every source that has rules there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub tables: Vec<Table>,
+}
+
+impl Ruleset {
+    /// An iptables table by name (`nat`, `filter`).
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables
+            .iter()
+            .find(|t| t.source == Source::Iptables && t.name == name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(|t| {
+            t.chains
+                .iter()
+                .all(|c| c.rules.is_empty() && c.policy != Some(Verdict::Drop))
+        })
+    }
+
+    /// Adds another source's tables (nft next to iptables).
+    pub fn merge(&mut self, other: Ruleset) {
+        self.tables.extend(other.tables);
+    }
+}
+
+fn iface_matches(pattern: &str, name: Option<&str>) -> Option<bool> {
+    let name = name?;
+    Some(match pattern.strip_suffix('+') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    })
+}
+
+/// `Some(true/false)` when decidable for this packet, `None` when it is not.
+fn cond_holds(c: &Cond, p: &PacketAtHook) -> Option<bool> {
+    let in_range = |v: u16, (a, b): (u16, u16)| a <= v && v <= b;
+    let has_ports = p.proto == 6 || p.proto == 17 || p.proto == 132;
+    Some(match c {
+        Cond::InIface(n) => iface_matches(n, p.in_if.as_deref())?,
+        Cond::OutIface(n) => iface_matches(n, p.out_if.as_deref())?,
+        Cond::Src(n) => n.contains(p.src),
+        Cond::Dst(n) => n.contains(p.dst),
+        Cond::Proto(x) => p.proto == *x,
+        Cond::Dport(a, b) => has_ports && in_range(p.dport, (*a, *b)),
+        Cond::Sport(a, b) => has_ports && in_range(p.sport, (*a, *b)),
+        Cond::Multiport(d, s, ranges) => {
+            has_ports
+                && ranges
+                    .iter()
+                    .any(|r| (*d && in_range(p.dport, *r)) || (*s && in_range(p.sport, *r)))
+        }
+        Cond::CtState(states) => states.contains(&p.ct_state),
+        Cond::DstTypeLocal => p.local_addrs.contains(&p.dst) || p.dst.is_loopback(),
+        Cond::SrcTypeLocal => p.local_addrs.contains(&p.src) || p.src.is_loopback(),
+        Cond::PhysdevIn(n) => iface_matches(n, p.physdev_in.as_deref()).unwrap_or(false),
+        Cond::PhysdevOut(n) => iface_matches(n, p.physdev_out.as_deref()).unwrap_or(false),
+        Cond::PhysdevIsBridged => p.physdev_in.is_some() && p.physdev_out.is_some(),
+        Cond::Syn => p.proto == 6 && p.tcp_flags & 0x17 == 0x02,
+        Cond::AnyOf(any) => {
+            let mut undecided = false;
+            for c in any {
+                match cond_holds(c, p) {
+                    Some(true) => return Some(true),
+                    Some(false) => {}
+                    None => undecided = true,
+                }
+            }
+            if undecided {
+                return None;
+            }
+            false
+        }
+        Cond::Never => false,
+        Cond::Unknown(_) => return None,
+    })
+}
+
+enum Flow {
+    /// Fell off the end (or RETURN) of this chain.
+    Fallthrough,
+    Verdict(Verdict, RuleRef),
+    Dnat(Ipv4Addr, Option<u16>, RuleRef),
+}
+
+struct Walk<'a> {
+    table: &'a Table,
+    pkt: &'a PacketAtHook,
+    path: Vec<String>,
+    unknown: Vec<String>,
+}
+
+impl Walk<'_> {
+    fn rule_ref(&self, chain: &Chain, rule: &Rule) -> RuleRef {
+        RuleRef {
+            table: self.table.label(),
+            chain: chain.name.clone(),
+            index: Some(rule.index),
+            handle: rule.handle,
+            text: rule.text.clone(),
+            packets: rule.packets,
+        }
+    }
+
+    fn chain(&mut self, name: &str, depth: u32) -> Flow {
+        let Some(chain) = self.table.chain(name) else {
+            return Flow::Fallthrough;
+        };
+        if depth > 32 {
+            return Flow::Fallthrough;
+        }
+        self.path.push(format!("{}/{}", self.table.label(), name));
+        for rule in &chain.rules {
+            let mut all = true;
+            for (neg, c) in &rule.conds {
+                match cond_holds(c, self.pkt) {
+                    Some(v) if v != *neg => {}
+                    Some(_) => {
+                        all = false;
+                        break;
+                    }
+                    None => {
+                        let text = match c {
+                            Cond::Unknown(t) => t.clone(),
+                            other => format!("{other:?}"),
+                        };
+                        self.unknown.push(format!("{}: {text}", rule.text));
+                        all = false;
+                        break;
+                    }
+                }
+            }
+            if !all {
+                continue;
+            }
+            let here = self.rule_ref(chain, rule);
+            match &rule.target {
+                Target::Accept | Target::SourceNat => return Flow::Verdict(Verdict::Accept, here),
+                Target::Drop => return Flow::Verdict(Verdict::Drop, here),
+                Target::Reject => return Flow::Verdict(Verdict::Reject, here),
+                Target::Dnat(a, p) => return Flow::Dnat(*a, *p, here),
+                Target::Return => return Flow::Fallthrough,
+                Target::Jump(sub) => match self.chain(sub, depth + 1) {
+                    Flow::Fallthrough => {}
+                    decided => return decided,
+                },
+                Target::Goto(sub) => return self.chain(sub, depth + 1),
+                Target::Continue(_) | Target::None => {}
+            }
+        }
+        Flow::Fallthrough
+    }
+}
+
+impl Ruleset {
+    /// Runs the tables of one hook over the packet, in kernel order. NAT tables see only the
+    /// first packet of a connection.
+    pub fn evaluate(&self, hook: Hook, pkt: &PacketAtHook) -> HookOutcome {
+        let mut out = HookOutcome {
+            hook,
+            verdict: Verdict::Accept,
+            by: None,
+            path: Vec::new(),
+            dnat: None,
+            unknown_matches: Vec::new(),
+        };
+        // Every base chain of this hook, from every table and source, in the order the
+        // kernel runs them: by priority, ties in registration (listing) order.
+        let mut entries: Vec<(&Table, &Chain, BaseChain)> = self
+            .tables
+            .iter()
+            .flat_map(|t| {
+                t.chains
+                    .iter()
+                    .filter_map(move |c| c.base.filter(|b| b.hook == hook).map(|b| (t, c, b)))
+            })
+            .collect();
+        entries.sort_by_key(|(_, _, b)| b.priority);
+        for (table, chain, base) in entries {
+            if base.nat && pkt.ct_state != CtState::New {
+                continue;
+            }
+            let mut walk = Walk {
+                table,
+                pkt,
+                path: Vec::new(),
+                unknown: Vec::new(),
+            };
+            let flow = walk.chain(&chain.name, 0);
+            out.path.extend(walk.path);
+            out.unknown_matches.extend(walk.unknown);
+            match flow {
+                Flow::Verdict(Verdict::Accept, by) => {
+                    // The accepting rule of the last chain that decided explicitly (in nat, an
+                    // ACCEPT also means no DNAT for this connection).
+                    out.by = Some(by);
+                }
+                Flow::Verdict(v, by) => {
+                    out.verdict = v;
+                    out.by = Some(by);
+                    return out;
+                }
+                Flow::Dnat(a, p, by) => {
+                    out.dnat = Some((a, p));
+                    out.by = Some(by);
+                }
+                Flow::Fallthrough => {
+                    if chain.policy == Some(Verdict::Drop) {
+                        out.verdict = Verdict::Drop;
+                        out.by = Some(RuleRef {
+                            table: table.label(),
+                            chain: chain.name.clone(),
+                            index: None,
+                            handle: None,
+                            text: match table.source {
+                                Source::Iptables => format!(":{} DROP", chain.name),
+                                Source::Nft => format!(
+                                    "chain {} {{ type {} hook {} priority {}; policy drop; }}",
+                                    chain.name,
+                                    if base.nat { "nat" } else { "filter" },
+                                    hook.name().to_lowercase(),
+                                    base.priority
+                                ),
+                            },
+                            packets: chain.policy_packets,
+                        });
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every DNAT rule for `dport` (nat table), with the chain it sits in: what a packet to a
+    /// published port should have hit.
+    pub fn dnat_rules_for(&self, proto: u8, dport: u16) -> Vec<RuleRef> {
+        let mut out = Vec::new();
+        let Some(nat) = self.table("nat") else {
+            return out;
+        };
+        let mut chain_rules: HashMap<&str, &Chain> = HashMap::new();
+        for c in &nat.chains {
+            chain_rules.insert(c.name.as_str(), c);
+        }
+        for c in &nat.chains {
+            for r in &c.rules {
+                let is_dnat = matches!(r.target, Target::Dnat(..));
+                let port_ok = r.conds.iter().any(|(neg, cond)| {
+                    !neg && match cond {
+                        Cond::Dport(a, b) => *a <= dport && dport <= *b,
+                        Cond::Multiport(true, _, ranges) => {
+                            ranges.iter().any(|(a, b)| *a <= dport && dport <= *b)
+                        }
+                        _ => false,
+                    }
+                });
+                let proto_ok = r
+                    .conds
+                    .iter()
+                    .all(|(neg, cond)| !matches!(cond, Cond::Proto(p) if (*p == proto) == *neg));
+                if is_dnat && port_ok && proto_ok {
+                    out.push(RuleRef {
+                        table: "nat".into(),
+                        chain: c.name.clone(),
+                        index: Some(r.index),
+                        handle: None,
+                        text: r.text.clone(),
+                        packets: r.packets,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
