@@ -233,7 +233,21 @@ impl Observed {
     }
 
     pub fn matches(&self, e: &Expect) -> bool {
-        self.outcome() == e.outcome && self.drop_reason() == e.drop_reason && self.code() == e.code
+        self.outcome() == e.outcome
+            && self.drop_reason() == e.drop_reason
+            && self.code() == e.code
+            && self.netfilter_drop_seen(e)
+    }
+
+    /// Where `nf_hook_slow` is probed (fentry, kprobe), a netfilter drop must show up as the
+    /// hook's own hop with a drop verdict, part of the packet that died.
+    fn netfilter_drop_seen(&self, e: &Expect) -> bool {
+        let probed = self.ready["hooks"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|x| x == "nf_hook_slow"));
+        !probed
+            || e.drop_reason != Some("NETFILTER_DROP")
+            || self.netfilter_hops().iter().any(|h| h.ends_with(" drop"))
     }
 
     /// `hop ifname@netns` for each hop, for assertions and tables.

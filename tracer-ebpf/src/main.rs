@@ -26,7 +26,7 @@ mod tracepoints {
     use tracer_common::HopKind;
 
     use crate::{
-        hop::{Site, record},
+        hop::{Site, build, emit, record},
         skb::Access,
     };
 
@@ -74,7 +74,10 @@ mod tracepoints {
             access: Access::Direct,
             ..Site::new(HopKind::Drop)
         };
-        record(skb, site);
+        if let Some(ev) = build(skb, site) {
+            crate::netfilter::drop_inside_hook(skb);
+            emit(&ev);
+        }
         0
     }
 
@@ -161,36 +164,26 @@ mod fentry {
 #[cfg(target_arch = "bpf")]
 mod kprobes {
     use aya_ebpf::{
-        helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
         macros::{kprobe, kretprobe},
         programs::{ProbeContext, RetProbeContext},
     };
 
     use crate::{hop, netfilter};
 
-    /// kretprobes see no arguments: entry and return are paired by CPU and task (softirqs on
-    /// different CPUs all run as pid 0). Calls nested on the same task for packets we do not
-    /// follow are counted in the stash and skipped on return (see `netfilter::Pending`).
-    #[inline(always)]
-    fn task_key() -> u64 {
-        // SAFETY: helpers without preconditions.
-        let (task, cpu) = unsafe { (bpf_get_current_pid_tgid(), bpf_get_smp_processor_id()) };
-        task ^ (u64::from(cpu) << 48)
-    }
-
+    /// kretprobes see no arguments: entry and return are paired by `netfilter::task_key`.
     #[kprobe]
     pub fn kprobe_nf_hook_slow(ctx: ProbeContext) -> u32 {
         let (Some(skb), Some(state)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
             return 0;
         };
-        netfilter::enter(task_key(), skb, state, true);
+        netfilter::enter(netfilter::task_key(), skb, state, true);
         0
     }
 
     #[kretprobe]
     pub fn kretprobe_nf_hook_slow(ctx: RetProbeContext) -> u32 {
         let ret: i32 = ctx.ret();
-        netfilter::exit(task_key(), ret as i64);
+        netfilter::exit(netfilter::task_key(), ret as i64);
         0
     }
 

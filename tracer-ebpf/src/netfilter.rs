@@ -1,7 +1,11 @@
 //! Netfilter hook traversal at `nf_hook_slow`: the hop is built on entry (the skb may be freed
 //! before the function returns) and emitted on return with the verdict.
 
-use aya_ebpf::{macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
+    macros::map,
+    maps::LruHashMap,
+};
 use tracer_common::{HopEvent, HopKind, config::have, event::nf_verdict};
 
 use crate::{
@@ -70,6 +74,39 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
             }
         }
         None => {}
+    }
+}
+
+/// The key kprobes pair entry and return by: CPU and task (softirqs on different CPUs all
+/// run as pid 0). Calls nested on the same task for packets we do not follow are counted in
+/// the stash and skipped on return (see [`Pending`]).
+#[inline(always)]
+pub fn task_key() -> u64 {
+    // SAFETY: helpers without preconditions.
+    let (task, cpu) = unsafe { (bpf_get_current_pid_tgid(), bpf_get_smp_processor_id()) };
+    task ^ (u64::from(cpu) << 48)
+}
+
+/// A drop inside `nf_hook_slow` frees the skb before the hook returns, and the packet ends
+/// with that free. The hop waiting for the return is emitted now, with its drop verdict, so it
+/// stays part of its packet and names the hook. Called only for skbs we follow.
+#[inline(always)]
+pub fn drop_inside_hook(skb: u64) {
+    for key in [skb, task_key()] {
+        let Some(pending) = NF_PENDING.get_ptr_mut(&key) else {
+            continue;
+        };
+        // SAFETY: as in `enter`; copied out before the entry is removed.
+        let mut ev = unsafe {
+            if (*pending).ev.skb != skb || (*pending).nested != 0 {
+                continue;
+            }
+            (*pending).ev
+        };
+        let _ = NF_PENDING.remove(&key);
+        ev.nf_verdict = nf_verdict::DROP;
+        emit(&ev);
+        return;
     }
 }
 

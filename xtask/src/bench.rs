@@ -31,6 +31,16 @@ pub struct BenchArgs {
     pub no_write: bool,
 }
 
+/// What floods the lab.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Traffic {
+    /// 18-byte datagrams to the published UDP port, counted by a sink in the container.
+    Udp,
+    /// Raw-socket SYNs to the published TCP port, counted as TCP segments the container's
+    /// stack receives (each SYN and the client kernel's RST to the SYN-ACK).
+    Syn,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Untraced,
@@ -73,12 +83,19 @@ impl Tracer {
     }
 }
 
-fn start_tracer(bin: &std::path::Path, mode: Mode) -> Result<Option<Tracer>> {
-    let filter: &[&str] = match mode {
-        Mode::Untraced => return Ok(None),
-        Mode::NonMatching => &["--dport", "1", "--proto", "udp"],
-        Mode::Matching => &["--dport", "10009", "--proto", "udp"],
+fn start_tracer(bin: &std::path::Path, mode: Mode, traffic: Traffic) -> Result<Option<Tracer>> {
+    let proto = match traffic {
+        Traffic::Udp => "udp",
+        Traffic::Syn => "tcp",
     };
+    let dport = match (mode, traffic) {
+        (Mode::Untraced, _) => return Ok(None),
+        (Mode::NonMatching, _) => 1,
+        (Mode::Matching, Traffic::Udp) => UDP_PORT,
+        (Mode::Matching, Traffic::Syn) => LabConfig::default().published_port,
+    }
+    .to_string();
+    let filter = ["--dport", &dport, "--proto", proto];
     let output = std::env::temp_dir().join(format!("pathtrace-bench-{}.jsonl", std::process::id()));
     let file =
         std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
@@ -128,16 +145,24 @@ fn measure(
     sink: &lab::bench::Sink,
     bin: &std::path::Path,
     mode: Mode,
+    traffic: Traffic,
     secs: u64,
 ) -> Result<Run> {
-    let tracer = start_tracer(bin, mode)?;
+    let tracer = start_tracer(bin, mode, traffic)?;
     let cpu0 = tracer.as_ref().map_or(0.0, |t| cpu_seconds(t.child.id()));
-    let before = sink.received.load(std::sync::atomic::Ordering::Relaxed);
+    let arrived = || match traffic {
+        Traffic::Udp => Ok(sink.received.load(std::sync::atomic::Ordering::Relaxed)),
+        Traffic::Syn => lab.container_tcp_in_segs(),
+    };
+    let before = arrived()?;
     let t = Instant::now();
-    lab.udp_flood(Duration::from_secs(secs), u64::MAX)?;
+    match traffic {
+        Traffic::Udp => lab.udp_flood(Duration::from_secs(secs), u64::MAX)?,
+        Traffic::Syn => lab.syn_flood(Duration::from_secs(secs), u64::MAX)?,
+    };
     let elapsed = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
-    let got = sink.received.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let got = arrived()? - before;
     let mut run = Run {
         pps: got as f64 / elapsed,
         events: 0,
@@ -198,7 +223,7 @@ fn hook_costs(
     let old = std::fs::read_to_string(key).unwrap_or_else(|_| "0".into());
     std::fs::write(key, "1").context("enabling kernel.bpf_stats_enabled for the run")?;
     let result = (|| -> Result<Vec<(String, f64, u64)>> {
-        let tracer = start_tracer(bin, mode)?.context("tracer")?;
+        let tracer = start_tracer(bin, mode, Traffic::Udp)?.context("tracer")?;
         lab.udp_flood(Duration::from_secs(secs), u64::MAX)?;
         let out = Command::new("bpftool")
             .args(["prog", "show", "-j"])
@@ -256,6 +281,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let sink = lab.udp_sink()?;
     lab.udp_flood(Duration::from_secs(1), u64::MAX)?; // warm up ARP, conntrack, caches
     let mut results: Vec<(Mode, Run)> = Vec::new();
+    let mut syn_results: Vec<(Mode, Run)> = Vec::new();
     for round in 0..args.rounds {
         for mode in [
             Mode::Untraced,
@@ -263,12 +289,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Mode::Untraced,
             Mode::Matching,
         ] {
-            let r = measure(&lab, &sink, &bin, mode, args.seconds)?;
+            let r = measure(&lab, &sink, &bin, mode, Traffic::Udp, args.seconds)?;
             eprintln!(
-                "round {round} {mode:?}: {:.0} pkt/s, {} events, {} lost",
+                "round {round} UDP {mode:?}: {:.0} pkt/s, {} events, {} lost",
                 r.pps, r.events, r.lost
             );
             results.push((mode, r));
+        }
+        for mode in [
+            Mode::Untraced,
+            Mode::NonMatching,
+            Mode::Untraced,
+            Mode::Matching,
+        ] {
+            let r = measure(&lab, &sink, &bin, mode, Traffic::Syn, args.seconds)?;
+            eprintln!(
+                "round {round} SYN {mode:?}: {:.0} segments/s, {} events, {} lost",
+                r.pps, r.events, r.lost
+            );
+            syn_results.push((mode, r));
         }
     }
     let idle_costs = hook_costs(&lab, &bin, Mode::NonMatching, args.seconds)?;
@@ -328,6 +367,43 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "| events lost in the kernel (matching) | {lost} of {} | 0 |",
         events + lost
     );
+    // The SYN flood: the same two filters against the TCP path (conntrack, DNAT, a listener
+    // answering with SYN-ACKs that the client's kernel resets).
+    let syn_pps = |m: Mode| {
+        median(
+            syn_results
+                .iter()
+                .filter(|(x, _)| *x == m)
+                .map(|(_, r)| r.pps)
+                .collect(),
+        )
+    };
+    let syn_matching: Vec<&Run> = syn_results
+        .iter()
+        .filter(|(m, _)| *m == Mode::Matching)
+        .map(|(_, r)| r)
+        .collect();
+    let _ = writeln!(
+        table,
+        "| SYN flood: untraced (TCP segments into the container: SYN + client RST) | {:.0} /s | |",
+        syn_pps(Mode::Untraced)
+    );
+    let _ = writeln!(
+        table,
+        "| SYN flood: filter matching nothing / untraced | {:.3} | ≥ 0.95 |",
+        paired_ratio(&syn_results, Mode::NonMatching)
+    );
+    let _ = writeln!(
+        table,
+        "| SYN flood: every packet matching / untraced | {:.3} | ≥ 0.60 |",
+        paired_ratio(&syn_results, Mode::Matching)
+    );
+    let _ = writeln!(
+        table,
+        "| SYN flood: events lost in the kernel (matching) | {} of {} | 0 |",
+        syn_matching.iter().map(|r| r.lost).sum::<u64>(),
+        syn_matching.iter().map(|r| r.lost + r.events).sum::<u64>()
+    );
     let _ = writeln!(
         table,
         "| pathtrace CPU per million events | {:.2} s | |",
@@ -360,6 +436,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("\n{table}");
 
     if !args.no_write {
+        let tcp_port = LabConfig::default().published_port;
         let doc = format!(
             "# Performance\n\nMeasured with `cargo xtask bench --rounds {} --seconds {}` on {} ({} cores), kernel {}, tracepoint backend.\n\
              The lab topology: 18-byte UDP datagrams from the outside namespace to published port {UDP_PORT}, DNATed through the bridge into the\n\
@@ -367,7 +444,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
              How to read it: the ratios are the forwarding throughput kept while pathtrace is attached; \"matching\" means every flood\n\
              packet produces ~4 events (receive, DNAT transmit on the bridge, veth transmit, receive in the container). BPF run time is\n\
              the kernel's own accounting (`kernel.bpf_stats_enabled`, on for two extra runs, one per filter, and restored).\n\
-             Ratios pair each traced run with the untraced runs around it; the CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n",
+             Ratios pair each traced run with the untraced runs around it; the CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n\
+             The SYN flood sends raw-socket SYNs (source ports cycling) to the published TCP port {tcp_port}; its rate is TCP segments the\n\
+             container's stack received (each SYN, and the RST the client's kernel sends for the SYN-ACK), BPF costs are from the UDP runs.\n",
             args.rounds,
             args.seconds,
             std::fs::read_to_string("/proc/sys/kernel/hostname")
