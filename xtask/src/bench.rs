@@ -283,31 +283,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut results: Vec<(Mode, Run)> = Vec::new();
     let mut syn_results: Vec<(Mode, Run)> = Vec::new();
     for round in 0..args.rounds {
-        for mode in [
-            Mode::Untraced,
-            Mode::NonMatching,
-            Mode::Untraced,
-            Mode::Matching,
+        for (traffic, out) in [
+            (Traffic::Udp, &mut results),
+            (Traffic::Syn, &mut syn_results),
         ] {
-            let r = measure(&lab, &sink, &bin, mode, Traffic::Udp, args.seconds)?;
-            eprintln!(
-                "round {round} UDP {mode:?}: {:.0} pkt/s, {} events, {} lost",
-                r.pps, r.events, r.lost
-            );
-            results.push((mode, r));
-        }
-        for mode in [
-            Mode::Untraced,
-            Mode::NonMatching,
-            Mode::Untraced,
-            Mode::Matching,
-        ] {
-            let r = measure(&lab, &sink, &bin, mode, Traffic::Syn, args.seconds)?;
-            eprintln!(
-                "round {round} SYN {mode:?}: {:.0} segments/s, {} events, {} lost",
-                r.pps, r.events, r.lost
-            );
-            syn_results.push((mode, r));
+            for mode in [
+                Mode::Untraced,
+                Mode::NonMatching,
+                Mode::Untraced,
+                Mode::Matching,
+            ] {
+                let r = measure(&lab, &sink, &bin, mode, traffic, args.seconds)?;
+                eprintln!(
+                    "round {round} {traffic:?} {mode:?}: {:.0}/s arrived, {} events, {} lost",
+                    r.pps, r.events, r.lost
+                );
+                out.push((mode, r));
+            }
         }
     }
     let idle_costs = hook_costs(&lab, &bin, Mode::NonMatching, args.seconds)?;
