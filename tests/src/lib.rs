@@ -164,6 +164,9 @@ pub enum Fault {
     BridgeIccDrop,
     /// The container's replies are dropped in FORWARD (the SYN gets through, the SYN-ACK dies).
     ReplyDropped,
+    /// A second container on the bridge; a `bridge` family nft rule (what `ebtables-nft`
+    /// writes) drops frames to the first container's port (field note 004).
+    BridgeNftDrop,
     /// firewalld's native nft table (as firewalld 0.8 on CentOS 8 writes it): the uplink is in
     /// the public zone, the Docker bridge in none, so forwarded traffic ends at its final
     /// `reject` (field note 001).
@@ -524,6 +527,18 @@ impl Lab {
             Fault::ReplyDropped => self.iptables(&[
                 "-I", "FORWARD", "-i", &c.bridge, "!", "-o", &c.bridge, "-j", "DROP",
             ]),
+            Fault::BridgeNftDrop => {
+                self.add_peer_container()?;
+                run_stdin(
+                    "ip",
+                    &["netns", "exec", &self.host.name, "nft", "-f", "-"],
+                    &format!(
+                        "table bridge filter {{\n  chain forward {{\n    type filter hook forward priority -200; policy accept;\n    ip daddr {} tcp dport {cport} counter drop\n  }}\n}}\n",
+                        c.container_addr
+                    ),
+                )
+                .context("loading a bridge-family nft table")
+            }
             Fault::FirewalldForward => run_stdin(
                 "ip",
                 &["netns", "exec", &self.host.name, "nft", "-f", "-"],

@@ -194,6 +194,15 @@ pub fn all() -> Vec<Scenario> {
             )
         },
         Scenario {
+            client: Client::Peer,
+            ..Scenario::new(
+                "bridge-nft-drop",
+                "field note 004: container to container on one bridge, dropped by a bridge-family nft rule (ebtables' successor)",
+                Some(Fault::BridgeNftDrop),
+                dropped("NETFILTER_DROP", "bridge_netfilter_drop"),
+            )
+        },
+        Scenario {
             judged: Judged::SynAck,
             ..Scenario::new(
                 "reply-dropped",

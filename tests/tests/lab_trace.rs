@@ -309,6 +309,33 @@ fn same_bridge_traffic_dropped_through_br_netfilter() {
     );
 }
 
+/// ebtables' successor: the bridge family's FORWARD chain drops the frame before any IP hook.
+#[test]
+fn bridge_family_nft_drop_is_named_with_its_port() {
+    let (lab, seen, _) = run("bridge-nft-drop");
+    let d = diagnosis(&seen);
+    assert_eq!(d["rule"]["table"], "bridge filter", "{d:#}");
+    assert_eq!(d["rule"]["chain"], "forward");
+    assert_eq!(
+        d["rule"]["text"],
+        format!("ip daddr {} tcp dport 80 drop", lab.config.container_addr)
+    );
+    assert!(
+        d["rule"]["packets"].as_u64().is_some_and(|n| n > 0),
+        "{d:#}"
+    );
+    assert!(
+        fix(&seen).contains("nft delete rule bridge filter forward handle"),
+        "{}",
+        fix(&seen)
+    );
+    let evidence = evidence(&seen.verdict).join("\n");
+    assert!(
+        evidence.contains("came in on port") && evidence.contains("of bridge docker0"),
+        "{evidence}"
+    );
+}
+
 #[test]
 fn a_dying_reply_is_judged_as_the_reply_of_its_flow() {
     let (_lab, seen, _) = run("reply-dropped");

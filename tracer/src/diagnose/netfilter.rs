@@ -34,6 +34,8 @@ struct Walked {
     observed: bool,
     /// Same-bridge traffic seen by iptables through br_netfilter.
     bridged: Option<String>,
+    /// Decided by the nft `bridge` family (ebtables' successor), not by the IP hooks.
+    bridge_family: bool,
 }
 
 fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
@@ -127,6 +129,16 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         .or(case.input_hop().and_then(|h| h.tuple));
     let what = tuple.map(|t| format!(" ({t})")).unwrap_or_default();
     let (code, summary, fix) = match &w.bridged {
+        Some(bridge) if w.bridge_family => (
+            "bridge_netfilter_drop",
+            format!(
+                "{}{target}{what} was bridged on {bridge}, and the bridge-family nft table {} (where ebtables rules live today) dropped it: {}.",
+                case.packet_name(),
+                by.table,
+                rule_words(&by)
+            ),
+            fix_for(&by, tuple, &w),
+        ),
         Some(bridge) => (
             "bridge_netfilter_drop",
             format!(
@@ -148,10 +160,14 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
             fix_for(&by, tuple, &w),
         ),
     };
-    if let Some(bridge) = &w.bridged {
-        evidence.push(format!(
+    match (&w.bridged, &w.in_if) {
+        (Some(bridge), Some(port)) if w.bridge_family => evidence.push(format!(
+            "the frame came in on port {port} of bridge {bridge} and stays on it: the bridge family's FORWARD chains see it, with bridge ports as iifname/oifname"
+        )),
+        (Some(bridge), _) => evidence.push(format!(
             "the packet came in on a port of bridge {bridge} and stays on it: bridge-nf-call-iptables = 1 in netns {ns}"
-        ));
+        )),
+        _ => {}
     }
     Some(Diagnosis {
         code,
@@ -325,7 +341,29 @@ fn walk(
         out_if,
         observed,
         bridged,
+        bridge_family: false,
     };
+
+    // A frame bridged between two ports of one bridge meets the bridge family's chains first
+    // (ebtables' successor, at priority -200), with the ports as its interfaces.
+    if let (Some(b), Some(port)) = (&bridge, &physdev_in)
+        && observed.is_none_or(|h| h == Hook::Forward)
+        && route(facts, at_drop).as_deref() == Some(b.as_str())
+    {
+        let mut p = case.at_hook(facts, netns, at_drop, Some(port.clone()), None);
+        p.physdev_in = Some(port.clone());
+        let outcome = rs.evaluate_bridge(Hook::Forward, &p);
+        if outcome.verdict != Verdict::Accept {
+            return Some(Walked {
+                outcome,
+                in_if: Some(port.clone()),
+                out_if: None,
+                observed: observed.is_some(),
+                bridged: Some(b.clone()),
+                bridge_family: true,
+            });
+        }
+    }
 
     if let Some(hook) = observed {
         // The backend saw the hook: evaluate just that one, with the header at the drop.

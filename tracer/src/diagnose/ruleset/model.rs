@@ -109,6 +109,9 @@ pub struct BaseChain {
     pub priority: i32,
     /// A nat chain: it sees only the first packet of a connection.
     pub nat: bool,
+    /// A chain of the nft `bridge` family (ebtables' successor): it sees frames being
+    /// bridged, and its `iifname`/`oifname` are bridge ports, not the bridge.
+    pub bridge: bool,
 }
 
 impl BaseChain {
@@ -128,6 +131,7 @@ impl BaseChain {
             hook,
             priority,
             nat: table == "nat",
+            bridge: false,
         })
     }
 }
@@ -326,6 +330,16 @@ impl Ruleset {
     /// Runs the tables of one hook over the packet, in kernel order. NAT tables see only the
     /// first packet of a connection.
     pub fn evaluate(&self, hook: Hook, pkt: &PacketAtHook) -> HookOutcome {
+        self.evaluate_family(hook, pkt, false)
+    }
+
+    /// Runs the `bridge` family's chains of one hook over a frame being bridged; `pkt`'s
+    /// interfaces are the bridge ports.
+    pub fn evaluate_bridge(&self, hook: Hook, pkt: &PacketAtHook) -> HookOutcome {
+        self.evaluate_family(hook, pkt, true)
+    }
+
+    fn evaluate_family(&self, hook: Hook, pkt: &PacketAtHook, bridge: bool) -> HookOutcome {
         let mut out = HookOutcome {
             hook,
             verdict: Verdict::Accept,
@@ -340,9 +354,11 @@ impl Ruleset {
             .tables
             .iter()
             .flat_map(|t| {
-                t.chains
-                    .iter()
-                    .filter_map(move |c| c.base.filter(|b| b.hook == hook).map(|b| (t, c, b)))
+                t.chains.iter().filter_map(move |c| {
+                    c.base
+                        .filter(|b| b.hook == hook && b.bridge == bridge)
+                        .map(|b| (t, c, b))
+                })
             })
             .collect();
         entries.sort_by_key(|(_, _, b)| b.priority);

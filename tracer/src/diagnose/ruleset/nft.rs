@@ -1,7 +1,8 @@
 //! Native nftables rulesets (`nft -j list ruleset`): firewalld's `inet firewalld` table and
 //! hand-written ones, parsed into the same model as iptables so one evaluator walks both.
 //!
-//! Only the IPv4-relevant families are kept (`ip`, `inet`). Expressions the evaluator does not
+//! Only the families that see IPv4 are kept: `ip` and `inet`, and `bridge` (ebtables'
+//! successor), whose chains the evaluator runs only for bridged frames. Expressions the evaluator does not
 //! model become [`Cond::Unknown`] with their nft text, so a verdict resting on them is
 //! reported as uncertain rather than guessed. Each rule's text is rendered in nft's own
 //! syntax and carries its handle, which is how nft users find and delete a rule.
@@ -21,9 +22,9 @@ pub enum ParseError {
     Shape,
 }
 
-/// Families whose base chains see IPv4 packets.
+/// Families whose base chains see IPv4 packets (bridged ones, for `bridge`).
 fn ipv4_family(family: &str) -> bool {
-    family == "ip" || family == "inet"
+    matches!(family, "ip" | "inet" | "bridge")
 }
 
 /// Tables iptables-nft creates: they are read from `iptables-save` already (with iptables'
@@ -57,7 +58,8 @@ pub fn parse(json: &str, skip_iptables: bool) -> Result<Ruleset, ParseError> {
             let Some(table) = find_table(&mut rs, s(c, "family"), s(c, "table")) else {
                 continue;
             };
-            table.chains.push(chain(c));
+            let bridge = table.family == "bridge";
+            table.chains.push(chain(c, bridge));
         } else if let Some(r) = item.get("rule") {
             let Some(table) = find_table(&mut rs, s(r, "family"), s(r, "table")) else {
                 continue;
@@ -82,7 +84,7 @@ fn find_table<'a>(rs: &'a mut Ruleset, family: &str, name: &str) -> Option<&'a m
         .find(|t| t.source == Source::Nft && t.family == family && t.name == name)
 }
 
-fn chain(c: &Value) -> Chain {
+fn chain(c: &Value, bridge: bool) -> Chain {
     let hook = match s(c, "hook") {
         "prerouting" => Some(Hook::Prerouting),
         "input" => Some(Hook::Input),
@@ -95,6 +97,7 @@ fn chain(c: &Value) -> Chain {
         hook,
         priority: c.get("prio").and_then(Value::as_i64).unwrap_or(0) as i32,
         nat: s(c, "type") == "nat",
+        bridge,
     });
     Chain {
         name: s(c, "name").to_owned(),
@@ -606,6 +609,7 @@ mod tests {
         let json = r#"{"nftables":[{"table":{"family":"ip","name":"filter","handle":1}},
             {"chain":{"family":"ip","table":"filter","name":"FORWARD","handle":1,"type":"filter","hook":"forward","prio":0,"policy":"drop"}},
             {"table":{"family":"ip6","name":"mine","handle":2}},
+            {"table":{"family":"netdev","name":"ingress","handle":4}},
             {"table":{"family":"inet","name":"mine","handle":3}}]}"#;
         let rs = parse(json, true).expect("parses");
         assert_eq!(
@@ -614,6 +618,28 @@ mod tests {
         );
         let rs = parse(json, false).expect("parses");
         assert_eq!(rs.tables.len(), 2);
+    }
+
+    #[test]
+    fn bridge_family_chains_see_only_bridged_frames_by_port() {
+        let json = r#"{"nftables":[{"table":{"family":"bridge","name":"filter","handle":1}},
+            {"chain":{"family":"bridge","table":"filter","name":"forward","handle":1,"type":"filter","hook":"forward","prio":-200,"policy":"accept"}},
+            {"rule":{"family":"bridge","table":"filter","chain":"forward","handle":3,"expr":[
+              {"match":{"op":"==","left":{"meta":{"key":"iifname"}},"right":"veth2"}},
+              {"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"daddr"}},"right":"172.17.0.2"}},
+              {"counter":{"packets":2,"bytes":120}},{"drop":null}]}}]}"#;
+        let rs = parse(json, false).expect("parses");
+        let pkt = syn_at_forward("veth2", "veth1", Ipv4Addr::new(172, 17, 0, 3));
+        // Routed traffic never meets a bridge chain.
+        assert_eq!(rs.evaluate(Hook::Forward, &pkt).verdict, Verdict::Accept);
+        let out = rs.evaluate_bridge(Hook::Forward, &pkt);
+        assert_eq!(out.verdict, Verdict::Drop);
+        let by = out.by.expect("the rule");
+        assert_eq!(
+            (by.table.as_str(), by.chain.as_str(), by.handle, by.packets),
+            ("bridge filter", "forward", Some(3), Some(2))
+        );
+        assert_eq!(by.text, "iifname \"veth2\" ip daddr 172.17.0.2 drop");
     }
 
     #[test]
