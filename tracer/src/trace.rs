@@ -190,6 +190,7 @@ pub async fn run_controlled(
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
     let mut pipeline = Pipeline::new(&cfg, probes.drop_reasons.clone(), containers);
+    pipeline.resolver.prefetch_own_ruleset();
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -13,6 +13,8 @@ use super::{
     Case, Confidence, Diagnosis, Rule, describe_rule, in_netns,
     ruleset::{Hook, HookOutcome, Verdict},
 };
+use std::sync::Arc;
+
 use crate::{events::Tuple, resolve::HostFacts};
 
 pub const NETFILTER_DROP: Rule = Rule {
@@ -90,7 +92,19 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     };
     let by = w.outcome.by.clone()?;
     let hook = w.outcome.hook.name();
-    let counted = by.packets.is_some_and(|p| p > 0);
+    // Counters read around the drop: the first reading in this namespace (before the drop,
+    // when pathtrace read it early enough) against this one.
+    let delta = facts
+        .ruleset_baseline(netns)
+        .filter(|(base, _)| ruleset.as_ref().is_none_or(|now| !Arc::ptr_eq(base, now)))
+        .and_then(|(base, ago)| {
+            let before = base.packets_of(&by)?;
+            Some((by.packets?.saturating_sub(before), ago))
+        });
+    let counted = match delta {
+        Some((moved, _)) => moved > 0,
+        None => by.packets.is_some_and(|p| p > 0),
+    };
     let confidence = match (
         w.outcome.unknown_matches.is_empty(),
         counted || by.packets.is_none(),
@@ -111,8 +125,17 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     if !w.observed {
         evidence.push(format!("hook inferred from the hops and the ruleset walk (tracepoint backend); {hook} is the first hook whose rules drop this packet"));
     }
-    if by.packets == Some(0) {
-        evidence.push("its counter is 0: the kernel counted no packet for this rule, so another rule or table may be dropping".into());
+    match delta {
+        Some((0, ago)) => evidence.push(format!(
+            "its counter did not move since pathtrace first read the ruleset {:.1} s earlier: another rule or table may be dropping",
+            ago.as_secs_f64()
+        )),
+        Some((moved, ago)) => evidence.push(format!(
+            "its counter rose by {moved} since pathtrace first read the ruleset {:.1} s earlier",
+            ago.as_secs_f64()
+        )),
+        None if by.packets == Some(0) => evidence.push("its counter is 0: the kernel counted no packet for this rule, so another rule or table may be dropping".into()),
+        None => {}
     }
     for u in &w.outcome.unknown_matches {
         evidence.push(format!(
@@ -664,6 +687,45 @@ mod tests {
             "{:?}",
             d.fix
         );
+    }
+
+    /// Counters read before and after the drop: a rule whose counter moved is the one; one
+    /// whose counter stood still while the packet died is not trusted as much.
+    #[test]
+    fn rule_counters_are_compared_with_an_earlier_reading() {
+        let rule = |n: u32| {
+            DOCKER.replace(
+                "[0:0] -A DOCKER-USER -j RETURN",
+                &format!("[{n}:60] -A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP\n[0:0] -A DOCKER-USER -j RETURN"),
+            )
+        };
+        let diagnose = |before: u32, now: u32| {
+            let mut host = FakeHost::lab_with_docker();
+            host.rulesets
+                .insert(HOST_NS, Arc::new(Ruleset::parse(&rule(now)).unwrap()));
+            host.baselines
+                .insert(HOST_NS, Arc::new(Ruleset::parse(&rule(before)).unwrap()));
+            report(&mut host, dropped_at(12, true, HOST_NS, 2))
+                .diagnosis
+                .expect("diagnosed")
+        };
+        let moved = diagnose(4, 7);
+        assert!(
+            moved
+                .evidence
+                .iter()
+                .any(|e| e.contains("its counter rose by 3 since pathtrace first read the ruleset")),
+            "{:?}",
+            moved.evidence
+        );
+        assert_eq!(moved.confidence, crate::diagnose::Confidence::High);
+        let still = diagnose(7, 7);
+        assert!(
+            still.evidence.iter().any(|e| e.contains("did not move")),
+            "{:?}",
+            still.evidence
+        );
+        assert_eq!(still.confidence, crate::diagnose::Confidence::Medium);
     }
 
     #[test]

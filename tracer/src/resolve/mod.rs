@@ -45,8 +45,14 @@ pub trait HostFacts {
         None
     }
 
-    /// The namespace's iptables ruleset (iptables-nft or legacy) with counters.
+    /// The namespace's ruleset (iptables-nft or legacy, and native nft) with counters.
     fn ruleset(&mut self, _netns: u32) -> Option<Arc<Ruleset>> {
+        None
+    }
+
+    /// The first ruleset read in the namespace and how long ago: rule counters now minus
+    /// counters then say whether a rule really counted the drops seen since.
+    fn ruleset_baseline(&mut self, _netns: u32) -> Option<(Arc<Ruleset>, Duration)> {
         None
     }
 
@@ -102,6 +108,8 @@ pub struct Resolver {
     /// enter a namespace once per packet.
     sysctls: HashMap<(u32, String), (Option<String>, Instant)>,
     rulesets: HashMap<u32, (Option<Arc<Ruleset>>, Instant)>,
+    /// The first ruleset read per namespace, kept for counter deltas.
+    baselines: HashMap<u32, (Arc<Ruleset>, Instant)>,
 }
 
 /// How long a sysctl or ruleset read stays fresh.
@@ -127,6 +135,15 @@ impl Resolver {
             veths_generation: 0,
             sysctls: HashMap::new(),
             rulesets: HashMap::new(),
+            baselines: HashMap::new(),
+        }
+    }
+
+    /// Reads pathtrace's own namespace's ruleset now, so drops there (a Docker host's FORWARD)
+    /// can be checked against counters from before them.
+    pub fn prefetch_own_ruleset(&mut self) {
+        if let Some(own) = self.own_netns {
+            let _ = self.ruleset(own);
         }
     }
 
@@ -326,8 +343,19 @@ impl HostFacts for Resolver {
                 None
             }
         };
+        if let Some(rs) = &rs {
+            self.baselines
+                .entry(netns)
+                .or_insert_with(|| (rs.clone(), Instant::now()));
+        }
         self.rulesets.insert(netns, (rs.clone(), Instant::now()));
         rs
+    }
+
+    fn ruleset_baseline(&mut self, netns: u32) -> Option<(Arc<Ruleset>, Duration)> {
+        self.baselines
+            .get(&netns)
+            .map(|(rs, at)| (rs.clone(), at.elapsed()))
     }
 
     fn connected_route(&mut self, netns: u32, addr: Ipv4Addr) -> Option<Link> {
@@ -412,6 +440,8 @@ pub(crate) mod fixture {
         pub containers: HashMap<(u32, u32), ContainerDevice>,
         pub published: Vec<Published>,
         pub rulesets: HashMap<u32, Arc<Ruleset>>,
+        /// Rulesets read "earlier", for counter deltas.
+        pub baselines: HashMap<u32, Arc<Ruleset>>,
         /// (netns, subnet address, prefix, ifindex)
         pub subnets: Vec<(u32, Ipv4Addr, u8, u32)>,
     }
@@ -508,6 +538,11 @@ pub(crate) mod fixture {
         }
         fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
             self.rulesets.get(&netns).cloned()
+        }
+        fn ruleset_baseline(&mut self, netns: u32) -> Option<(Arc<Ruleset>, Duration)> {
+            self.baselines
+                .get(&netns)
+                .map(|rs| (rs.clone(), Duration::from_secs(5)))
         }
         fn connected_route(&mut self, netns: u32, addr: Ipv4Addr) -> Option<Link> {
             let (_, _, _, idx) = self

@@ -192,6 +192,22 @@ impl Ruleset {
         })
     }
 
+    /// The packet counter of the rule or policy `r` names, in this reading of the ruleset.
+    pub fn packets_of(&self, r: &RuleRef) -> Option<u64> {
+        let table = self.tables.iter().find(|t| t.label() == r.table)?;
+        let chain = table.chain(&r.chain)?;
+        match r.index {
+            Some(i) => {
+                chain
+                    .rules
+                    .iter()
+                    .find(|x| x.index == i && x.handle == r.handle && x.text == r.text)?
+                    .packets
+            }
+            None => chain.policy_packets,
+        }
+    }
+
     /// Adds another source's tables (nft next to iptables).
     pub fn merge(&mut self, other: Ruleset) {
         self.tables.extend(other.tables);
