@@ -149,7 +149,7 @@ fn rules(r: &Value, index: usize) -> Vec<Rule> {
                 words.push(format!(
                     "{} vmap {}",
                     operand_text(&key),
-                    right_text(body.get("data").unwrap_or(&Value::Null))
+                    right_text(body.get("data").unwrap_or(&Value::Null), names_iface(&key))
                 ));
                 vmap = Some((key, elems));
             }
@@ -214,7 +214,11 @@ fn match_expr(m: &Value) -> (Vec<(bool, Cond)>, String) {
         "==" | "in" => String::new(),
         other => format!("{other} "),
     };
-    let text = format!("{} {shown_op}{}", operand_text(left), right_text(right));
+    let text = format!(
+        "{} {shown_op}{}",
+        operand_text(left),
+        right_text(right, names_iface(left))
+    );
     let mut conds = compare(left, op, right);
     if conds.is_empty() {
         // `icmp type echo-request` cannot hold for a TCP packet: nft's implicit protocol
@@ -456,25 +460,35 @@ fn operand_text(v: &Value) -> String {
             .unwrap_or_default();
         return format!("fib {} {}", flags.join(" . "), s(fib, "result"));
     }
-    value_text(v)
+    value_text(v, false)
 }
 
-/// The right side of a match: a value, prefix, range or set.
-fn right_text(v: &Value) -> String {
+/// Interface names are the strings nft prints quoted (`iifname "lo"`); keywords such as
+/// `established` or `local` stay bare.
+fn names_iface(left: &Value) -> bool {
+    left.get("meta")
+        .is_some_and(|m| matches!(s(m, "key"), "iifname" | "oifname" | "ibrname" | "obrname"))
+}
+
+/// The right side of a match: a value, prefix, range or set; `quote` for interface names.
+fn right_text(v: &Value, quote: bool) -> String {
     match v {
         Value::Object(o) if o.contains_key("set") => {
-            let items: Vec<String> = set_items(v).iter().map(set_elem_text).collect();
+            let items: Vec<String> = set_items(v)
+                .iter()
+                .map(|e| set_elem_text(e, quote))
+                .collect();
             format!("{{ {} }}", items.join(", "))
         }
         Value::Array(a) => {
-            let items: Vec<String> = a.iter().map(value_text).collect();
+            let items: Vec<String> = a.iter().map(|e| value_text(e, quote)).collect();
             format!("{{ {} }}", items.join(", "))
         }
-        other => value_text(other),
+        other => value_text(other, quote),
     }
 }
 
-fn set_elem_text(v: &Value) -> String {
+fn set_elem_text(v: &Value, quote: bool) -> String {
     match v.as_array() {
         // A map element: `"eth0" : jump zone`.
         Some(pair) if pair.len() == 2 => {
@@ -483,25 +497,16 @@ fn set_elem_text(v: &Value) -> String {
                 .and_then(|o| o.iter().next())
                 .map(|(k, b)| statement_text(k, b))
                 .unwrap_or_default();
-            format!("{} : {verdict}", value_text(&pair[0]))
+            format!("{} : {verdict}", value_text(&pair[0], quote))
         }
-        _ => value_text(v),
+        _ => value_text(v, quote),
     }
 }
 
-fn value_text(v: &Value) -> String {
+fn value_text(v: &Value, quote: bool) -> String {
     match v {
-        Value::String(s) => {
-            // nft quotes interface names; keywords (established, tcp, local) stay bare.
-            if s.chars().any(|c| c.is_ascii_digit() || c == '*')
-                && !s.contains('.')
-                && !s.contains('/')
-            {
-                format!("\"{s}\"")
-            } else {
-                s.clone()
-            }
-        }
+        Value::String(s) if quote => format!("\"{s}\""),
+        Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Object(o) => {
             if let Some(p) = o.get("prefix") {
@@ -511,7 +516,7 @@ fn value_text(v: &Value) -> String {
                     p.get("len").map(Value::to_string).unwrap_or_default()
                 )
             } else if let Some(r) = o.get("range").and_then(Value::as_array) {
-                let parts: Vec<String> = r.iter().map(value_text).collect();
+                let parts: Vec<String> = r.iter().map(|e| value_text(e, false)).collect();
                 parts.join("-")
             } else {
                 Value::Object(o.clone()).to_string()
@@ -581,6 +586,17 @@ mod tests {
                 .any(|c| c == "inet firewalld/filter_FORWARD_IN_ZONES"),
             "{:?}",
             out.path
+        );
+        // Rule text as nft prints it: interface names quoted, keywords bare, vmaps spelled out.
+        let text = |chain: &str, i: usize| t.chain(chain).expect("chain").rules[i].text.clone();
+        assert_eq!(text("filter_FORWARD", 1), "iifname \"lo\" accept");
+        assert_eq!(
+            text("filter_FORWARD_IN_ZONES", 0),
+            "iifname vmap { \"tun0\" : goto filter_FWDI_trusted, \"eth0\" : goto filter_FWDI_public }"
+        );
+        assert_eq!(
+            text("filter_INPUT", 1),
+            "tcp dport { 22, 9000-9100 } accept"
         );
     }
 
