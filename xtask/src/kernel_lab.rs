@@ -88,14 +88,23 @@ pub fn run(args: LabArgs) -> Result<()> {
             ),
         )?;
         let started = std::time::Instant::now();
-        let console = vm::boot(
-            &kernel,
-            &initrd,
-            &script,
-            accel,
-            false,
-            Duration::from_secs(900),
-        )?;
+        let boot = || {
+            vm::boot(
+                &kernel,
+                &initrd,
+                &script,
+                accel,
+                false,
+                Duration::from_secs(900),
+            )
+        };
+        let console = match boot() {
+            Err(e) if e.downcast_ref::<vm::BootHang>().is_some() => {
+                eprintln!("xtask lab: {backend}: {e}\nxtask lab: {backend}: booting again");
+                boot()?
+            }
+            other => other?,
+        };
         eprintln!(
             "xtask lab: {backend}: VM run took {:.0?}",
             started.elapsed()

@@ -296,6 +296,29 @@ pub enum Accel {
     Tcg,
 }
 
+/// A guest that never reached its init script (TCG occasionally hangs early in boot): worth
+/// booting again, unlike a failure of the run itself.
+#[derive(Debug)]
+pub struct BootHang {
+    pub waited: Duration,
+    pub console: String,
+}
+
+impl std::fmt::Display for BootHang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the VM hung before its init ran ({:.0?} without PTLAB-BOOTED); console:\n{}",
+            self.waited, self.console
+        )
+    }
+}
+
+impl std::error::Error for BootHang {}
+
+/// How long a boot may take to reach the init script under TCG (normally seconds).
+const BOOT_WITHIN: Duration = Duration::from_secs(240);
+
 /// One boot: runs `script` (a path on the host, run inside the guest's view of the host root)
 /// and returns the console output. `interactive` hands the console to the user.
 pub fn boot(
@@ -354,8 +377,10 @@ pub fn boot(
             }
         }
     });
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut out = String::new();
+    let mut booted = false;
     let verbose = std::env::var_os("PTLAB_VERBOSE").is_some();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -363,10 +388,22 @@ pub fn boot(
                 if verbose {
                     eprintln!("vm| {line}");
                 }
+                booted |= line.contains("PTLAB-BOOTED");
                 out.push_str(&line);
                 out.push('\n');
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout)
+                if !booted && started.elapsed() > BOOT_WITHIN.min(timeout) =>
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BootHang {
+                    waited: started.elapsed(),
+                    console: out,
+                }
+                .into());
+            }
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
