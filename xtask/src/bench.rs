@@ -207,6 +207,20 @@ fn paired_ratio(results: &[(Mode, Run)], mode: Mode) -> f64 {
     median(ratios)
 }
 
+/// The runs measured in `mode`.
+fn runs_in(results: &[(Mode, Run)], mode: Mode) -> Vec<&Run> {
+    results
+        .iter()
+        .filter(|(m, _)| *m == mode)
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// The median throughput of the runs in `mode`.
+fn median_pps(results: &[(Mode, Run)], mode: Mode) -> f64 {
+    median(runs_in(results, mode).iter().map(|r| r.pps).collect())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -305,29 +319,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let idle_costs = hook_costs(&lab, &bin, Mode::NonMatching, args.seconds)?;
     let costs = hook_costs(&lab, &bin, Mode::Matching, args.seconds)?;
 
-    let pps = |m: Mode| {
-        median(
-            results
-                .iter()
-                .filter(|(x, _)| *x == m)
-                .map(|(_, r)| r.pps)
-                .collect(),
-        )
-    };
     let (base, non, all) = (
-        pps(Mode::Untraced),
-        pps(Mode::NonMatching),
-        pps(Mode::Matching),
+        median_pps(&results, Mode::Untraced),
+        median_pps(&results, Mode::NonMatching),
+        median_pps(&results, Mode::Matching),
     );
     let (non_ratio, all_ratio) = (
         paired_ratio(&results, Mode::NonMatching),
         paired_ratio(&results, Mode::Matching),
     );
-    let matching: Vec<&Run> = results
-        .iter()
-        .filter(|(m, _)| *m == Mode::Matching)
-        .map(|(_, r)| r)
-        .collect();
+    let matching = runs_in(&results, Mode::Matching);
     let events: u64 = matching.iter().map(|r| r.events).sum();
     let lost: u64 = matching.iter().map(|r| r.lost).sum();
     let cpu: f64 = matching.iter().map(|r| r.cpu_s).sum();
@@ -361,24 +362,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     // The SYN flood: the same two filters against the TCP path (conntrack, DNAT, a listener
     // answering with SYN-ACKs that the client's kernel resets).
-    let syn_pps = |m: Mode| {
-        median(
-            syn_results
-                .iter()
-                .filter(|(x, _)| *x == m)
-                .map(|(_, r)| r.pps)
-                .collect(),
-        )
-    };
-    let syn_matching: Vec<&Run> = syn_results
-        .iter()
-        .filter(|(m, _)| *m == Mode::Matching)
-        .map(|(_, r)| r)
-        .collect();
+    let syn_matching = runs_in(&syn_results, Mode::Matching);
     let _ = writeln!(
         table,
         "| SYN flood: untraced (TCP segments into the container: SYN + client RST) | {:.0} /s | |",
-        syn_pps(Mode::Untraced)
+        median_pps(&syn_results, Mode::Untraced)
     );
     let _ = writeln!(
         table,

@@ -263,20 +263,12 @@ fn compare(left: &Value, op: &str, right: &Value) -> Vec<(bool, Cond)> {
                 let (a, b) = port_range(v)?;
                 Cond::Sport(a, b)
             }
-            Field::CtState => {
-                let names: Vec<&str> = match v {
-                    Value::String(s) => vec![s.as_str()],
-                    Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-                    _ => return None,
-                };
-                Cond::CtState(names.into_iter().filter_map(ct_state).collect())
-            }
             Field::FibDaddrLocal => match v.as_str()? {
                 "local" => Cond::DstTypeLocal,
                 _ => return None,
             },
-            // Decided before any element is looked at (below).
-            Field::Nfproto => return None,
+            // Decided over the whole value before any element is looked at (below).
+            Field::Nfproto | Field::CtState => return None,
         })
     };
     if field == Some(Field::Nfproto) {
