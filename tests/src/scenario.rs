@@ -173,17 +173,12 @@ pub fn all() -> Vec<Scenario> {
             Some(Fault::DnatUnroutable),
             dropped("IP_INNOROUTES", "no_route"),
         ),
-        Scenario {
-            vm_skip: Some(
-                "on Debian's 6.1 kernel the SYN's skb is consumed in __neigh_event_send and a copy waits for ARP, so the NEIGH_FAILED drop is not linked to the traced packet yet",
-            ),
-            ..Scenario::new(
-                "dnat-dead-neighbor",
-                "the published port is DNATed to an on-link address nobody answers ARP for",
-                Some(Fault::DnatDeadNeighbor),
-                dropped("NEIGH_FAILED", "neighbor_failed"),
-            )
-        },
+        Scenario::new(
+            "dnat-dead-neighbor",
+            "the published port is DNATed to an on-link address nobody answers ARP for",
+            Some(Fault::DnatDeadNeighbor),
+            dropped("NEIGH_FAILED", "neighbor_failed"),
+        ),
         Scenario {
             client: Client::Peer,
             ..Scenario::new(

@@ -66,8 +66,19 @@ impl Tracer {
             lines,
             seen: Vec::new(),
         };
-        t.wait_for(Duration::from_secs(60), |v| v["kind"] == "ready")
+        // Under TCG a debug pathtrace usually needs ~15 s to read BTF and attach, and has
+        // been seen to need over 60 s (its 100 MB binary paged in over 9p).
+        let patience = if std::env::var_os("PTLAB_IN_VM").is_some() {
+            Duration::from_secs(240)
+        } else {
+            Duration::from_secs(60)
+        };
+        let started = std::time::Instant::now();
+        t.wait_for(patience, |v| v["kind"] == "ready")
             .context("waiting for ready")?;
+        if started.elapsed() > Duration::from_secs(30) {
+            eprintln!("pathtrace took {:.0?} to be ready", started.elapsed());
+        }
         Ok(t)
     }
 

@@ -95,7 +95,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 &script,
                 accel,
                 false,
-                Duration::from_secs(900),
+                Duration::from_secs(1200),
             )
         };
         let console = match boot() {

@@ -97,11 +97,8 @@ impl PacketTracker {
             .values()
             .filter(|p| {
                 let waited = now_ns.saturating_sub(last_ts(p));
-                let after_receive = p
-                    .hops
-                    .last()
-                    .is_some_and(|h| h.kind == tracer_common::HopKind::Receive);
-                waited >= if after_receive { grace } else { idle }
+                let in_stack = p.hops.last().is_some_and(|h| still_in_stack(h.kind));
+                waited >= if in_stack { grace } else { idle }
             })
             .map(|p| p.skb)
             .collect();
@@ -118,6 +115,13 @@ impl PacketTracker {
     pub fn drain(&mut self, finished: &mut Vec<Packet>) {
         self.expire(u64::MAX, finished);
     }
+}
+
+/// After these hops the kernel still holds the skb and may queue it (a neighbour queue sits
+/// behind POSTROUTING); after a transmit it belongs to a device, whose free may go unseen.
+fn still_in_stack(kind: tracer_common::HopKind) -> bool {
+    use tracer_common::HopKind::*;
+    matches!(kind, Receive | NetfilterHook | BridgeForward)
 }
 
 fn last_ts(p: &Packet) -> u64 {
@@ -168,6 +172,32 @@ mod tests {
         assert!(done.is_empty(), "may be queued for ARP");
         t.expire(1_000 + QUEUED_GRACE_NS, &mut done);
         assert_eq!(done.len(), 1);
+    }
+
+    #[test]
+    fn a_packet_last_seen_leaving_postrouting_waits_for_arp() {
+        // The kprobe/fentry backends see POSTROUTING accept, then nothing until the neighbour
+        // queue gives up (NEIGH_FAILED) seconds later.
+        let mut t = PacketTracker::new(500_000_000, 100);
+        let mut done = Vec::new();
+        t.push(hop(ev(HopKind::Receive, 1_000, HOST_NS, 2)), &mut done);
+        t.push(
+            hop(ev(HopKind::NetfilterHook, 2_000, HOST_NS, 3)),
+            &mut done,
+        );
+        t.expire(2_000 + 3_000_000_000, &mut done);
+        assert!(done.is_empty(), "may be queued for ARP");
+        let mut drop = ev(HopKind::Drop, 2_000 + 3_100_000_000, HOST_NS, 3);
+        drop.drop_reason = 73;
+        t.push(hop(drop), &mut done);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].freed);
+        assert_eq!(done[0].hops.len(), 3);
+        // A packet last seen on a transmit finishes after the ordinary idle period.
+        t.push(hop(ev(HopKind::Transmit, 10_000, HOST_NS, 3)), &mut done);
+        t.expire(10_000 + 500_000_000, &mut done);
+        assert_eq!(done.len(), 2);
+        assert!(!done[1].freed);
     }
 
     #[test]
