@@ -167,6 +167,10 @@ pub enum Fault {
     /// A second container on the bridge; a `bridge` family nft rule (what `ebtables-nft`
     /// writes) drops frames to the first container's port (field note 004).
     BridgeNftDrop,
+    /// A second container on the bridge; an ebtables rule drops frames to the first
+    /// container's port: ebtables-legacy where the kernel has it (the VM lab), else
+    /// ebtables-nft (field note 004).
+    BridgeEbtablesDrop,
     /// firewalld's native nft table (as firewalld 0.8 on CentOS 8 writes it): the uplink is in
     /// the public zone, the Docker bridge in none, so forwarded traffic ends at its final
     /// `reject` (field note 001).
@@ -538,6 +542,39 @@ impl Lab {
                     ),
                 )
                 .context("loading a bridge-family nft table")
+            }
+            Fault::BridgeEbtablesDrop => {
+                self.add_peer_container()?;
+                let legacy = self
+                    .host
+                    .exec("ebtables-legacy", &["-t", "filter", "-L"])
+                    .is_ok();
+                let eb = if legacy {
+                    "ebtables-legacy"
+                } else {
+                    "ebtables-nft"
+                };
+                let dst = c.container_addr.to_string();
+                self.host
+                    .exec(
+                        eb,
+                        &[
+                            "-A",
+                            "FORWARD",
+                            "-p",
+                            "IPv4",
+                            "--ip-dst",
+                            &dst,
+                            "--ip-proto",
+                            "tcp",
+                            "--ip-dport",
+                            &cport,
+                            "-j",
+                            "DROP",
+                        ],
+                    )
+                    .map(drop)
+                    .with_context(|| format!("adding an {eb} rule"))
             }
             Fault::FirewalldForward => run_stdin(
                 "ip",

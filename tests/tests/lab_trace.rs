@@ -336,6 +336,44 @@ fn bridge_family_nft_drop_is_named_with_its_port() {
     );
 }
 
+/// ebtables as distributions ship it (ebtables-nft): nft shows its `ip` match only as an
+/// opaque `xt` expression, so the rule is read from `ebtables-nft-save` and named as
+/// ebtables numbers it.
+#[test]
+fn ebtables_drop_is_named_as_ebtables_prints_it() {
+    let (lab, seen, _) = run("bridge-ebtables-drop");
+    let d = diagnosis(&seen);
+    assert_eq!(d["rule"]["table"], "ebtables filter", "{d:#}");
+    assert_eq!(d["rule"]["chain"], "FORWARD");
+    assert_eq!(d["rule"]["index"], 1);
+    assert_eq!(
+        d["rule"]["text"],
+        format!(
+            "-A FORWARD -p IPv4 --ip-dst {} --ip-proto tcp --ip-dport 80 -j DROP",
+            lab.config.container_addr
+        )
+    );
+    assert!(
+        d["rule"]["packets"].as_u64().is_some_and(|n| n > 0),
+        "{d:#}"
+    );
+    assert!(
+        d["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ebtables (table filter)"),
+        "{d:#}"
+    );
+    assert!(
+        fix(&seen).contains("ebtables -t filter -D FORWARD 1"),
+        "{}",
+        fix(&seen)
+    );
+    // The bridge had already picked the egress port (skb->dev) when its FORWARD hook dropped.
+    let evidence = evidence(&seen.verdict).join("\n");
+    assert!(evidence.contains("headed out of port veth"), "{evidence}");
+}
+
 #[test]
 fn a_dying_reply_is_judged_as_the_reply_of_its_flow() {
     let (_lab, seen, _) = run("reply-dropped");

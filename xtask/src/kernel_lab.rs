@@ -172,6 +172,9 @@ fn print_table(rows: &[(String, Value)]) {
         if let Some(why) = r["skipped"].as_str() {
             println!("{:<24}   skipped in the VM: {why}", "");
         }
+        if let Some(rule) = r["rule"].as_str() {
+            println!("{:<24}   rule: {rule}", "");
+        }
         if let Some(nf) = r["netfilter"].as_array().filter(|a| !a.is_empty()) {
             let hooks: Vec<&str> = nf.iter().filter_map(Value::as_str).collect();
             println!("{:<24}   netfilter: {}", "", hooks.join(", "));

@@ -59,7 +59,9 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
 /// What the VM kernel lab needs on top: qemu (the kernel and busybox are downloaded, not
 /// installed).
 pub fn vm_packages() -> Result<()> {
-    install_missing(&["qemu-system-x86"])
+    // ebtables: ebtables-legacy for the VM's kernel, which still has the x_tables bridge
+    // tables (its `ebtables` alternative stays ebtables-nft, at a higher priority).
+    install_missing(&["qemu-system-x86", "ebtables"])
 }
 
 fn packages() -> Result<()> {

@@ -34,6 +34,10 @@ const LAB_MODULES: &[&str] = &[
     "iptable_nat",
     "iptable_filter",
     "x_tables",
+    // ebtables-legacy (the bridge-ebtables-drop scenario)
+    "ebtables",
+    "ebtable_filter",
+    "ebt_ip",
 ];
 
 /// Modules needed before the host root can be mounted (loaded from the initramfs).

@@ -155,9 +155,15 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         Some(bridge) if w.bridge_family => (
             "bridge_netfilter_drop",
             format!(
-                "{}{target}{what} was bridged on {bridge}, and the bridge-family nft table {} (where ebtables rules live today) dropped it: {}.",
+                "{}{target}{what} was bridged on {bridge}, and {} dropped it: {}.",
                 case.packet_name(),
-                by.table,
+                match ebtables_table(&by) {
+                    Some((cmd, table)) => format!("{cmd} (table {table})"),
+                    None => format!(
+                        "the bridge-family nft table {} (where ebtables rules live today)",
+                        by.table
+                    ),
+                },
                 rule_words(&by)
             ),
             fix_for(&by, tuple, &w),
@@ -185,7 +191,8 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     };
     match (&w.bridged, &w.in_if) {
         (Some(bridge), Some(port)) if w.bridge_family => evidence.push(format!(
-            "the frame came in on port {port} of bridge {bridge} and stays on it: the bridge family's FORWARD chains see it, with bridge ports as iifname/oifname"
+            "the frame came in on port {port} of bridge {bridge} and stays on it{}: the bridge family's FORWARD chains see it, with bridge ports as iifname/oifname",
+            w.out_if.as_ref().map(|o| format!(" (headed out of port {o}, the device at the drop)")).unwrap_or_default()
         )),
         (Some(bridge), _) => evidence.push(format!(
             "the packet came in on a port of bridge {bridge} and stays on it: bridge-nf-call-iptables = 1 in netns {ns}"
@@ -244,7 +251,48 @@ fn nft_fix(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, w: &Walked) -> St
     }
 }
 
+/// (command, table) for a rule read from ebtables (`ebtables filter`, `ebtables-legacy nat`).
+fn ebtables_table(by: &super::ruleset::RuleRef) -> Option<(&str, &str)> {
+    by.table
+        .split_once(' ')
+        .filter(|(cmd, _)| cmd.starts_with("ebtables"))
+}
+
+/// An ebtables rule: delete it by number, or accept the flow ahead of a DROP policy.
+fn ebtables_fix(
+    cmd: &str,
+    table: &str,
+    by: &super::ruleset::RuleRef,
+    tuple: Option<Tuple>,
+    w: &Walked,
+) -> String {
+    if let Some(i) = by.index {
+        return format!(
+            "{cmd} -t {table} -D {} {i}   # remove or narrow: {}",
+            by.chain, by.text
+        );
+    }
+    let mut m = String::from(" -p IPv4");
+    if let Some(i) = &w.in_if {
+        m.push_str(&format!(" -i {i}"));
+    }
+    if let Some(o) = &w.out_if {
+        m.push_str(&format!(" -o {o}"));
+    }
+    if let Some(t) = tuple {
+        m.push_str(&format!(" --ip-dst {}", t.dst));
+        if t.proto == 6 || t.proto == 17 {
+            let p = if t.proto == 6 { "tcp" } else { "udp" };
+            m.push_str(&format!(" --ip-proto {p} --ip-dport {}", t.dport));
+        }
+    }
+    format!("{cmd} -t {table} -I {} 1{m} -j ACCEPT", by.chain)
+}
+
 fn fix_for(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, w: &Walked) -> String {
+    if let Some((cmd, table)) = ebtables_table(by) {
+        return ebtables_fix(cmd, table, by, tuple, w);
+    }
     // iptables tables are named `filter`, nft tables `<family> <name>`.
     if by.table.contains(' ') {
         return nft_fix(by, tuple, w);
@@ -334,6 +382,21 @@ fn walk(
         }
         None => (None, None, None),
     };
+    // The bridge sets skb->dev to the egress port before its FORWARD hook (__br_forward), so a
+    // drop there names the port the frame was headed for: what `oifname`/`--physdev-out`
+    // match. Any other device at the drop says nothing about a port.
+    let out_port = case
+        .drop_hop()
+        .filter(|h| h.netns == netns && input.is_some_and(|i| i.ifindex != h.ifindex))
+        .and_then(|h| facts.interface(netns, h.ifindex))
+        .filter(|l| {
+            l.master.is_some()
+                && l.master
+                    == input
+                        .and_then(|i| facts.interface(netns, i.ifindex))
+                        .and_then(|i| i.master)
+        })
+        .map(|l| l.name);
     let bridged_on = |facts: &mut dyn HostFacts, out: &Option<String>| -> Option<String> {
         let b = bridge.clone()?;
         (out.as_deref() == Some(b.as_str())
@@ -349,6 +412,9 @@ fn walk(
             p.physdev_in = physdev_in.clone();
         } else {
             p.in_if = None;
+        }
+        if physdev_in.is_some() && out_if.is_some() && out_if == bridge {
+            p.physdev_out = out_port.clone();
         }
         (rs.evaluate(hook, &p), out_if)
     };
@@ -373,14 +439,15 @@ fn walk(
         && observed.is_none_or(|h| h == Hook::Forward)
         && route(facts, at_drop).as_deref() == Some(b.as_str())
     {
-        let mut p = case.at_hook(facts, netns, at_drop, Some(port.clone()), None);
+        let mut p = case.at_hook(facts, netns, at_drop, Some(port.clone()), out_port.clone());
         p.physdev_in = Some(port.clone());
+        p.physdev_out = out_port.clone();
         let outcome = rs.evaluate_bridge(Hook::Forward, &p);
         if outcome.verdict != Verdict::Accept {
             return Some(Walked {
                 outcome,
                 in_if: Some(port.clone()),
-                out_if: None,
+                out_if: out_port.clone(),
                 observed: observed.is_some(),
                 bridged: Some(b.clone()),
                 bridge_family: true,

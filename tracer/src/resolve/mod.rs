@@ -16,7 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::diagnose::ruleset::Ruleset;
+use crate::diagnose::ruleset::{
+    Ruleset,
+    ebtables::{self, Flavor},
+    model::Source,
+};
 
 pub use docker::{ContainerRef, Published, SharedIndex};
 pub use kallsyms::{Kallsyms, Symbol};
@@ -369,11 +373,82 @@ impl HostFacts for Resolver {
 /// legacy; whichever has rules (a host uses one or the other).
 pub fn read_ruleset() -> Option<Ruleset> {
     let (mut rs, via_nft) = read_iptables().unwrap_or_default();
-    // Native nft tables (firewalld, hand-written) run at the same hooks; iptables-nft's own
-    // tables show up there too and are left to iptables-save, which numbers their rules.
-    if let Some(nft) = read_nft(via_nft) {
+    let mut read_elsewhere = if via_nft {
+        crate::diagnose::ruleset::nft::iptables_nft_tables()
+    } else {
+        Vec::new()
+    };
+    // ebtables-nft's tables are nft `bridge` tables whose `ip` matches nft cannot show.
+    for eb in [read_ebtables_nft(), read_ebtables_legacy()]
+        .into_iter()
+        .flatten()
+    {
+        for t in &eb.tables {
+            if matches!(t.source, Source::Ebtables(Flavor::Nft)) {
+                read_elsewhere.push(("bridge".to_owned(), t.name.clone()));
+            }
+        }
+        rs.merge(eb);
+    }
+    // Native nft tables (firewalld, hand-written) run at the same hooks.
+    if let Some(nft) = read_nft(&read_elsewhere) {
         rs.merge(nft);
     }
+    (!rs.is_empty()).then_some(rs)
+}
+
+/// `ebtables-nft-save -c`, keeping the tables that hold rules ebtables-nft can read (it
+/// marks native nft bridge tables as incompatible and leaves them to `nft`).
+fn read_ebtables_nft() -> Option<Ruleset> {
+    let out = std::process::Command::new("ebtables-nft-save")
+        .arg("-c")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let incompatible: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("# Table `")?
+                .split_once("' contains incompatible")
+        })
+        .map(|(t, _)| t)
+        .collect();
+    let mut rs = ebtables::parse(&text, Flavor::Nft)
+        .inspect_err(|e| tracing::debug!("ebtables-nft-save: {e}"))
+        .ok()?;
+    rs.tables
+        .retain(|t| !incompatible.contains(&t.name.as_str()));
+    (!rs.is_empty()).then_some(rs)
+}
+
+/// `ebtables-legacy -L --Lc` for each ebtables table whose module is loaded. Listing a table
+/// the namespace lacks makes the kernel create it empty (ACCEPT policies, no rules): no
+/// change to what is forwarded, and no module is ever loaded for it.
+fn read_ebtables_legacy() -> Option<Ruleset> {
+    let modules = std::fs::read_to_string("/proc/modules").ok()?;
+    let mut text = String::new();
+    for table in ebtables::TABLES {
+        let module = format!("ebtable_{table} ");
+        if !modules.lines().any(|l| l.starts_with(&module)) {
+            continue;
+        }
+        let Ok(out) = std::process::Command::new("ebtables-legacy")
+            .args(["-t", table, "-L", "--Lc"])
+            .output()
+        else {
+            return None; // not installed
+        };
+        if out.status.success() {
+            text.push_str(&ebtables::listing_to_save(
+                table,
+                &String::from_utf8_lossy(&out.stdout),
+            ));
+        }
+    }
+    let rs = ebtables::parse(&text, Flavor::Legacy)
+        .inspect_err(|e| tracing::debug!("ebtables-legacy: {e}"))
+        .ok()?;
     (!rs.is_empty()).then_some(rs)
 }
 
@@ -399,8 +474,8 @@ fn read_iptables() -> Option<(Ruleset, bool)> {
     None
 }
 
-/// `nft -j list ruleset`, IPv4 families only.
-fn read_nft(skip_iptables_tables: bool) -> Option<Ruleset> {
+/// `nft -j list ruleset`, IPv4 families only, without the tables read elsewhere.
+fn read_nft(read_elsewhere: &[(String, String)]) -> Option<Ruleset> {
     let out = std::process::Command::new("nft")
         .args(["-j", "list", "ruleset"])
         .output()
@@ -414,7 +489,7 @@ fn read_nft(skip_iptables_tables: bool) -> Option<Ruleset> {
     }
     match crate::diagnose::ruleset::nft::parse(
         &String::from_utf8_lossy(&out.stdout),
-        skip_iptables_tables,
+        read_elsewhere,
     ) {
         Ok(rs) => Some(rs),
         Err(e) => {

@@ -15,7 +15,7 @@ pub enum ParseError {
     Line { line: usize, why: String },
 }
 
-fn tokenize(line: &str) -> Vec<String> {
+pub(super) fn tokenize(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
@@ -53,7 +53,7 @@ fn counters(s: &str) -> Option<u64> {
         .ok()
 }
 
-fn port_range(s: &str) -> Option<(u16, u16)> {
+pub(super) fn port_range(s: &str) -> Option<(u16, u16)> {
     match s.split_once(':') {
         Some((a, b)) => Some((
             if a.is_empty() { 0 } else { a.parse().ok()? },
@@ -70,7 +70,7 @@ fn port_range(s: &str) -> Option<(u16, u16)> {
     }
 }
 
-fn proto_number(s: &str) -> Option<u8> {
+pub(super) fn proto_number(s: &str) -> Option<u8> {
     match s {
         "tcp" => Some(6),
         "udp" => Some(17),
@@ -94,58 +94,108 @@ fn ct_states(s: &str) -> Vec<CtState> {
         .collect()
 }
 
+/// One meaningful line of `iptables-save`/`ebtables-save` text (they share the layout).
+pub(super) enum SaveLine<'a> {
+    /// `*filter`
+    Table(&'a str),
+    /// `:FORWARD DROP [0:0]`
+    Chain {
+        name: &'a str,
+        policy: Option<Verdict>,
+        packets: Option<u64>,
+    },
+    /// `[packets:bytes] -A ...` (counters only with `-c`).
+    Rule { packets: Option<u64>, text: &'a str },
+}
+
+/// Splits save text into numbered lines, without comments and COMMITs.
+pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, ParseError> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let err = |why: &str| ParseError::Line {
+            line: n + 1,
+            why: why.to_owned(),
+        };
+        if line.is_empty() || line.starts_with('#') || line == "COMMIT" {
+            continue;
+        }
+        let parsed = if let Some(name) = line.strip_prefix('*') {
+            SaveLine::Table(name)
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let mut parts = decl.split_whitespace();
+            SaveLine::Chain {
+                name: parts.next().ok_or_else(|| err("chain without a name"))?,
+                policy: match parts.next() {
+                    Some("ACCEPT") => Some(Verdict::Accept),
+                    Some("DROP") => Some(Verdict::Drop),
+                    _ => None,
+                },
+                packets: parts.next().and_then(counters),
+            }
+        } else if line.starts_with('[') {
+            let (c, rest) = line
+                .split_once(' ')
+                .ok_or_else(|| err("counters without a rule"))?;
+            SaveLine::Rule {
+                packets: counters(c),
+                text: rest.trim(),
+            }
+        } else {
+            SaveLine::Rule {
+                packets: None,
+                text: line,
+            }
+        };
+        out.push((n + 1, parsed));
+    }
+    Ok(out)
+}
+
 impl Ruleset {
     /// Parses `iptables-save` output, with or without `-c` counters.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let mut rs = Self::default();
-        for (n, raw) in text.lines().enumerate() {
-            let line = raw.trim();
+        for (line, parsed) in save_lines(text)? {
             let err = |why: &str| ParseError::Line {
-                line: n + 1,
+                line,
                 why: why.to_owned(),
             };
-            if line.is_empty() || line.starts_with('#') || line == "COMMIT" {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('*') {
-                rs.tables.push(Table {
-                    name: name.to_owned(),
-                    family: "ip".into(),
-                    source: Source::Iptables,
-                    chains: Vec::new(),
-                });
-                continue;
-            }
+            let (packets, rule_text) = match parsed {
+                SaveLine::Table(name) => {
+                    rs.tables.push(Table {
+                        name: name.to_owned(),
+                        family: "ip".into(),
+                        source: Source::Iptables,
+                        chains: Vec::new(),
+                    });
+                    continue;
+                }
+                SaveLine::Chain {
+                    name,
+                    policy,
+                    packets,
+                } => {
+                    let table = rs
+                        .tables
+                        .last_mut()
+                        .ok_or_else(|| err("chain before any *table"))?;
+                    table.chains.push(Chain {
+                        name: name.to_owned(),
+                        // Built-in chains are declared with a policy, user chains with `-`.
+                        base: policy.and_then(|_| BaseChain::iptables(&table.name, name)),
+                        policy,
+                        policy_packets: packets,
+                        rules: Vec::new(),
+                    });
+                    continue;
+                }
+                SaveLine::Rule { packets, text } => (packets, text),
+            };
             let table = rs
                 .tables
                 .last_mut()
                 .ok_or_else(|| err("rule before any *table"))?;
-            if let Some(decl) = line.strip_prefix(':') {
-                let mut parts = decl.split_whitespace();
-                let name = parts.next().ok_or_else(|| err("chain without a name"))?;
-                let policy = match parts.next() {
-                    Some("ACCEPT") => Some(Verdict::Accept),
-                    Some("DROP") => Some(Verdict::Drop),
-                    _ => None,
-                };
-                table.chains.push(Chain {
-                    name: name.to_owned(),
-                    // Built-in chains are declared with a policy, user chains with `-`.
-                    base: policy.and_then(|_| BaseChain::iptables(&table.name, name)),
-                    policy,
-                    policy_packets: parts.next().and_then(counters),
-                    rules: Vec::new(),
-                });
-                continue;
-            }
-            let (packets, rule_text) = if line.starts_with('[') {
-                let (c, rest) = line
-                    .split_once(' ')
-                    .ok_or_else(|| err("counters without a rule"))?;
-                (counters(c), rest.trim())
-            } else {
-                (None, line)
-            };
             let tokens = tokenize(rule_text);
             if tokens.first().map(String::as_str) != Some("-A") || tokens.len() < 2 {
                 return Err(err("expected -A CHAIN"));

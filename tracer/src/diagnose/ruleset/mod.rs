@@ -5,6 +5,7 @@
 //! the packet as it was at each hook — interfaces, addresses after DNAT, ports, conntrack
 //! state — the way the kernel walks the tables in priority order.
 
+pub mod ebtables;
 pub mod iptables;
 pub mod model;
 pub mod nft;
@@ -28,6 +29,17 @@ pub enum Hook {
     Output,
     #[serde(rename = "POSTROUTING")]
     Postrouting,
+}
+
+impl Verdict {
+    /// As iptables and ebtables spell it in a policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accept => "ACCEPT",
+            Self::Drop => "DROP",
+            Self::Reject => "REJECT",
+        }
+    }
 }
 
 impl Hook {

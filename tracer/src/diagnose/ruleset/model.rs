@@ -143,6 +143,8 @@ pub enum Source {
     Iptables,
     /// A native nftables table (`nft -j list ruleset`): firewalld, hand-written rulesets.
     Nft,
+    /// ebtables-save text (ebtables-nft or ebtables-legacy): bridged frames only.
+    Ebtables(super::ebtables::Flavor),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,6 +168,7 @@ impl Table {
         match self.source {
             Source::Iptables => self.name.clone(),
             Source::Nft => format!("{} {}", self.family, self.name),
+            Source::Ebtables(f) => format!("{} {}", f.command(), self.name),
         }
     }
 }
@@ -338,7 +341,21 @@ impl Walk<'_> {
                 Target::Continue(_) | Target::None => {}
             }
         }
-        Flow::Fallthrough
+        // An ebtables user chain may carry its own policy.
+        match chain.policy {
+            Some(v) if chain.base.is_none() => Flow::Verdict(
+                v,
+                RuleRef {
+                    table: self.table.label(),
+                    chain: chain.name.clone(),
+                    index: None,
+                    handle: None,
+                    text: format!(":{} {}", chain.name, v.name()),
+                    packets: chain.policy_packets,
+                },
+            ),
+            _ => Flow::Fallthrough,
+        }
     }
 }
 
@@ -415,7 +432,9 @@ impl Ruleset {
                             index: None,
                             handle: None,
                             text: match table.source {
-                                Source::Iptables => format!(":{} DROP", chain.name),
+                                Source::Iptables | Source::Ebtables(_) => {
+                                    format!(":{} DROP", chain.name)
+                                }
                                 Source::Nft => format!(
                                     "chain {} {{ type {} hook {} priority {}; policy drop; }}",
                                     chain.name,

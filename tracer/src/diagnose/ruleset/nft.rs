@@ -27,12 +27,18 @@ fn ipv4_family(family: &str) -> bool {
     matches!(family, "ip" | "inet" | "bridge")
 }
 
-/// Tables iptables-nft creates: they are read from `iptables-save` already (with iptables'
-/// rule numbers and text), so the nft view of them is skipped.
-const IPTABLES_NFT_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
+/// Tables iptables-nft creates, as (family, name).
+pub fn iptables_nft_tables() -> Vec<(String, String)> {
+    ["filter", "nat", "mangle", "raw", "security"]
+        .into_iter()
+        .map(|t| ("ip".to_owned(), t.to_owned()))
+        .collect()
+}
 
-/// Parses `nft -j list ruleset`. `skip_iptables` leaves out the tables iptables-nft owns.
-pub fn parse(json: &str, skip_iptables: bool) -> Result<Ruleset, ParseError> {
+/// Parses `nft -j list ruleset`, leaving out the tables in `read_elsewhere` (family, name):
+/// iptables-nft's and ebtables-nft's tables are read from their `-save` output, with their
+/// rule numbers and text (nft shows their `xt` matches only as opaque names).
+pub fn parse(json: &str, read_elsewhere: &[(String, String)]) -> Result<Ruleset, ParseError> {
     let doc: Value = serde_json::from_str(json).map_err(|e| ParseError::Json(e.to_string()))?;
     let items = doc
         .get("nftables")
@@ -41,7 +47,9 @@ pub fn parse(json: &str, skip_iptables: bool) -> Result<Ruleset, ParseError> {
     let mut rs = Ruleset::default();
     let keep = |family: &str, table: &str| {
         ipv4_family(family)
-            && !(skip_iptables && family == "ip" && IPTABLES_NFT_TABLES.contains(&table))
+            && !read_elsewhere
+                .iter()
+                .any(|(f, t)| f == family && t == table)
     };
     for item in items {
         if let Some(t) = item.get("table") {
@@ -554,7 +562,7 @@ mod tests {
 
     #[test]
     fn firewalld_forward_rejects_docker0_to_uplink_and_names_the_handle() {
-        let rs = parse(FIREWALLD, true).expect("parses");
+        let rs = parse(FIREWALLD, &iptables_nft_tables()).expect("parses");
         let t = &rs.tables[0];
         assert_eq!(t.label(), "inet firewalld");
         let fwd = t.chain("filter_FORWARD").expect("chain");
@@ -594,7 +602,7 @@ mod tests {
 
     #[test]
     fn firewalld_accepts_the_zone_it_knows_and_established_replies() {
-        let rs = parse(FIREWALLD, true).expect("parses");
+        let rs = parse(FIREWALLD, &iptables_nft_tables()).expect("parses");
         // eth0 is in the public zone, whose forward chain accepts to... nothing here: the
         // packet from eth0 to docker0 still ends at the reject, unless it is a reply.
         let mut pkt = syn_at_forward("eth0", "docker0", Ipv4Addr::new(203, 0, 113, 2));
@@ -619,12 +627,12 @@ mod tests {
             {"table":{"family":"ip6","name":"mine","handle":2}},
             {"table":{"family":"netdev","name":"ingress","handle":4}},
             {"table":{"family":"inet","name":"mine","handle":3}}]}"#;
-        let rs = parse(json, true).expect("parses");
+        let rs = parse(json, &iptables_nft_tables()).expect("parses");
         assert_eq!(
             rs.tables.iter().map(Table::label).collect::<Vec<_>>(),
             ["inet mine"]
         );
-        let rs = parse(json, false).expect("parses");
+        let rs = parse(json, &[]).expect("parses");
         assert_eq!(rs.tables.len(), 2);
     }
 
@@ -636,7 +644,7 @@ mod tests {
               {"match":{"op":"==","left":{"meta":{"key":"iifname"}},"right":"veth2"}},
               {"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"daddr"}},"right":"172.17.0.2"}},
               {"counter":{"packets":2,"bytes":120}},{"drop":null}]}}]}"#;
-        let rs = parse(json, false).expect("parses");
+        let rs = parse(json, &[]).expect("parses");
         let pkt = syn_at_forward("veth2", "veth1", Ipv4Addr::new(172, 17, 0, 3));
         // Routed traffic never meets a bridge chain.
         assert_eq!(rs.evaluate(Hook::Forward, &pkt).verdict, Verdict::Accept);
@@ -652,8 +660,8 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(parse("not json", false), Err(ParseError::Json(_))));
-        assert_eq!(parse("{}", false), Err(ParseError::Shape));
+        assert!(matches!(parse("not json", &[]), Err(ParseError::Json(_))));
+        assert_eq!(parse("{}", &[]), Err(ParseError::Shape));
     }
 
     #[test]
@@ -662,7 +670,7 @@ mod tests {
             {"chain":{"family":"inet","table":"t","name":"fwd","handle":1,"type":"filter","hook":"forward","prio":0,"policy":"accept"}},
             {"rule":{"family":"inet","table":"t","chain":"fwd","handle":4,"expr":[
               {"match":{"op":"==","left":{"meta":{"key":"mark"}},"right":42}},{"drop":null}]}}]}"#;
-        let rs = parse(json, false).expect("parses");
+        let rs = parse(json, &[]).expect("parses");
         let pkt = syn_at_forward("eth0", "docker0", Ipv4Addr::new(203, 0, 113, 2));
         let out = rs.evaluate(Hook::Forward, &pkt);
         assert_eq!(out.verdict, Verdict::Accept);
