@@ -157,13 +157,30 @@ impl Resolver {
         self
     }
 
-    /// A copy of the current container list (the lock is not held while we dump links).
-    fn container_snapshot(&self) -> Option<(u64, Vec<docker::ContainerInfo>)> {
+    /// The index generation and the container whose namespace `netns` is, without copying
+    /// the list: this runs for every hop. `None` when no container runs.
+    fn container_in(&self, netns: u32) -> Option<(u64, Option<ContainerRef>)> {
         let index = self.containers.as_ref()?.read().ok()?;
         if index.containers.is_empty() {
             return None; // no Docker, or nothing running: the common fast path per hop
         }
-        Some((index.generation, index.containers.clone()))
+        Some((
+            index.generation,
+            index.by_netns(netns).map(|c| c.container.clone()),
+        ))
+    }
+
+    /// (netns, container) of every running container, copied so the lock is not held while
+    /// links are dumped.
+    fn container_namespaces(&self) -> Vec<(u32, ContainerRef)> {
+        let Some(Ok(index)) = self.containers.as_ref().map(|i| i.read()) else {
+            return Vec::new();
+        };
+        index
+            .containers
+            .iter()
+            .filter_map(|c| Some((c.netns?, c.container.clone())))
+            .collect()
     }
 
     fn refresh_namespaces(&mut self) {
@@ -290,9 +307,8 @@ impl HostFacts for Resolver {
     }
 
     fn container_device(&mut self, netns: u32, ifindex: u32) -> Option<ContainerDevice> {
-        let (generation, containers) = self.container_snapshot()?;
-        if let Some(c) = containers.iter().find(|c| c.netns == Some(netns)) {
-            let container = c.container.clone();
+        let (generation, in_netns) = self.container_in(netns)?;
+        if let Some(container) = in_netns {
             let ifname = self.ifname(netns, ifindex);
             return Some(ContainerDevice {
                 container,
@@ -310,15 +326,17 @@ impl HostFacts for Resolver {
         // A host-side veth: its peer is the container interface whose own peer is this one.
         let link = self.interface(netns, ifindex)?;
         let found = link.link.filter(|_| link.kind == "veth").and_then(|peer| {
-            containers.iter().find_map(|c| {
-                let table = self.table(c.netns?, |t| t.links.contains_key(&peer))?;
-                let inner = table.links.get(&peer)?;
-                (inner.link == Some(ifindex)).then(|| ContainerDevice {
-                    container: c.container.clone(),
-                    ifname: inner.name.clone(),
-                    host_side: true,
+            self.container_namespaces()
+                .into_iter()
+                .find_map(|(ns, container)| {
+                    let table = self.table(ns, |t| t.links.contains_key(&peer))?;
+                    let inner = table.links.get(&peer)?;
+                    (inner.link == Some(ifindex)).then(|| ContainerDevice {
+                        container,
+                        ifname: inner.name.clone(),
+                        host_side: true,
+                    })
                 })
-            })
         });
         self.veths.insert((netns, ifindex), found.clone());
         found
