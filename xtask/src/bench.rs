@@ -3,7 +3,7 @@
 //! The lab topology; an 18-byte UDP flood from the outside namespace to a published port,
 //! DNATed through the bridge into the container, where a sink counts arrivals; runs
 //! interleaved (untraced, traced, untraced, traced, ...) so drift hits both sides. Reports the
-//! throughput ratios, events delivered and lost, per-hook BPF run time (bpf_stats, enabled only
+//! throughput ratios, events delivered and lost, per-hook BPF run time (BPF_ENABLE_STATS, enabled only
 //! for one dedicated run and restored), pathtrace's CPU per million events and RSS, and the
 //! userspace pipeline on recorded events. Writes docs/performance.md.
 
@@ -233,10 +233,8 @@ fn hook_costs(
     mode: Mode,
     secs: u64,
 ) -> Result<Vec<(String, f64, u64)>> {
-    let key = "/proc/sys/kernel/bpf_stats_enabled";
-    let old = std::fs::read_to_string(key).unwrap_or_else(|_| "0".into());
-    std::fs::write(key, "1").context("enabling kernel.bpf_stats_enabled for the run")?;
-    let result = (|| -> Result<Vec<(String, f64, u64)>> {
+    let _stats = enable_bpf_stats()?;
+    (|| -> Result<Vec<(String, f64, u64)>> {
         let tracer = start_tracer(bin, mode, Traffic::Udp)?.context("tracer")?;
         lab.udp_flood(Duration::from_secs(secs), u64::MAX)?;
         let out = Command::new("bpftool")
@@ -259,9 +257,34 @@ fn hook_costs(
                 ))
             })
             .collect())
-    })();
-    let _ = std::fs::write(key, old.trim());
-    result
+    })()
+}
+
+/// Turns on BPF run-time accounting for as long as the returned descriptor is open
+/// (`BPF_ENABLE_STATS`): the kernel turns it off again when the descriptor closes, even if the
+/// bench is killed, so `kernel.bpf_stats_enabled` is never left changed.
+fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    const BPF_STATS_RUN_TIME: u32 = 0;
+    // union bpf_attr, enable_stats member: { __u32 type; }, padded like the kernel's union.
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&BPF_STATS_RUN_TIME.to_ne_bytes());
+    // SAFETY: a bpf(2) call with a zeroed, correctly sized attribute buffer.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("bpf(BPF_ENABLE_STATS): turning on BPF run-time accounting for the run");
+    }
+    // SAFETY: the kernel just returned this descriptor to us and nobody else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The heading where docs/performance.md's hand-written part starts.
@@ -423,7 +446,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
              container namespace, counted by a sink there. Runs interleave untraced and traced measurements; medians are shown.\n\n{table}\n\
              How to read it: the ratios are the forwarding throughput kept while pathtrace is attached; \"matching\" means every flood\n\
              packet produces ~4 events (receive, DNAT transmit on the bridge, veth transmit, receive in the container). BPF run time is\n\
-             the kernel's own accounting (`kernel.bpf_stats_enabled`, on for two extra runs, one per filter, and restored).\n\
+             the kernel's own accounting (`BPF_ENABLE_STATS`, on for two extra runs, one per filter, off when its descriptor closes).\n\
              Ratios pair each traced run with the untraced runs around it; the CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n\
              The SYN flood sends raw-socket SYNs (source ports cycling) to the published TCP port {tcp_port}; its rate is TCP segments the\n\
              container's stack received (each SYN, and the RST the client's kernel sends for the SYN-ACK), BPF costs are from the UDP runs.\n",
