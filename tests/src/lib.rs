@@ -171,6 +171,9 @@ pub enum Fault {
     /// container's port: ebtables-legacy where the kernel has it (the VM lab), else
     /// ebtables-nft (field note 004).
     BridgeEbtablesDrop,
+    /// Docker's rules stay in iptables-nft; a DROP for the container's port is added with
+    /// iptables-legacy, which `iptables -S` (nft) does not list but the kernel still runs.
+    LegacyForwardDrop,
     /// firewalld's native nft table (as firewalld 0.8 on CentOS 8 writes it): the uplink is in
     /// the public zone, the Docker bridge in none, so forwarded traffic ends at its final
     /// `reject` (field note 001).
@@ -575,6 +578,19 @@ impl Lab {
                     )
                     .map(drop)
                     .with_context(|| format!("adding an {eb} rule"))
+            }
+            Fault::LegacyForwardDrop => {
+                let dst = c.container_addr.to_string();
+                self.host
+                    .exec(
+                        "iptables-legacy",
+                        &[
+                            "-I", "FORWARD", "-d", &dst, "-p", "tcp", "--dport", &cport, "-j",
+                            "DROP",
+                        ],
+                    )
+                    .map(drop)
+                    .context("adding an iptables-legacy rule")
             }
             Fault::FirewalldForward => run_stdin(
                 "ip",

@@ -157,6 +157,12 @@ pub fn all() -> Vec<Scenario> {
             dropped("NETFILTER_DROP", "netfilter_drop"),
         ),
         Scenario::new(
+            "iptables-legacy-drop",
+            "Docker's rules in iptables-nft, a FORWARD DROP added with iptables-legacy (which `iptables -S` does not show)",
+            Some(Fault::LegacyForwardDrop),
+            dropped("NETFILTER_DROP", "netfilter_drop"),
+        ),
+        Scenario::new(
             "prerouting-accept",
             "field note 002: a nat PREROUTING ACCEPT ahead of -j DOCKER, so no DNAT",
             Some(Fault::PreroutingAcceptShadow),

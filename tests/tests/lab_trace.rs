@@ -336,6 +336,34 @@ fn bridge_family_nft_drop_is_named_with_its_port() {
     );
 }
 
+/// Rules in both iptables backends: the kernel runs both, each `iptables` lists only its own.
+#[test]
+fn a_drop_in_iptables_legacy_is_named_next_to_dockers_nft_rules() {
+    let (lab, seen, _) = run("iptables-legacy-drop");
+    let d = diagnosis(&seen);
+    assert_eq!(d["code"], "netfilter_drop", "{d:#}");
+    assert_eq!(d["rule"]["table"], "iptables-legacy filter", "{d:#}");
+    assert_eq!(d["rule"]["chain"], "FORWARD");
+    assert_eq!(d["rule"]["index"], 1);
+    assert_eq!(
+        d["rule"]["text"],
+        format!(
+            "-A FORWARD -d {}/32 -p tcp -m tcp --dport 80 -j DROP",
+            lab.config.container_addr
+        )
+    );
+    assert!(
+        fix(&seen).contains("iptables-legacy -t filter -D FORWARD 1"),
+        "{}",
+        fix(&seen)
+    );
+    let evidence = evidence(&seen.verdict).join("\n");
+    assert!(
+        evidence.contains("both nf_tables (iptables-nft) and x_tables (iptables-legacy)"),
+        "{evidence}"
+    );
+}
+
 /// ebtables as distributions ship it (ebtables-nft): nft shows its `ip` match only as an
 /// opaque `xt` expression, so the rule is read from `ebtables-nft-save` and named as
 /// ebtables numbers it.

@@ -8,8 +8,10 @@ use std::net::Ipv4Addr;
 use crate::{
     diagnose::{
         Confidence, Diagnosis, describe_rule,
+        netfilter::{Where, fix_for},
         ruleset::{CtState, Hook, PacketAtHook, Ruleset, Verdict},
     },
+    events::Tuple,
     resolve::{LinkTable, Published},
 };
 
@@ -164,7 +166,7 @@ fn published_port(host: &HostConfig, rs: &Ruleset, p: &PortCheck, out: &mut Vec<
         let pre = rs.evaluate(Hook::Prerouting, &pkt);
         let Some((to, to_port)) = pre.dnat else {
             if let Some(d) = dnats.first() {
-                let shadow = pre.by.clone().filter(|r| r.table == "nat");
+                let shadow = pre.by.clone().filter(|r| r.in_iptables_nat());
                 let mut evidence =
                     vec![format!("the DNAT that would not run: {}", describe_rule(d))];
                 if let Some(s) = &shadow {
@@ -204,21 +206,19 @@ fn published_port(host: &HostConfig, rs: &Ruleset, p: &PortCheck, out: &mut Vec<
         let fwd = rs.evaluate(Hook::Forward, &fwd_pkt);
         if fwd.verdict != Verdict::Accept {
             let Some(by) = fwd.by.clone() else { continue };
-            let fix = match by.index {
-                Some(i) => format!(
-                    "iptables -t {} -D {} {i}   # remove or narrow: {}",
-                    by.table, by.chain, by.text
-                ),
-                None => format!(
-                    "iptables -I DOCKER-USER -i {uplink}{} -p {} --dport {} -j ACCEPT",
-                    out_if
-                        .as_deref()
-                        .map(|o| format!(" -o {o}"))
-                        .unwrap_or_default(),
-                    crate::events::proto_name(p.proto),
-                    fwd_pkt.dport
-                ),
+            let tuple = Tuple {
+                src: fwd_pkt.src,
+                sport: fwd_pkt.sport,
+                dst: to,
+                dport: fwd_pkt.dport,
+                proto: p.proto,
             };
+            let place = Where {
+                in_if: Some(&uplink),
+                out_if: out_if.as_deref(),
+                path: &fwd.path,
+            };
+            let fix = fix_for(&by, Some(tuple), &place);
             out.push(Diagnosis {
                 code: "netfilter_drop",
                 summary: format!(
@@ -280,10 +280,15 @@ fn bridges(host: &HostConfig, rs: &Ruleset, out: &mut Vec<Diagnosis>) {
                 }
             ),
             evidence: vec![describe_rule(&by), format!("chains walked: {}", fwd.path.join(" → "))],
-            fix: Some(match by.index {
-                Some(i) => format!("iptables -t {} -D {} {i}   # if container-to-container traffic should pass", by.table, by.chain),
-                None => format!("iptables -I DOCKER-USER -i {0} -o {0} -j ACCEPT", bridge.name),
-            }),
+            fix: Some(fix_for(
+                &by,
+                None,
+                &Where {
+                    in_if: Some(&bridge.name),
+                    out_if: Some(&bridge.name),
+                    path: &fwd.path,
+                },
+            )),
             confidence: Confidence::Medium,
             rule: Some(by),
         });
@@ -387,7 +392,9 @@ mod tests {
         assert_eq!(f[0].code, "netfilter_drop", "{f:#?}");
         assert_eq!(
             f[0].fix.as_deref(),
-            Some("iptables -I DOCKER-USER -i eth0 -o docker0 -p tcp --dport 80 -j ACCEPT")
+            Some(
+                "iptables -t filter -I DOCKER-USER -i eth0 -o docker0 -p tcp --dport 80 -j ACCEPT"
+            )
         );
     }
 

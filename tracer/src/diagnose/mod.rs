@@ -5,7 +5,7 @@
 //! never change the host.
 
 mod forwarding;
-mod netfilter;
+pub(crate) mod netfilter;
 mod routing;
 pub mod ruleset;
 mod socket;

@@ -11,7 +11,10 @@ use tracer_common::{HopKind, event::nf_verdict};
 
 use super::{
     Case, Confidence, Diagnosis, Rule, describe_rule, in_netns,
-    ruleset::{Hook, HookOutcome, Verdict},
+    ruleset::{
+        Hook, HookOutcome, Verdict,
+        model::{Backend, Source},
+    },
 };
 use std::sync::Arc;
 
@@ -38,6 +41,16 @@ struct Walked {
     bridged: Option<String>,
     /// Decided by the nft `bridge` family (ebtables' successor), not by the IP hooks.
     bridge_family: bool,
+}
+
+impl Walked {
+    fn place(&self) -> Where<'_> {
+        Where {
+            in_if: self.in_if.as_deref(),
+            out_if: self.out_if.as_deref(),
+            path: &self.outcome.path,
+        }
+    }
 }
 
 fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
@@ -137,6 +150,19 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         None if by.packets == Some(0) => evidence.push("its counter is 0: the kernel counted no packet for this rule, so another rule or table may be dropping".into()),
         None => {}
     }
+    if let Some(rs) = &ruleset {
+        let has = |b: Backend| rs.tables.iter().any(|t| t.source == Source::Iptables(b));
+        let by_source = Source::of_label(&by.table).0;
+        if has(Backend::Nft) && has(Backend::Legacy) && matches!(by_source, Source::Iptables(_)) {
+            let other = match by_source {
+                Source::Iptables(Backend::Legacy) => "iptables-nft",
+                _ => "iptables-legacy",
+            };
+            evidence.push(format!(
+                "netns {ns} has iptables rules in both nf_tables (iptables-nft) and x_tables (iptables-legacy); the kernel runs both, but each `iptables` lists only its own: this rule does not show in `{other} -S`"
+            ));
+        }
+    }
     for u in &w.outcome.unknown_matches {
         evidence.push(format!(
             "pathtrace cannot evaluate a match of {u}; assumed not to match"
@@ -166,7 +192,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
                 },
                 rule_words(&by)
             ),
-            fix_for(&by, tuple, &w),
+            fix_for(&by, tuple, &w.place()),
         ),
         Some(bridge) => (
             "bridge_netfilter_drop",
@@ -176,7 +202,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
                 by.chain,
                 rule_words(&by)
             ),
-            fix_for(&by, tuple, &w),
+            fix_for(&by, tuple, &w.place()),
         ),
         None => (
             NETFILTER_DROP.code,
@@ -186,7 +212,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
                 by.table,
                 rule_words(&by)
             ),
-            fix_for(&by, tuple, &w),
+            fix_for(&by, tuple, &w.place()),
         ),
     };
     match (&w.bridged, &w.in_if) {
@@ -217,14 +243,21 @@ fn rule_words(by: &super::ruleset::RuleRef) -> String {
     }
 }
 
+/// Where a flow met the rule a fix is for: its interfaces there and the chains it walked.
+pub(crate) struct Where<'a> {
+    pub in_if: Option<&'a str>,
+    pub out_if: Option<&'a str>,
+    pub path: &'a [String],
+}
+
 /// firewalld owns its nft table: a rule deleted by hand comes back on reload, so the fix is
 /// to give the Docker-side interface a zone (Docker >= 20.10 adds a `docker` zone itself).
-fn firewalld_fix(w: &Walked) -> String {
-    let container_side = [w.out_if.as_deref(), w.in_if.as_deref()]
+fn firewalld_fix(at: &Where<'_>) -> String {
+    let container_side = [at.out_if, at.in_if]
         .into_iter()
         .flatten()
         .find(|i| i.starts_with("docker") || i.starts_with("br-") || i.starts_with("veth"))
-        .or(w.out_if.as_deref())
+        .or(at.out_if)
         .unwrap_or("docker0");
     format!(
         "firewall-cmd --permanent --zone=trusted --change-interface={container_side} && firewall-cmd --reload   # firewalld forwards only between interfaces that are in zones; Docker >= 20.10 puts its bridges in a `docker` zone itself"
@@ -233,9 +266,9 @@ fn firewalld_fix(w: &Walked) -> String {
 
 /// A native nft rule or policy: delete or narrow the rule by handle, or accept ahead of the
 /// policy.
-fn nft_fix(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, w: &Walked) -> String {
+fn nft_fix(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -> String {
     if by.table.ends_with(" firewalld") {
-        return firewalld_fix(w);
+        return firewalld_fix(at);
     }
     match by.handle {
         Some(h) => format!(
@@ -246,16 +279,17 @@ fn nft_fix(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, w: &Walked) -> St
             "nft insert rule {} {}{} accept",
             by.table,
             by.chain,
-            flow_match(w, tuple, true)
+            flow_match(at, tuple, true)
         ),
     }
 }
 
 /// (command, table) for a rule read from ebtables (`ebtables filter`, `ebtables-legacy nat`).
-fn ebtables_table(by: &super::ruleset::RuleRef) -> Option<(&str, &str)> {
-    by.table
-        .split_once(' ')
-        .filter(|(cmd, _)| cmd.starts_with("ebtables"))
+fn ebtables_table(by: &super::ruleset::RuleRef) -> Option<(&'static str, &str)> {
+    match Source::of_label(&by.table) {
+        (source @ Source::Ebtables(_), table) => Some((source.command(), table)),
+        _ => None,
+    }
 }
 
 /// An ebtables rule: delete it by number, or accept the flow ahead of a DROP policy.
@@ -264,7 +298,7 @@ fn ebtables_fix(
     table: &str,
     by: &super::ruleset::RuleRef,
     tuple: Option<Tuple>,
-    w: &Walked,
+    at: &Where<'_>,
 ) -> String {
     if let Some(i) = by.index {
         return format!(
@@ -273,10 +307,10 @@ fn ebtables_fix(
         );
     }
     let mut m = String::from(" -p IPv4");
-    if let Some(i) = &w.in_if {
+    if let Some(i) = at.in_if {
         m.push_str(&format!(" -i {i}"));
     }
-    if let Some(o) = &w.out_if {
+    if let Some(o) = at.out_if {
         m.push_str(&format!(" -o {o}"));
     }
     if let Some(t) = tuple {
@@ -289,35 +323,44 @@ fn ebtables_fix(
     format!("{cmd} -t {table} -I {} 1{m} -j ACCEPT", by.chain)
 }
 
-fn fix_for(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, w: &Walked) -> String {
-    if let Some((cmd, table)) = ebtables_table(by) {
-        return ebtables_fix(cmd, table, by, tuple, w);
-    }
-    // iptables tables are named `filter`, nft tables `<family> <name>`.
-    if by.table.contains(' ') {
-        return nft_fix(by, tuple, w);
+pub(crate) fn fix_for(
+    by: &super::ruleset::RuleRef,
+    tuple: Option<Tuple>,
+    at: &Where<'_>,
+) -> String {
+    let (source, table) = Source::of_label(&by.table);
+    let cmd = source.command();
+    match source {
+        Source::Ebtables(_) => return ebtables_fix(cmd, table, by, tuple, at),
+        Source::Nft => return nft_fix(by, tuple, at),
+        Source::Iptables(_) => {}
     }
     match by.index {
         Some(i) => format!(
-            "iptables -t {} -D {} {i}   # remove or narrow: {}",
-            by.table, by.chain, by.text
+            "{cmd} -t {table} -D {} {i}   # remove or narrow: {}",
+            by.chain, by.text
         ),
         None => format!(
-            "iptables -t {} -I {}{} -j ACCEPT",
-            by.table,
-            if by.chain == "FORWARD" {
+            "{cmd} -t {table} -I {}{} -j ACCEPT",
+            // Docker's hook for user rules, where this table has it.
+            if by.chain == "FORWARD"
+                && at
+                    .path
+                    .iter()
+                    .any(|p| p == &format!("{}/DOCKER-USER", by.table))
+            {
                 "DOCKER-USER"
             } else {
                 &by.chain
             },
-            flow_match(w, tuple, false)
+            flow_match(at, tuple, false)
         ),
     }
 }
 
 /// The interfaces and destination port of the dropped flow as rule matches, in nft or
 /// iptables syntax: what an accept ahead of a drop policy needs.
-fn flow_match(w: &Walked, tuple: Option<Tuple>, nft: bool) -> String {
+fn flow_match(at: &Where<'_>, tuple: Option<Tuple>, nft: bool) -> String {
     let mut m = String::new();
     let quote = |s: &str| {
         if nft {
@@ -331,10 +374,10 @@ fn flow_match(w: &Walked, tuple: Option<Tuple>, nft: bool) -> String {
     } else {
         ("-i", "-o")
     };
-    if let Some(i) = &w.in_if {
+    if let Some(i) = at.in_if {
         m.push_str(&format!(" {iif} {}", quote(i)));
     }
-    if let Some(o) = &w.out_if {
+    if let Some(o) = at.out_if {
         m.push_str(&format!(" {oif} {}", quote(o)));
     }
     if let Some(t) = tuple.filter(|t| t.proto == 6 || t.proto == 17) {
@@ -562,7 +605,7 @@ fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis>
     if pre.dnat.is_some() {
         return None; // the ruleset would DNAT it: something else is going on
     }
-    let shadow = pre.by.clone().filter(|r| r.table == "nat");
+    let shadow = pre.by.clone().filter(|r| r.in_iptables_nat());
     let dnat = dnats.first().cloned();
     let mut evidence = vec![format!(
         "{} stayed addressed to {}:{} (local to netns {ns}) on every hop: no DNAT",
@@ -616,16 +659,21 @@ fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis>
             first.dport
         ),
     };
+    // The backend whose nat table holds the shadowing rule (or the DNAT).
+    let cmd = shadow
+        .as_ref()
+        .or(dnat.as_ref())
+        .map_or("iptables", |r| Source::of_label(&r.table).0.command());
     let fix = match (&shadow, &dnat) {
         (Some(_), Some(d)) if d.chain == "DOCKER" => {
-            "iptables -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DOCKER".to_owned()
+            format!("{cmd} -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DOCKER")
         }
         (Some(s), _) => format!(
-            "iptables -t nat -D {} {}   # or move it after the DNAT jump",
+            "{cmd} -t nat -D {} {}   # or move it after the DNAT jump",
             s.chain,
             s.index.unwrap_or(1)
         ),
-        _ => "iptables-save -t nat   # find what keeps the DNAT from running".to_owned(),
+        _ => format!("{cmd}-save -t nat   # find what keeps the DNAT from running"),
     };
     Some(Diagnosis {
         code: DNAT_SKIPPED.code,
@@ -727,19 +775,31 @@ mod tests {
         );
     }
 
+    /// A DNATed SYN dropped in the host namespace with `rs` as its ruleset: the
+    /// `netfilter_drop` diagnosis and the rule it names.
+    fn forward_drop_in(
+        mut host: FakeHost,
+        rs: Ruleset,
+    ) -> (
+        crate::diagnose::Diagnosis,
+        crate::diagnose::ruleset::RuleRef,
+    ) {
+        host.rulesets.insert(HOST_NS, Arc::new(rs));
+        let r = report(&mut host, dropped_at(12, true, HOST_NS, 2));
+        let d = r.diagnosis.expect("diagnosed");
+        assert_eq!(d.code, "netfilter_drop");
+        let rule = d.rule.clone().expect("rule");
+        (d, rule)
+    }
+
     #[test]
     fn docker_user_drop_is_attributed_on_tracepoints() {
-        let mut host = FakeHost::lab_with_docker();
+        let host = FakeHost::lab_with_docker();
         let text = DOCKER.replace(
             "[0:0] -A DOCKER-USER -j RETURN",
             "[1:60] -A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP\n[0:0] -A DOCKER-USER -j RETURN",
         );
-        host.rulesets
-            .insert(HOST_NS, Arc::new(Ruleset::parse(&text).unwrap()));
-        let r = report(&mut host, dropped_at(12, true, HOST_NS, 2));
-        let d = r.diagnosis.expect("diagnosed");
-        assert_eq!(d.code, "netfilter_drop");
-        let rule = d.rule.expect("rule");
+        let (d, rule) = forward_drop_in(host, Ruleset::parse(&text).unwrap());
         assert_eq!(
             (rule.table.as_str(), rule.chain.as_str(), rule.index),
             ("filter", "DOCKER-USER", Some(1))
@@ -753,6 +813,37 @@ mod tests {
                 .contains("iptables -t filter -D DOCKER-USER 1"),
             "{:?}",
             d.fix
+        );
+    }
+
+    /// Docker's rules in iptables-nft, a DROP added with iptables-legacy: `iptables -S` (nft)
+    /// shows nothing wrong, yet the kernel runs both. The rule is named in the legacy table,
+    /// and the evidence says why nobody saw it.
+    #[test]
+    fn a_drop_in_the_other_iptables_backend_is_named_with_it() {
+        let host = FakeHost::lab_with_docker();
+        let mut rs = Ruleset::parse(DOCKER).unwrap();
+        let legacy = "# Generated by iptables-save v1.8.9 (legacy)\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n[4:240] -A FORWARD -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j DROP\nCOMMIT\n";
+        rs.merge(
+            Ruleset::parse_from(legacy, crate::diagnose::ruleset::model::Backend::Legacy).unwrap(),
+        );
+        let (d, rule) = forward_drop_in(host, rs);
+        assert_eq!(
+            (rule.table.as_str(), rule.chain.as_str(), rule.index),
+            ("iptables-legacy filter", "FORWARD", Some(1))
+        );
+        assert_eq!(
+            d.fix.as_deref(),
+            Some(
+                "ip netns exec lab-host iptables-legacy -t filter -D FORWARD 1   # remove or narrow: -A FORWARD -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j DROP"
+            )
+        );
+        assert!(
+            d.evidence.iter().any(|e| e
+                .contains("both nf_tables (iptables-nft) and x_tables (iptables-legacy)")
+                && e.contains("`iptables-nft -S`")),
+            "{:#?}",
+            d.evidence
         );
     }
 

@@ -17,9 +17,8 @@ use std::{
 };
 
 use crate::diagnose::ruleset::{
-    Ruleset,
-    ebtables::{self, Flavor},
-    model::Source,
+    Ruleset, ebtables,
+    model::{Backend, Source},
 };
 
 pub use docker::{ContainerRef, Published, SharedIndex};
@@ -390,19 +389,36 @@ impl HostFacts for Resolver {
 /// `iptables-save -c` in the calling thread's namespace: the nft-backed tables first, then
 /// legacy; whichever has rules (a host uses one or the other).
 pub fn read_ruleset() -> Option<Ruleset> {
-    let (mut rs, via_nft) = read_iptables().unwrap_or_default();
-    let mut read_elsewhere = if via_nft {
-        crate::diagnose::ruleset::nft::iptables_nft_tables()
-    } else {
-        Vec::new()
-    };
+    let mut rs = Ruleset::default();
+    let mut read_elsewhere = Vec::new();
+    // Both iptables backends: a host can hold rules in each (Docker on one, a firewall script
+    // on the other), and each `iptables` lists only its own.
+    let mut saves: Vec<Ruleset> = ["iptables-nft-save", "iptables-legacy-save"]
+        .into_iter()
+        .filter_map(read_iptables)
+        .flatten()
+        .collect();
+    if saves.is_empty() {
+        // Neither split binary exists: the one `iptables-save` says which backend it is.
+        saves.extend(read_iptables("iptables-save").flatten());
+    }
+    for save in saves {
+        if save
+            .tables
+            .iter()
+            .any(|t| t.source == Source::Iptables(Backend::Nft))
+        {
+            read_elsewhere = crate::diagnose::ruleset::nft::iptables_nft_tables();
+        }
+        rs.merge(save);
+    }
     // ebtables-nft's tables are nft `bridge` tables whose `ip` matches nft cannot show.
     for eb in [read_ebtables_nft(), read_ebtables_legacy()]
         .into_iter()
         .flatten()
     {
         for t in &eb.tables {
-            if matches!(t.source, Source::Ebtables(Flavor::Nft)) {
+            if t.source == Source::Ebtables(Backend::Nft) {
                 read_elsewhere.push(("bridge".to_owned(), t.name.clone()));
             }
         }
@@ -413,6 +429,33 @@ pub fn read_ruleset() -> Option<Ruleset> {
         rs.merge(nft);
     }
     (!rs.is_empty()).then_some(rs)
+}
+
+/// `<cmd> -c` (an iptables-save): `None` when the command does not exist, `Some(None)` when it
+/// ran but had no rules (or failed). The backend comes from the header it writes
+/// (`(nf_tables)` or `(legacy)`). iptables-legacy-save lists only the tables the namespace
+/// already has (`/proc/net/ip_tables_names`): nothing is created.
+fn read_iptables(cmd: &str) -> Option<Option<Ruleset>> {
+    let out = std::process::Command::new(cmd).arg("-c").output().ok()?;
+    if !out.status.success() {
+        tracing::debug!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        return Some(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backend =
+        if text.contains("(legacy)") || (cmd.contains("legacy") && !text.contains("(nf_tables)")) {
+            Backend::Legacy
+        } else {
+            Backend::Nft
+        };
+    Some(match Ruleset::parse_from(&text, backend) {
+        Ok(rs) if !rs.is_empty() => Some(rs),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!("{cmd}: {e}");
+            None
+        }
+    })
 }
 
 /// `ebtables-nft-save -c`, keeping the tables that hold rules ebtables-nft can read (it
@@ -432,7 +475,7 @@ fn read_ebtables_nft() -> Option<Ruleset> {
         })
         .map(|(t, _)| t)
         .collect();
-    let mut rs = ebtables::parse(&text, Flavor::Nft)
+    let mut rs = ebtables::parse(&text, Backend::Nft)
         .inspect_err(|e| tracing::debug!("ebtables-nft-save: {e}"))
         .ok()?;
     rs.tables
@@ -464,32 +507,10 @@ fn read_ebtables_legacy() -> Option<Ruleset> {
             ));
         }
     }
-    let rs = ebtables::parse(&text, Flavor::Legacy)
+    let rs = ebtables::parse(&text, Backend::Legacy)
         .inspect_err(|e| tracing::debug!("ebtables-legacy: {e}"))
         .ok()?;
     (!rs.is_empty()).then_some(rs)
-}
-
-/// `iptables-save -c` from the first variant that has rules; `true` when it was iptables-nft.
-fn read_iptables() -> Option<(Ruleset, bool)> {
-    for cmd in ["iptables-nft-save", "iptables-legacy-save", "iptables-save"] {
-        let Ok(out) = std::process::Command::new(cmd).arg("-c").output() else {
-            continue;
-        };
-        if !out.status.success() {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        match Ruleset::parse(&text) {
-            Ok(rs) if !rs.is_empty() => {
-                let via_nft = cmd == "iptables-nft-save" || text.contains("(nf_tables)");
-                return Some((rs, via_nft));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!("{cmd}: {e}"),
-        }
-    }
-    None
 }
 
 /// `nft -j list ruleset`, IPv4 families only, without the tables read elsewhere.

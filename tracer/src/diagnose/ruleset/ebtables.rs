@@ -9,27 +9,8 @@
 
 use super::{
     iptables::{ParseError, SaveLine, port_range, proto_number, save_lines, tokenize},
-    model::{BaseChain, Chain, Cond, Net, Rule, Ruleset, Source, Table, Target},
+    model::{Backend, BaseChain, Chain, Cond, Net, Rule, Ruleset, Source, Table, Target},
 };
-
-/// Which ebtables wrote the rules: it names the command a fix uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
-    /// ebtables-nft (the `ebtables` of current distributions).
-    Nft,
-    /// ebtables-legacy, the x_tables `ebtable_*` modules.
-    Legacy,
-}
-
-impl Flavor {
-    /// The command that lists and edits these tables.
-    pub fn command(self) -> &'static str {
-        match self {
-            Self::Nft => "ebtables",
-            Self::Legacy => "ebtables-legacy",
-        }
-    }
-}
 
 /// The tables ebtables knows; `broute` decides bridging vs routing, not a verdict, and is left
 /// out of evaluation.
@@ -61,7 +42,7 @@ impl BaseChain {
 
 /// Parses `ebtables-save [-c]` text (counters as a `[packets:bytes]` prefix, or a trailing
 /// `-c packets bytes` as older ebtables-save writes them).
-pub fn parse(text: &str, flavor: Flavor) -> Result<Ruleset, ParseError> {
+pub fn parse(text: &str, backend: Backend) -> Result<Ruleset, ParseError> {
     let mut rs = Ruleset::default();
     for (line, parsed) in save_lines(text)? {
         let err = |why: &str| ParseError::Line {
@@ -73,7 +54,7 @@ pub fn parse(text: &str, flavor: Flavor) -> Result<Ruleset, ParseError> {
                 rs.tables.push(Table {
                     name: name.to_owned(),
                     family: "bridge".into(),
-                    source: Source::Ebtables(flavor),
+                    source: Source::Ebtables(backend),
                     chains: Vec::new(),
                 });
                 continue;
@@ -302,7 +283,7 @@ mod tests {
 
     #[test]
     fn ebtables_nft_save_names_the_dropping_rule_with_counters() {
-        let rs = parse(SAVE, Flavor::Nft).unwrap();
+        let rs = parse(SAVE, Backend::Nft).unwrap();
         let filter = rs.tables.iter().find(|t| t.name == "filter").unwrap();
         assert_eq!(filter.label(), "ebtables filter");
         let fwd = filter.chain("FORWARD").unwrap();
@@ -340,7 +321,7 @@ mod tests {
 
     #[test]
     fn user_chains_mac_matches_and_negations() {
-        let rs = parse(SAVE, Flavor::Nft).unwrap();
+        let rs = parse(SAVE, Backend::Nft).unwrap();
         // To a veth port: jumps to MYCHAIN, whose MAC match cannot be evaluated, then its
         // DROP policy decides.
         let out = rs.evaluate_bridge(
@@ -385,20 +366,23 @@ mod tests {
             save.contains("[3:180] -A FORWARD -p IPv4 -i veth1 --ip-dst 172.17.0.2 --ip-proto tcp --ip-dport 80 -j DROP\n"),
             "{save}"
         );
-        let rs = parse(&save, Flavor::Legacy).unwrap();
+        let rs = parse(&save, Backend::Legacy).unwrap();
         let out = rs.evaluate_bridge(Hook::Forward, &bridged([172, 17, 0, 2], 80, "veth1", None));
         let by = out.by.unwrap();
         assert_eq!(
             (by.table.as_str(), by.index, by.packets),
             ("ebtables-legacy filter", Some(1), Some(3))
         );
-        assert_eq!(Flavor::Legacy.command(), "ebtables-legacy");
+        assert_eq!(
+            Source::Ebtables(Backend::Legacy).command(),
+            "ebtables-legacy"
+        );
     }
 
     #[test]
     fn bad_text_is_an_error_not_a_panic() {
-        assert!(parse("-A FORWARD -j DROP", Flavor::Nft).is_err());
-        assert!(parse("*filter\n-A NOPE -j DROP", Flavor::Nft).is_err());
-        assert!(parse("*filter\n[1:2 -A FORWARD", Flavor::Nft).is_err());
+        assert!(parse("-A FORWARD -j DROP", Backend::Nft).is_err());
+        assert!(parse("*filter\n-A NOPE -j DROP", Backend::Nft).is_err());
+        assert!(parse("*filter\n[1:2 -A FORWARD", Backend::Nft).is_err());
     }
 }

@@ -6,7 +6,7 @@
 
 use super::{
     CtState, Verdict,
-    model::{BaseChain, Chain, Cond, Net, Rule, Ruleset, Source, Table, Target},
+    model::{Backend, BaseChain, Chain, Cond, Net, Rule, Ruleset, Source, Table, Target},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -153,8 +153,13 @@ pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, Parse
 }
 
 impl Ruleset {
-    /// Parses `iptables-save` output, with or without `-c` counters.
+    /// Parses `iptables-save` output (iptables-nft's), with or without `-c` counters.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
+        Self::parse_from(text, Backend::Nft)
+    }
+
+    /// Parses `iptables-save` output of the given backend.
+    pub fn parse_from(text: &str, backend: Backend) -> Result<Self, ParseError> {
         let mut rs = Self::default();
         for (line, parsed) in save_lines(text)? {
             let err = |why: &str| ParseError::Line {
@@ -166,7 +171,7 @@ impl Ruleset {
                     rs.tables.push(Table {
                         name: name.to_owned(),
                         family: "ip".into(),
-                        source: Source::Iptables,
+                        source: Source::Iptables(backend),
                         chains: Vec::new(),
                     });
                     continue;

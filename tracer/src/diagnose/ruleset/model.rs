@@ -139,12 +139,54 @@ impl BaseChain {
 /// Which tool owns a table: it decides how a rule is named and how a fix is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// iptables-save text (iptables-nft or iptables-legacy).
-    Iptables,
+    /// iptables-save text.
+    Iptables(Backend),
     /// A native nftables table (`nft -j list ruleset`): firewalld, hand-written rulesets.
     Nft,
-    /// ebtables-save text (ebtables-nft or ebtables-legacy): bridged frames only.
-    Ebtables(super::ebtables::Flavor),
+    /// ebtables-save text: bridged frames only.
+    Ebtables(Backend),
+}
+
+/// Which kernel side an iptables/ebtables ruleset lives in. Both can hold rules at once, and
+/// each tool lists only its own: rules in the other one are a classic hidden drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// nf_tables (`iptables-nft`, `ebtables-nft`: the default of current distributions).
+    Nft,
+    /// x_tables (`iptables-legacy`, `ebtables-legacy`).
+    Legacy,
+}
+
+impl RuleRef {
+    /// An iptables nat table's rule (either backend): where a DNAT is shadowed.
+    pub fn in_iptables_nat(&self) -> bool {
+        matches!(Source::of_label(&self.table), (Source::Iptables(_), "nat"))
+    }
+}
+
+impl Source {
+    /// The command that lists and edits rules of this source.
+    pub fn command(self) -> &'static str {
+        match self {
+            Self::Iptables(Backend::Nft) => "iptables",
+            Self::Iptables(Backend::Legacy) => "iptables-legacy",
+            Self::Nft => "nft",
+            Self::Ebtables(Backend::Nft) => "ebtables",
+            Self::Ebtables(Backend::Legacy) => "ebtables-legacy",
+        }
+    }
+
+    /// The source of a rule from its table label (see [`Table::label`]), and the table's own
+    /// name.
+    pub fn of_label(label: &str) -> (Self, &str) {
+        match label.split_once(' ') {
+            None => (Self::Iptables(Backend::Nft), label),
+            Some(("iptables-legacy", t)) => (Self::Iptables(Backend::Legacy), t),
+            Some(("ebtables", t)) => (Self::Ebtables(Backend::Nft), t),
+            Some(("ebtables-legacy", t)) => (Self::Ebtables(Backend::Legacy), t),
+            Some(_) => (Self::Nft, label),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,13 +204,13 @@ impl Table {
         self.chains.iter().find(|c| c.name == name)
     }
 
-    /// How rules of this table are named in findings: `filter` for iptables, `inet firewalld`
-    /// for nft.
+    /// How rules of this table are named in findings: `filter` for iptables(-nft),
+    /// `iptables-legacy filter`, `inet firewalld` for nft, `ebtables filter`.
     pub fn label(&self) -> String {
         match self.source {
-            Source::Iptables => self.name.clone(),
+            Source::Iptables(Backend::Nft) => self.name.clone(),
             Source::Nft => format!("{} {}", self.family, self.name),
-            Source::Ebtables(f) => format!("{} {}", f.command(), self.name),
+            other => format!("{} {}", other.command(), self.name),
         }
     }
 }
@@ -184,7 +226,7 @@ impl Ruleset {
     pub fn table(&self, name: &str) -> Option<&Table> {
         self.tables
             .iter()
-            .find(|t| t.source == Source::Iptables && t.name == name)
+            .find(|t| matches!(t.source, Source::Iptables(_)) && t.name == name)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -432,7 +474,7 @@ impl Ruleset {
                             index: None,
                             handle: None,
                             text: match table.source {
-                                Source::Iptables | Source::Ebtables(_) => {
+                                Source::Iptables(_) | Source::Ebtables(_) => {
                                     format!(":{} DROP", chain.name)
                                 }
                                 Source::Nft => format!(
@@ -482,7 +524,7 @@ impl Ruleset {
                     .all(|(neg, cond)| !matches!(cond, Cond::Proto(p) if (*p == proto) == *neg));
                 if is_dnat && port_ok && proto_ok {
                     out.push(RuleRef {
-                        table: "nat".into(),
+                        table: nat.label(),
                         chain: c.name.clone(),
                         index: Some(r.index),
                         handle: None,
