@@ -103,7 +103,7 @@ fn doctor(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
         resolve::{LinkTable, docker, netns::sysctl_path, read_ruleset},
     };
     let links = LinkTable::dump_here().context("listing interfaces (rtnetlink)")?;
-    let ruleset = read_ruleset();
+    let ruleset = read_ruleset(links.links.values().any(|l| l.kind == "bridge"));
     let mut ports = Vec::new();
     let mut docker_status = String::from("not used (--dport given)");
     if let Some(port) = args.dport {

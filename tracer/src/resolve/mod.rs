@@ -357,7 +357,10 @@ impl HostFacts for Resolver {
             return rs.clone();
         }
         let entry = self.netns(netns)?;
-        let rs = match netns::run_in(&entry.path, read_ruleset) {
+        let bridges = self
+            .table(netns, |_| true)
+            .is_some_and(|t| t.links.values().any(|l| l.kind == "bridge"));
+        let rs = match netns::run_in(&entry.path, move || read_ruleset(bridges)) {
             Ok(rs) => rs.map(Arc::new),
             Err(e) => {
                 tracing::debug!(netns, "reading the ruleset failed: {e}");
@@ -388,7 +391,11 @@ impl HostFacts for Resolver {
 
 /// `iptables-save -c` in the calling thread's namespace: the nft-backed tables first, then
 /// legacy; whichever has rules (a host uses one or the other).
-pub fn read_ruleset() -> Option<Ruleset> {
+///
+/// `bridges`: the namespace has a bridge, so ebtables rules can matter there. Legacy ebtables
+/// cannot list a table without the kernel creating it (empty, ACCEPT) in that namespace, so
+/// it is only asked where a bridge exists and its module is already loaded.
+pub fn read_ruleset(bridges: bool) -> Option<Ruleset> {
     let mut rs = Ruleset::default();
     let mut read_elsewhere = Vec::new();
     // Both iptables backends: a host can hold rules in each (Docker on one, a firewall script
@@ -413,9 +420,12 @@ pub fn read_ruleset() -> Option<Ruleset> {
         rs.merge(save);
     }
     // ebtables-nft's tables are nft `bridge` tables whose `ip` matches nft cannot show.
-    for eb in [read_ebtables_nft(), read_ebtables_legacy()]
-        .into_iter()
-        .flatten()
+    for eb in [
+        read_ebtables_nft(),
+        bridges.then(read_ebtables_legacy).flatten(),
+    ]
+    .into_iter()
+    .flatten()
     {
         for t in &eb.tables {
             if t.source == Source::Ebtables(Backend::Nft) {
@@ -483,9 +493,9 @@ fn read_ebtables_nft() -> Option<Ruleset> {
     (!rs.is_empty()).then_some(rs)
 }
 
-/// `ebtables-legacy -L --Lc` for each ebtables table whose module is loaded. Listing a table
-/// the namespace lacks makes the kernel create it empty (ACCEPT policies, no rules): no
-/// change to what is forwarded, and no module is ever loaded for it.
+/// `ebtables-legacy -L --Lc` for each ebtables table whose module is loaded (no module is ever
+/// loaded for it). Listing a table the namespace lacks makes the kernel create it empty
+/// (ACCEPT policies, no rules), as any `ebtables-legacy -L` does: no frame's fate changes.
 fn read_ebtables_legacy() -> Option<Ruleset> {
     let modules = std::fs::read_to_string("/proc/modules").ok()?;
     let mut text = String::new();
