@@ -28,48 +28,7 @@ impl Lab {
     /// Publishes UDP [`UDP_PORT`] to the container's port 9 (Docker's rule shape) and starts a
     /// counting sink there.
     pub fn udp_sink(&self) -> Result<Sink> {
-        let c = &self.config;
-        let to = format!("{}:9", c.container_addr);
-        self.host.exec(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "DOCKER",
-                "!",
-                "-i",
-                &c.bridge,
-                "-p",
-                "udp",
-                "--dport",
-                &UDP_PORT.to_string(),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        )?;
-        self.host.exec(
-            "iptables",
-            &[
-                "-A",
-                "DOCKER",
-                "-d",
-                &format!("{}/32", c.container_addr),
-                "!",
-                "-i",
-                &c.bridge,
-                "-o",
-                &c.bridge,
-                "-p",
-                "udp",
-                "--dport",
-                "9",
-                "-j",
-                "ACCEPT",
-            ],
-        )?;
+        self.publish("udp", UDP_PORT, 9)?;
         let sock = self
             .container
             .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9)))??;

@@ -601,6 +601,36 @@ impl Lab {
         }
     }
 
+    /// Publishes `host_port` to the container's `container_port` as Docker does: a DNAT in nat
+    /// DOCKER and an ACCEPT in filter DOCKER.
+    pub fn publish(&self, proto: &str, host_port: u16, container_port: u16) -> Result<()> {
+        let c = &self.config;
+        let (hp, cp) = (host_port.to_string(), container_port.to_string());
+        let to = format!("{}:{cp}", c.container_addr);
+        let dst = format!("{}/32", c.container_addr);
+        self.iptables(&[
+            "-t",
+            "nat",
+            "-A",
+            "DOCKER",
+            "!",
+            "-i",
+            &c.bridge,
+            "-p",
+            proto,
+            "--dport",
+            &hp,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ])?;
+        self.iptables(&[
+            "-A", "DOCKER", "-d", &dst, "!", "-i", &c.bridge, "-o", &c.bridge, "-p", proto,
+            "--dport", &cp, "-j", "ACCEPT",
+        ])
+    }
+
     /// A DNAT of the published TCP port to `to`, ahead of Docker's own.
     fn dnat_first(&self, to: &str) -> Result<()> {
         let port = self.config.published_port.to_string();
