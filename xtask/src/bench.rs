@@ -29,6 +29,14 @@ pub struct BenchArgs {
     /// Print the table without writing docs/performance.md.
     #[arg(long)]
     pub no_write: bool,
+    /// Measure the kprobe and fentry backends in the kernel lab's VM (Debian's kernel, which has
+    /// them) instead of tracepoints here. Under TCG only the ratios mean anything; the table is
+    /// printed, not written.
+    #[arg(long)]
+    pub vm: bool,
+    /// Inside the VM: measure with this backend and the pathtrace on PATH, nothing else.
+    #[arg(long, hide = true, value_name = "BACKEND")]
+    pub guest: Option<String>,
 }
 
 /// What floods the lab.
@@ -83,7 +91,13 @@ impl Tracer {
     }
 }
 
-fn start_tracer(bin: &std::path::Path, mode: Mode, traffic: Traffic) -> Result<Option<Tracer>> {
+/// The pathtrace under test and how it attaches.
+struct Subject<'a> {
+    bin: &'a std::path::Path,
+    backend: &'a str,
+}
+
+fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<Option<Tracer>> {
     let proto = match traffic {
         Traffic::Udp => "udp",
         Traffic::Syn => "tcp",
@@ -99,15 +113,16 @@ fn start_tracer(bin: &std::path::Path, mode: Mode, traffic: Traffic) -> Result<O
     let output = std::env::temp_dir().join(format!("pathtrace-bench-{}.jsonl", std::process::id()));
     let file =
         std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
-    let mut child = Command::new(bin)
+    let mut child = Command::new(subject.bin)
         .args(filter)
-        .args(["--json", "--backend", "tracepoint"])
+        .args(["--json", "--backend", subject.backend])
         .stdout(file)
         .stderr(Stdio::null())
         .spawn()
         .context("starting pathtrace")?;
+    // A debug-free release build starts in well under a second here, ~15 s under TCG.
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
+    while started.elapsed() < Duration::from_secs(120) {
         if let Some(status) = child.try_wait()? {
             bail!("pathtrace exited before it was ready: {status}");
         }
@@ -118,7 +133,7 @@ fn start_tracer(bin: &std::path::Path, mode: Mode, traffic: Traffic) -> Result<O
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
-    bail!("pathtrace was not ready within 30 s")
+    bail!("pathtrace was not ready within 120 s")
 }
 
 /// utime + stime of a process, in seconds.
@@ -143,12 +158,12 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn measure(
     lab: &Lab,
     sink: &lab::bench::Sink,
-    bin: &std::path::Path,
+    subject: &Subject<'_>,
     mode: Mode,
     traffic: Traffic,
     secs: u64,
 ) -> Result<Run> {
-    let tracer = start_tracer(bin, mode, traffic)?;
+    let tracer = start_tracer(subject, mode, traffic)?;
     let cpu0 = tracer.as_ref().map_or(0.0, |t| cpu_seconds(t.child.id()));
     let arrived = || match traffic {
         Traffic::Udp => Ok(sink.received.load(std::sync::atomic::Ordering::Relaxed)),
@@ -229,13 +244,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Per-program average run time with bpf_stats on for one run in `mode`.
 fn hook_costs(
     lab: &Lab,
-    bin: &std::path::Path,
+    subject: &Subject<'_>,
     mode: Mode,
     secs: u64,
 ) -> Result<Vec<(String, f64, u64)>> {
     let _stats = enable_bpf_stats()?;
     (|| -> Result<Vec<(String, f64, u64)>> {
-        let tracer = start_tracer(bin, mode, Traffic::Udp)?.context("tracer")?;
+        let tracer = start_tracer(subject, mode, Traffic::Udp)?.context("tracer")?;
         lab.udp_flood(Duration::from_secs(secs), u64::MAX)?;
         let out = Command::new("bpftool")
             .args(["prog", "show", "-j"])
@@ -247,7 +262,13 @@ fn hook_costs(
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("tp_")))
+            .filter(|p| {
+                p["name"].as_str().is_some_and(|n| {
+                    ["tp_", "kprobe_", "kretprobe_", "fentry_", "fexit_"]
+                        .iter()
+                        .any(|prefix| n.starts_with(prefix))
+                })
+            })
             .filter_map(|p| {
                 let (t, n) = (p["run_time_ns"].as_u64()?, p["run_cnt"].as_u64()?);
                 Some((
@@ -291,6 +312,17 @@ fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
 const ANALYSIS: &str = "## Where the goals stand";
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(backend) = &args.guest {
+        // Inside the VM: the host built everything; its root is mounted read-only.
+        let bin = std::env::var_os("PATHTRACE_BIN").context("PATHTRACE_BIN")?;
+        let subject = Subject {
+            bin: std::path::Path::new(&bin),
+            backend,
+        };
+        let table = measure_table(&args, &subject)?;
+        println!("PTBENCH-TABLE-BEGIN\n{table}PTBENCH-TABLE-END");
+        return Ok(());
+    }
     setup::run()?;
     require_root("bench")?;
     status(cargo().args([
@@ -301,6 +333,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "--bin",
         "pathtrace",
     ]))?;
+    if args.vm {
+        return in_vm(&args);
+    }
     let bin = root().join("target/release/pathtrace");
     let pipeline = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(root())
@@ -313,7 +348,61 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .find(|l| l.starts_with("pipeline:"))
         .unwrap_or("pipeline: (failed)")
         .to_owned();
+    let mut table = measure_table(
+        &args,
+        &Subject {
+            bin: &bin,
+            backend: "tracepoint",
+        },
+    )?;
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        table,
+        "| {} | | ≥ 2 M events/s |",
+        pipeline.trim_start_matches("pipeline: ")
+    );
+    println!("\n{table}");
+    if !args.no_write {
+        write_doc(&args, &table)?;
+    }
+    Ok(())
+}
 
+/// Boots the kernel lab's VM once per function backend and runs the measurements there.
+fn in_vm(args: &BenchArgs) -> Result<()> {
+    setup::vm_packages()?;
+    let bin_dir = root()
+        .join("target/release")
+        .canonicalize()
+        .context("target/release")?;
+    let xtask = std::env::current_exe().context("locating xtask")?;
+    let guest = crate::vm::Guest::prepare(None, "auto", &bin_dir)?;
+    for backend in ["fentry", "kprobe"] {
+        let console = guest.run(
+            &format!("bench-{backend}.sh"),
+            &format!(
+                "{} bench --guest {backend} --rounds {} --seconds {}",
+                xtask.display(),
+                args.rounds,
+                args.seconds
+            ),
+            Duration::from_secs(3600),
+        )?;
+        let table = console
+            .split_once("PTBENCH-TABLE-BEGIN\n")
+            .and_then(|(_, rest)| rest.split_once("PTBENCH-TABLE-END"))
+            .map(|(t, _)| t.to_owned())
+            .with_context(|| format!("the {backend} run printed no table; console:\n{console}"))?;
+        println!(
+            "\n`cargo xtask bench --vm --rounds {} --seconds {}`, backend {backend}, Debian's kernel under TCG:\n\n{table}",
+            args.rounds, args.seconds
+        );
+    }
+    Ok(())
+}
+
+/// The interleaved floods and the table of what they measured (everything but the pipeline).
+fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     let lab = Lab::new(LabConfig::default())?;
     let sink = lab.udp_sink()?;
     lab.udp_flood(Duration::from_secs(1), u64::MAX)?; // warm up ARP, conntrack, caches
@@ -330,7 +419,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 Mode::Untraced,
                 Mode::Matching,
             ] {
-                let r = measure(&lab, &sink, &bin, mode, traffic, args.seconds)?;
+                let r = measure(&lab, &sink, subject, mode, traffic, args.seconds)?;
                 eprintln!(
                     "round {round} {traffic:?} {mode:?}: {:.0}/s arrived, {} events, {} lost",
                     r.pps, r.events, r.lost
@@ -339,8 +428,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    let idle_costs = hook_costs(&lab, &bin, Mode::NonMatching, args.seconds)?;
-    let costs = hook_costs(&lab, &bin, Mode::Matching, args.seconds)?;
+    let idle_costs = hook_costs(&lab, subject, Mode::NonMatching, args.seconds)?;
+    let costs = hook_costs(&lab, subject, Mode::Matching, args.seconds)?;
 
     let (base, non, all) = (
         median_pps(&results, Mode::Untraced),
@@ -431,17 +520,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "| BPF `{name}` run time, non-matching / matching | {idle} / {ns:.0} ns/call ({n} calls matching) | |"
         );
     }
-    let _ = writeln!(
-        table,
-        "| {} | | ≥ 2 M events/s |",
-        pipeline.trim_start_matches("pipeline: ")
-    );
-    println!("\n{table}");
+    drop(sink);
+    drop(lab);
+    Ok(table)
+}
 
-    if !args.no_write {
-        let tcp_port = LabConfig::default().published_port;
-        let doc = format!(
-            "# Performance\n\nMeasured with `cargo xtask bench --rounds {} --seconds {}` on {} ({} cores), kernel {}, tracepoint backend.\n\
+/// docs/performance.md: the generated header and table, then the hand-written analysis kept.
+fn write_doc(args: &BenchArgs, table: &str) -> Result<()> {
+    let tcp_port = LabConfig::default().published_port;
+    let doc = format!(
+        "# Performance\n\nMeasured with `cargo xtask bench --rounds {} --seconds {}` on {} ({} cores), kernel {}, tracepoint backend.\n\
              The lab topology: 18-byte UDP datagrams from the outside namespace to published port {UDP_PORT}, DNATed through the bridge into the\n\
              container namespace, counted by a sink there. Runs interleave untraced and traced measurements; medians are shown.\n\n{table}\n\
              How to read it: the ratios are the forwarding throughput kept while pathtrace is attached; \"matching\" means every flood\n\
@@ -450,26 +538,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
              Ratios pair each traced run with the untraced runs around it; the CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n\
              The SYN flood sends raw-socket SYNs (source ports cycling) to the published TCP port {tcp_port}; its rate is TCP segments the\n\
              container's stack received (each SYN, and the RST the client's kernel sends for the SYN-ACK), BPF costs are from the UDP runs.\n",
-            args.rounds,
-            args.seconds,
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .unwrap_or_default()
-                .trim(),
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim(),
-        );
-        // The analysis below the generated table is written by people: keep it.
-        let path = root().join("docs/performance.md");
-        let analysis = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|old| old.find(ANALYSIS).map(|at| old[at..].to_owned()))
-            .unwrap_or_default();
-        std::fs::write(&path, format!("{doc}\n{analysis}"))?;
-        eprintln!("wrote docs/performance.md");
-    }
-    drop(sink);
-    drop(lab);
+        args.rounds,
+        args.seconds,
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+    );
+    // The analysis below the generated table is written by people: keep it.
+    let path = root().join("docs/performance.md");
+    let analysis = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|old| old.find(ANALYSIS).map(|at| old[at..].to_owned()))
+        .unwrap_or_default();
+    std::fs::write(&path, format!("{doc}\n{analysis}"))?;
+    eprintln!("wrote docs/performance.md");
     Ok(())
 }

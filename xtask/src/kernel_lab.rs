@@ -6,10 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{
-    cargo, require_root, root, setup, status,
-    vm::{self, Accel, Kernel},
-};
+use crate::{cargo, require_root, root, setup, status, vm::Guest};
 
 #[derive(clap::Args)]
 pub struct LabArgs {
@@ -42,69 +39,26 @@ pub fn run(args: LabArgs) -> Result<()> {
         "pathtrace-lab",
         "--bins",
     ]))?;
-    let root = root().canonicalize()?;
     let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let bin_dir = target
         .join("debug")
         .canonicalize()
         .context("target/debug")?;
-
-    let kernel = match &args.kernel {
-        Some(dir) => Kernel::from_tree(dir)?,
-        None => Kernel::debian()?,
-    };
-    let initrd = vm::initramfs(&kernel)?;
-    let (accel, why) = match args.accel.as_str() {
-        "kvm" => (Accel::Kvm, "--accel kvm".to_owned()),
-        "tcg" => (Accel::Tcg, "--accel tcg".to_owned()),
-        "auto" => vm::pick_accel(&kernel, &initrd),
-        other => bail!("--accel {other}: kvm, tcg or auto"),
-    };
-    eprintln!(
-        "xtask lab: kernel {} ({}), {why}",
-        kernel.version,
-        kernel.vmlinuz.display()
-    );
-    let env = format!(
-        "export PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PATHTRACE_BIN={bin}/pathtrace\nexport HOME=/run/ptlab TMPDIR=/run/ptlab PTLAB_IN_VM=1\ncd {root}\n",
-        bin = bin_dir.display(),
-        root = root.display()
-    );
+    let guest = Guest::prepare(args.kernel.as_deref(), &args.accel, &bin_dir)?;
 
     if let Some(scenario) = &args.shell {
-        let script = vm::write_script("shell.sh", &format!("{env}exec ptlab shell {scenario}\n"))?;
-        vm::boot(&kernel, &initrd, &script, accel, true, Duration::MAX)?;
-        return Ok(());
+        return guest.shell(&format!("exec ptlab shell {scenario}"));
     }
 
     let mut rows: Vec<(String, Value)> = Vec::new();
     for backend in &args.backends {
-        let script = vm::write_script(
-            &format!("run-{backend}.sh"),
-            &format!(
-                "{env}ptlab run --backend {backend} {}\n",
-                args.scenarios.join(" ")
-            ),
-        )?;
         let started = std::time::Instant::now();
-        let boot = || {
-            vm::boot(
-                &kernel,
-                &initrd,
-                &script,
-                accel,
-                false,
-                Duration::from_secs(1200),
-            )
-        };
-        let console = match boot() {
-            Err(e) if e.downcast_ref::<vm::BootHang>().is_some() => {
-                eprintln!("xtask lab: {backend}: {e}\nxtask lab: {backend}: booting again");
-                boot()?
-            }
-            other => other?,
-        };
+        let console = guest.run(
+            &format!("run-{backend}.sh"),
+            &format!("ptlab run --backend {backend} {}", args.scenarios.join(" ")),
+            Duration::from_secs(1200),
+        )?;
         eprintln!(
             "xtask lab: {backend}: VM run took {:.0?}",
             started.elapsed()

@@ -467,3 +467,83 @@ pub fn write_script(name: &str, body: &str) -> Result<PathBuf> {
     f.write_all(body.as_bytes())?;
     Ok(path)
 }
+
+/// A guest kernel ready to boot lab scripts: kernel, initramfs, accelerator, and the
+/// environment every script starts with (the host's binaries from `bin_dir` on PATH).
+pub struct Guest {
+    kernel: Kernel,
+    initrd: PathBuf,
+    accel: Accel,
+    env: String,
+}
+
+impl Guest {
+    /// `kernel_dir`: an extracted linux-image package, or Debian's default; `accel`: kvm, tcg
+    /// or auto.
+    pub fn prepare(kernel_dir: Option<&Path>, accel: &str, bin_dir: &Path) -> Result<Self> {
+        let kernel = match kernel_dir {
+            Some(dir) => Kernel::from_tree(dir)?,
+            None => Kernel::debian()?,
+        };
+        let initrd = initramfs(&kernel)?;
+        let (accel, why) = match accel {
+            "kvm" => (Accel::Kvm, "--accel kvm".to_owned()),
+            "tcg" => (Accel::Tcg, "--accel tcg".to_owned()),
+            "auto" => pick_accel(&kernel, &initrd),
+            other => bail!("--accel {other}: kvm, tcg or auto"),
+        };
+        eprintln!(
+            "xtask: guest kernel {} ({}), {why}",
+            kernel.version,
+            kernel.vmlinuz.display()
+        );
+        let env = format!(
+            "export PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PATHTRACE_BIN={bin}/pathtrace\nexport HOME=/run/ptlab TMPDIR=/run/ptlab PTLAB_IN_VM=1\ncd {root}\n",
+            bin = bin_dir.display(),
+            root = root().display()
+        );
+        Ok(Self {
+            kernel,
+            initrd,
+            accel,
+            env,
+        })
+    }
+
+    /// Boots once to run `command` and returns the console; a boot that hangs before its
+    /// init (seen under TCG) is retried once.
+    pub fn run(&self, script_name: &str, command: &str, timeout: Duration) -> Result<String> {
+        let script = write_script(script_name, &format!("{}{command}\n", self.env))?;
+        let boot = || {
+            boot(
+                &self.kernel,
+                &self.initrd,
+                &script,
+                self.accel,
+                false,
+                timeout,
+            )
+        };
+        match boot() {
+            Err(e) if e.downcast_ref::<BootHang>().is_some() => {
+                eprintln!("xtask: {script_name}: {e}\nxtask: {script_name}: booting again");
+                boot()
+            }
+            other => other,
+        }
+    }
+
+    /// Boots with the console handed to the person at the terminal.
+    pub fn shell(&self, command: &str) -> Result<()> {
+        let script = write_script("shell.sh", &format!("{}{command}\n", self.env))?;
+        boot(
+            &self.kernel,
+            &self.initrd,
+            &script,
+            self.accel,
+            true,
+            Duration::MAX,
+        )
+        .map(drop)
+    }
+}
