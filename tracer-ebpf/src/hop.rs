@@ -27,6 +27,9 @@ pub struct Site {
     pub drop_reason: u32,
     pub nf_hook: u8,
     pub nf_family: u8,
+    /// `struct nf_hook_state *` at `nf_hook_slow`: hook, family and devices are read from it
+    /// only once the skb is known to be followed, so packets nobody asked for pay nothing here.
+    pub nf_state: u64,
     /// `skb->data` points at the L3 header here.
     pub l3_at_data: bool,
     /// The skb is freed at this hook: forget it after emitting.
@@ -48,6 +51,7 @@ impl Site {
             drop_reason: 0,
             nf_hook: 0,
             nf_family: 0,
+            nf_state: 0,
             l3_at_data: false,
             frees: false,
             only_tracked: false,
@@ -102,6 +106,11 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         track(skb, h.fingerprint, remembered.is_none());
     }
 
+    let site = if site.nf_state != 0 {
+        crate::netfilter::with_state(site)
+    } else {
+        site
+    };
     let dev = if site.dev != 0 {
         site.dev
     } else {

@@ -11,7 +11,7 @@ use tracer_common::{HopEvent, HopKind, config::have, event::nf_verdict};
 use crate::{
     hop::{Site, build, emit},
     maps::off,
-    skb::read,
+    skb::{Access, field},
 };
 
 /// A hop waiting for its hook's verdict.
@@ -35,26 +35,20 @@ const NF_INET_POST_ROUTING: u8 = 4;
 const NF_INET_FORWARD: u8 = 2;
 
 /// `nf_hook_slow(skb, state, ...)` entry. `by_task`: `key` names the task, not the skb, so a
-/// nested call can share it.
+/// nested call can share it (kprobes); otherwise (fentry) the arguments are BTF-typed and
+/// their fields are plain loads.
 #[inline(always)]
 pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
     if off!(have) & have::NF_HOOK_STATE == 0 || state == 0 {
         return;
     }
-    let hook = read::<u8>(state, off!(nf_state_hook)).unwrap_or(0);
-    let pf = read::<u8>(state, off!(nf_state_pf)).unwrap_or(0);
-    let input = read::<u64>(state, off!(nf_state_in)).unwrap_or(0);
-    let output = read::<u64>(state, off!(nf_state_out)).unwrap_or(0);
-    let (dev, peer) = match hook {
-        NF_INET_LOCAL_OUT | NF_INET_POST_ROUTING => (output, 0),
-        NF_INET_FORWARD => (input, output),
-        _ => (input, 0),
-    };
     let site = Site {
-        dev,
-        peer_dev: peer,
-        nf_hook: hook,
-        nf_family: pf,
+        nf_state: state,
+        access: if by_task {
+            Access::Probe
+        } else {
+            Access::Direct
+        },
         ..Site::new(HopKind::NetfilterHook)
     };
     match build(skb, site) {
@@ -74,6 +68,29 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
             }
         }
         None => {}
+    }
+}
+
+/// Completes a netfilter site from its `nf_hook_state`: the hook, the family, and the devices
+/// (output at OUTPUT/POSTROUTING; input, with the output as peer, at FORWARD).
+#[inline(always)]
+pub fn with_state(site: Site) -> Site {
+    let state = site.nf_state;
+    let hook = field::<u8>(state, off!(nf_state_hook), site.access).unwrap_or(0);
+    let pf = field::<u8>(state, off!(nf_state_pf), site.access).unwrap_or(0);
+    let input = field::<u64>(state, off!(nf_state_in), site.access).unwrap_or(0);
+    let output = field::<u64>(state, off!(nf_state_out), site.access).unwrap_or(0);
+    let (dev, peer_dev) = match hook {
+        NF_INET_LOCAL_OUT | NF_INET_POST_ROUTING => (output, 0),
+        NF_INET_FORWARD => (input, output),
+        _ => (input, 0),
+    };
+    Site {
+        dev,
+        peer_dev,
+        nf_hook: hook,
+        nf_family: pf,
+        ..site
     }
 }
 
