@@ -476,20 +476,9 @@ fn read_ebtables_nft() -> Option<Ruleset> {
         .output()
         .ok()
         .filter(|o| o.status.success())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let incompatible: Vec<&str> = text
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("# Table `")?
-                .split_once("' contains incompatible")
-        })
-        .map(|(t, _)| t)
-        .collect();
-    let mut rs = ebtables::parse(&text, Backend::Nft)
+    let rs = ebtables::parse_nft_save(&String::from_utf8_lossy(&out.stdout))
         .inspect_err(|e| tracing::debug!("ebtables-nft-save: {e}"))
         .ok()?;
-    rs.tables
-        .retain(|t| !incompatible.contains(&t.name.as_str()));
     (!rs.is_empty()).then_some(rs)
 }
 
