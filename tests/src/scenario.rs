@@ -264,14 +264,17 @@ impl Observed {
             && (e.drop_reason != Some("NETFILTER_DROP") || self.rule().is_some())
     }
 
-    /// The dropping rule or policy the diagnosis named: `table/chain rule N` or `table/chain
-    /// policy`.
+    /// The dropping rule or policy the diagnosis named: `table/chain rule N, counter C` or
+    /// `table/chain policy, ...`.
     pub fn rule(&self) -> Option<String> {
         let r = &self.verdict["diagnosis"]["rule"];
         let place = format!("{}/{}", r["table"].as_str()?, r["chain"].as_str()?);
+        let counted = r["packets"]
+            .as_u64()
+            .map_or_else(|| ", no counter".to_owned(), |n| format!(", counter {n}"));
         Some(match r["index"].as_u64() {
-            Some(i) => format!("{place} rule {i}"),
-            None => format!("{place} policy"),
+            Some(i) => format!("{place} rule {i}{counted}"),
+            None => format!("{place} policy{counted}"),
         })
     }
 
