@@ -87,38 +87,55 @@ fn sighup_swaps_the_filter_and_sigterm_stops_promptly() {
     );
 }
 
+/// pathtrace's programs loaded right now. bpftool fails now and then while another process's
+/// programs are being freed (the previous test's daemon): such a listing is retried, not
+/// read as zero.
 fn our_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "-j"])
-        .output()
-        .expect("bpftool");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
-        .map(|a| {
-            a.iter()
+    for _ in 0..20 {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "-j"])
+            .output()
+            .expect("bpftool");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let (true, Some(progs)) = (out.status.success(), v.as_array()) {
+            return progs
+                .iter()
                 .filter(|p| {
                     p["name"].as_str().is_some_and(|n| {
                         n.starts_with("tp_netif_rec") || n.starts_with("tp_kfree_skb")
                     })
                 })
-                .count()
-        })
-        .unwrap_or(0)
+                .count();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("bpftool prog show -j kept failing");
+}
+
+/// Waits (up to 5 s) until `done` holds for the program count, and returns the last count.
+fn programs_until(done: impl Fn(usize) -> bool) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut n = our_programs();
+    while !done(n) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        n = our_programs();
+    }
+    n
 }
 
 #[test]
 fn sigkill_leaves_no_probe_attached() {
-    let before = our_programs();
+    // Programs of the previous test's daemon may still be on their way out.
+    let before = programs_until(|n| n == 0);
     let mut d = Daemon::start("", 19466);
-    assert!(our_programs() > before, "the daemon's programs are loaded");
+    assert!(
+        programs_until(|n| n > before) > before,
+        "the daemon's programs are loaded"
+    );
     d.signal(libc::SIGKILL);
     d.child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while our_programs() > before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert_eq!(
-        our_programs(),
+        programs_until(|n| n <= before),
         before,
         "links and programs die with the process: nothing pinned"
     );
