@@ -8,8 +8,8 @@
 //! text and reported as not evaluated.
 
 use super::{
-    iptables::{ParseError, SaveLine, port_range, proto_number, save_lines, tokenize},
-    model::{Backend, BaseChain, Chain, Cond, Net, Rule, Ruleset, Source, Table, Target},
+    iptables::{Dialect, ParseError, parse_save, port_range, proto_number},
+    model::{Backend, BaseChain, Cond, Net, Ruleset, Source, Target},
 };
 
 /// The tables ebtables knows; `broute` decides bridging vs routing, not a verdict, and is left
@@ -43,69 +43,18 @@ impl BaseChain {
 /// Parses `ebtables-save [-c]` text (counters as a `[packets:bytes]` prefix, or a trailing
 /// `-c packets bytes` as older ebtables-save writes them).
 pub fn parse(text: &str, backend: Backend) -> Result<Ruleset, ParseError> {
-    let mut rs = Ruleset::default();
-    for (line, parsed) in save_lines(text)? {
-        let err = |why: &str| ParseError::Line {
-            line,
-            why: why.to_owned(),
-        };
-        let (mut packets, mut rule_text) = match parsed {
-            SaveLine::Table(name) => {
-                rs.tables.push(Table {
-                    name: name.to_owned(),
-                    family: "bridge".into(),
-                    source: Source::Ebtables(backend),
-                    chains: Vec::new(),
-                });
-                continue;
-            }
-            SaveLine::Chain { name, policy, .. } => {
-                let table = rs
-                    .tables
-                    .last_mut()
-                    .ok_or_else(|| err("chain before any *table"))?;
-                table.chains.push(Chain {
-                    name: name.to_owned(),
-                    base: BaseChain::ebtables(&table.name, name),
-                    // A user chain may have a policy too; RETURN is the default.
-                    policy,
-                    policy_packets: None,
-                    rules: Vec::new(),
-                });
-                continue;
-            }
-            SaveLine::Rule { packets, text } => (packets, text),
-        };
-        if let Some((rule, counts)) = rule_text.rsplit_once(" -c ")
-            && let Some((p, _bytes)) = counts.split_once(' ')
-            && let Ok(p) = p.parse()
-        {
-            packets = Some(p);
-            rule_text = rule;
-        }
-        let table = rs
-            .tables
-            .last_mut()
-            .ok_or_else(|| err("rule before any *table"))?;
-        let tokens = tokenize(rule_text);
-        if tokens.first().map(String::as_str) != Some("-A") || tokens.len() < 2 {
-            return Err(err("expected -A CHAIN"));
-        }
-        let target = parse_target(&tokens[2..], |n| table.chains.iter().any(|c| c.name == n));
-        let conds = parse_conds(&tokens[2..]);
-        let Some(chain) = table.chains.iter_mut().find(|c| c.name == tokens[1]) else {
-            return Err(err("rule for an undeclared chain"));
-        };
-        chain.rules.push(Rule {
-            index: chain.rules.len() + 1,
-            handle: None,
-            text: rule_text.to_owned(),
-            packets,
-            conds,
-            target,
-        });
-    }
-    Ok(rs)
+    parse_save(
+        text,
+        &Dialect {
+            family: "bridge",
+            source: Source::Ebtables(backend),
+            // A user chain may have a policy too (RETURN, the default, is none).
+            base: |table, chain, _| BaseChain::ebtables(table, chain),
+            rule: |words, is_chain| (parse_conds(words), parse_target(words, is_chain)),
+            trailing_counters: true,
+            strict_chains: true,
+        },
+    )
 }
 
 /// Parses `ebtables-nft-save -c`, without the tables it marks as holding native nft chains it
@@ -159,7 +108,7 @@ pub fn listing_to_save(table: &str, listing: &str) -> String {
     format!("*{table}\n{chains}{rules}")
 }
 
-fn parse_target(t: &[String], is_chain: impl Fn(&str) -> bool) -> Target {
+fn parse_target(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> Target {
     let Some(at) = t.iter().position(|w| w == "-j" || w == "--jump") else {
         return Target::None;
     };

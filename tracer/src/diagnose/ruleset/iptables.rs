@@ -152,6 +152,108 @@ pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, Parse
     Ok(out)
 }
 
+/// A rule's conditions and target, from the words after `-A CHAIN` and which names are
+/// chains of its table.
+pub(super) type RuleParser = fn(&[String], &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond)>, Target);
+
+/// How one dialect of save text (iptables-save, ebtables-save) becomes the model: the layout
+/// is shared, the chains' hooks and the rule syntax are not.
+pub(super) struct Dialect {
+    pub family: &'static str,
+    pub source: Source,
+    /// The base chain a declared chain is: (table, chain, policy).
+    pub base: fn(&str, &str, Option<Verdict>) -> Option<BaseChain>,
+    pub rule: RuleParser,
+    /// Counters may trail a rule as `-c packets bytes` (older ebtables-save).
+    pub trailing_counters: bool,
+    /// A rule for a chain never declared is an error (else the chain is created).
+    pub strict_chains: bool,
+}
+
+/// Parses save text in `dialect` into tables, chains and rules.
+pub(super) fn parse_save(text: &str, dialect: &Dialect) -> Result<Ruleset, ParseError> {
+    let mut rs = Ruleset::default();
+    for (line, parsed) in save_lines(text)? {
+        let err = |why: &str| ParseError::Line {
+            line,
+            why: why.to_owned(),
+        };
+        let (mut packets, mut rule_text) = match parsed {
+            SaveLine::Table(name) => {
+                rs.tables.push(Table {
+                    name: name.to_owned(),
+                    family: dialect.family.into(),
+                    source: dialect.source,
+                    chains: Vec::new(),
+                });
+                continue;
+            }
+            SaveLine::Chain {
+                name,
+                policy,
+                packets,
+            } => {
+                let table = rs
+                    .tables
+                    .last_mut()
+                    .ok_or_else(|| err("chain before any *table"))?;
+                table.chains.push(Chain {
+                    name: name.to_owned(),
+                    base: (dialect.base)(&table.name, name, policy),
+                    policy,
+                    policy_packets: packets,
+                    rules: Vec::new(),
+                });
+                continue;
+            }
+            SaveLine::Rule { packets, text } => (packets, text),
+        };
+        if dialect.trailing_counters
+            && let Some((rule, counts)) = rule_text.rsplit_once(" -c ")
+            && let Some((p, _bytes)) = counts.split_once(' ')
+            && let Ok(p) = p.parse()
+        {
+            packets = Some(p);
+            rule_text = rule;
+        }
+        let table = rs
+            .tables
+            .last_mut()
+            .ok_or_else(|| err("rule before any *table"))?;
+        let tokens = tokenize(rule_text);
+        if tokens.first().map(String::as_str) != Some("-A") || tokens.len() < 2 {
+            return Err(err("expected -A CHAIN"));
+        }
+        let (conds, target) = (dialect.rule)(&tokens[2..], &|name: &str| {
+            table.chains.iter().any(|c| c.name == name)
+        });
+        let at = match table.chains.iter().position(|c| c.name == tokens[1]) {
+            Some(i) => i,
+            None if dialect.strict_chains => return Err(err("rule for an undeclared chain")),
+            None => {
+                table.chains.push(Chain {
+                    name: tokens[1].clone(),
+                    base: None,
+                    policy: None,
+                    policy_packets: None,
+                    rules: Vec::new(),
+                });
+                table.chains.len() - 1
+            }
+        };
+        let chain = &mut table.chains[at];
+        chain.rules.push(Rule {
+            index: chain.rules.len() + 1,
+            handle: None,
+            text: rule_text.to_owned(),
+            packets,
+            conds,
+            target,
+        });
+    }
+    Ok(rs)
+}
+
 impl Ruleset {
     /// Parses `iptables-save` output (iptables-nft's), with or without `-c` counters.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
@@ -160,85 +262,23 @@ impl Ruleset {
 
     /// Parses `iptables-save` output of the given backend.
     pub fn parse_from(text: &str, backend: Backend) -> Result<Self, ParseError> {
-        let mut rs = Self::default();
-        for (line, parsed) in save_lines(text)? {
-            let err = |why: &str| ParseError::Line {
-                line,
-                why: why.to_owned(),
-            };
-            let (packets, rule_text) = match parsed {
-                SaveLine::Table(name) => {
-                    rs.tables.push(Table {
-                        name: name.to_owned(),
-                        family: "ip".into(),
-                        source: Source::Iptables(backend),
-                        chains: Vec::new(),
-                    });
-                    continue;
-                }
-                SaveLine::Chain {
-                    name,
-                    policy,
-                    packets,
-                } => {
-                    let table = rs
-                        .tables
-                        .last_mut()
-                        .ok_or_else(|| err("chain before any *table"))?;
-                    table.chains.push(Chain {
-                        name: name.to_owned(),
-                        // Built-in chains are declared with a policy, user chains with `-`.
-                        base: policy.and_then(|_| BaseChain::iptables(&table.name, name)),
-                        policy,
-                        policy_packets: packets,
-                        rules: Vec::new(),
-                    });
-                    continue;
-                }
-                SaveLine::Rule { packets, text } => (packets, text),
-            };
-            let table = rs
-                .tables
-                .last_mut()
-                .ok_or_else(|| err("rule before any *table"))?;
-            let tokens = tokenize(rule_text);
-            if tokens.first().map(String::as_str) != Some("-A") || tokens.len() < 2 {
-                return Err(err("expected -A CHAIN"));
-            }
-            let chain_name = tokens[1].clone();
-            let (conds, target) = parse_rule(&tokens[2..], |name| {
-                table.chains.iter().any(|c| c.name == name)
-            });
-            let chain = match table.chains.iter_mut().position(|c| c.name == chain_name) {
-                Some(i) => &mut table.chains[i],
-                None => {
-                    table.chains.push(Chain {
-                        name: chain_name.clone(),
-                        base: None,
-                        policy: None,
-                        policy_packets: None,
-                        rules: Vec::new(),
-                    });
-                    let last = table.chains.len() - 1;
-                    &mut table.chains[last]
-                }
-            };
-            let index = chain.rules.len() + 1;
-            chain.rules.push(Rule {
-                index,
-                handle: None,
-                text: rule_text.to_owned(),
-                packets,
-                conds,
-                target,
-            });
-        }
-        Ok(rs)
+        parse_save(
+            text,
+            &Dialect {
+                family: "ip",
+                source: Source::Iptables(backend),
+                // Built-in chains are declared with a policy, user chains with `-`.
+                base: |table, chain, policy| policy.and_then(|_| BaseChain::iptables(table, chain)),
+                rule: |words, is_chain| parse_rule(words, is_chain),
+                trailing_counters: false,
+                strict_chains: false,
+            },
+        )
     }
 }
 
 /// Parses the words after `-A CHAIN`.
-fn parse_rule(t: &[String], is_chain: impl Fn(&str) -> bool) -> (Vec<(bool, Cond)>, Target) {
+fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond)>, Target) {
     let mut conds = Vec::new();
     let mut target = Target::None;
     let mut neg = false;
