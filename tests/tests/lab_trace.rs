@@ -73,6 +73,12 @@ fn auto_backend_explains_its_choice_on_this_kernel() {
         // This machine: no kprobes, fentry refused. Both must be named.
         assert!(reason.contains("fentry is unavailable"), "{reason}");
         assert!(reason.contains("kprobe is unavailable"), "{reason}");
+        // And a 6.18 kernel with bpf_rdonly_cast: headers are loaded without helper calls.
+        assert_eq!(
+            seen.ready["packet_reads"], "direct loads (bpf_rdonly_cast)",
+            "{}",
+            seen.ready
+        );
     }
 }
 

@@ -155,6 +155,10 @@ pub struct KernelOffsets {
     pub netdev_priv: u32,
     /// `veth_priv.peer` (veth module BTF).
     pub veth_priv_peer: u32,
+    /// BTF ids (vmlinux) of `struct iphdr` and `struct tcphdr`: the types packet bytes are cast
+    /// to with `bpf_rdonly_cast` (see [`kfunc`]), so the verifier lets them be loaded directly.
+    pub btf_iphdr: u32,
+    pub btf_tcphdr: u32,
     /// `have::*` bits: which optional groups above are valid (offset 0 is a real offset).
     pub have: u32,
 }
@@ -167,6 +171,28 @@ pub mod have {
     pub const BRIDGE_PORT: u32 = 1 << 1;
     /// `netdev_priv` and `veth_priv_peer` are valid (veth module loaded).
     pub const VETH_PEER: u32 = 1 << 2;
+    /// `btf_iphdr`/`btf_tcphdr` are valid and the loader turned the programs'
+    /// [`kfunc::RDONLY_CAST`](super::kfunc::RDONLY_CAST) placeholders into `bpf_rdonly_cast`
+    /// calls (kernel >= 6.2).
+    pub const RDONLY_CAST: u32 = 1 << 3;
+}
+
+/// Kernel functions (kfuncs) the programs call.
+///
+/// A kfunc call is `call` with `src_reg = BPF_PSEUDO_KFUNC_CALL` and the function's BTF id as
+/// its immediate, which only the loader can know. Rust cannot name a kfunc (no `__ksym`
+/// externs) and aya 0.14 cannot link one, so the programs call a placeholder helper number and
+/// the loader rewrites each such instruction before aya sees the object: into the kfunc call
+/// where the kernel has the function, otherwise into `r0 = r1` inside a branch the verifier
+/// knows is dead (guarded by a [`have`] bit in the frozen `.rodata`).
+pub mod kfunc {
+    /// `void *bpf_rdonly_cast(const void *obj, u32 btf_id)`: returns `obj` typed as a
+    /// read-only, untrusted pointer to the BTF type, which the verifier lets the program load
+    /// from directly (each load becomes one instruction with a fault fixup) and which it
+    /// inlines as `r0 = r1`. No helper number comes near this value.
+    pub const RDONLY_CAST: i32 = 0x7d0c_a570;
+    /// Every placeholder and the kfunc it stands for.
+    pub const ALL: [(i32, &str); 1] = [(RDONLY_CAST, "bpf_rdonly_cast")];
 }
 
 impl KernelOffsets {
@@ -190,6 +216,8 @@ impl KernelOffsets {
             brport_dev: 0,
             netdev_priv: 0,
             veth_priv_peer: 0,
+            btf_iphdr: 0,
+            btf_tcphdr: 0,
             have: 0,
         }
     }

@@ -82,7 +82,10 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     let h = headers(skb, site.l3_at_data, site.access);
     let tracked = match remembered {
         // An unreadable header (0) proves nothing either way: keep following.
-        Some(fp) => fp == h.fingerprint || fp == 0 || h.fingerprint == 0,
+        Some(fp) => {
+            let now = h.fingerprint();
+            fp == now || fp == 0 || now == 0
+        }
         None => false,
     };
     if site.only_tracked && !tracked {
@@ -103,7 +106,7 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
             forget(skb);
         }
     } else if !tracked {
-        track(skb, h.fingerprint, remembered.is_none());
+        track(skb, h.fingerprint(), remembered.is_none());
     }
 
     let site = if site.nf_state != 0 {
@@ -139,7 +142,7 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     ev.tcp_flags = h.tcp_flags;
     ev.nf_hook = site.nf_hook;
     ev.nf_family = site.nf_family;
-    ev.fingerprint = h.fingerprint;
+    ev.fingerprint = h.fingerprint();
     ev.flags = (if h.ipv4 { FLAG_IPV4 } else { 0 })
         | (if h.l4 { FLAG_L4 } else { 0 })
         | (if matched { FLAG_MATCHED } else { 0 });

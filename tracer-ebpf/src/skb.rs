@@ -1,7 +1,10 @@
 //! Reading `sk_buff` and `net_device` fields through offsets taken from the running kernel's BTF.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use tracer_common::event::fingerprint;
+use tracer_common::{
+    config::{have, kfunc},
+    event::fingerprint,
+};
 
 use crate::maps::off;
 
@@ -49,20 +52,34 @@ pub struct Headers {
     pub tcp_flags: u8,
     pub ipv4: bool,
     pub l4: bool,
-    /// See `HopEvent::fingerprint`.
-    pub fingerprint: u32,
+    /// IP id, and TCP sequence/ack (UDP: length in the top half of `seq`), host order: what
+    /// [`Headers::fingerprint`] is made of, kept raw so a packet nobody wants pays nothing for it.
+    ip_id: u16,
+    seq: u32,
+    ack: u32,
+}
+
+impl Headers {
+    /// See `HopEvent::fingerprint`; 0 when the packet is not IPv4.
+    #[inline(always)]
+    pub fn fingerprint(&self) -> u32 {
+        if !self.ipv4 {
+            0
+        } else if !self.l4 {
+            fingerprint::ip(self.ip_id, self.proto)
+        } else if self.proto == 6 {
+            fingerprint::tcp(self.seq, self.ack, self.tcp_flags)
+        } else {
+            fingerprint::udp(self.ip_id, (self.seq >> 16) as u16)
+        }
+    }
 }
 
 const ETH_P_IP_BE: u16 = 0x0008; // htons(0x0800) as read on little-endian
 
-/// An IPv4 header without options followed by the first 14 bytes of TCP (up to the flags) or
-/// UDP: what one read fetches in the common case.
-const IP_L4: usize = 20 + 14;
-
 /// Reads the IPv4 and TCP/UDP headers: the skb fields through `access`, then the packet bytes
-/// with one helper call (two when the IP header has options). At receive `skb->data` is the L3
-/// header (the network header offset is reset only after the tracepoint); elsewhere
-/// `head + network_header` is.
+/// (see [`packet`]). At receive `skb->data` is the L3 header (the network header offset is
+/// reset only after the tracepoint); elsewhere `head + network_header` is.
 #[inline(always)]
 pub fn headers(skb: u64, l3_at_data: bool, access: Access) -> Headers {
     let mut h = Headers::default();
@@ -92,54 +109,162 @@ pub fn headers(skb: u64, l3_at_data: bool, access: Access) -> Headers {
     if l3 == 0 {
         return h;
     }
-    // version/ihl, tos, tot_len, id, frag_off, ttl, protocol, check, saddr, daddr, then L4.
-    let mut buf = match read::<[u8; IP_L4]>(l3, 0) {
-        Some(b) => b,
-        None => match read::<[u8; 20]>(l3, 0) {
-            // A short linear area at the end of a page: the IP header alone is still useful.
-            Some(ip) => {
-                let mut b = [0u8; IP_L4];
-                b[..20].copy_from_slice(&ip);
-                b
-            }
-            None => return h,
-        },
+    let Some(p) = packet(l3) else {
+        return h;
     };
-    let ip = &buf;
-    if ip[0] >> 4 != 4 {
+    if p.ver_ihl >> 4 != 4 {
         return h;
     }
     h.ipv4 = true;
-    h.proto = ip[9];
-    let ip_id = u16::from_be_bytes([ip[4], ip[5]]);
-    h.fingerprint = fingerprint::ip(ip_id, h.proto);
-    h.saddr = [ip[12], ip[13], ip[14], ip[15]];
-    h.daddr = [ip[16], ip[17], ip[18], ip[19]];
-    let ihl = (ip[0] & 0x0f) as u32 * 4;
-    let frag_off = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
-    if ihl < 20 || frag_off != 0 || (h.proto != 6 && h.proto != 17) {
+    h.proto = p.proto;
+    h.ip_id = u16::from_be(p.id);
+    h.saddr = p.saddr.to_ne_bytes();
+    h.daddr = p.daddr.to_ne_bytes();
+    let ihl = (p.ver_ihl & 0x0f) * 4;
+    let fragment = u16::from_be(p.frag_off) & 0x1fff != 0;
+    if ihl < 20 || fragment || (p.proto != 6 && p.proto != 17) || !p.l4 {
         return h;
     }
-    if ihl != 20 {
-        // IP options push L4 further: a second read.
-        match read::<[u8; 14]>(l3, ihl) {
-            Some(l4) => buf[20..].copy_from_slice(&l4),
-            None => return h,
-        }
-    }
-    let l4 = &buf[20..];
-    h.sport = u16::from_be_bytes([l4[0], l4[1]]);
-    h.dport = u16::from_be_bytes([l4[2], l4[3]]);
-    if h.proto == 6 {
-        h.tcp_flags = l4[13];
-        let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
-        let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
-        h.fingerprint = fingerprint::tcp(seq, ack, h.tcp_flags);
-    } else {
-        h.fingerprint = fingerprint::udp(ip_id, u16::from_be_bytes([l4[4], l4[5]]));
+    h.sport = u16::from_be(p.sport);
+    h.dport = u16::from_be(p.dport);
+    h.seq = u32::from_be(p.seq);
+    if p.proto == 6 {
+        h.tcp_flags = p.flags;
+        h.ack = u32::from_be(p.ack);
     }
     h.l4 = true;
     h
+}
+
+/// Header fields as they lie in the packet (multi-byte ones in network order).
+#[derive(Clone, Copy, Default)]
+struct Packet {
+    ver_ihl: u8,
+    id: u16,
+    frag_off: u16,
+    proto: u8,
+    saddr: u32,
+    daddr: u32,
+    /// The L4 fields below could be read.
+    l4: bool,
+    sport: u16,
+    dport: u16,
+    /// TCP sequence number; UDP length and checksum.
+    seq: u32,
+    ack: u32,
+    flags: u8,
+}
+
+/// The IPv4 header at `l3` and the first 14 bytes of the L4 header after it. `None` when not
+/// even the IP header could be read.
+#[inline(always)]
+fn packet(l3: u64) -> Option<Packet> {
+    if off!(have) & have::RDONLY_CAST != 0 {
+        Some(packet_direct(l3))
+    } else {
+        packet_probed(l3)
+    }
+}
+
+/// Plain loads through `bpf_rdonly_cast` pointers: no helper call at all (the verifier inlines
+/// the cast and turns each load into one instruction with a fault fixup; an unreadable field
+/// reads as zero, which the callers treat as "not IPv4"). The verifier checks each load against
+/// the struct's members and refuses one that spans two, so fields are loaded one by one.
+#[inline(always)]
+fn packet_direct(l3: u64) -> Packet {
+    let ip = rdonly_cast(l3, off!(btf_iphdr));
+    let mut p = Packet {
+        ver_ihl: load(ip, 0),
+        id: load(ip, 4),
+        frag_off: load(ip, 6),
+        proto: load(ip, 9),
+        saddr: load(ip, 12),
+        daddr: load(ip, 16),
+        ..Packet::default()
+    };
+    let ihl = (p.ver_ihl & 0x0f) as u64 * 4;
+    if ihl < 20 {
+        return p;
+    }
+    // `struct tcphdr` serves UDP too: the ports sit where UDP's do, and UDP's length and
+    // checksum where TCP's sequence number is.
+    let l4 = rdonly_cast(l3 + ihl, off!(btf_tcphdr));
+    p.l4 = true;
+    p.sport = load(l4, 0);
+    p.dport = load(l4, 2);
+    p.seq = load(l4, 4);
+    p.ack = load(l4, 8);
+    p.flags = load(l4, 13); // fin..cwr; byte 12 (doff, res1) is not used
+    p
+}
+
+/// An IPv4 header without options followed by the first 14 bytes of TCP (up to the flags) or
+/// UDP: what one read fetches in the common case.
+const IP_L4: usize = 20 + 14;
+
+/// The same fields with `bpf_probe_read_kernel`: one call in the common case, two when the IP
+/// header has options.
+#[inline(always)]
+fn packet_probed(l3: u64) -> Option<Packet> {
+    let (b, l4) = match read::<[u8; IP_L4]>(l3, 0) {
+        Some(b) => (b, true),
+        // A short linear area at the end of a page: the IP header alone is still useful.
+        None => {
+            let ip = read::<[u8; 20]>(l3, 0)?;
+            let mut b = [0u8; IP_L4];
+            b[..20].copy_from_slice(&ip);
+            (b, false)
+        }
+    };
+    let u16_at = |b: &[u8], o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+    let u32_at = |b: &[u8], o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let mut p = Packet {
+        ver_ihl: b[0],
+        id: u16_at(&b, 4),
+        frag_off: u16_at(&b, 6),
+        proto: b[9],
+        saddr: u32_at(&b, 12),
+        daddr: u32_at(&b, 16),
+        l4,
+        ..Packet::default()
+    };
+    let ihl = (p.ver_ihl & 0x0f) as u32 * 4;
+    let mut l4b = [0u8; 14];
+    l4b.copy_from_slice(&b[20..]);
+    if ihl > 20 {
+        // IP options push L4 further: a second read.
+        match read::<[u8; 14]>(l3, ihl) {
+            Some(r) => l4b = r,
+            None => p.l4 = false,
+        }
+    }
+    p.sport = u16_at(&l4b, 0);
+    p.dport = u16_at(&l4b, 2);
+    p.seq = u32_at(&l4b, 4);
+    p.ack = u32_at(&l4b, 8);
+    p.flags = l4b[13];
+    Some(p)
+}
+
+/// `bpf_rdonly_cast(p, btf_id)`, through the placeholder the loader links (see
+/// `tracer_common::config::kfunc`). `btf_id` must come from [`off!`] (a verifier constant).
+#[inline(always)]
+fn rdonly_cast(p: u64, btf_id: u32) -> u64 {
+    // SAFETY: calling a helper number is how every BPF helper is called; this one is rewritten
+    // by the loader into the kfunc call (or into dead code where the kernel lacks it).
+    let f: unsafe extern "C" fn(u64, u32) -> u64 =
+        unsafe { core::mem::transmute(kfunc::RDONLY_CAST as usize) };
+    // SAFETY: see above; the kfunc only retypes its argument.
+    unsafe { f(p, btf_id) }
+}
+
+/// One load through a [`rdonly_cast`] pointer at a constant offset (`to_ne_bytes` of the
+/// result gives the bytes in packet order).
+#[inline(always)]
+fn load<T: Copy>(p: u64, off: u64) -> T {
+    // SAFETY: the verifier checks the offset against the BTF type and emits a faulting load
+    // with a fixup (reads zero) for this untrusted pointer.
+    unsafe { core::ptr::read_volatile((p + off) as *const T) }
 }
 
 /// `(ifindex, netns inode)` of a `struct net_device *`; zeros for a null device.

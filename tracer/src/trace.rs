@@ -204,6 +204,7 @@ pub async fn run_controlled(
             .iter()
             .map(|(t, why)| format!("{t}: {why}"))
             .collect(),
+        packet_reads: probes.packet_reads.clone(),
         filter: cfg.filter_text.clone(),
         pid: std::process::id(),
         docker: docker_status.to_string(),

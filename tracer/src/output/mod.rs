@@ -31,6 +31,9 @@ pub struct Ready {
     /// How each is attached (`tp_btf:kfree_skb`, `fexit:nf_hook_slow`, ...).
     pub attachments: Vec<String>,
     pub skipped_hooks: Vec<String>,
+    /// How the kernel programs read packet headers: `direct loads (bpf_rdonly_cast)`, or
+    /// `bpf_probe_read_kernel (why)`.
+    pub packet_reads: String,
     pub filter: String,
     pub pid: u32,
     /// Container resolution: `connected (...)` or `unavailable: why`.

@@ -377,6 +377,16 @@ impl Btf {
         self.find(KIND_FUNC, name).is_some()
     }
 
+    /// BTF id of function `name` (kfunc calls name their target by it).
+    pub fn func_id(&mut self, name: &str) -> Option<u32> {
+        self.find(KIND_FUNC, name)
+    }
+
+    /// BTF id of `struct <name>`.
+    pub fn struct_id(&mut self, name: &str) -> Option<u32> {
+        self.find(KIND_STRUCT, name)
+    }
+
     /// Size in bytes of `struct <name>`.
     pub fn struct_size(&mut self, name: &str) -> Result<u32, BtfError> {
         let id = self
@@ -419,7 +429,7 @@ fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
 #[cfg(test)]
 pub(crate) mod fixture {
     /// A builder that appends types and strings and returns their ids.
-    #[derive(Default)]
+    #[derive(Clone, Default)]
     pub struct BtfBuilder {
         types: Vec<u8>,
         strings: Vec<u8>,
@@ -446,6 +456,12 @@ pub(crate) mod fixture {
                 next_id: base_types,
                 str_base: base_strings,
             }
+        }
+
+        /// A function without arguments (`void name(void)`).
+        pub fn func(&mut self, name: &str) -> u32 {
+            let proto = self.header("", super::KIND_FUNC_PROTO, 0, false, 0);
+            self.header(name, super::KIND_FUNC, 0, false, proto)
         }
 
         /// `typedef void (*btf_trace_<tp>)(void *, <args>)`.

@@ -14,11 +14,16 @@ use tracer_common::{Filter, KernelOffsets, config::have, counter};
 use super::{
     Attach, Backend, DropReasons, FUNCTION_HOOKS, FunctionHook, Needs, Program, TRACEPOINTS,
     btf::{Btf, BtfError, KERNEL_BTF},
+    kfunc::{self, KfuncError, Kfuncs},
     offsets::{self, OffsetError},
 };
 
 /// The kernel object built by `build.rs` (aya-build) from `tracer-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// `KernelFacts::packet_reads` when headers are loaded directly.
+pub const DIRECT_READS: &str = "direct loads (bpf_rdonly_cast)";
 
 /// Present when the kernel can create kprobes through perf (CONFIG_KPROBES).
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
@@ -38,6 +43,8 @@ pub enum ProbeError {
     Offsets(#[from] OffsetError),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("linking the eBPF object's kfunc calls: {0}")]
+    Kfunc(#[from] KfuncError),
     #[error("the eBPF object has no program `{0}` (stale build?)")]
     MissingProgram(&'static str),
     #[error("the eBPF object has no map `{0}` (stale build?)")]
@@ -115,6 +122,8 @@ pub struct Probes {
     pub skipped: Vec<(&'static str, String)>,
     pub drop_reasons: DropReasons,
     pub offsets: KernelOffsets,
+    /// How the programs read packet headers (see `KernelFacts::packet_reads`).
+    pub packet_reads: String,
 }
 
 /// Kernel facts learnt from BTF once per run: offsets for the programs, names for userspace.
@@ -122,18 +131,36 @@ pub struct KernelFacts {
     pub btf: Btf,
     pub offsets: KernelOffsets,
     pub drop_reasons: DropReasons,
+    pub kfuncs: Kfuncs,
+    /// How the programs read packet headers, and why not directly when they cannot.
+    pub packet_reads: String,
 }
 
 impl KernelFacts {
     pub fn read() -> Result<Self, ProbeError> {
         let mut btf = Btf::from_kernel()?;
-        let offsets = offsets::from_btf(&mut btf)?;
+        let kfuncs = Kfuncs::from_btf(&mut btf);
+        let mut offsets = offsets::from_btf(&mut btf)?;
+        let packet_reads = match offsets::use_header_types(&mut offsets, &mut btf, &kfuncs) {
+            Ok(()) => DIRECT_READS.to_owned(),
+            Err(why) => format!("bpf_probe_read_kernel ({why})"),
+        };
         let drop_reasons = DropReasons::from_btf(&mut btf)?;
         Ok(Self {
             btf,
             offsets,
             drop_reasons,
+            kfuncs,
+            packet_reads,
         })
+    }
+
+    /// Stops using kfuncs: the programs fall back to helper calls.
+    fn drop_kfuncs(&mut self, why: &str) {
+        self.kfuncs = self.kfuncs.without_any();
+        self.offsets.have &= !have::RDONLY_CAST;
+        self.packet_reads =
+            format!("bpf_probe_read_kernel (the verifier refused bpf_rdonly_cast: {why})");
     }
 }
 
@@ -246,13 +273,19 @@ fn wakeup_bytes(ring_bytes: u32) -> u64 {
 
 impl Attempt<'_> {
     fn load(&self) -> Result<Ebpf, ProbeError> {
+        let object = kfunc::link(OBJECT, &self.facts.kfuncs)?;
+        tracing::debug!(
+            linked = object.linked,
+            stubbed = object.stubbed,
+            "kfunc calls linked"
+        );
         EbpfLoader::new()
             .btf(Some(self.aya_btf))
             .override_global("OFFSETS", &self.facts.offsets, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes(self.sizes.ring_bytes), true)
             .map_max_entries("EVENTS", self.sizes.ring_bytes)
             .map_max_entries("TRACKED", self.sizes.tracked_skbs)
-            .load(OBJECT)
+            .load(object.bytes())
             .map_err(|e| match &e {
                 aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
                     if io_error.raw_os_error() == Some(libc::EPERM) =>
@@ -263,7 +296,26 @@ impl Attempt<'_> {
             })
     }
 
+    /// Loads and attaches `backend`; if the verifier refuses the kfunc calls (a kernel that has
+    /// the function but not for these programs), once more with helper calls instead.
     fn run(&mut self, backend: Backend) -> Result<Probes, ProbeError> {
+        match self.run_once(backend) {
+            Err(e)
+                if self.facts.offsets.have & have::RDONLY_CAST != 0
+                    && e.to_string().contains("kernel function") =>
+            {
+                tracing::warn!(
+                    "the kernel refused bpf_rdonly_cast in pathtrace's programs, reading packet \
+                     headers with bpf_probe_read_kernel instead: {e}"
+                );
+                self.facts.drop_kfuncs(&e.to_string());
+                self.run_once(backend)
+            }
+            r => r,
+        }
+    }
+
+    fn run_once(&mut self, backend: Backend) -> Result<Probes, ProbeError> {
         let kprobes = Path::new(KPROBE_PMU).exists();
         if backend == Backend::Kprobe && !kprobes {
             return Err(ProbeError::BackendUnavailable {
@@ -289,6 +341,7 @@ impl Attempt<'_> {
             skipped: done.skipped,
             drop_reasons: self.facts.drop_reasons.clone(),
             offsets: self.facts.offsets,
+            packet_reads: self.facts.packet_reads.clone(),
         })
     }
 

@@ -8,6 +8,7 @@
 
 pub mod btf;
 pub mod drop_reason;
+pub mod kfunc;
 pub mod loader;
 pub mod offsets;
 

@@ -1,8 +1,14 @@
 //! The struct offsets the kernel programs read through, taken from the running kernel's BTF.
 
-use tracer_common::{KernelOffsets, config::have};
+use tracer_common::{
+    KernelOffsets,
+    config::{have, kfunc},
+};
 
-use super::btf::{Btf, BtfError};
+use super::{
+    btf::{Btf, BtfError},
+    kfunc::Kfuncs,
+};
 
 /// (struct, member path, expected size in bytes) for each field in [`KernelOffsets`], in order.
 /// The size check catches a kernel that changed a field's type under the same name.
@@ -111,6 +117,38 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
     Ok(off)
 }
 
+/// Lets the programs load packet headers directly: sets the BTF ids of the header types packet
+/// bytes are cast to, when the kernel has `bpf_rdonly_cast` (6.2+) and the structs are as
+/// large as the programs read (20 and 16 bytes). Says why not otherwise.
+pub fn use_header_types(
+    off: &mut KernelOffsets,
+    btf: &mut Btf,
+    kfuncs: &Kfuncs,
+) -> Result<(), String> {
+    let (iphdr, tcphdr) = header_types(btf, kfuncs)?;
+    off.btf_iphdr = iphdr;
+    off.btf_tcphdr = tcphdr;
+    off.have |= have::RDONLY_CAST;
+    Ok(())
+}
+
+fn header_types(btf: &mut Btf, kfuncs: &Kfuncs) -> Result<(u32, u32), String> {
+    if !kfuncs.has(kfunc::RDONLY_CAST) {
+        return Err("the kernel has no bpf_rdonly_cast kfunc".into());
+    }
+    let mut id = |name: &str, min: u32| -> Result<u32, String> {
+        let id = btf
+            .struct_id(name)
+            .ok_or_else(|| format!("no struct {name} in kernel BTF"))?;
+        match btf.struct_size(name) {
+            Ok(size) if size >= min => Ok(id),
+            Ok(size) => Err(format!("struct {name} is {size} bytes, fewer than {min}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    Ok((id("iphdr", 20)?, id("tcphdr", 16)?))
+}
+
 /// `netdev_priv(dev)` is `dev + ALIGN(sizeof(struct net_device), NETDEV_ALIGN)`; NETDEV_ALIGN
 /// has been 32 since it exists.
 pub fn netdev_priv_offset(net_device_size: u32) -> u32 {
@@ -141,6 +179,10 @@ mod tests {
     use crate::probes::btf::fixture::BtfBuilder;
 
     fn kernel_like(protocol_size: u32) -> Btf {
+        Btf::parse(kernel_like_types(protocol_size).build()).expect("fixture")
+    }
+
+    fn kernel_like_types(protocol_size: u32) -> BtfBuilder {
         let mut b = BtfBuilder::new();
         let u32t = b.int("unsigned int", 4);
         let u16t = b.int("__u16", protocol_size);
@@ -183,7 +225,7 @@ mod tests {
                 ("data", ptr, 1664, 0),
             ],
         );
-        Btf::parse(b.build()).expect("fixture")
+        b
     }
 
     #[test]
@@ -204,6 +246,36 @@ mod tests {
             0,
             "fixture has no nf_hook_state"
         );
+    }
+
+    #[test]
+    fn header_types_are_cast_to_only_where_the_kernel_has_bpf_rdonly_cast() {
+        let mut b = kernel_like_types(2);
+        let u32t = b.int("__be32", 4);
+        let iphdr = b.composite(
+            false,
+            "iphdr",
+            20,
+            &[("saddr", u32t, 96, 0), ("daddr", u32t, 128, 0)],
+        );
+        let tcphdr = b.composite(false, "tcphdr", 20, &[("seq", u32t, 32, 0)]);
+        let without = Btf::parse(b.clone().build()).expect("fixture");
+        b.func("bpf_rdonly_cast");
+        let mut with = Btf::parse(b.build()).expect("fixture");
+
+        let mut off = from_btf(&mut with).expect("offsets");
+        let kfuncs = Kfuncs::from_btf(&mut with);
+        use_header_types(&mut off, &mut with, &kfuncs).expect("direct header loads");
+        assert_ne!(off.have & have::RDONLY_CAST, 0);
+        assert_eq!((off.btf_iphdr, off.btf_tcphdr), (iphdr, tcphdr));
+
+        let mut without = without;
+        let mut off = from_btf(&mut without).expect("offsets");
+        let kfuncs = Kfuncs::from_btf(&mut without);
+        let why = use_header_types(&mut off, &mut without, &kfuncs).unwrap_err();
+        assert!(why.contains("no bpf_rdonly_cast"), "{why}");
+        assert_eq!(off.have & have::RDONLY_CAST, 0);
+        assert_eq!((off.btf_iphdr, off.btf_tcphdr), (0, 0));
     }
 
     #[test]
