@@ -37,7 +37,9 @@ pub struct Site {
     /// Emit only for skbs already tracked: a hook this hot (consume_skb) must not pay for
     /// header reads, and a packet first seen as it is freed normally tells nothing.
     pub only_tracked: bool,
-    /// How the skb pointer may be read (BTF-typed or not).
+    /// How the skb pointer, and the devices above, may be read (BTF-typed or not): a site
+    /// whose skb is BTF-typed must have typed devices too (tracepoint and fentry arguments,
+    /// or fields loaded from them), never an address that came from a helper.
     pub access: Access,
 }
 
@@ -119,8 +121,8 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     } else {
         field::<u64>(skb, off!(skb_dev), site.access).unwrap_or(0)
     };
-    let (ifindex, netns) = device(dev);
-    let (peer_ifindex, peer_netns) = device(site.peer_dev);
+    let (ifindex, netns) = device(dev, site.access);
+    let (peer_ifindex, peer_netns) = device(site.peer_dev, site.access);
 
     let mut ev = HopEvent::zeroed();
     // SAFETY: helper without preconditions.

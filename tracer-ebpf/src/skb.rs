@@ -267,15 +267,17 @@ fn load<T: Copy>(p: u64, off: u64) -> T {
     unsafe { core::ptr::read_volatile((p + off) as *const T) }
 }
 
-/// `(ifindex, netns inode)` of a `struct net_device *`; zeros for a null device.
+/// `(ifindex, netns inode)` of a `struct net_device *`; zeros for a null device. With
+/// [`Access::Direct`] (a BTF-typed device, and the `struct net *` it points to is typed too)
+/// these are plain loads; otherwise three helper calls.
 #[inline(always)]
-pub fn device(dev: u64) -> (u32, u32) {
+pub fn device(dev: u64, access: Access) -> (u32, u32) {
     if dev == 0 {
         return (0, 0);
     }
-    let ifindex = read::<u32>(dev, off!(dev_ifindex)).unwrap_or(0);
-    let netns = match read::<u64>(dev, off!(dev_nd_net)) {
-        Some(net) if net != 0 => read::<u32>(net, off!(net_ns_inum)).unwrap_or(0),
+    let ifindex = field::<u32>(dev, off!(dev_ifindex), access).unwrap_or(0);
+    let netns = match field::<u64>(dev, off!(dev_nd_net), access) {
+        Some(net) if net != 0 => field::<u32>(net, off!(net_ns_inum), access).unwrap_or(0),
         _ => 0,
     };
     (ifindex, netns)

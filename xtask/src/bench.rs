@@ -64,6 +64,8 @@ struct Run {
     lost: u64,
     cpu_s: f64,
     rss_kib: u64,
+    /// How the kernel programs read packet headers (the ready line's `packet_reads`).
+    packet_reads: String,
 }
 
 /// A running pathtrace writing its JSON to a file, as `pathtrace --json > trace.jsonl` would:
@@ -72,6 +74,7 @@ struct Run {
 struct Tracer {
     child: Child,
     output: std::path::PathBuf,
+    ready: Value,
 }
 
 impl Tracer {
@@ -127,8 +130,13 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
             bail!("pathtrace exited before it was ready: {status}");
         }
         let head = std::fs::read_to_string(&output).unwrap_or_default();
-        if head.contains("\"kind\":\"ready\"") {
-            return Ok(Some(Tracer { child, output }));
+        if let Some(line) = head.lines().find(|l| l.contains("\"kind\":\"ready\"")) {
+            let ready = serde_json::from_str(line).unwrap_or_default();
+            return Ok(Some(Tracer {
+                child,
+                output,
+                ready,
+            }));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -184,11 +192,13 @@ fn measure(
         lost: 0,
         cpu_s: 0.0,
         rss_kib: 0,
+        packet_reads: String::new(),
     };
     if let Some(t) = tracer {
         let pid = t.child.id();
         run.cpu_s = cpu_seconds(pid) - cpu0;
         run.rss_kib = peak_rss_kib(pid);
+        run.packet_reads = t.ready["packet_reads"].as_str().unwrap_or("?").to_owned();
         if let Some(v) = t.stop()? {
             run.events = v["events"].as_u64().unwrap_or(0);
             run.lost = v["kernel"]["lost"].as_u64().unwrap_or(0);
@@ -509,6 +519,15 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         table,
         "| pathtrace peak RSS | {:.1} MiB | |",
         rss as f64 / 1024.0
+    );
+    let reads = results
+        .iter()
+        .map(|(_, r)| r.packet_reads.as_str())
+        .find(|r| !r.is_empty())
+        .unwrap_or("?");
+    let _ = writeln!(
+        table,
+        "| kernel programs read packet headers with | {reads} | |"
     );
     for (name, ns, n) in &costs {
         let idle = idle_costs

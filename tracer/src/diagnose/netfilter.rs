@@ -279,7 +279,7 @@ fn nft_fix(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -
             "nft insert rule {} {}{} accept",
             by.table,
             by.chain,
-            flow_match(at, tuple, true)
+            flow_match(at, tuple, Syntax::Nft)
         ),
     }
 }
@@ -306,21 +306,11 @@ fn ebtables_fix(
             by.chain, by.text
         );
     }
-    let mut m = String::from(" -p IPv4");
-    if let Some(i) = at.in_if {
-        m.push_str(&format!(" -i {i}"));
-    }
-    if let Some(o) = at.out_if {
-        m.push_str(&format!(" -o {o}"));
-    }
-    if let Some(t) = tuple {
-        m.push_str(&format!(" --ip-dst {}", t.dst));
-        if t.proto == 6 || t.proto == 17 {
-            let p = if t.proto == 6 { "tcp" } else { "udp" };
-            m.push_str(&format!(" --ip-proto {p} --ip-dport {}", t.dport));
-        }
-    }
-    format!("{cmd} -t {table} -I {} 1{m} -j ACCEPT", by.chain)
+    format!(
+        "{cmd} -t {table} -I {} 1{} -j ACCEPT",
+        by.chain,
+        flow_match(at, tuple, Syntax::Ebtables)
+    )
 }
 
 pub(crate) fn fix_for(
@@ -353,40 +343,50 @@ pub(crate) fn fix_for(
             } else {
                 &by.chain
             },
-            flow_match(at, tuple, false)
+            flow_match(at, tuple, Syntax::Iptables)
         ),
     }
 }
 
-/// The interfaces and destination port of the dropped flow as rule matches, in nft or
-/// iptables syntax: what an accept ahead of a drop policy needs.
-fn flow_match(at: &Where<'_>, tuple: Option<Tuple>, nft: bool) -> String {
+/// Whose rule syntax a fix is written in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    Iptables,
+    Nft,
+    Ebtables,
+}
+
+/// The interfaces and destination of the dropped flow as rule matches: what an accept ahead of
+/// a drop policy needs. ebtables sees frames, so it also names IPv4 and the destination address.
+fn flow_match(at: &Where<'_>, tuple: Option<Tuple>, syntax: Syntax) -> String {
     let mut m = String::new();
-    let quote = |s: &str| {
-        if nft {
-            format!("\"{s}\"")
-        } else {
-            s.to_owned()
-        }
+    let (iif, oif) = match syntax {
+        Syntax::Nft => ("iifname", "oifname"),
+        Syntax::Iptables | Syntax::Ebtables => ("-i", "-o"),
     };
-    let (iif, oif) = if nft {
-        ("iifname", "oifname")
-    } else {
-        ("-i", "-o")
+    let name = |s: &str| match syntax {
+        Syntax::Nft => format!("\"{s}\""),
+        Syntax::Iptables | Syntax::Ebtables => s.to_owned(),
     };
+    if syntax == Syntax::Ebtables {
+        m.push_str(" -p IPv4");
+    }
     if let Some(i) = at.in_if {
-        m.push_str(&format!(" {iif} {}", quote(i)));
+        m.push_str(&format!(" {iif} {}", name(i)));
     }
     if let Some(o) = at.out_if {
-        m.push_str(&format!(" {oif} {}", quote(o)));
+        m.push_str(&format!(" {oif} {}", name(o)));
+    }
+    if let (Syntax::Ebtables, Some(t)) = (syntax, tuple) {
+        m.push_str(&format!(" --ip-dst {}", t.dst));
     }
     if let Some(t) = tuple.filter(|t| t.proto == 6 || t.proto == 17) {
         let p = if t.proto == 6 { "tcp" } else { "udp" };
-        if nft {
-            m.push_str(&format!(" {p} dport {}", t.dport));
-        } else {
-            m.push_str(&format!(" -p {p} --dport {}", t.dport));
-        }
+        m.push_str(&match syntax {
+            Syntax::Nft => format!(" {p} dport {}", t.dport),
+            Syntax::Iptables => format!(" -p {p} --dport {}", t.dport),
+            Syntax::Ebtables => format!(" --ip-proto {p} --ip-dport {}", t.dport),
+        });
     }
     m
 }
@@ -408,22 +408,23 @@ fn walk(
         .find_map(|h| h.tuple)?;
     let at_drop = case.drop_hop().and_then(|h| h.tuple).unwrap_or(first);
     // Input side: a bridge port hands the packet to iptables as the bridge itself.
-    let (in_if, physdev_in, bridge) = match input {
+    let (in_if, physdev_in, bridge, bridge_index) = match input {
         Some(h) => {
             let link = facts.interface(h.netns, h.ifindex);
-            let master = link
-                .as_ref()
-                .and_then(|l| l.master)
-                .and_then(|m| facts.interface(h.netns, m));
+            let master_index = link.as_ref().and_then(|l| l.master);
+            let master = master_index.and_then(|m| facts.interface(h.netns, m));
             match (link, master) {
-                (Some(l), Some(m)) if m.kind == "bridge" => {
-                    (Some(m.name.clone()), Some(l.name), Some(m.name))
-                }
-                (Some(l), _) => (Some(l.name), None, None),
-                _ => (None, None, None),
+                (Some(l), Some(m)) if m.kind == "bridge" => (
+                    Some(m.name.clone()),
+                    Some(l.name),
+                    Some(m.name),
+                    master_index,
+                ),
+                (Some(l), _) => (Some(l.name), None, None, None),
+                _ => (None, None, None, None),
             }
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     // The bridge sets skb->dev to the egress port before its FORWARD hook (__br_forward), so a
     // drop there names the port the frame was headed for: what `oifname`/`--physdev-out`
@@ -431,14 +432,9 @@ fn walk(
     let out_port = case
         .drop_hop()
         .filter(|h| h.netns == netns && input.is_some_and(|i| i.ifindex != h.ifindex))
+        .filter(|_| bridge_index.is_some())
         .and_then(|h| facts.interface(netns, h.ifindex))
-        .filter(|l| {
-            l.master.is_some()
-                && l.master
-                    == input
-                        .and_then(|i| facts.interface(netns, i.ifindex))
-                        .and_then(|i| i.master)
-        })
+        .filter(|l| l.master == bridge_index)
         .map(|l| l.name);
     let bridged_on = |facts: &mut dyn HostFacts, out: &Option<String>| -> Option<String> {
         let b = bridge.clone()?;
@@ -703,6 +699,41 @@ mod tests {
         report::Report,
         resolve::fixture::FakeHost,
     };
+
+    #[test]
+    fn the_accept_for_a_dropped_flow_is_written_in_each_tools_syntax() {
+        use super::{Syntax, Where, flow_match};
+        let at = Where {
+            in_if: Some("veth1"),
+            out_if: Some("veth2"),
+            path: &[],
+        };
+        let tuple = Some(crate::events::Tuple {
+            src: "172.17.0.3".parse().expect("addr"),
+            sport: 40000,
+            dst: "172.17.0.2".parse().expect("addr"),
+            dport: 80,
+            proto: 6,
+        });
+        assert_eq!(
+            flow_match(&at, tuple, Syntax::Iptables),
+            " -i veth1 -o veth2 -p tcp --dport 80"
+        );
+        assert_eq!(
+            flow_match(&at, tuple, Syntax::Nft),
+            " iifname \"veth1\" oifname \"veth2\" tcp dport 80"
+        );
+        assert_eq!(
+            flow_match(&at, tuple, Syntax::Ebtables),
+            " -p IPv4 -i veth1 -o veth2 --ip-dst 172.17.0.2 --ip-proto tcp --ip-dport 80"
+        );
+        // ICMP: no port to name.
+        let icmp = tuple.map(|t| crate::events::Tuple { proto: 1, ..t });
+        assert_eq!(
+            flow_match(&at, icmp, Syntax::Ebtables),
+            " -p IPv4 -i veth1 -o veth2 --ip-dst 172.17.0.2"
+        );
+    }
 
     const DOCKER: &str = include_str!("../../test_data/iptables_docker.txt");
 

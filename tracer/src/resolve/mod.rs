@@ -400,15 +400,19 @@ pub fn read_ruleset(bridges: bool) -> Option<Ruleset> {
     let mut read_elsewhere = Vec::new();
     // Both iptables backends: a host can hold rules in each (Docker on one, a firewall script
     // on the other), and each `iptables` lists only its own.
-    let mut saves: Vec<Ruleset> = ["iptables-nft-save", "iptables-legacy-save"]
+    let ran: Vec<Option<Ruleset>> = ["iptables-nft-save", "iptables-legacy-save"]
         .into_iter()
         .filter_map(read_iptables)
-        .flatten()
         .collect();
-    if saves.is_empty() {
+    let saves: Vec<Ruleset> = if ran.is_empty() {
         // Neither split binary exists: the one `iptables-save` says which backend it is.
-        saves.extend(read_iptables("iptables-save").flatten());
-    }
+        read_iptables("iptables-save")
+            .flatten()
+            .into_iter()
+            .collect()
+    } else {
+        ran.into_iter().flatten().collect()
+    };
     for save in saves {
         if save
             .tables
