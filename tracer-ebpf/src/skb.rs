@@ -234,7 +234,10 @@ fn packet_probed(l3: u64) -> Option<Packet> {
     if ihl > 20 {
         // IP options push L4 further: a second read.
         match read::<[u8; 14]>(l3, ihl) {
-            Some(r) => l4b = r,
+            Some(r) => {
+                l4b = r;
+                p.l4 = true;
+            }
             None => p.l4 = false,
         }
     }
