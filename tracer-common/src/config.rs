@@ -56,8 +56,7 @@ impl Filter {
         }
     }
 
-    /// Whether a packet with these header fields passes. Shared by the kernel program and the
-    /// userspace tests so both read the filter the same way. `has_ports` is false for protocols
+    /// Whether a packet with these header fields passes. `has_ports` is false for protocols
     /// without ports (ICMP) or when the L4 header could not be read.
     #[inline(always)]
     pub fn matches(
@@ -69,15 +68,38 @@ impl Filter {
         sport: u16,
         dport: u16,
     ) -> bool {
-        if self.matches_fields(saddr, daddr, proto, has_ports, sport, dport) {
+        self.accepts(&Known {
+            saddr,
+            daddr,
+            proto,
+            ports: if has_ports {
+                Some((sport, dport))
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Whether the packet `p` shows passes, asking `p` only for the fields a check needs: the
+    /// kernel programs answer with loads from the packet, so a packet that fails on its
+    /// protocol never has its addresses or ports read. The one definition of what the filter
+    /// means, for the kernel programs and the userspace tests alike.
+    #[inline(always)]
+    pub fn accepts(&self, p: &impl HeaderFields) -> bool {
+        let f = self.fields;
+        // Both ways to match (the fields, the alternative ports) require the protocol.
+        if f & filter_field::PROTO != 0 && p.proto() != self.proto {
+            return false;
+        }
+        if self.fields_match(p) {
             return true;
         }
-        if self.n_or_dports == 0 || !has_ports {
+        if self.n_or_dports == 0 {
             return false;
         }
-        if self.fields & filter_field::PROTO != 0 && proto != self.proto {
+        let Some((_, dport)) = p.ports() else {
             return false;
-        }
+        };
         let mut i = 0;
         while i < MAX_OR_DPORTS {
             if i < self.n_or_dports as usize && self.or_dports[i] == dport {
@@ -88,37 +110,64 @@ impl Filter {
         false
     }
 
-    /// The AND of the set fields.
+    /// The AND of the set fields but the protocol (checked before).
     #[inline(always)]
-    fn matches_fields(
-        &self,
-        saddr: [u8; 4],
-        daddr: [u8; 4],
-        proto: u8,
-        has_ports: bool,
-        sport: u16,
-        dport: u16,
-    ) -> bool {
+    fn fields_match(&self, p: &impl HeaderFields) -> bool {
         let f = self.fields;
-        if f & filter_field::PROTO != 0 && proto != self.proto {
-            return false;
+        if f & filter_field::HOST != 0 {
+            let (saddr, daddr) = p.addrs();
+            let host = u32::from_ne_bytes(self.host);
+            if u32::from_ne_bytes(saddr) != host && u32::from_ne_bytes(daddr) != host {
+                return false;
+            }
         }
-        if f & filter_field::HOST != 0
-            && u32::from_ne_bytes(saddr) != u32::from_ne_bytes(self.host)
-            && u32::from_ne_bytes(daddr) != u32::from_ne_bytes(self.host)
-        {
-            return false;
-        }
-        if f & (filter_field::SPORT | filter_field::DPORT) != 0 && !has_ports {
-            return false;
-        }
-        if f & filter_field::SPORT != 0 && sport != self.sport {
-            return false;
-        }
-        if f & filter_field::DPORT != 0 && dport != self.dport {
-            return false;
+        if f & (filter_field::SPORT | filter_field::DPORT) != 0 {
+            let Some((sport, dport)) = p.ports() else {
+                return false;
+            };
+            if f & filter_field::SPORT != 0 && sport != self.sport {
+                return false;
+            }
+            if f & filter_field::DPORT != 0 && dport != self.dport {
+                return false;
+            }
         }
         true
+    }
+}
+
+/// An IPv4 packet's header fields as [`Filter::accepts`] asks for them, each read only when
+/// asked.
+pub trait HeaderFields {
+    /// The IP protocol number.
+    fn proto(&self) -> u8;
+    /// Source and destination address, network byte order.
+    fn addrs(&self) -> ([u8; 4], [u8; 4]);
+    /// Source and destination port, host byte order; `None` for protocols without ports, for
+    /// fragments past the first, and when the L4 header cannot be read.
+    fn ports(&self) -> Option<(u16, u16)>;
+}
+
+/// Fields already read.
+struct Known {
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    proto: u8,
+    ports: Option<(u16, u16)>,
+}
+
+impl HeaderFields for Known {
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn addrs(&self) -> ([u8; 4], [u8; 4]) {
+        (self.saddr, self.daddr)
+    }
+    #[inline(always)]
+    fn ports(&self) -> Option<(u16, u16)> {
+        self.ports
     }
 }
 
@@ -281,5 +330,63 @@ mod tests {
         assert!(flt.matches([2, 2, 2, 2], [10, 0, 0, 1], 6, true, 1, 2));
         assert!(!flt.matches([2, 2, 2, 2], [3, 3, 3, 3], 6, true, 1, 2));
         assert!(!flt.matches([10, 0, 0, 1], [3, 3, 3, 3], 17, true, 1, 2));
+    }
+
+    /// Records which fields the filter asked for.
+    struct Asked {
+        known: Known,
+        asked: core::cell::Cell<(bool, bool, bool)>,
+    }
+
+    impl HeaderFields for Asked {
+        fn proto(&self) -> u8 {
+            self.asked
+                .set((true, self.asked.get().1, self.asked.get().2));
+            self.known.proto()
+        }
+        fn addrs(&self) -> ([u8; 4], [u8; 4]) {
+            self.asked
+                .set((self.asked.get().0, true, self.asked.get().2));
+            self.known.addrs()
+        }
+        fn ports(&self) -> Option<(u16, u16)> {
+            self.asked
+                .set((self.asked.get().0, self.asked.get().1, true));
+            self.known.ports()
+        }
+    }
+
+    fn asked(flt: &Filter, proto: u8) -> (bool, (bool, bool, bool)) {
+        let p = Asked {
+            known: Known {
+                saddr: [10, 0, 0, 1],
+                daddr: [10, 0, 0, 2],
+                proto,
+                ports: Some((5555, 10001)),
+            },
+            asked: Default::default(),
+        };
+        (flt.accepts(&p), p.asked.get())
+    }
+
+    #[test]
+    fn the_filter_reads_only_the_fields_its_checks_need() {
+        // (matched, (proto, addresses, ports) asked)
+        let port_and_proto = f(filter_field::DPORT | filter_field::PROTO);
+        // Another protocol: nothing else is read.
+        assert_eq!(asked(&port_and_proto, 17), (false, (true, false, false)));
+        assert_eq!(asked(&port_and_proto, 6), (true, (true, false, true)));
+        // A port filter never reads the addresses; a host filter never reads the ports.
+        assert_eq!(
+            asked(&f(filter_field::DPORT), 6),
+            (true, (false, false, true))
+        );
+        assert_eq!(
+            asked(&f(filter_field::HOST), 6),
+            (true, (false, true, false))
+        );
+        let mut other_host = f(filter_field::HOST);
+        other_host.host = [192, 0, 2, 1];
+        assert_eq!(asked(&other_host, 6), (false, (false, true, false)));
     }
 }

@@ -7,5 +7,5 @@
 pub mod config;
 pub mod event;
 
-pub use config::{Filter, KernelOffsets};
+pub use config::{Filter, HeaderFields, KernelOffsets};
 pub use event::{HopEvent, HopKind, counter};

@@ -11,7 +11,7 @@ use tracer_common::{
 
 use crate::{
     maps::{EVENTS, WAKEUP_BYTES, bump, filter, forget, off, remembered, track},
-    skb::{Access, device, field, headers, read},
+    skb::{Access, device, field, headers, passes, read},
 };
 
 /// What the entry point knows about the hook it runs at.
@@ -78,29 +78,36 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         return None; // not configured by the loader: emit nothing rather than garbage
     }
     let remembered = remembered(skb);
-    if site.only_tracked && remembered.is_none() {
-        return None;
+    if remembered.is_none() {
+        // Nobody follows this skb: only the filter can make it interesting, and for most
+        // packets it says no after a load or two. Stop here then, before any header is read
+        // in full; a packet that passes has its headers read again below, which costs a
+        // handful of loads on a path that is about to write an event anyway.
+        if site.only_tracked
+            || !filter().is_some_and(|f| passes(skb, site.l3_at_data, site.access, f))
+        {
+            return None;
+        }
     }
     let h = headers(skb, site.l3_at_data, site.access);
+    let fp = h.fingerprint();
     let tracked = match remembered {
         // An unreadable header (0) proves nothing either way: keep following.
-        Some(fp) => {
-            let now = h.fingerprint();
-            fp == now || fp == 0 || now == 0
-        }
+        Some(was) => was == fp || was == 0 || fp == 0,
         None => false,
     };
     if site.only_tracked && !tracked {
         forget(skb);
         return None;
     }
-    let matched = h.ipv4
-        && filter().is_some_and(|f| f.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport));
+    // Untracked skbs passed the filter above.
+    let matched = remembered.is_none()
+        || (h.ipv4
+            && filter()
+                .is_some_and(|f| f.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport)));
     if !tracked && !matched {
-        if remembered.is_some() {
-            // The address now holds another packet: forget the one we followed.
-            forget(skb);
-        }
+        // The address now holds another packet: forget the one we followed.
+        forget(skb);
         return None;
     }
     if site.frees {
@@ -108,7 +115,7 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
             forget(skb);
         }
     } else if !tracked {
-        track(skb, h.fingerprint(), remembered.is_none());
+        track(skb, fp, remembered.is_none());
     }
 
     let site = if site.nf_state != 0 {
@@ -144,7 +151,7 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     ev.tcp_flags = h.tcp_flags;
     ev.nf_hook = site.nf_hook;
     ev.nf_family = site.nf_family;
-    ev.fingerprint = h.fingerprint();
+    ev.fingerprint = fp;
     ev.flags = (if h.ipv4 { FLAG_IPV4 } else { 0 })
         | (if h.l4 { FLAG_L4 } else { 0 })
         | (if matched { FLAG_MATCHED } else { 0 });

@@ -2,6 +2,7 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_common::{
+    Filter, HeaderFields,
     config::{have, kfunc},
     event::fingerprint,
 };
@@ -53,7 +54,7 @@ pub struct Headers {
     pub ipv4: bool,
     pub l4: bool,
     /// IP id, and TCP sequence/ack (UDP: length in the top half of `seq`), host order: what
-    /// [`Headers::fingerprint`] is made of, kept raw so a packet nobody wants pays nothing for it.
+    /// [`Headers::fingerprint`] is made of, kept raw: only followed packets need it.
     ip_id: u16,
     seq: u32,
     ack: u32,
@@ -78,34 +79,11 @@ impl Headers {
 const ETH_P_IP_BE: u16 = 0x0008; // htons(0x0800) as read on little-endian
 
 /// Reads the IPv4 and TCP/UDP headers: the skb fields through `access`, then the packet bytes
-/// (see [`packet`]). At receive `skb->data` is the L3 header (the network header offset is
-/// reset only after the tracepoint); elsewhere `head + network_header` is.
+/// (see [`packet`]).
 #[inline(always)]
 pub fn headers(skb: u64, l3_at_data: bool, access: Access) -> Headers {
     let mut h = Headers::default();
-    let Some(protocol) = field::<u16>(skb, off!(skb_protocol), access) else {
-        return h;
-    };
-    if protocol != ETH_P_IP_BE {
-        return h;
-    }
-    let l3 = if l3_at_data {
-        match field::<u64>(skb, off!(skb_data), access) {
-            Some(p) => p,
-            None => return h,
-        }
-    } else {
-        let Some(head) = field::<u64>(skb, off!(skb_head), access) else {
-            return h;
-        };
-        let Some(nh) = field::<u16>(skb, off!(skb_network_header), access) else {
-            return h;
-        };
-        if nh == 0xffff {
-            return h;
-        }
-        head + nh as u64
-    };
+    let l3 = l3_header(skb, l3_at_data, access);
     if l3 == 0 {
         return h;
     }
@@ -134,6 +112,82 @@ pub fn headers(skb: u64, l3_at_data: bool, access: Access) -> Headers {
     }
     h.l4 = true;
     h
+}
+
+/// Whether the skb's packet passes `filter`, reading only what the filter's checks ask for
+/// (with direct loads, a packet of another protocol costs two loads from the packet). The
+/// question every hook asks of every packet nobody follows yet, so it stays apart from
+/// [`headers`], which reads everything for the few that pass: sharing one body made LLVM
+/// carry every field through every early exit, spilling them to the stack.
+#[inline(always)]
+pub fn passes(skb: u64, l3_at_data: bool, access: Access, filter: &Filter) -> bool {
+    let l3 = l3_header(skb, l3_at_data, access);
+    if l3 == 0 {
+        return false;
+    }
+    if off!(have) & have::RDONLY_CAST == 0 {
+        // Helper reads: one call fetches every field, as for a followed packet.
+        let h = headers(skb, l3_at_data, access);
+        return h.ipv4 && filter.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport);
+    }
+    let ip = rdonly_cast(l3, off!(btf_iphdr));
+    let ver_ihl: u8 = load(ip, 0);
+    ver_ihl >> 4 == 4 && filter.accepts(&Ipv4At { l3, ip, ver_ihl })
+}
+
+/// An IPv4 header read field by field as [`Filter::accepts`] asks (direct loads).
+struct Ipv4At {
+    l3: u64,
+    /// `l3` cast to `struct iphdr`.
+    ip: u64,
+    ver_ihl: u8,
+}
+
+impl HeaderFields for Ipv4At {
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        load(self.ip, 9)
+    }
+
+    #[inline(always)]
+    fn addrs(&self) -> ([u8; 4], [u8; 4]) {
+        (
+            load::<u32>(self.ip, 12).to_ne_bytes(),
+            load::<u32>(self.ip, 16).to_ne_bytes(),
+        )
+    }
+
+    /// The same conditions as [`headers`]: a first fragment or none, TCP or UDP.
+    #[inline(always)]
+    fn ports(&self) -> Option<(u16, u16)> {
+        let ihl = (self.ver_ihl & 0x0f) as u64 * 4;
+        let proto: u8 = load(self.ip, 9);
+        if ihl < 20 || u16::from_be(load(self.ip, 6)) & 0x1fff != 0 || (proto != 6 && proto != 17) {
+            return None;
+        }
+        let l4 = rdonly_cast(self.l3 + ihl, off!(btf_tcphdr));
+        Some((u16::from_be(load(l4, 0)), u16::from_be(load(l4, 2))))
+    }
+}
+
+/// The address of the IPv4 header, or 0 when the skb does not carry IPv4 or its header cannot
+/// be located. At receive `skb->data` is the L3 header (the network header offset is reset
+/// only after the tracepoint); elsewhere `head + network_header` is.
+#[inline(always)]
+fn l3_header(skb: u64, l3_at_data: bool, access: Access) -> u64 {
+    if field::<u16>(skb, off!(skb_protocol), access) != Some(ETH_P_IP_BE) {
+        return 0;
+    }
+    if l3_at_data {
+        return field::<u64>(skb, off!(skb_data), access).unwrap_or(0);
+    }
+    let Some(head) = field::<u64>(skb, off!(skb_head), access) else {
+        return 0;
+    };
+    match field::<u16>(skb, off!(skb_network_header), access) {
+        Some(nh) if nh != 0xffff && head != 0 => head + nh as u64,
+        _ => 0,
+    }
 }
 
 /// Header fields as they lie in the packet (multi-byte ones in network order).

@@ -207,11 +207,11 @@ fn measure(
     Ok(run)
 }
 
-/// The median over runs in `mode` of each run's throughput against the untraced runs just
-/// before and after it: this machine's baseline drifts by ±10 % within minutes, and a ratio
-/// of medians taken far apart measures the drift as much as the tracer.
-fn paired_ratio(results: &[(Mode, Run)], mode: Mode) -> f64 {
-    let ratios = results
+/// Each run in `mode`'s throughput against the untraced runs just before and after it: this
+/// machine's baseline drifts by ±10 % within minutes, and a ratio of medians taken far apart
+/// measures the drift as much as the tracer.
+fn paired_ratios(results: &[(Mode, Run)], mode: Mode) -> Vec<f64> {
+    results
         .iter()
         .enumerate()
         .filter(|(_, (m, _))| *m == mode)
@@ -228,8 +228,25 @@ fn paired_ratio(results: &[(Mode, Run)], mode: Mode) -> f64 {
                 .collect();
             (!base.is_empty()).then(|| run.pps / (base.iter().sum::<f64>() / base.len() as f64))
         })
-        .collect();
-    median(ratios)
+        .collect()
+}
+
+/// The median of the paired ratios and their quartiles: one pair moves by ±0.1 here, so the
+/// spread says how far the median can be trusted.
+fn ratio_summary(results: &[(Mode, Run)], mode: Mode) -> (f64, String) {
+    let mut r = paired_ratios(results, mode);
+    r.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        r.get((r.len().saturating_sub(1) as f64 * q).round() as usize)
+            .copied()
+    };
+    let spread = match (at(0.25), at(0.75)) {
+        (Some(lo), Some(hi)) if r.len() >= 3 => {
+            format!(", quartiles {lo:.2}–{hi:.2} of {} pairs", r.len())
+        }
+        _ => String::new(),
+    };
+    (median(r), spread)
 }
 
 /// The runs measured in `mode`.
@@ -346,7 +363,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.vm {
         return in_vm(&args);
     }
-    let bin = root().join("target/release/pathtrace");
+    // PATHTRACE_BIN measures another build (an A/B of two commits) in this bench's lab.
+    let bin = std::env::var_os("PATHTRACE_BIN")
+        .map_or_else(|| root().join("target/release/pathtrace"), Into::into);
     let pipeline = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(root())
         .env("PATH", setup::path_with_cargo_bin())
@@ -431,8 +450,8 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
             ] {
                 let r = measure(&lab, &sink, subject, mode, traffic, args.seconds)?;
                 eprintln!(
-                    "round {round} {traffic:?} {mode:?}: {:.0}/s arrived, {} events, {} lost",
-                    r.pps, r.events, r.lost
+                    "round {round} {traffic:?} {mode:?}: {:.0}/s arrived, {} events, {} lost, pathtrace {:.2} s CPU",
+                    r.pps, r.events, r.lost, r.cpu_s
                 );
                 out.push((mode, r));
             }
@@ -446,9 +465,9 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         median_pps(&results, Mode::NonMatching),
         median_pps(&results, Mode::Matching),
     );
-    let (non_ratio, all_ratio) = (
-        paired_ratio(&results, Mode::NonMatching),
-        paired_ratio(&results, Mode::Matching),
+    let ((non_ratio, non_spread), (all_ratio, all_spread)) = (
+        ratio_summary(&results, Mode::NonMatching),
+        ratio_summary(&results, Mode::Matching),
     );
     let matching = runs_in(&results, Mode::Matching);
     let events: u64 = matching.iter().map(|r| r.events).sum();
@@ -466,11 +485,11 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     );
     let _ = writeln!(
         table,
-        "| traced, filter matching nothing / untraced | {non_ratio:.3} ({non:.0} pkt/s) | ≥ 0.95 |"
+        "| traced, filter matching nothing / untraced | {non_ratio:.3} ({non:.0} pkt/s{non_spread}) | ≥ 0.95 |"
     );
     let _ = writeln!(
         table,
-        "| traced, every packet matching / untraced | {all_ratio:.3} ({all:.0} pkt/s) | ≥ 0.60 |"
+        "| traced, every packet matching / untraced | {all_ratio:.3} ({all:.0} pkt/s{all_spread}) | ≥ 0.60 |"
     );
     let _ = writeln!(
         table,
@@ -490,16 +509,21 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         "| SYN flood: untraced (TCP segments into the container: SYN + client RST) | {:.0} /s | |",
         median_pps(&syn_results, Mode::Untraced)
     );
-    let _ = writeln!(
-        table,
-        "| SYN flood: filter matching nothing / untraced | {:.3} | ≥ 0.95 |",
-        paired_ratio(&syn_results, Mode::NonMatching)
-    );
-    let _ = writeln!(
-        table,
-        "| SYN flood: every packet matching / untraced | {:.3} | ≥ 0.60 |",
-        paired_ratio(&syn_results, Mode::Matching)
-    );
+    for (mode, what, goal) in [
+        (Mode::NonMatching, "filter matching nothing", "≥ 0.95"),
+        (Mode::Matching, "every packet matching", "≥ 0.60"),
+    ] {
+        let (ratio, spread) = ratio_summary(&syn_results, mode);
+        let _ = writeln!(
+            table,
+            "| SYN flood: {what} / untraced | {ratio:.3}{} | {goal} |",
+            if spread.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", spread.trim_start_matches(", "))
+            }
+        );
+    }
     let _ = writeln!(
         table,
         "| SYN flood: events lost in the kernel (matching) | {} of {} | 0 |",

@@ -300,10 +300,7 @@ impl Attempt<'_> {
     /// the function but not for these programs), once more with helper calls instead.
     fn run(&mut self, backend: Backend) -> Result<Probes, ProbeError> {
         match self.run_once(backend) {
-            Err(e)
-                if self.facts.offsets.have & have::RDONLY_CAST != 0
-                    && e.to_string().contains("kernel function") =>
-            {
+            Err(e) if self.facts.offsets.have & have::RDONLY_CAST != 0 && kfunc_refused(&e) => {
                 tracing::warn!(
                     "the kernel refused bpf_rdonly_cast in pathtrace's programs, reading packet \
                      headers with bpf_probe_read_kernel instead: {e}"
@@ -466,6 +463,21 @@ fn write_filter(ebpf: &mut Ebpf, filter: Filter) -> Result<(), ProbeError> {
     })
 }
 
+/// Whether the verifier refused a program for its kfunc calls, rather than for anything else:
+/// only then is a load without them worth a second try.
+fn kfunc_refused(e: &ProbeError) -> bool {
+    match e {
+        ProbeError::Program {
+            source: aya::programs::ProgramError::LoadError { verifier_log, .. },
+            ..
+        } => {
+            let log = verifier_log.to_string();
+            log.contains("kernel function") || log.contains("kfunc")
+        }
+        _ => false,
+    }
+}
+
 /// The errno behind a program load or attach failure, if any.
 fn refused_errno(e: &ProbeError) -> Option<i32> {
     use aya::programs::ProgramError as P;
@@ -575,5 +587,36 @@ fn raise_memlock_limit() {
     // SAFETY: setrlimit with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(log: &str) -> ProbeError {
+        ProbeError::Program {
+            what: "loading tp_netif_receive_skb (tp_btf:netif_receive_skb)".into(),
+            source: aya::programs::ProgramError::LoadError {
+                io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+                verifier_log: aya_obj::VerifierLog::new(log.into()),
+            },
+        }
+    }
+
+    #[test]
+    fn only_a_verifier_refusing_the_kfunc_calls_earns_a_load_without_them() {
+        // What 6.x verifiers say when a kfunc may not be called from a program.
+        assert!(kfunc_refused(&refused(
+            "0: R1=ctx() R10=fp0\ncalling kernel function bpf_rdonly_cast is not allowed\n"
+        )));
+        assert!(kfunc_refused(&refused(
+            "kfunc bpf_rdonly_cast#75123 reference has not been acquired before\n"
+        )));
+        // Anything else stays an error, reported as it is.
+        assert!(!kfunc_refused(&refused(
+            "R2 invalid mem access 'scalar'\nprocessed 12 insns\n"
+        )));
+        assert!(!kfunc_refused(&ProbeError::MissingProgram("tp_kfree_skb")));
     }
 }
