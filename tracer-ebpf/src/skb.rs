@@ -121,14 +121,14 @@ pub fn headers(skb: u64, l3_at_data: bool, access: Access) -> Headers {
 /// carry every field through every early exit, spilling them to the stack.
 #[inline(always)]
 pub fn passes(skb: u64, l3_at_data: bool, access: Access, filter: &Filter) -> bool {
-    let l3 = l3_header(skb, l3_at_data, access);
-    if l3 == 0 {
-        return false;
-    }
     if off!(have) & have::RDONLY_CAST == 0 {
         // Helper reads: one call fetches every field, as for a followed packet.
         let h = headers(skb, l3_at_data, access);
         return h.ipv4 && filter.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport);
+    }
+    let l3 = l3_header(skb, l3_at_data, access);
+    if l3 == 0 {
+        return false;
     }
     let ip = rdonly_cast(l3, off!(btf_iphdr));
     let ver_ihl: u8 = load(ip, 0);
