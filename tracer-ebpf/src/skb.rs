@@ -132,7 +132,13 @@ pub fn passes(skb: u64, l3_at_data: bool, access: Access, filter: &Filter) -> bo
     }
     let ip = rdonly_cast(l3, off!(btf_iphdr));
     let ver_ihl: u8 = load(ip, 0);
-    ver_ihl >> 4 == 4 && filter.accepts(&Ipv4At { l3, ip, ver_ihl })
+    ver_ihl >> 4 == 4
+        && filter.accepts(&Ipv4At {
+            l3,
+            ip,
+            ver_ihl,
+            proto: load(ip, 9),
+        })
 }
 
 /// An IPv4 header read field by field as [`Filter::accepts`] asks (direct loads).
@@ -141,12 +147,14 @@ struct Ipv4At {
     /// `l3` cast to `struct iphdr`.
     ip: u64,
     ver_ihl: u8,
+    /// Loaded up front: nearly every filter asks for it, and `ports` needs it too.
+    proto: u8,
 }
 
 impl HeaderFields for Ipv4At {
     #[inline(always)]
     fn proto(&self) -> u8 {
-        load(self.ip, 9)
+        self.proto
     }
 
     #[inline(always)]
@@ -161,7 +169,7 @@ impl HeaderFields for Ipv4At {
     #[inline(always)]
     fn ports(&self) -> Option<(u16, u16)> {
         let ihl = (self.ver_ihl & 0x0f) as u64 * 4;
-        let proto: u8 = load(self.ip, 9);
+        let proto = self.proto;
         if ihl < 20 || u16::from_be(load(self.ip, 6)) & 0x1fff != 0 || (proto != 6 && proto != 17) {
             return None;
         }

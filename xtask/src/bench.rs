@@ -231,21 +231,21 @@ fn paired_ratios(results: &[(Mode, Run)], mode: Mode) -> Vec<f64> {
         .collect()
 }
 
-/// The median of the paired ratios and their quartiles: one pair moves by ±0.1 here, so the
-/// spread says how far the median can be trusted.
-fn ratio_summary(results: &[(Mode, Run)], mode: Mode) -> (f64, String) {
+/// The median of the paired ratios and, from three pairs on, their quartiles ("quartiles
+/// 0.90–1.00 of 20 pairs"): one pair moves by ±0.1 here, so the spread says how far the median
+/// can be trusted.
+fn ratio_summary(results: &[(Mode, Run)], mode: Mode) -> (f64, Option<String>) {
     let mut r = paired_ratios(results, mode);
     r.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        r.get((r.len().saturating_sub(1) as f64 * q).round() as usize)
-            .copied()
-    };
-    let spread = match (at(0.25), at(0.75)) {
-        (Some(lo), Some(hi)) if r.len() >= 3 => {
-            format!(", quartiles {lo:.2}–{hi:.2} of {} pairs", r.len())
-        }
-        _ => String::new(),
-    };
+    let at = |q: f64| r[((r.len() - 1) as f64 * q).round() as usize];
+    let spread = (r.len() >= 3).then(|| {
+        format!(
+            "quartiles {:.2}–{:.2} of {} pairs",
+            at(0.25),
+            at(0.75),
+            r.len()
+        )
+    });
     (median(r), spread)
 }
 
@@ -485,11 +485,13 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     );
     let _ = writeln!(
         table,
-        "| traced, filter matching nothing / untraced | {non_ratio:.3} ({non:.0} pkt/s{non_spread}) | ≥ 0.95 |"
+        "| traced, filter matching nothing / untraced | {non_ratio:.3} ({non:.0} pkt/s{}) | ≥ 0.95 |",
+        non_spread.map_or_else(String::new, |s| format!(", {s}"))
     );
     let _ = writeln!(
         table,
-        "| traced, every packet matching / untraced | {all_ratio:.3} ({all:.0} pkt/s{all_spread}) | ≥ 0.60 |"
+        "| traced, every packet matching / untraced | {all_ratio:.3} ({all:.0} pkt/s{}) | ≥ 0.60 |",
+        all_spread.map_or_else(String::new, |s| format!(", {s}"))
     );
     let _ = writeln!(
         table,
@@ -517,11 +519,7 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         let _ = writeln!(
             table,
             "| SYN flood: {what} / untraced | {ratio:.3}{} | {goal} |",
-            if spread.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", spread.trim_start_matches(", "))
-            }
+            spread.map_or_else(String::new, |s| format!(" ({s})"))
         );
     }
     let _ = writeln!(
