@@ -34,14 +34,27 @@ pub struct BenchArgs {
     /// printed, not written.
     #[arg(long)]
     pub vm: bool,
+    /// Measure only the non-matching ratio of this flood (udp or syn): untraced and traced runs
+    /// alternate with nothing else between them, so the same time buys three times the pairs
+    /// where the goal is tightest. Prints the ratio; writes nothing.
+    #[arg(long, value_name = "FLOOD", value_parser = parse_flood, conflicts_with = "vm")]
+    pub only: Option<Traffic>,
     /// Inside the VM: measure with this backend and the pathtrace on PATH, nothing else.
     #[arg(long, hide = true, value_name = "BACKEND")]
     pub guest: Option<String>,
 }
 
+fn parse_flood(s: &str) -> Result<Traffic, String> {
+    match s {
+        "udp" => Ok(Traffic::Udp),
+        "syn" => Ok(Traffic::Syn),
+        _ => Err(format!("`{s}`: the floods are udp and syn")),
+    }
+}
+
 /// What floods the lab.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Traffic {
+pub enum Traffic {
     /// 18-byte datagrams to the published UDP port, counted by a sink in the container.
     Udp,
     /// Raw-socket SYNs to the published TCP port, counted as TCP segments the container's
@@ -489,6 +502,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // PATHTRACE_BIN measures another build (an A/B of two commits) in this bench's lab.
     let bin = std::env::var_os("PATHTRACE_BIN")
         .map_or_else(|| root().join("target/release/pathtrace"), Into::into);
+    let subject = Subject {
+        bin: &bin,
+        backend: "tracepoint",
+    };
+    if let Some(traffic) = args.only {
+        return non_matching_only(&args, &subject, traffic);
+    }
     let pipeline = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(root())
         .env("PATH", setup::path_with_cargo_bin())
@@ -500,13 +520,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .find(|l| l.starts_with("pipeline:"))
         .unwrap_or("pipeline: (failed)")
         .to_owned();
-    let mut table = measure_table(
-        &args,
-        &Subject {
-            bin: &bin,
-            backend: "tracepoint",
-        },
-    )?;
+    let mut table = measure_table(&args, &subject)?;
     use std::fmt::Write as _;
     let _ = writeln!(
         table,
@@ -550,6 +564,31 @@ fn in_vm(args: &BenchArgs) -> Result<()> {
             args.rounds, args.seconds
         );
     }
+    Ok(())
+}
+
+/// `--only`: untraced and non-matching runs of one flood, alternating, and their ratio.
+fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) -> Result<()> {
+    let lab = Lab::new(LabConfig::default())?;
+    let sink = lab.udp_sink()?;
+    lab.udp_flood(Duration::from_secs(1), u64::MAX)?; // warm up ARP, conntrack, caches
+    let mut results: Vec<(Mode, Run)> = Vec::new();
+    for round in 0..args.rounds {
+        for mode in [Mode::Untraced, Mode::NonMatching] {
+            let r = measure(&lab, &sink, subject, mode, traffic, args.seconds)?;
+            eprintln!("round {round} {traffic:?} {mode:?}: {:.0}/s arrived", r.pps);
+            results.push((mode, r));
+        }
+    }
+    let r = measure(&lab, &sink, subject, Mode::Untraced, traffic, args.seconds)?;
+    results.push((Mode::Untraced, r));
+    println!(
+        "`cargo xtask bench --only {} --rounds {} --seconds {}`: {traffic:?} flood, filter matching nothing / untraced: {}",
+        format!("{traffic:?}").to_lowercase(),
+        args.rounds,
+        args.seconds,
+        Ratio::of(&results, Mode::NonMatching, Measure::Throughput)
+    );
     Ok(())
 }
 
