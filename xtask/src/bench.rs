@@ -395,9 +395,15 @@ fn median_pps(results: &[(Mode, Run)], mode: Mode) -> f64 {
     median(runs_in(results, mode).iter().map(|r| r.pps).collect())
 }
 
+/// The median (the mean of the middle two for an even count); 0 for no values.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Per-program average run time with bpf_stats on for one run of `traffic` in `mode`.
@@ -569,6 +575,9 @@ fn in_vm(args: &BenchArgs) -> Result<()> {
 
 /// `--only`: untraced and non-matching runs of one flood, alternating, and their ratio.
 fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) -> Result<()> {
+    if args.rounds == 0 {
+        bail!("--only measures a ratio: give it --rounds of 1 or more (6 for an interval)");
+    }
     let lab = Lab::new(LabConfig::default())?;
     let sink = lab.udp_sink()?;
     lab.udp_flood(Duration::from_secs(1), u64::MAX)?; // warm up ARP, conntrack, caches
@@ -799,6 +808,13 @@ mod tests {
     }
 
     #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    #[test]
     fn median_interval_ranks_follow_the_binomial_tables() {
         assert_eq!(median_ci_ranks(5), None, "P(all above) = 3 % > 2.5 %");
         assert_eq!(median_ci_ranks(6), Some((0, 5)));
@@ -837,6 +853,6 @@ mod tests {
         }
         results.push((Mode::Untraced, run(100.0)));
         let r = Ratio::of(&results, Mode::NonMatching, Measure::Throughput);
-        assert_eq!(r.to_string(), "0.930 (95 % CI 0.90–0.95 of 6 pairs)");
+        assert_eq!(r.to_string(), "0.925 (95 % CI 0.90–0.95 of 6 pairs)");
     }
 }
