@@ -45,11 +45,10 @@ pub struct BenchArgs {
 }
 
 fn parse_flood(s: &str) -> Result<Traffic, String> {
-    match s {
-        "udp" => Ok(Traffic::Udp),
-        "syn" => Ok(Traffic::Syn),
-        _ => Err(format!("`{s}`: the floods are udp and syn")),
-    }
+    [Traffic::Udp, Traffic::Syn]
+        .into_iter()
+        .find(|t| t.name() == s)
+        .ok_or_else(|| format!("`{s}`: the floods are udp and syn"))
 }
 
 /// What floods the lab.
@@ -60,6 +59,16 @@ pub enum Traffic {
     /// Raw-socket SYNs to the published TCP port, counted as TCP segments the container's
     /// stack receives (each SYN and the client kernel's RST to the SYN-ACK).
     Syn,
+}
+
+impl Traffic {
+    /// The name `--only` takes.
+    fn name(self) -> &'static str {
+        match self {
+            Traffic::Udp => "udp",
+            Traffic::Syn => "syn",
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -573,19 +582,39 @@ fn in_vm(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The lab and its UDP sink, warmed by a second of flood: the first packets pay for ARP,
+/// conntrack entries and cold caches, which no measured run should.
+fn warm_lab() -> Result<(Lab, lab::bench::Sink)> {
+    let lab = Lab::new(LabConfig::default())?;
+    let sink = lab.udp_sink()?;
+    lab.udp_flood(Duration::from_secs(1), u64::MAX)?;
+    Ok((lab, sink))
+}
+
+/// One measured run, as the progress line on stderr.
+fn log_run(round: u32, traffic: Traffic, mode: Mode, r: &Run) {
+    eprintln!(
+        "round {round} {traffic:?} {mode:?}: {:.0}/s arrived ({:.0} per busy CPU-s, {:.1} % stolen), {} events, {} lost, pathtrace {:.2} s CPU",
+        r.pps,
+        r.per_busy_s,
+        r.steal * 100.0,
+        r.events,
+        r.lost,
+        r.cpu_s
+    );
+}
+
 /// `--only`: untraced and non-matching runs of one flood, alternating, and their ratio.
 fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) -> Result<()> {
     if args.rounds == 0 {
         bail!("--only measures a ratio: give it --rounds of 1 or more (6 for an interval)");
     }
-    let lab = Lab::new(LabConfig::default())?;
-    let sink = lab.udp_sink()?;
-    lab.udp_flood(Duration::from_secs(1), u64::MAX)?; // warm up ARP, conntrack, caches
+    let (lab, sink) = warm_lab()?;
     let mut results: Vec<(Mode, Run)> = Vec::new();
     for round in 0..args.rounds {
         for mode in [Mode::Untraced, Mode::NonMatching] {
             let r = measure(&lab, &sink, subject, mode, traffic, args.seconds)?;
-            eprintln!("round {round} {traffic:?} {mode:?}: {:.0}/s arrived", r.pps);
+            log_run(round, traffic, mode, &r);
             results.push((mode, r));
         }
     }
@@ -593,7 +622,7 @@ fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) 
     results.push((Mode::Untraced, r));
     println!(
         "`cargo xtask bench --only {} --rounds {} --seconds {}`: {traffic:?} flood, filter matching nothing / untraced: {}",
-        format!("{traffic:?}").to_lowercase(),
+        traffic.name(),
         args.rounds,
         args.seconds,
         Ratio::of(&results, Mode::NonMatching, Measure::Throughput)
@@ -603,9 +632,7 @@ fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) 
 
 /// The interleaved floods and the table of what they measured (everything but the pipeline).
 fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
-    let lab = Lab::new(LabConfig::default())?;
-    let sink = lab.udp_sink()?;
-    lab.udp_flood(Duration::from_secs(1), u64::MAX)?; // warm up ARP, conntrack, caches
+    let (lab, sink) = warm_lab()?;
     let mut results: Vec<(Mode, Run)> = Vec::new();
     let mut syn_results: Vec<(Mode, Run)> = Vec::new();
     for round in 0..args.rounds {
@@ -620,15 +647,7 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
                 Mode::Matching,
             ] {
                 let r = measure(&lab, &sink, subject, mode, traffic, args.seconds)?;
-                eprintln!(
-                    "round {round} {traffic:?} {mode:?}: {:.0}/s arrived ({:.0} per busy CPU-s, {:.1} % stolen), {} events, {} lost, pathtrace {:.2} s CPU",
-                    r.pps,
-                    r.per_busy_s,
-                    r.steal * 100.0,
-                    r.events,
-                    r.lost,
-                    r.cpu_s
-                );
+                log_run(round, traffic, mode, &r);
                 out.push((mode, r));
             }
         }
