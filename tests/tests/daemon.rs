@@ -26,28 +26,61 @@ fn assert_prometheus_text(text: &str) {
     }
 }
 
-#[test]
-fn drops_are_counted_with_labels_and_logged_as_json() {
+/// The uplink's forwarding off, a daemon with `config`, one SYN: returns the daemon, the
+/// exposition and the drop's series, its labels checked up to the diagnosis code.
+fn forwarding_off_drop(config: impl Fn(&Lab) -> String, port: u16) -> (Daemon, String, String) {
     let lab =
         Lab::with_fault(LabConfig::default(), Fault::ForwardingOff("eth0".into())).expect("lab");
-    let d = Daemon::start("[filter]\ndport = 10001\nproto = \"tcp\"\n", 19464);
+    let d = Daemon::start(&config(&lab), port);
     assert!(!lab.connect(Duration::from_millis(1500)).unwrap());
     let m = d.wait_for_metric(|m| m.contains("reason=\"IP_INADDRERRORS\""));
     assert_prometheus_text(&m);
-    let line = m.lines().find(|l| l.contains("IP_INADDRERRORS")).unwrap();
+    let line = m
+        .lines()
+        .find(|l| l.contains("IP_INADDRERRORS"))
+        .unwrap()
+        .to_owned();
     assert!(line.contains("hook=\"ip_error\""), "{line}");
     assert!(line.contains("ifname=\"eth0\""), "{line}");
     assert!(
         line.contains(&format!("netns=\"{}\"", lab.host.name)),
         "{line}"
     );
+    (d, m, line)
+}
+
+#[test]
+fn drops_are_counted_with_labels_and_logged_as_json() {
+    let (d, m, line) = forwarding_off_drop(
+        |_| "[filter]\ndport = 10001\nproto = \"tcp\"\n".into(),
+        19464,
+    );
     assert!(line.contains("code=\"forwarding_disabled\""), "{line}");
     assert!(m.contains("pathtrace_build_info{"), "{m}");
+    assert!(m.contains("hooks=\"path\""), "{m}");
     let log = std::fs::read_to_string(d.dir.join("drops.json")).unwrap();
     let first: serde_json::Value =
         serde_json::from_str(log.lines().next().expect("a JSON line")).unwrap();
     assert_eq!(first["kind"], "verdict");
     assert_eq!(first["diagnosis"]["code"], "forwarding_disabled");
+}
+
+/// The set to leave running: kfree_skb alone still labels the drop with its reason, where it
+/// happened and the namespace; the filter names the container, since it sees the SYN after
+/// DNAT; no code, since no path was traced to diagnose from.
+#[test]
+fn drops_only_daemon_counts_the_drop_without_a_path() {
+    let (_d, m, line) = forwarding_off_drop(
+        |lab| {
+            format!(
+                "hooks = \"drops\"\n[filter]\nhost = \"{}\"\nproto = \"tcp\"\n",
+                lab.config.container_addr
+            )
+        },
+        19468,
+    );
+    assert!(m.contains("hooks=\"drops\""), "{m}");
+    assert!(line.contains("code=\"\""), "{line}");
 }
 
 #[test]

@@ -444,3 +444,55 @@ fn healthy_reply_shows_the_conntrack_rewrite() {
     assert_eq!(rw["to"]["src"], lab.config.host_addr.to_string());
     assert_eq!(rw["to"]["sport"], lab.config.published_port);
 }
+
+/// `--hooks drops`, the set to leave running: only kfree_skb is attached, the SYN's one hop is
+/// its drop, seen after DNAT (so the filter names the container, not the published port), and
+/// nothing is inferred from a path that was not traced.
+#[test]
+fn drops_only_names_the_drop_after_dnat_without_guessing_a_cause() {
+    let lab =
+        lab::Lab::with_fault(lab::LabConfig::default(), lab::Fault::DockerUserDrop).expect("lab");
+    let container = lab.config.container_addr.to_string();
+    let mut tracer =
+        lab::tracer::Tracer::start(&["--hooks", "drops", "--host", &container, "--proto", "tcp"])
+            .expect("pathtrace");
+    let ready = tracer.seen.last().cloned().unwrap_or(Value::Null);
+    assert_eq!(ready["hook_set"], "drops", "{ready:#}");
+    assert_eq!(
+        ready["hooks"],
+        serde_json::json!(["kfree_skb"]),
+        "{ready:#}"
+    );
+    assert!(
+        !lab.connect(std::time::Duration::from_millis(1500))
+            .expect("connect"),
+        "the DOCKER-USER rule must drop the SYN"
+    );
+    let v = tracer
+        .wait_for(std::time::Duration::from_secs(10), |v| {
+            v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
+        })
+        .expect("the SYN's verdict");
+    assert_eq!(v["outcome"], "dropped", "{v:#}");
+    assert_eq!(v["drop_reason"], "NETFILTER_DROP", "{v:#}");
+    // nf_hook_slow frees the skb, or on newer kernels nft_do_chain with the rule's verdict.
+    assert!(
+        ["nf_hook_slow", "nft_do_chain"].contains(&v["location"].as_str().unwrap_or("")),
+        "{v:#}"
+    );
+    assert_eq!(v["hops"], 1, "{v:#}");
+    assert_eq!(v["last_hop"]["hop"], "drop");
+    assert_eq!(
+        v["last_hop"]["ifname"], "eth0",
+        "dropped in FORWARD, still on the uplink"
+    );
+    assert_eq!(v["last_hop"]["netns_name"], lab.host.name.as_str());
+    assert_eq!(v["tuple"]["dst"], container);
+    assert_eq!(v["tuple"]["dport"], 80, "the tuple as dropped: after DNAT");
+    assert!(v["diagnosis"].is_null(), "{v:#}");
+    let stats = tracer.stop().expect("stats");
+    assert_eq!(
+        stats["delivered"], 0,
+        "no consume hook, nothing delivered: {stats}"
+    );
+}

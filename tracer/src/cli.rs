@@ -6,7 +6,10 @@ use clap::{Args, Parser};
 use tracer_common::{Filter, config::filter_field};
 
 use crate::{
-    probes::loader::{BackendChoice, ProbeSizes},
+    probes::{
+        HookSet,
+        loader::{self, BackendChoice, ProbeSizes},
+    },
     trace::TraceConfig,
 };
 
@@ -78,6 +81,11 @@ pub struct ProbeArgs {
     /// out longer bursts before events are lost (losses are always counted and reported).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+    /// Which hooks: path (every hop, NAT followed, diagnosed; the default) or drops (only
+    /// kfree_skb: where packets die, at no cost to traffic that flows; the filter sees the
+    /// packet as dropped, after any NAT; no diagnosis).
+    #[arg(long, value_name = "SET")]
+    pub hooks: Option<HookSet>,
 }
 
 /// A power of two from 1 to 1024: the kernel wants the ring a power-of-two number of pages.
@@ -202,6 +210,8 @@ impl FilterArgs {
 impl Cli {
     pub fn trace_config(&self) -> Result<TraceConfig, String> {
         let (filter, filter_text) = self.filter.to_filter()?;
+        let hooks = self.probes.hooks.unwrap_or_default();
+        loader::compatible(hooks, self.probes.backend).map_err(|e| e.to_string())?;
         Ok(TraceConfig {
             filter,
             filter_text,
@@ -209,6 +219,7 @@ impl Cli {
             count: self.stop.count,
             idle: Duration::from_millis(self.stop.idle_ms),
             backend: self.probes.backend,
+            hooks,
             container: self.filter.container.clone(),
             sizes: ProbeSizes {
                 ring_bytes: self.probes.ring_mib << 20,
@@ -264,6 +275,7 @@ mod tests {
             &["--duration", "-1"],
             &["--count", "0"],
             &["--backend", "ebpf"],
+            &["--hooks", "drop"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -278,5 +290,27 @@ mod tests {
                 .unwrap_err()
                 .contains("need --proto tcp or udp")
         );
+    }
+
+    #[test]
+    fn drops_take_no_function_backend() {
+        let cfg = parse(&["--hooks", "drops", "--dport", "80"])
+            .unwrap()
+            .trace_config()
+            .unwrap();
+        assert_eq!(cfg.hooks, HookSet::Drops);
+        let err = parse(&["--hooks", "drops", "--backend", "fentry"])
+            .unwrap()
+            .trace_config()
+            .unwrap_err();
+        assert!(err.contains("--backend fentry"), "{err}");
+        assert!(
+            parse(&["--hooks", "drops", "--backend", "tracepoint"])
+                .unwrap()
+                .trace_config()
+                .is_ok()
+        );
+        let path = parse(&["--dport", "80"]).unwrap().trace_config().unwrap();
+        assert_eq!(path.hooks, HookSet::Path);
     }
 }

@@ -38,7 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let cfg = cli
         .trace_config()
         .map_err(anyhow::Error::msg)
-        .context("invalid filter")?;
+        .context("invalid arguments")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -88,6 +88,10 @@ fn daemon(args: &DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
             pathtrace::probes::loader::BackendChoice::Auto => "auto".into(),
         };
     }
+    if let Some(hooks) = args.probes.hooks {
+        cfg.hooks = hooks.to_string();
+    }
+    cfg.probes().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -13,7 +13,7 @@ use crate::{
         Hop, Tuple, kind_name, nf_family_name, nf_hook_name, nf_verdict_name, proto_name,
         tcp_flags_name,
     },
-    probes::DropReasons,
+    probes::{DropReasons, HookSet},
     resolve::{ContainerRef, HostFacts, Published},
     verdict::{Delivery, Outcome, Verdict, decide},
 };
@@ -168,12 +168,14 @@ pub struct Report {
 }
 
 impl Report {
-    /// Runs the verdict and diagnosis stages and resolves names.
+    /// Runs the verdict and diagnosis stages and resolves names. Only a packet traced along
+    /// its path (`hooks` path) is diagnosed: the rules read the hops before the drop.
     pub fn build(
         packet: Packet,
         flow: Option<FlowView>,
         facts: &mut dyn HostFacts,
         reasons: &DropReasons,
+        hooks: HookSet,
     ) -> Self {
         let verdict = decide(&packet, facts, reasons);
         let target = packet
@@ -188,7 +190,10 @@ impl Report {
             flow: flow.as_ref(),
             target: target.as_ref(),
         };
-        let diagnosis = diagnose(&case, facts);
+        let diagnosis = match hooks {
+            HookSet::Path => diagnose(&case, facts),
+            HookSet::Drops => None,
+        };
         let hops = packet
             .hops
             .iter()

@@ -20,12 +20,12 @@ use crate::{
     events::Hop,
     output::{Output, Ready, Stats},
     probes::{
-        ProbeError, Probes,
+        HookSet, ProbeError, Probes,
         loader::{BackendChoice, ProbeSizes},
     },
     report::Report,
     resolve::{
-        Resolver, SharedIndex,
+        HostFacts, Resolver, SharedIndex,
         docker::{self, DockerStatus},
     },
     verdict::Outcome,
@@ -54,6 +54,7 @@ pub struct TraceConfig {
     pub idle: Duration,
     pub sizes: ProbeSizes,
     pub backend: BackendChoice,
+    pub hooks: HookSet,
     pub max_packets: usize,
     pub max_flows: usize,
     /// `--container`: resolved through Docker into the kernel filter before attaching.
@@ -70,6 +71,7 @@ impl Default for TraceConfig {
             idle: Duration::from_millis(500),
             sizes: ProbeSizes::default(),
             backend: BackendChoice::Auto,
+            hooks: HookSet::Path,
             max_packets: 65536,
             max_flows: 65536,
             container: None,
@@ -95,6 +97,9 @@ pub struct Pipeline {
     flows: FlowTable,
     resolver: Resolver,
     drop_reasons: crate::probes::DropReasons,
+    /// Without the path (`--hooks drops`) the diagnosis rules would reason from hops that were
+    /// never traced: they do not run.
+    hooks: HookSet,
     finished: Vec<Packet>,
     pub stats: Stats,
 }
@@ -110,6 +115,7 @@ impl Pipeline {
             flows: FlowTable::new(cfg.max_flows),
             resolver: Resolver::new().with_containers(containers),
             drop_reasons,
+            hooks: cfg.hooks,
             finished: Vec::new(),
             stats: Stats::default(),
         }
@@ -142,7 +148,13 @@ impl Pipeline {
         let mut n = 0;
         for packet in std::mem::take(&mut self.finished) {
             let flow = self.flows.observe(&packet);
-            let report = Report::build(packet, flow, &mut self.resolver, &self.drop_reasons);
+            let report = Report::build(
+                packet,
+                flow,
+                &mut self.resolver,
+                &self.drop_reasons,
+                self.hooks,
+            );
             self.stats.packets += 1;
             match report.verdict.outcome {
                 Outcome::Delivered => self.stats.delivered += 1,
@@ -162,6 +174,25 @@ impl Pipeline {
 pub enum Control {
     /// Swap the kernel filter without detaching anything.
     SetFilter(Filter),
+}
+
+/// `--hooks drops --dport P` where Docker publishes P: kfree_skb sees the packet after DNAT,
+/// with the container's port, so the filter would never match a drop past PREROUTING.
+fn published_dport_warning(filter: &Filter, facts: &mut dyn HostFacts) -> Option<String> {
+    if filter.fields & filter_field::DPORT == 0 {
+        return None;
+    }
+    let p = match filter.proto {
+        0 => facts
+            .published(filter.dport, 6)
+            .or_else(|| facts.published(filter.dport, 17)),
+        proto => facts.published(filter.dport, proto),
+    }?;
+    let (name, port) = (&p.container.name, p.container_port);
+    Some(format!(
+        "--hooks drops sees packets as they are dropped, after Docker's DNAT: port {} is published to port {port} of container {name}, so its drops past PREROUTING carry port {port}; filter with --container {name} to see them",
+        filter.dport
+    ))
 }
 
 /// Runs a trace until the duration, count, or a signal ends it; returns the totals.
@@ -185,18 +216,24 @@ pub async fn run_controlled(
         container_filter(&mut cfg, &name, &containers, &docker_status)?;
     }
     let watcher = tokio::spawn(docker::watch(containers.clone(), socket));
-    let mut probes = Probes::attach(cfg.filter, cfg.sizes, cfg.backend)?;
+    let mut probes = Probes::attach(cfg.filter, cfg.sizes, cfg.backend, cfg.hooks)?;
     let ring = probes.take_events()?;
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
     let mut pipeline = Pipeline::new(&cfg, probes.drop_reasons.clone(), containers);
     pipeline.resolver.prefetch_own_ruleset();
+    if cfg.hooks == HookSet::Drops
+        && let Some(w) = published_dport_warning(&cfg.filter, &mut pipeline.resolver)
+    {
+        tracing::warn!("{w}");
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     out.ready(&Ready {
         backend: probes.backend.to_string(),
         backend_reason: probes.backend_reason.clone(),
+        hook_set: probes.hooks,
         hooks: probes.attached.clone(),
         attachments: probes.attachments.clone(),
         skipped_hooks: probes
@@ -363,4 +400,30 @@ fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, limit: usize
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{Filter, config::filter_field};
+
+    use super::published_dport_warning;
+    use crate::resolve::fixture::FakeHost;
+
+    #[test]
+    fn drops_mode_warns_that_a_published_port_is_dnated_before_the_drop() {
+        let mut host = FakeHost::lab_with_docker();
+        let mut f = Filter::any();
+        f.fields |= filter_field::DPORT;
+        f.dport = 10001;
+        let w = published_dport_warning(&f, &mut host).expect("10001 is published");
+        assert!(w.contains("to port 80 of container web-1"), "{w}");
+        assert!(w.contains("--container web-1"), "{w}");
+        f.dport = 10002;
+        assert_eq!(published_dport_warning(&f, &mut host), None);
+        assert_eq!(
+            published_dport_warning(&Filter::any(), &mut host),
+            None,
+            "no port, nothing to warn about"
+        );
+    }
 }

@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// where the goal is tightest. Prints the ratio; writes nothing.
     #[arg(long, value_name = "FLOOD", value_parser = parse_flood, conflicts_with = "vm")]
     pub only: Option<Traffic>,
+    /// With --only: trace with this hook set (pathtrace's --hooks): `drops` measures the set
+    /// meant to be left running.
+    #[arg(long, value_name = "SET", requires = "only", value_parser = ["path", "drops"], default_value = "path")]
+    pub hooks: String,
     /// Inside the VM: measure with this backend and the pathtrace on PATH, nothing else.
     #[arg(long, hide = true, value_name = "BACKEND")]
     pub guest: Option<String>,
@@ -126,6 +130,8 @@ impl Tracer {
 struct Subject<'a> {
     bin: &'a std::path::Path,
     backend: &'a str,
+    /// pathtrace's --hooks; `path`, the default, is not passed (older builds lack the flag).
+    hooks: &'a str,
 }
 
 fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<Option<Tracer>> {
@@ -147,6 +153,12 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
     let mut child = Command::new(subject.bin)
         .args(filter)
         .args(["--json", "--backend", subject.backend])
+        .args(
+            Some(["--hooks", subject.hooks])
+                .filter(|_| subject.hooks != "path")
+                .into_iter()
+                .flatten(),
+        )
         .stdout(file)
         .stderr(Stdio::null())
         .spawn()
@@ -159,7 +171,15 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
         }
         let head = std::fs::read_to_string(&output).unwrap_or_default();
         if let Some(line) = head.lines().find(|l| l.contains("\"kind\":\"ready\"")) {
-            let ready = serde_json::from_str(line).unwrap_or_default();
+            let ready: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            if subject.hooks != "path" && ready["hook_set"] != subject.hooks {
+                let _ = child.kill();
+                bail!(
+                    "pathtrace attached {} hooks, not {}",
+                    ready["hook_set"],
+                    subject.hooks
+                );
+            }
             return Ok(Some(Tracer {
                 child,
                 output,
@@ -496,6 +516,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let subject = Subject {
             bin: std::path::Path::new(&bin),
             backend,
+            hooks: "path",
         };
         let table = measure_table(&args, &subject)?;
         println!("PTBENCH-TABLE-BEGIN\n{table}PTBENCH-TABLE-END");
@@ -520,6 +541,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let subject = Subject {
         bin: &bin,
         backend: "tracepoint",
+        hooks: &args.hooks,
     };
     if let Some(traffic) = args.only {
         return non_matching_only(&args, &subject, traffic);
@@ -621,8 +643,13 @@ fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) 
     let r = measure(&lab, &sink, subject, Mode::Untraced, traffic, args.seconds)?;
     results.push((Mode::Untraced, r));
     println!(
-        "`cargo xtask bench --only {} --rounds {} --seconds {}`: {traffic:?} flood, filter matching nothing / untraced: {}",
+        "`cargo xtask bench --only {}{} --rounds {} --seconds {}`: {traffic:?} flood, filter matching nothing / untraced: {}",
         traffic.name(),
+        if subject.hooks == "path" {
+            String::new()
+        } else {
+            format!(" --hooks {}", subject.hooks)
+        },
         args.rounds,
         args.seconds,
         Ratio::of(&results, Mode::NonMatching, Measure::Throughput)

@@ -8,7 +8,13 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::cli::FilterArgs;
+use crate::{
+    cli::FilterArgs,
+    probes::{
+        HookSet,
+        loader::{self, BackendChoice},
+    },
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -90,6 +96,8 @@ pub struct DaemonConfig {
     /// Prometheus endpoint; anything but loopback is an explicit choice.
     pub listen: SocketAddr,
     pub backend: String,
+    /// `path` or `drops` (`--hooks`): `drops` is the set that costs flowing traffic nothing.
+    pub hooks: String,
     pub filter: FilterConfig,
     pub json: JsonConfig,
     pub limits: Limits,
@@ -100,6 +108,7 @@ impl Default for DaemonConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             backend: "auto".into(),
+            hooks: "path".into(),
             filter: FilterConfig::default(),
             json: JsonConfig::default(),
             limits: Limits::default(),
@@ -128,7 +137,19 @@ impl DaemonConfig {
                 path: path.to_owned(),
                 message,
             })?;
+        cfg.probes().map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(cfg)
+    }
+
+    /// `backend` and `hooks`, parsed and checked against each other.
+    pub fn probes(&self) -> Result<(BackendChoice, HookSet), String> {
+        let backend: BackendChoice = self.backend.parse()?;
+        let hooks: HookSet = self.hooks.parse()?;
+        loader::compatible(hooks, backend).map_err(|e| e.to_string())?;
+        Ok((backend, hooks))
     }
 
     /// The filter section as the trace flags, so both are validated by one piece of code.
@@ -185,5 +206,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("need --proto tcp or udp"), "{err}");
+        let err = DaemonConfig::parse("hooks = \"drops\"\nbackend = \"kprobe\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("p.toml: --backend kprobe"), "{err}");
+        let err = DaemonConfig::parse("hooks = \"all\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown hook set `all`"), "{err}");
+        let cfg = DaemonConfig::parse("hooks = \"drops\"\n", "p.toml").expect("valid");
+        assert_eq!(cfg.probes(), Ok((BackendChoice::Auto, HookSet::Drops)));
     }
 }

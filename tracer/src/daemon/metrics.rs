@@ -40,6 +40,8 @@ pub struct Metrics {
     pub live_packets: u64,
     pub flows: u64,
     pub backend: String,
+    /// `path` or `drops`: which hooks are attached.
+    pub hooks: String,
     pub filter_reloads: u64,
 }
 
@@ -136,13 +138,14 @@ impl Metrics {
         }
         let _ = writeln!(
             s,
-            "# HELP pathtrace_build_info Version and backend.\n# TYPE pathtrace_build_info gauge"
+            "# HELP pathtrace_build_info Version, backend and hook set.\n# TYPE pathtrace_build_info gauge"
         );
         let _ = writeln!(
             s,
-            "pathtrace_build_info{{version=\"{}\",backend=\"{}\"}} 1",
+            "pathtrace_build_info{{version=\"{}\",backend=\"{}\",hooks=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION"),
-            escape(&self.backend)
+            escape(&self.backend),
+            escape(&self.hooks)
         );
         s
     }

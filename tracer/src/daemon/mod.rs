@@ -119,8 +119,9 @@ impl Output for DaemonOutput {
             s.attached = true;
             s.last_tick = Some(Instant::now());
             s.metrics.backend = ready.backend.clone();
+            s.metrics.hooks = ready.hook_set.to_string();
         }
-        tracing::info!(backend = %ready.backend, reason = %ready.backend_reason, filter = %ready.filter, docker = %ready.docker, "pathtrace daemon ready");
+        tracing::info!(backend = %ready.backend, hooks = %ready.hook_set, reason = %ready.backend_reason, filter = %ready.filter, docker = %ready.docker, "pathtrace daemon ready");
         Ok(())
     }
 
@@ -233,16 +234,15 @@ pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), 
         })
     });
 
+    let (backend, hooks) = cfg.probes().map_err(|message| config::ConfigError::Parse {
+        path: "backend/hooks".into(),
+        message,
+    })?;
     let trace_cfg = TraceConfig {
         filter,
         filter_text,
-        backend: cfg
-            .backend
-            .parse()
-            .map_err(|message| config::ConfigError::Parse {
-                path: "backend".into(),
-                message,
-            })?,
+        backend,
+        hooks,
         max_packets: cfg.limits.max_packets,
         max_flows: cfg.limits.max_flows,
         sizes: crate::probes::loader::ProbeSizes {

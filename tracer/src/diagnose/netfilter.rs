@@ -695,7 +695,7 @@ mod tests {
         correlate::{FlowTable, Packet},
         diagnose::ruleset::Ruleset,
         events::fixture::*,
-        probes::DropReasons,
+        probes::{DropReasons, HookSet},
         report::Report,
         resolve::fixture::FakeHost,
     };
@@ -751,7 +751,7 @@ mod tests {
             freed: true,
         };
         let flow = FlowTable::new(4).observe(&packet);
-        Report::build(packet, flow, host, &reasons())
+        Report::build(packet, flow, host, &reasons(), HookSet::Path)
     }
 
     fn dropped_at(

@@ -9,6 +9,7 @@ use super::{Output, Ready, Stats};
 use crate::{
     correlate::flow::RewriteKind,
     events::{proto_name, tcp_flags_string},
+    probes::HookSet,
     report::Report,
     verdict::{Delivery, Outcome},
 };
@@ -185,6 +186,12 @@ impl<W: Write> Output for HumanOutput<W> {
         } else {
             writeln!(self.out, "pathtrace: Docker {}", ready.docker)?;
         }
+        if ready.hook_set == HookSet::Drops {
+            writeln!(
+                self.out,
+                "pathtrace: drops only (--hooks drops): no path before a drop, no NAT following, no diagnosis; trace without it to see why"
+            )?;
+        }
         for skipped in &ready.skipped_hooks {
             writeln!(self.out, "pathtrace: without {skipped}")?;
         }
@@ -223,7 +230,7 @@ mod tests {
     use crate::{
         correlate::{FlowTable, Packet},
         events::fixture::*,
-        probes::DropReasons,
+        probes::{DropReasons, HookSet},
         resolve::fixture::FakeHost,
     };
 
@@ -235,7 +242,34 @@ mod tests {
         };
         let flow = FlowTable::new(8).observe(&packet);
         let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
-        Report::build(packet, flow, host, &reasons)
+        Report::build(packet, flow, host, &reasons, HookSet::Path)
+    }
+
+    #[test]
+    fn a_drop_traced_alone_names_where_and_why_but_guesses_no_cause() {
+        // --hooks drops: kfree_skb is the packet's only hop. The forwarding rule would need
+        // the receive before it; nothing may be inferred from hops never traced.
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        let hops: Vec<_> = forwarding_off_syn()
+            .into_iter()
+            .filter(|h| h.kind == HopKind::Drop)
+            .collect();
+        assert_eq!(hops.len(), 1);
+        let packet = Packet {
+            skb: SKB,
+            hops,
+            freed: true,
+        };
+        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
+        let r = Report::build(packet, None, &mut host, &reasons, HookSet::Drops);
+        assert!(r.diagnosis.is_none());
+        let text = render(&r);
+        assert!(
+            text.contains("=> DROPPED after eth0 (lab-host): IP_INADDRERRORS at ip_error"),
+            "{text}"
+        );
+        assert!(!text.contains("fix:"), "{text}");
     }
 
     #[test]
@@ -300,7 +334,10 @@ mod netfilter_tests {
 
     use super::*;
     use crate::{
-        correlate::Packet, events::fixture::*, probes::DropReasons, resolve::fixture::FakeHost,
+        correlate::Packet,
+        events::fixture::*,
+        probes::{DropReasons, HookSet},
+        resolve::fixture::FakeHost,
     };
 
     #[test]
@@ -319,7 +356,13 @@ mod netfilter_tests {
             hops: vec![hop(nf), hop(veth)],
             freed: false,
         };
-        let r = Report::build(packet, None, &mut FakeHost::lab(), &DropReasons::default());
+        let r = Report::build(
+            packet,
+            None,
+            &mut FakeHost::lab(),
+            &DropReasons::default(),
+            HookSet::Path,
+        );
         let text = render(&r);
         assert!(text.contains("netfilter      eth0 @ lab-host"), "{text}");
         assert!(
@@ -341,7 +384,7 @@ mod container_tests {
     use crate::{
         correlate::{FlowTable, Packet},
         events::fixture::*,
-        probes::DropReasons,
+        probes::{DropReasons, HookSet},
         resolve::fixture::FakeHost,
     };
 
@@ -354,7 +397,13 @@ mod container_tests {
             freed: true,
         };
         let flow = FlowTable::new(4).observe(&packet);
-        let r = Report::build(packet, flow, &mut host, &DropReasons::default());
+        let r = Report::build(
+            packet,
+            flow,
+            &mut host,
+            &DropReasons::default(),
+            HookSet::Path,
+        );
         let text = render(&r);
         assert!(text.contains("veth0c1 (web-1:eth0) @ lab-host"), "{text}");
         assert!(text.contains("target: container web-1 (0123456789ab, nginx:1.27) — port 10001 published to 172.17.0.2:80"), "{text}");
@@ -376,7 +425,7 @@ mod container_tests {
             freed: true,
         };
         let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
-        let r = Report::build(packet, None, &mut host, &reasons);
+        let r = Report::build(packet, None, &mut host, &reasons, HookSet::Path);
         assert_eq!(
             r.target.as_ref().map(|t| t.container.name.as_str()),
             Some("web-1")

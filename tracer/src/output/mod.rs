@@ -26,6 +26,8 @@ pub trait Output {
 pub struct Ready {
     pub backend: String,
     pub backend_reason: String,
+    /// `path` or `drops` (`--hooks`).
+    pub hook_set: crate::probes::HookSet,
     /// Hook targets (`netif_receive_skb`, `nf_hook_slow`, ...).
     pub hooks: Vec<&'static str>,
     /// How each is attached (`tp_btf:kfree_skb`, `fexit:nf_hook_slow`, ...).

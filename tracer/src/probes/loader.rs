@@ -12,7 +12,8 @@ use aya::{
 use tracer_common::{Filter, KernelOffsets, config::have, counter};
 
 use super::{
-    Attach, Backend, DropReasons, FUNCTION_HOOKS, FunctionHook, Needs, Program, TRACEPOINTS,
+    Attach, Backend, DropReasons, FUNCTION_HOOKS, FunctionHook, HookSet, Needs, Program,
+    TRACEPOINTS, TracepointHook,
     btf::{Btf, BtfError, KERNEL_BTF},
     kfunc::{self, KfuncError, Kfuncs},
     offsets::{self, OffsetError},
@@ -58,6 +59,10 @@ pub enum ProbeError {
     BackendUnavailable { backend: Backend, reason: String },
     #[error("no backend could attach: {0}")]
     NoBackend(String),
+    #[error(
+        "--backend {0} chooses how function hooks attach, and --hooks drops has none (kfree_skb is a tracepoint): leave out one of the two"
+    )]
+    DropsWithBackend(Backend),
     #[error("{what}: {source}")]
     Program {
         what: String,
@@ -112,6 +117,8 @@ impl Default for ProbeSizes {
 pub struct Probes {
     ebpf: Ebpf,
     pub backend: Backend,
+    /// The hook set attached.
+    pub hooks: HookSet,
     /// Why this backend (what auto tried, or that it was asked for).
     pub backend_reason: String,
     /// Hook targets attached, in table order (`netif_receive_skb`, `nf_hook_slow`, ...).
@@ -168,18 +175,31 @@ impl KernelFacts {
 struct Attempt<'a> {
     filter: Filter,
     sizes: ProbeSizes,
+    hooks: HookSet,
     facts: &'a mut KernelFacts,
     aya_btf: &'a aya::Btf,
 }
 
+/// Refuses `--hooks drops` with a function backend: the set has no function hook to attach.
+pub fn compatible(hooks: HookSet, choice: BackendChoice) -> Result<(), ProbeError> {
+    match (hooks, choice) {
+        (HookSet::Drops, BackendChoice::Only(b)) if b != Backend::Tracepoint => {
+            Err(ProbeError::DropsWithBackend(b))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Probes {
-    /// Loads the programs with `filter` and attaches the chosen backend's hook points; returns
-    /// once every required hook is attached.
+    /// Loads the programs with `filter` and attaches the chosen backend's hook points of the
+    /// set `hooks`; returns once every required hook is attached.
     pub fn attach(
         filter: Filter,
         sizes: ProbeSizes,
         choice: BackendChoice,
+        hooks: HookSet,
     ) -> Result<Self, ProbeError> {
+        compatible(hooks, choice)?;
         check_privileges()?;
         let mut facts = KernelFacts::read()?;
         let aya_btf = aya::Btf::from_sys_fs()?;
@@ -187,9 +207,16 @@ impl Probes {
         let mut attempt = Attempt {
             filter,
             sizes,
+            hooks,
             facts: &mut facts,
             aya_btf: &aya_btf,
         };
+        if hooks == HookSet::Drops {
+            // Every hook of the set is a tracepoint: there is no backend to choose.
+            let mut p = attempt.run(Backend::Tracepoint)?;
+            p.backend_reason = "--hooks drops: only where packets are dropped".into();
+            return Ok(p);
+        }
         match choice {
             BackendChoice::Only(backend) => {
                 let mut p = attempt.run(backend)?;
@@ -326,12 +353,14 @@ impl Attempt<'_> {
         write_filter(&mut ebpf, self.filter)?;
         let mut done = Attached::default();
         self.attach_tracepoints(&mut ebpf, &mut done)?;
-        for hook in FUNCTION_HOOKS {
+        let hooks = self.hooks;
+        for hook in FUNCTION_HOOKS.iter().filter(|h| hooks.includes(h.kind)) {
             self.attach_function(&mut ebpf, &mut done, hook, backend, kprobes)?;
         }
         Ok(Probes {
             ebpf,
             backend,
+            hooks: self.hooks,
             backend_reason: String::new(),
             attached: done.targets,
             attachments: done.attachments,
@@ -347,7 +376,9 @@ impl Attempt<'_> {
         ebpf: &mut Ebpf,
         probes: &mut Attached,
     ) -> Result<(), ProbeError> {
-        for hook in TRACEPOINTS {
+        let hooks = self.hooks;
+        let in_set = |h: &&TracepointHook| hooks.includes(h.kind);
+        for hook in TRACEPOINTS.iter().filter(in_set) {
             let Some(args) = self.facts.btf.tracepoint_args(hook.tracepoint) else {
                 let reason = format!("BTF has no btf_trace_{}", hook.tracepoint);
                 if hook.required {
@@ -374,7 +405,7 @@ impl Attempt<'_> {
                 .attachments
                 .push(format!("tp_btf:{}", hook.tracepoint));
         }
-        for hook in TRACEPOINTS.iter().filter(|h| h.required) {
+        for hook in TRACEPOINTS.iter().filter(in_set).filter(|h| h.required) {
             if !probes.targets.contains(&hook.tracepoint) {
                 return Err(ProbeError::NoHook {
                     target: hook.tracepoint,

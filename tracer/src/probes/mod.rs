@@ -61,6 +61,52 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// Which hook points to attach: the whole path, or only where packets are freed as drops.
+///
+/// `drops` is the set to leave running on a busy host: `kfree_skb` fires only when a packet
+/// dies, so traffic that flows pays nothing, where the path set costs each forwarded packet
+/// five or six tracepoint calls (docs/performance.md). The price: no path before the drop,
+/// no NAT following (the filter sees the packet as it is when dropped), no diagnosis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookSet {
+    #[default]
+    Path,
+    Drops,
+}
+
+impl HookSet {
+    /// Whether hooks producing `kind` hops belong to the set.
+    pub fn includes(self, kind: HopKind) -> bool {
+        match self {
+            Self::Path => true,
+            Self::Drops => kind == HopKind::Drop,
+        }
+    }
+}
+
+impl fmt::Display for HookSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Path => "path",
+            Self::Drops => "drops",
+        })
+    }
+}
+
+impl std::str::FromStr for HookSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "path" => Ok(Self::Path),
+            "drops" => Ok(Self::Drops),
+            other => Err(format!(
+                "unknown hook set `{other}`: path (every hop, the default) or drops (kfree_skb only)"
+            )),
+        }
+    }
+}
+
 /// How one program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
@@ -266,6 +312,29 @@ mod tests {
                 assert!(fits <= 1, "{tp} with {args} args: {fits} programs");
             }
         }
+    }
+
+    #[test]
+    fn the_drops_set_is_kfree_skb_alone() {
+        let tps: Vec<&str> = TRACEPOINTS
+            .iter()
+            .filter(|h| HookSet::Drops.includes(h.kind))
+            .map(|h| h.tracepoint)
+            .collect();
+        assert_eq!(tps, ["kfree_skb"]);
+        assert!(
+            FUNCTION_HOOKS
+                .iter()
+                .all(|f| !HookSet::Drops.includes(f.kind))
+        );
+        assert!(TRACEPOINTS.iter().all(|h| HookSet::Path.includes(h.kind)));
+        assert_eq!("drops".parse::<HookSet>(), Ok(HookSet::Drops));
+        assert!(
+            "drop"
+                .parse::<HookSet>()
+                .unwrap_err()
+                .contains("path (every hop")
+        );
     }
 
     #[test]
