@@ -14,8 +14,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::status;
 
+/// bpftool: the daemon's SIGKILL test and the bench's per-hook costs list loaded programs.
 const PACKAGES: &[&str] = &[
-    "iproute2", "iptables", "nftables", "ethtool", "procps", "kmod",
+    "iproute2", "iptables", "nftables", "ethtool", "procps", "kmod", "bpftool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
