@@ -91,7 +91,6 @@ fn daemon(args: &DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(hooks) = args.probes.hooks {
         cfg.hooks = hooks.to_string();
     }
-    cfg.probes().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

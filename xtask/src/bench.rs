@@ -134,6 +134,13 @@ struct Subject<'a> {
     hooks: &'a str,
 }
 
+impl Subject<'_> {
+    /// The hook set to ask for, unless it is the default.
+    fn hooks_flag(&self) -> Option<&str> {
+        (self.hooks != "path").then_some(self.hooks)
+    }
+}
+
 fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<Option<Tracer>> {
     let proto = match traffic {
         Traffic::Udp => "udp",
@@ -154,10 +161,10 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
         .args(filter)
         .args(["--json", "--backend", subject.backend])
         .args(
-            Some(["--hooks", subject.hooks])
-                .filter(|_| subject.hooks != "path")
+            subject
+                .hooks_flag()
                 .into_iter()
-                .flatten(),
+                .flat_map(|set| ["--hooks", set]),
         )
         .stdout(file)
         .stderr(Stdio::null())
@@ -172,13 +179,11 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
         let head = std::fs::read_to_string(&output).unwrap_or_default();
         if let Some(line) = head.lines().find(|l| l.contains("\"kind\":\"ready\"")) {
             let ready: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            if subject.hooks != "path" && ready["hook_set"] != subject.hooks {
+            if let Some(set) = subject.hooks_flag()
+                && ready["hook_set"] != set
+            {
                 let _ = child.kill();
-                bail!(
-                    "pathtrace attached {} hooks, not {}",
-                    ready["hook_set"],
-                    subject.hooks
-                );
+                bail!("pathtrace attached {} hooks, not {set}", ready["hook_set"]);
             }
             return Ok(Some(Tracer {
                 child,
@@ -645,11 +650,9 @@ fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) 
     println!(
         "`cargo xtask bench --only {}{} --rounds {} --seconds {}`: {traffic:?} flood, filter matching nothing / untraced: {}",
         traffic.name(),
-        if subject.hooks == "path" {
-            String::new()
-        } else {
-            format!(" --hooks {}", subject.hooks)
-        },
+        subject
+            .hooks_flag()
+            .map_or_else(String::new, |set| format!(" --hooks {set}")),
         args.rounds,
         args.seconds,
         Ratio::of(&results, Mode::NonMatching, Measure::Throughput)

@@ -180,6 +180,11 @@ pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), 
                 path: "flags".into(),
                 message,
             })?;
+    // Flags may pair what the file did not: checked, like the filter, before anything is bound.
+    let (backend, hooks) = cfg.probes().map_err(|message| config::ConfigError::Parse {
+        path: "flags".into(),
+        message,
+    })?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -234,10 +239,6 @@ pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), 
         })
     });
 
-    let (backend, hooks) = cfg.probes().map_err(|message| config::ConfigError::Parse {
-        path: "backend/hooks".into(),
-        message,
-    })?;
     let trace_cfg = TraceConfig {
         filter,
         filter_text,
