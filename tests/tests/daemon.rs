@@ -67,10 +67,11 @@ fn drops_are_counted_with_labels_and_logged_as_json() {
 
 /// The set to leave running: kfree_skb alone still labels the drop with its reason, where it
 /// happened and the namespace; the filter names the container, since it sees the SYN after
-/// DNAT; no code, since no path was traced to diagnose from.
+/// DNAT. ip_error frees the SYN on its input device, so the drop alone proves the cause: the
+/// code is there, as with the path, and the JSON line carries the fix.
 #[test]
 fn drops_only_daemon_counts_the_drop_without_a_path() {
-    let (_d, m, line) = forwarding_off_drop(
+    let (d, m, line) = forwarding_off_drop(
         |lab| {
             format!(
                 "hooks = \"drops\"\n[filter]\nhost = \"{}\"\nproto = \"tcp\"\n",
@@ -80,7 +81,18 @@ fn drops_only_daemon_counts_the_drop_without_a_path() {
         19468,
     );
     assert!(m.contains("hooks=\"drops\""), "{m}");
-    assert!(line.contains("code=\"\""), "{line}");
+    assert!(line.contains("code=\"forwarding_disabled\""), "{line}");
+    let log = std::fs::read_to_string(d.dir.join("drops.json")).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(log.lines().next().expect("a JSON line")).unwrap();
+    assert_eq!(first["hops"], 1, "{first}");
+    assert_eq!(first["diagnosis"]["code"], "forwarding_disabled");
+    assert!(
+        first["diagnosis"]["fix"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("sysctl -w net.ipv4.conf.eth0.forwarding=1")),
+        "{first}"
+    );
 }
 
 #[test]

@@ -496,3 +496,47 @@ fn drops_only_names_the_drop_after_dnat_without_guessing_a_cause() {
         "no consume hook, nothing delivered: {stats}"
     );
 }
+
+/// Field note 002 with kfree_skb alone: the SYN dies with NO_SOCKET in the host namespace,
+/// still addressed to the published port, and that one hop is proof enough that its DNAT
+/// never ran: the daemon's cheap set names the shadowing rule as the path set does.
+#[test]
+fn drops_only_still_names_a_skipped_dnat() {
+    let lab = lab::Lab::with_fault(
+        lab::LabConfig::default(),
+        lab::Fault::PreroutingAcceptShadow,
+    )
+    .expect("lab");
+    let mut tracer =
+        lab::tracer::Tracer::start(&["--hooks", "drops", "--dport", "10001"]).expect("pathtrace");
+    assert!(
+        !lab.connect(std::time::Duration::from_millis(1500))
+            .expect("connect"),
+        "the host itself must refuse the SYN"
+    );
+    let v = tracer
+        .wait_for(std::time::Duration::from_secs(10), |v| {
+            v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
+        })
+        .expect("the SYN's verdict");
+    assert_eq!(v["hops"], 1, "{v:#}");
+    assert_eq!(v["drop_reason"], "NO_SOCKET", "{v:#}");
+    assert_eq!(v["last_hop"]["netns_name"], lab.host.name.as_str());
+    let d = &v["diagnosis"];
+    assert_eq!(d["code"], "dnat_skipped", "{v:#}");
+    assert_eq!(d["rule"]["chain"], "PREROUTING", "{d:#}");
+    assert_eq!(d["rule"]["index"], 1, "{d:#}");
+    assert_eq!(
+        d["fix"],
+        format!(
+            "ip netns exec {} iptables -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DOCKER",
+            lab.host.name
+        )
+    );
+    assert!(
+        evidence(&v)[0].ends_with("until it was dropped: no DNAT"),
+        "{:?}",
+        evidence(&v)
+    );
+    tracer.stop().expect("stats");
+}

@@ -83,7 +83,7 @@ pub struct ProbeArgs {
     pub ring_mib: u32,
     /// Which hooks: path (every hop, NAT followed, diagnosed; the default) or drops (only
     /// kfree_skb: where packets die, at no cost to traffic that flows; the filter sees the
-    /// packet as dropped, after any NAT; no diagnosis).
+    /// packet as dropped, after any NAT; a cause only where the drop alone proves it).
     #[arg(long, value_name = "SET")]
     pub hooks: Option<HookSet>,
 }

@@ -168,8 +168,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// Runs the verdict and diagnosis stages and resolves names. Only a packet traced along
-    /// its path (`hooks` path) is diagnosed: the rules read the hops before the drop.
+    /// Runs the verdict and diagnosis stages and resolves names. Without the path (`hooks`
+    /// drops) only the rules a drop alone can prove run (`Rule::from_drop_alone`).
     pub fn build(
         packet: Packet,
         flow: Option<FlowView>,
@@ -189,11 +189,9 @@ impl Report {
             verdict: &verdict,
             flow: flow.as_ref(),
             target: target.as_ref(),
+            hooks,
         };
-        let diagnosis = match hooks {
-            HookSet::Path => diagnose(&case, facts),
-            HookSet::Drops => None,
-        };
+        let diagnosis = diagnose(&case, facts);
         let hops = packet
             .hops
             .iter()

@@ -9,6 +9,8 @@ use crate::resolve::HostFacts;
 
 pub const RULE: Rule = Rule {
     code: "forwarding_disabled",
+    // ip_error frees the skb on the device it came in on: the drop names the interface.
+    from_drop_alone: true,
     check,
 };
 
@@ -47,7 +49,7 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
 
     let mut evidence = vec![
         format!(
-            "kfree_skb: reason IP_INADDRERRORS at {location}, right after the receive on {ifname}"
+            "kfree_skb: reason IP_INADDRERRORS at {location} on {ifname}, the interface it came in on"
         ),
         format!("{key} = 0 in netns {ns}"),
     ];
@@ -102,7 +104,7 @@ mod tests {
         correlate::Packet,
         diagnose::{Case, diagnose},
         events::fixture::*,
-        probes::DropReasons,
+        probes::{DropReasons, HookSet},
         resolve::fixture::FakeHost,
         verdict::decide,
     };
@@ -121,6 +123,7 @@ mod tests {
                 verdict: &verdict,
                 flow: None,
                 target: None,
+                hooks: HookSet::Path,
             },
             host,
         )

@@ -3,6 +3,10 @@
 //! Each fault family is a file with one or more [`Rule`]s; [`RULES`] is the one list to extend.
 //! Rules only read: a verdict, the packet's hops and [`HostFacts`] (sysctls, interfaces). They
 //! never change the host.
+//!
+//! With `--hooks drops` a packet is one hop, its drop. A rule runs there only when it says the
+//! drop alone proves its case ([`Rule::from_drop_alone`]); the rest reason from hops before the
+//! drop and stay silent rather than guess.
 
 mod forwarding;
 pub(crate) mod netfilter;
@@ -17,6 +21,7 @@ use self::ruleset::{CtState, PacketAtHook, RuleRef};
 use crate::{
     correlate::{FlowView, Packet, flow::Direction},
     events::{Hop, Tuple, tcp_flags_string},
+    probes::HookSet,
     report::Target,
     resolve::HostFacts,
     verdict::Verdict,
@@ -52,6 +57,8 @@ pub struct Case<'a> {
     pub flow: Option<&'a FlowView>,
     /// The container the packet was meant for (its destination port is published).
     pub target: Option<&'a Target>,
+    /// What was traced: with [`HookSet::Drops`] the packet's only hop is its drop.
+    pub hooks: HookSet,
 }
 
 impl Case<'_> {
@@ -61,7 +68,12 @@ impl Case<'_> {
     }
 
     /// The last receive before the drop (or the end): the interface the packet came in on.
+    /// Without the path (`--hooks drops`) it is the drop itself: `skb->dev` there is the input
+    /// device for every drop a [`Rule::from_drop_alone`] rule reads, which is why it may.
     pub fn input_hop(&self) -> Option<&Hop> {
+        if self.hooks == HookSet::Drops {
+            return self.drop_hop();
+        }
         let end = self
             .packet
             .hops
@@ -89,6 +101,11 @@ impl Case<'_> {
 /// One diagnosis rule: a code and the function that recognises it.
 pub struct Rule {
     pub code: &'static str,
+    /// The drop hop alone proves the case (`--hooks drops`): the drops it reads happen before
+    /// the packet leaves its input device, or it needs only the namespace and header at the
+    /// drop. False for rules that need hops before the drop (a netfilter hook is inferred from
+    /// them; a lone NETFILTER_DROP could be any hook).
+    pub from_drop_alone: bool,
     pub check: fn(&Case<'_>, &mut dyn HostFacts) -> Option<Diagnosis>,
 }
 
@@ -103,9 +120,12 @@ pub const RULES: &[Rule] = &[
     routing::NEIGHBOR_FAILED,
 ];
 
-/// Runs the rules over a finished packet.
+/// Runs the rules that can judge what was traced over a finished packet.
 pub fn diagnose(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
-    RULES.iter().find_map(|rule| (rule.check)(case, facts))
+    RULES
+        .iter()
+        .filter(|rule| case.hooks == HookSet::Path || rule.from_drop_alone)
+        .find_map(|rule| (rule.check)(case, facts))
 }
 
 /// `cmd` as a person would run it in namespace `netns` from the tracer's shell.

@@ -18,14 +18,20 @@ use super::{
 };
 use std::sync::Arc;
 
-use crate::{events::Tuple, resolve::HostFacts};
+use crate::{events::Tuple, probes::HookSet, resolve::HostFacts};
 
 pub const NETFILTER_DROP: Rule = Rule {
     code: "netfilter_drop",
+    // The hook is seen or inferred from the hops before the drop: alone, a NETFILTER_DROP
+    // could have happened at any hook, with the header before or after NAT.
+    from_drop_alone: false,
     check: netfilter_drop,
 };
 pub const DNAT_SKIPPED: Rule = Rule {
     code: "dnat_skipped",
+    // A NO_SOCKET drop in the namespace that received it, still addressed to a local address
+    // and a published port, is by itself proof that no DNAT ran.
+    from_drop_alone: true,
     check: dnat_skipped,
 };
 
@@ -604,10 +610,14 @@ fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis>
     let shadow = pre.by.clone().filter(|r| r.in_iptables_nat());
     let dnat = dnats.first().cloned();
     let mut evidence = vec![format!(
-        "{} stayed addressed to {}:{} (local to netns {ns}) on every hop: no DNAT",
+        "{} stayed addressed to {}:{} (local to netns {ns}) {}: no DNAT",
         case.packet_name(),
         first.dst,
-        first.dport
+        first.dport,
+        match case.hooks {
+            HookSet::Path => "on every hop",
+            HookSet::Drops => "until it was dropped",
+        }
     )];
     match &case.verdict.drop {
         Some(d) => evidence.push(format!(
@@ -745,13 +755,26 @@ mod tests {
     }
 
     fn report(host: &mut FakeHost, hops: Vec<crate::events::Hop>) -> Report {
+        report_of(host, hops, HookSet::Path)
+    }
+
+    fn report_of(host: &mut FakeHost, hops: Vec<crate::events::Hop>, set: HookSet) -> Report {
         let packet = Packet {
             skb: SKB,
             hops,
             freed: true,
         };
         let flow = FlowTable::new(4).observe(&packet);
-        Report::build(packet, flow, host, &reasons(), HookSet::Path)
+        Report::build(packet, flow, host, &reasons(), set)
+    }
+
+    /// Docker's rules with an ACCEPT for the published port ahead of the jump to DOCKER.
+    fn shadowed_docker() -> Ruleset {
+        let text = DOCKER.replace(
+            "[5:300] -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+            "[2:120] -A PREROUTING ! -i p1p1 -p tcp -m multiport --dports 80,443,7788,10001 -j ACCEPT\n[5:300] -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        );
+        Ruleset::parse(&text).unwrap()
     }
 
     fn dropped_at(
@@ -775,12 +798,7 @@ mod tests {
     #[test]
     fn prerouting_accept_ahead_of_docker_is_dnat_skipped() {
         let mut host = FakeHost::lab_with_docker();
-        let shadowed = DOCKER.replace(
-            "[5:300] -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
-            "[2:120] -A PREROUTING ! -i p1p1 -p tcp -m multiport --dports 80,443,7788,10001 -j ACCEPT\n[5:300] -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
-        );
-        host.rulesets
-            .insert(HOST_NS, Arc::new(Ruleset::parse(&shadowed).unwrap()));
+        host.rulesets.insert(HOST_NS, Arc::new(shadowed_docker()));
         let r = report(&mut host, dropped_at(3, false, HOST_NS, 2));
         let d = r.diagnosis.expect("diagnosed");
         assert_eq!(d.code, "dnat_skipped", "{d:#?}");
@@ -804,6 +822,43 @@ mod tests {
             "{}",
             d.summary
         );
+    }
+
+    #[test]
+    fn a_lone_reset_on_a_published_port_is_enough_for_dnat_skipped() {
+        // --hooks drops: only the NO_SOCKET drop, still addressed to the host's own address
+        // and the published port, in the namespace that received it.
+        let mut host = FakeHost::lab_with_docker();
+        host.rulesets.insert(HOST_NS, Arc::new(shadowed_docker()));
+        let mut hops = dropped_at(3, false, HOST_NS, 2);
+        hops.retain(|h| h.kind == HopKind::Drop);
+        let r = report_of(&mut host, hops, HookSet::Drops);
+        let d = r.diagnosis.expect("diagnosed from the drop alone");
+        assert_eq!(d.code, "dnat_skipped", "{d:#?}");
+        assert_eq!(
+            d.rule.map(|r| (r.chain, r.index)),
+            Some(("PREROUTING".to_owned(), Some(1)))
+        );
+        assert_eq!(
+            d.evidence[0],
+            "The SYN stayed addressed to 203.0.113.1:10001 (local to netns lab-host) until it was dropped: no DNAT"
+        );
+    }
+
+    #[test]
+    fn a_lone_netfilter_drop_is_not_attributed_to_a_hook() {
+        // The DOCKER-USER drop that `docker_user_drop_is_attributed_on_tracepoints` pins down
+        // from the path: alone, it could have been any hook.
+        let mut host = FakeHost::lab_with_docker();
+        let text = DOCKER.replace(
+            "[0:0] -A DOCKER-USER -j RETURN",
+            "[1:60] -A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP\n[0:0] -A DOCKER-USER -j RETURN",
+        );
+        host.rulesets
+            .insert(HOST_NS, Arc::new(Ruleset::parse(&text).unwrap()));
+        let mut hops = dropped_at(12, true, HOST_NS, 2);
+        hops.retain(|h| h.kind == HopKind::Drop);
+        assert_eq!(report_of(&mut host, hops, HookSet::Drops).diagnosis, None);
     }
 
     /// A DNATed SYN dropped in the host namespace with `rs` as its ruleset: the

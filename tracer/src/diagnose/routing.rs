@@ -5,14 +5,19 @@ use crate::resolve::HostFacts;
 
 pub const RP_FILTER: Rule = Rule {
     code: "rp_filter",
+    // Dropped as the input route is looked up, on the device it came in on.
+    from_drop_alone: true,
     check: rp_filter,
 };
 pub const NO_ROUTE: Rule = Rule {
     code: "no_route",
+    // Needs only the namespace and the destination at the drop.
+    from_drop_alone: true,
     check: no_route,
 };
 pub const NEIGHBOR_FAILED: Rule = Rule {
     code: "neighbor_failed",
+    from_drop_alone: true,
     check: neighbor_failed,
 };
 
@@ -35,7 +40,9 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     };
     let back = facts.connected_route(input.netns, t.src).map(|l| l.name);
     let mut evidence = vec![
-        format!("kfree_skb: reason IP_RPFILTER right after the receive on {ifname} in netns {ns}"),
+        format!(
+            "kfree_skb: reason IP_RPFILTER on {ifname} in netns {ns}, the interface it came in on"
+        ),
         format!(
             "net.ipv4.conf.all.rp_filter = {}, net.ipv4.conf.{ifname}.rp_filter = {}: the kernel uses the larger",
             mode(&all),

@@ -5,6 +5,8 @@ use crate::resolve::HostFacts;
 
 pub const NO_LISTENER: Rule = Rule {
     code: "no_listener",
+    // Freed by TCP/UDP in the namespace and on the device that received it.
+    from_drop_alone: true,
     check,
 };
 

@@ -189,7 +189,7 @@ impl<W: Write> Output for HumanOutput<W> {
         if ready.hook_set == HookSet::Drops {
             writeln!(
                 self.out,
-                "pathtrace: drops only (--hooks drops): no path before a drop, no NAT following, no diagnosis; trace without it to see why"
+                "pathtrace: drops only (--hooks drops): no path before a drop, no NAT following; a cause is named only where the drop alone proves it (trace without it to see why)"
             )?;
         }
         for skipped in &ready.skipped_hooks {
@@ -245,31 +245,56 @@ mod tests {
         Report::build(packet, flow, host, &reasons, HookSet::Path)
     }
 
-    #[test]
-    fn a_drop_traced_alone_names_where_and_why_but_guesses_no_cause() {
-        // --hooks drops: kfree_skb is the packet's only hop. The forwarding rule would need
-        // the receive before it; nothing may be inferred from hops never traced.
-        let mut host = FakeHost::lab();
-        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
-        let hops: Vec<_> = forwarding_off_syn()
-            .into_iter()
-            .filter(|h| h.kind == HopKind::Drop)
-            .collect();
-        assert_eq!(hops.len(), 1);
+    /// `--hooks drops`: kfree_skb is the packet's only hop.
+    fn drop_alone(
+        host: &mut FakeHost,
+        reason: (&str, i64),
+        mut drop: crate::events::Hop,
+    ) -> Report {
+        drop.drop_reason = reason.1 as u32;
         let packet = Packet {
             skb: SKB,
-            hops,
+            hops: vec![drop],
             freed: true,
         };
-        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
-        let r = Report::build(packet, None, &mut host, &reasons, HookSet::Drops);
-        assert!(r.diagnosis.is_none());
+        let reasons =
+            DropReasons::from_pairs([(format!("SKB_DROP_REASON_{}", reason.0), reason.1)]);
+        Report::build(packet, None, host, &reasons, HookSet::Drops)
+    }
+
+    #[test]
+    fn a_drop_traced_alone_is_diagnosed_when_the_drop_proves_the_cause() {
+        // ip_error frees the skb on its input device: the one hop names the interface whose
+        // forwarding sysctl the rule reads.
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.all.forwarding", "1");
+        let drop = forwarding_off_syn()
+            .into_iter()
+            .find(|h| h.kind == HopKind::Drop)
+            .expect("a drop hop");
+        let r = drop_alone(&mut host, ("IP_INADDRERRORS", 87), drop);
+        let d = r.diagnosis.as_ref().expect("diagnosed from the drop alone");
+        assert_eq!(d.code, "forwarding_disabled");
+        assert!(
+            d.summary
+                .starts_with("The SYN arrived on eth0 (netns lab-host) for 172.17.0.2:80"),
+            "{}",
+            d.summary
+        );
+        assert_eq!(
+            d.evidence[0],
+            "kfree_skb: reason IP_INADDRERRORS at ip_error+0x80 on eth0, the interface it came in on"
+        );
         let text = render(&r);
         assert!(
             text.contains("=> DROPPED after eth0 (lab-host): IP_INADDRERRORS at ip_error"),
             "{text}"
         );
-        assert!(!text.contains("fix:"), "{text}");
+        assert!(
+            text.contains("fix: ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1"),
+            "{text}"
+        );
     }
 
     #[test]
