@@ -10,7 +10,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{EVENTS, WAKEUP_BYTES, bump, filter, forget, off, remembered, track},
+    maps::{EVENTS, WAKEUP_BYTES, bump, filter, forget, off, reader_asleep, remembered, track},
     skb::{Access, device, field, headers, passes, read},
 };
 
@@ -167,12 +167,15 @@ const WAKEUP_WINDOW: u64 = 4 * (core::mem::size_of::<HopEvent>() as u64 + 8);
 pub fn emit(ev: &HopEvent) {
     // SAFETY: a plain read of a static the loader patched before load.
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
-    // Wake the reader once, as the backlog crosses the threshold (a window of a few records,
-    // since CPUs produce concurrently); waking on every event past it would cost an irq_work
-    // per event exactly when the reader is already behind. A missed crossing waits for the
-    // reader's timer.
+    // Two wakeups, no more: while the reader sleeps (an idle ring: it said so in READER), the
+    // event wakes it; while it polls on its timer (`trace::DRAIN_EVERY`), only the backlog
+    // crossing the threshold does (a window of a few records, since CPUs produce
+    // concurrently). Waking on every event would cost an irq_work per event exactly when the
+    // reader is busiest; so would the kernel's own default (wake when the reader had caught
+    // up) whenever a fast reader keeps pace.
     let pending = EVENTS.query(ring::AVAIL_DATA);
-    let flags = if pending >= threshold && pending < threshold + WAKEUP_WINDOW {
+    let flags = if reader_asleep() || (pending >= threshold && pending < threshold + WAKEUP_WINDOW)
+    {
         ring::FORCE_WAKEUP
     } else {
         ring::NO_WAKEUP

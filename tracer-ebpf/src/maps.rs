@@ -79,6 +79,17 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static FILTERS: Array<Filter> = Array::with_max_entries(1, 0);
 
+/// Entry 0 is nonzero while the reader sleeps until an event wakes it; zero while it polls
+/// the ring on its own timer and wants no wakeup per event. Written by userspace.
+#[map]
+static READER: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the reader asked to be woken by the next event.
+#[inline(always)]
+pub fn reader_asleep() -> bool {
+    READER.get(0).is_some_and(|v| *v != 0)
+}
+
 /// Bytes waiting in [`EVENTS`] before an event wakes the reader; below that the reader finds
 /// the events on its own timer. Set by the loader from the ring size; one wakeup per event
 /// would cost a context switch per event under load.

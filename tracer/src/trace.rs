@@ -255,42 +255,97 @@ pub async fn run_controlled(
         }
     };
     tokio::pin!(sleep_until);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut drain = tokio::time::interval(DRAIN_EVERY);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Timers sleep while nothing happens: an idle daemon wakes once a second (TICK_IDLE),
+    // not 60 times (docs/performance.md, "An idle daemon").
+    let tick = tokio::time::sleep(TICK_BUSY);
+    tokio::pin!(tick);
+    // Polling first: the first poll finds the ring empty and puts the reader to sleep.
+    let poll = tokio::time::sleep(DRAIN_EVERY);
+    tokio::pin!(poll);
+    let mut reader = Reader::Polling;
+    let mut counters_read = Instant::now();
     let mut verdicts = 0u64;
-    let mut ticks = 0u64;
     let reached = |n: u64| cfg.count.is_some_and(|c| n >= c);
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                // Bounded batches: under a flood the other tasks (a daemon's HTTP endpoint,
-                // the tick) still run between them.
-                if !drain_ring(guard.get_inner_mut(), &mut pipeline, BATCH) {
-                    guard.clear_ready();
+                match reader {
+                    Reader::Asleep => {
+                        // An event woke us: poll from now on, and let more arrive before the
+                        // first read, so a trickle costs one wakeup per DRAIN_EVERY, not one
+                        // per event.
+                        guard.clear_ready();
+                        probes.set_reader_asleep(false)?;
+                        reader = Reader::Polling;
+                        poll.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
+                    }
+                    Reader::Polling => {
+                        // Woken while polling: the backlog crossed WAKEUP_BYTES. Read now, in
+                        // bounded batches so the other tasks (a daemon's HTTP endpoint, the
+                        // tick) still run between them.
+                        if !drain_ring(guard.get_inner_mut(), &mut pipeline, BATCH) {
+                            guard.clear_ready();
+                        }
+                        hurry(tick.as_mut());
+                    }
                 }
                 tokio::task::yield_now().await;
             }
-            _ = drain.tick() => {
-                // The kernel wakes the reader only once WAKEUP_BYTES are waiting; below that
-                // the events are collected here.
+            _ = &mut poll, if reader == Reader::Polling => {
+                let before = pipeline.stats.events;
                 while drain_ring(ring.get_mut(), &mut pipeline, BATCH) {
                     tokio::task::yield_now().await;
                 }
+                if pipeline.stats.events == before {
+                    // Nothing came for a whole interval: sleep until an event wakes us. An
+                    // event committed before the kernel saw the flag woke nobody: read again.
+                    probes.set_reader_asleep(true)?;
+                    if drain_ring(ring.get_mut(), &mut pipeline, BATCH)
+                        || pipeline.stats.events != before
+                    {
+                        probes.set_reader_asleep(false)?;
+                    } else {
+                        reader = Reader::Asleep;
+                    }
+                }
+                if reader == Reader::Polling {
+                    poll.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
+                }
+                hurry(tick.as_mut());
             }
-            _ = tick.tick() => {
+            _ = &mut tick => {
+                if reader == Reader::Asleep {
+                    // A safety net: an event whose program read the flag just before the
+                    // reader went to sleep woke nobody, and waits at most this long.
+                    while drain_ring(ring.get_mut(), &mut pipeline, BATCH) {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 verdicts += pipeline.flush(Some(monotonic_ns()), out)?;
-                ticks += 1;
-                if ticks.is_multiple_of(10) {
+                if counters_read.elapsed() >= TICK_IDLE {
                     // Kernel counters once a second: three map lookups.
+                    counters_read = Instant::now();
                     if let Ok(c) = probes.counters() {
                         pipeline.stats.kernel = c;
                         pipeline.stats.lost = c.lost;
                     }
                 }
-                out.tick(&pipeline.stats, pipeline.live_packets())?;
+                let live = pipeline.live_packets();
+                out.tick(&pipeline.stats, live)?;
+                // Packets in flight end by timeout, checked at TICK_BUSY; with none and the
+                // reader asleep, nothing changes until an event wakes it.
+                let period = if live > 0 || reader == Reader::Polling {
+                    TICK_BUSY
+                } else {
+                    TICK_IDLE
+                };
+                // On a fixed schedule, not `period` after this tick's work: under a flood the
+                // flush above takes a while, and counting from its end stretched the period,
+                // each flush with it, and lost events (docs/performance.md).
+                let next = (tick.deadline() + period).max(tokio::time::Instant::now());
+                tick.as_mut().reset(next);
             }
             Some(change) = async {
                 match control.as_mut() {
@@ -384,9 +439,35 @@ fn container_filter(
     Ok(())
 }
 
-/// How often the ring is drained without a wakeup from the kernel (see `WAKEUP_BYTES`): the
-/// latency a quiet trace adds to each event.
+/// How often a polling reader drains the ring: the latency a trace adds to each event, and the
+/// most wakeups per second a steady trickle costs. A flood wakes it sooner (`WAKEUP_BYTES`);
+/// an interval without events puts it to sleep until the next one.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// The tick while packets are in flight: they end by timeout (`--idle`), checked this often.
+const TICK_BUSY: Duration = Duration::from_millis(100);
+/// The tick with nothing in flight: the kernel's counters and the daemon's gauges and health
+/// (its stall limit is 10 s) need no more.
+const TICK_IDLE: Duration = Duration::from_secs(1);
+
+/// Brings an idle tick forward after events were read: packets they finished are reported
+/// within TICK_BUSY, not at the next idle tick.
+fn hurry(tick: std::pin::Pin<&mut tokio::time::Sleep>) {
+    let soon = tokio::time::Instant::now() + TICK_BUSY;
+    if tick.deadline() > soon {
+        tick.reset(soon);
+    }
+}
+
+/// How the ring reader waits for events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reader {
+    /// Told the kernel so (`Probes::set_reader_asleep`): the next event wakes it.
+    Asleep,
+    /// Drains every `DRAIN_EVERY` while events keep coming; the kernel wakes it early only as
+    /// the backlog crosses `WAKEUP_BYTES`.
+    Polling,
+}
 
 /// Records read per wakeup before yielding.
 const BATCH: usize = 4096;

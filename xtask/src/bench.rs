@@ -3,9 +3,10 @@
 //! The lab topology; an 18-byte UDP flood from the outside namespace to a published port,
 //! DNATed through the bridge into the container, where a sink counts arrivals; runs
 //! interleaved (untraced, traced, untraced, traced, ...) so drift hits both sides. Reports the
-//! throughput ratios, events delivered and lost, per-hook BPF run time (BPF_ENABLE_STATS, enabled only
-//! for one dedicated run and restored), pathtrace's CPU per million events and RSS, and the
-//! userspace pipeline on recorded events. Writes docs/performance.md.
+//! throughput ratios, events delivered and lost, per-hook BPF run time (BPF_ENABLE_STATS,
+//! enabled only for one dedicated run and restored), pathtrace's CPU per million events and
+//! RSS, its wakeups and CPU while idle (the cost of leaving it on), and the userspace pipeline
+//! on recorded events. Writes docs/performance.md.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -254,6 +255,42 @@ fn ticks_per_second() -> f64 {
         n if n > 0 => n as f64,
         _ => 100.0,
     }
+}
+
+/// Context switches of every thread of a process: each is a wakeup (voluntary: it slept and
+/// was woken) or a preemption.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("voluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// What a pathtrace whose filter matches nothing costs while no traffic flows: the daemon
+/// left running on a quiet host. (wakeups per second, share of one core).
+fn idle_cost(subject: &Subject<'_>, seconds: u64) -> Result<(f64, f64)> {
+    let tracer = start_tracer(subject, Mode::NonMatching, Traffic::Udp)?
+        .context("a traced mode starts pathtrace")?;
+    let pid = tracer.child.id();
+    // Past start-up (BTF, Docker, the first ruleset reading).
+    std::thread::sleep(Duration::from_secs(2));
+    let (switches, cpu, t) = (context_switches(pid), cpu_seconds(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds.max(10)));
+    let secs = t.elapsed().as_secs_f64();
+    let wakeups = context_switches(pid).saturating_sub(switches) as f64 / secs;
+    let share = (cpu_seconds(pid) - cpu) / secs;
+    tracer.stop()?;
+    Ok((wakeups, share))
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -687,6 +724,7 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     // The SYN flood's non-matching path, where the goal is tightest: 18 hook calls per
     // exchange, so a few nanoseconds per call show here first.
     let syn_idle_costs = hook_costs(&lab, subject, Mode::NonMatching, Traffic::Syn, args.seconds)?;
+    let (wakeups, idle_cpu) = idle_cost(subject, args.seconds)?;
 
     let (base, non, all) = (
         median_pps(&results, Mode::Untraced),
@@ -774,6 +812,11 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         table,
         "| pathtrace peak RSS | {:.1} MiB | |",
         rss as f64 / 1024.0
+    );
+    let _ = writeln!(
+        table,
+        "| pathtrace idle (filter matching nothing, no traffic): wakeups; CPU | {wakeups:.1} /s; {:.2} % of a core | |",
+        idle_cpu * 100.0
     );
     let reads = results
         .iter()

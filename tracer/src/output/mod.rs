@@ -15,7 +15,8 @@ pub trait Output {
     fn report(&mut self, report: &Report) -> std::io::Result<()>;
     /// Totals at exit.
     fn stats(&mut self, stats: &Stats) -> std::io::Result<()>;
-    /// Called every tick (100 ms) with the running totals: the daemon's health and gauges.
+    /// Called every tick (100 ms with packets in flight, 1 s without) with the running totals:
+    /// the daemon's health and gauges.
     fn tick(&mut self, _stats: &Stats, _live_packets: usize) -> std::io::Result<()> {
         Ok(())
     }

@@ -253,6 +253,12 @@ impl Probes {
         write_filter(&mut self.ebpf, filter)
     }
 
+    /// Tells the kernel programs whether the reader sleeps until woken: while it does, an event
+    /// wakes it; while it polls, only a backlog crossing `WAKEUP_BYTES` does (`hop::emit`).
+    pub fn set_reader_asleep(&mut self, asleep: bool) -> Result<(), ProbeError> {
+        write_entry(&mut self.ebpf, "READER", u32::from(asleep))
+    }
+
     /// Takes the ring buffer for the reader. Call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
@@ -480,18 +486,21 @@ impl Attempt<'_> {
 }
 
 fn write_filter(ebpf: &mut Ebpf, filter: Filter) -> Result<(), ProbeError> {
-    let map = ebpf
-        .map_mut("FILTERS")
-        .ok_or(ProbeError::MissingMap("FILTERS"))?;
-    let mut array: aya::maps::Array<&mut MapData, Filter> = aya::maps::Array::try_from(map)
-        .map_err(|source| ProbeError::Map {
-            name: "FILTERS",
-            source,
-        })?;
-    array.set(0, filter, 0).map_err(|source| ProbeError::Map {
-        name: "FILTERS",
-        source,
-    })
+    write_entry(ebpf, "FILTERS", filter)
+}
+
+/// Writes entry 0 of the one-entry array map `name`.
+fn write_entry<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    value: T,
+) -> Result<(), ProbeError> {
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut array: aya::maps::Array<&mut MapData, T> =
+        aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+    array
+        .set(0, value, 0)
+        .map_err(|source| ProbeError::Map { name, source })
 }
 
 /// Whether the verifier refused a program for its kfunc calls, rather than for anything else:
