@@ -221,3 +221,33 @@ pub fn describe_rule(r: &RuleRef) -> String {
         None => format!("{}/{} policy DROP{packets}", r.table, r.chain),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RULES;
+
+    /// docs/diagnosis.md is where a person learns which causes `--hooks drops` can still name:
+    /// its table must list every rule, with the last column saying what `from_drop_alone` says.
+    #[test]
+    fn every_rule_is_documented_with_what_a_lone_drop_proves() {
+        let doc = include_str!("../../../docs/diagnosis.md");
+        for rule in RULES {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", rule.code)))
+                .unwrap_or_else(|| panic!("docs/diagnosis.md has no row for {}", rule.code));
+            let alone = row
+                .trim_end_matches('|')
+                .rsplit('|')
+                .next()
+                .unwrap_or_default()
+                .trim();
+            assert_eq!(
+                alone.starts_with("yes"),
+                rule.from_drop_alone,
+                "{}: the doc says `{alone}`",
+                rule.code
+            );
+        }
+    }
+}
