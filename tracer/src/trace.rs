@@ -294,17 +294,11 @@ pub async fn run_controlled(
                 tokio::task::yield_now().await;
             }
             _ = &mut poll, if reader == Reader::Polling => {
-                let before = pipeline.stats.events;
-                while drain_ring(ring.get_mut(), &mut pipeline, BATCH) {
-                    tokio::task::yield_now().await;
-                }
-                if pipeline.stats.events == before {
+                if drain_all(ring.get_mut(), &mut pipeline).await == 0 {
                     // Nothing came for a whole interval: sleep until an event wakes us. An
                     // event committed before the kernel saw the flag woke nobody: read again.
                     probes.set_reader_asleep(true)?;
-                    if drain_ring(ring.get_mut(), &mut pipeline, BATCH)
-                        || pipeline.stats.events != before
-                    {
+                    if drain_all(ring.get_mut(), &mut pipeline).await > 0 {
                         probes.set_reader_asleep(false)?;
                     } else {
                         reader = Reader::Asleep;
@@ -319,9 +313,7 @@ pub async fn run_controlled(
                 if reader == Reader::Asleep {
                     // A safety net: an event whose program read the flag just before the
                     // reader went to sleep woke nobody, and waits at most this long.
-                    while drain_ring(ring.get_mut(), &mut pipeline, BATCH) {
-                        tokio::task::yield_now().await;
-                    }
+                    drain_all(ring.get_mut(), &mut pipeline).await;
                 }
                 verdicts += pipeline.flush(Some(monotonic_ns()), out)?;
                 if counters_read.elapsed() >= TICK_IDLE {
@@ -471,6 +463,15 @@ enum Reader {
 
 /// Records read per wakeup before yielding.
 const BATCH: usize = 4096;
+
+/// Reads everything waiting, yielding between batches so other tasks run; how many records.
+async fn drain_all(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> u64 {
+    let before = pipeline.stats.events;
+    while drain_ring(ring, pipeline, BATCH) {
+        tokio::task::yield_now().await;
+    }
+    pipeline.stats.events - before
+}
 
 /// Reads up to `limit` records; `true` when more may be waiting.
 fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, limit: usize) -> bool {
