@@ -347,17 +347,29 @@ impl Observed {
 /// Builds the scenario's lab, runs pathtrace around one client connect, and returns the lab
 /// (for further assertions) with what pathtrace said.
 pub fn observe(s: &Scenario, backend: &str) -> Result<(Lab, Observed)> {
+    observe_with(s, backend, None, &[])
+}
+
+/// [`observe`] with another filter than the scenario's, and more pathtrace arguments
+/// (`--hooks drops`).
+pub fn observe_with(
+    s: &Scenario,
+    backend: &str,
+    filter: Option<Vec<String>>,
+    extra: &[&str],
+) -> Result<(Lab, Observed)> {
     let lab = match &s.fault {
         Some(f) => Lab::with_fault(s.config.clone(), f.clone())?,
         None => Lab::new(s.config.clone())?,
     };
-    let mut args = s.filter();
+    let mut args = filter.unwrap_or_else(|| s.filter());
     args.extend([
         "--proto".into(),
         "tcp".into(),
         "--backend".into(),
         backend.into(),
     ]);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut tracer = Tracer::start(&args)?;
     let ready = tracer.seen.last().cloned().unwrap_or(Value::Null);

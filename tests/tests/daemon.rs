@@ -66,18 +66,14 @@ fn drops_are_counted_with_labels_and_logged_as_json() {
 }
 
 /// The set to leave running: kfree_skb alone still labels the drop with its reason, where it
-/// happened and the namespace; the filter names the container, since it sees the SYN after
-/// DNAT. ip_error frees the SYN on its input device, so the drop alone proves the cause: the
-/// code is there, as with the path, and the JSON line carries the fix.
+/// happened and the namespace. The SYN dies after DNAT, addressed to the container, yet the
+/// filter on the published port matches it: the drop program reads where conntrack says it
+/// was sent. The drop records its input interface, so the cause is diagnosed as with the
+/// path: the code is there, and the JSON line carries the fix.
 #[test]
 fn drops_only_daemon_counts_the_drop_without_a_path() {
     let (d, m, line) = forwarding_off_drop(
-        |lab| {
-            format!(
-                "hooks = \"drops\"\n[filter]\nhost = \"{}\"\nproto = \"tcp\"\n",
-                lab.config.container_addr
-            )
-        },
+        |_| "hooks = \"drops\"\n[filter]\ndport = 10001\nproto = \"tcp\"\n".into(),
         19468,
     );
     assert!(m.contains("hooks=\"drops\""), "{m}");
@@ -86,6 +82,8 @@ fn drops_only_daemon_counts_the_drop_without_a_path() {
     let first: serde_json::Value =
         serde_json::from_str(log.lines().next().expect("a JSON line")).unwrap();
     assert_eq!(first["hops"], 1, "{first}");
+    assert_eq!(first["tuple"]["dport"], 80, "dropped after DNAT: {first}");
+    assert_eq!(first["last_hop"]["entered"]["dport"], 10001, "{first}");
     assert_eq!(first["diagnosis"]["code"], "forwarding_disabled");
     assert!(
         first["diagnosis"]["fix"]

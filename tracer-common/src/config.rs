@@ -208,6 +208,17 @@ pub struct KernelOffsets {
     /// to with `bpf_rdonly_cast` (see [`kfunc`]), so the verifier lets them be loaded directly.
     pub btf_iphdr: u32,
     pub btf_tcphdr: u32,
+    /// `sk_buff.skb_iif`: the index of the device the packet was last received on.
+    pub skb_iif: u32,
+    /// `sk_buff._nfct`: the packet's `struct nf_conn *`, its `ip_conntrack_info` in the low
+    /// three bits.
+    pub skb_nfct: u32,
+    /// `nf_conn.tuplehash[0].tuple.dst.u3` and `.dst.u.all`: the original direction's
+    /// destination address and port; the reply direction's are `ct_dir_stride` further on.
+    pub ct_dst_addr: u32,
+    pub ct_dst_port: u32,
+    /// `sizeof(struct nf_conntrack_tuple_hash)`: one `tuplehash` element.
+    pub ct_dir_stride: u32,
     /// `have::*` bits: which optional groups above are valid (offset 0 is a real offset).
     pub have: u32,
 }
@@ -224,6 +235,8 @@ pub mod have {
     /// [`kfunc::RDONLY_CAST`](super::kfunc::RDONLY_CAST) placeholders into `bpf_rdonly_cast`
     /// calls (kernel >= 6.2).
     pub const RDONLY_CAST: u32 = 1 << 3;
+    /// `skb_nfct` and `ct_*` are valid (a kernel with conntrack).
+    pub const CONNTRACK: u32 = 1 << 4;
 }
 
 /// Kernel functions (kfuncs) the programs call.
@@ -267,6 +280,11 @@ impl KernelOffsets {
             veth_priv_peer: 0,
             btf_iphdr: 0,
             btf_tcphdr: 0,
+            skb_iif: 0,
+            skb_nfct: 0,
+            ct_dst_addr: 0,
+            ct_dst_port: 0,
+            ct_dir_stride: 0,
             have: 0,
         }
     }

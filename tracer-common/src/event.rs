@@ -42,6 +42,9 @@ pub const FLAG_IPV4: u8 = 1 << 0;
 pub const FLAG_L4: u8 = 1 << 1;
 /// `HopEvent::flags`: the skb matched the filter at this hop (as opposed to being tracked).
 pub const FLAG_MATCHED: u8 = 1 << 2;
+/// `HopEvent::flags`: `entered_daddr`/`entered_dport` hold the destination conntrack recorded
+/// when the packet entered this namespace (drops only; see `HopEvent::entered_daddr`).
+pub const FLAG_ENTERED: u8 = 1 << 3;
 
 /// One hop of one packet, as seen by a kernel program.
 ///
@@ -98,6 +101,18 @@ pub struct HopEvent {
     /// that shows another fingerprint has been freed (by a path with no tracepoint) and
     /// reused for another packet. 0 when the headers could not be read.
     pub fingerprint: u32,
+    /// Drops only: `skb->skb_iif`, the device the packet was last received on in this
+    /// namespace (0: generated here). A drop hook alone then still knows the input interface,
+    /// which `skb->dev` is not at every hook (the bridge's FORWARD, OUTPUT).
+    pub in_ifindex: u32,
+    /// Drops only, with `FLAG_ENTERED`: the destination address (network order) and port (host
+    /// order) of conntrack's tuple for the packet's direction, i.e. its header as it entered
+    /// this namespace, before any DNAT (or reply de-SNAT) rewrote it. What the filter and the
+    /// diagnosis need when only the drop is traced.
+    pub entered_daddr: [u8; 4],
+    pub entered_dport: u16,
+    /// Explicit padding; always zero.
+    pub _pad2: [u8; 6],
 }
 
 impl HopEvent {
@@ -126,6 +141,10 @@ impl HopEvent {
             _pad: 0,
             peer_netns: 0,
             fingerprint: 0,
+            in_ifindex: 0,
+            entered_daddr: [0; 4],
+            entered_dport: 0,
+            _pad2: [0; 6],
         }
     }
 
@@ -202,12 +221,14 @@ mod tests {
 
     #[test]
     fn layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<HopEvent>(), 72);
+        assert_eq!(core::mem::size_of::<HopEvent>(), 88);
         assert_eq!(core::mem::align_of::<HopEvent>(), 8);
         assert_eq!(core::mem::offset_of!(HopEvent, netns), 24);
         assert_eq!(core::mem::offset_of!(HopEvent, kind), 56);
         assert_eq!(core::mem::offset_of!(HopEvent, _pad), 63);
         assert_eq!(core::mem::offset_of!(HopEvent, peer_netns), 64);
+        assert_eq!(core::mem::offset_of!(HopEvent, in_ifindex), 72);
+        assert_eq!(core::mem::offset_of!(HopEvent, _pad2), 82);
     }
 
     #[test]
@@ -218,7 +239,7 @@ mod tests {
         ev.dport = 10001;
         let back = HopEvent::from_bytes(ev.as_bytes()).expect("full record");
         assert_eq!(back, ev);
-        assert!(HopEvent::from_bytes(&ev.as_bytes()[..71]).is_none());
+        assert!(HopEvent::from_bytes(&ev.as_bytes()[..87]).is_none());
     }
 
     #[test]

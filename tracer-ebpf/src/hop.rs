@@ -6,12 +6,12 @@ use tracer_common::{
     config::have,
     counter,
     event::ring,
-    event::{FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
+    event::{FLAG_ENTERED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
 };
 
 use crate::{
     maps::{EVENTS, WAKEUP_BYTES, bump, filter, forget, off, reader_asleep, remembered, track},
-    skb::{Access, device, field, headers, passes, read},
+    skb::{Access, device, entered, field, headers, passes, read},
 };
 
 /// What the entry point knows about the hook it runs at.
@@ -83,8 +83,12 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         // packets it says no after a load or two. Stop here then, before any header is read
         // in full; a packet that passes has its headers read again below, which costs a
         // handful of loads on a path that is about to write an event anyway.
+        // No closure here: LLVM outlines one that captures `site`, which then lives on the
+        // stack, and the verifier loses the type of the device pointers read back from it.
+        let f = filter()?;
         if site.only_tracked
-            || !filter().is_some_and(|f| passes(skb, site.l3_at_data, site.access, f))
+            || !(passes(skb, site.l3_at_data, site.access, f)
+                || (site.kind == HopKind::Drop && entered_passes(skb, site.access, f)))
         {
             return None;
         }
@@ -155,7 +159,30 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     ev.flags = (if h.ipv4 { FLAG_IPV4 } else { 0 })
         | (if h.l4 { FLAG_L4 } else { 0 })
         | (if matched { FLAG_MATCHED } else { 0 });
+    // A drop also says where the packet came in and the header it entered this namespace
+    // with (conntrack's), so a drop traced alone still names the input interface and the
+    // published port it was sent to.
+    if site.kind == HopKind::Drop {
+        ev.in_ifindex = field::<u32>(skb, off!(skb_iif), site.access).unwrap_or(0);
+        if let Some((daddr, dport)) = entered(skb, site.access).filter(|_| h.ipv4) {
+            ev.entered_daddr = daddr;
+            ev.entered_dport = if h.l4 { dport } else { 0 };
+            ev.flags |= FLAG_ENTERED;
+        }
+    }
     Some(ev)
+}
+
+/// Whether the packet, as conntrack says it entered the namespace, passes `f`: a drop after
+/// DNAT still matches a filter on the published address and port. Only drops ask, and only
+/// for packets whose current header did not pass.
+#[inline(always)]
+fn entered_passes(skb: u64, access: Access, f: &tracer_common::Filter) -> bool {
+    let Some((daddr, dport)) = entered(skb, access) else {
+        return false;
+    };
+    let h = headers(skb, false, access);
+    h.ipv4 && f.matches(h.saddr, daddr, h.proto, h.l4, h.sport, dport)
 }
 
 /// Bytes past `WAKEUP_BYTES` within which an event still wakes the reader: four records

@@ -178,6 +178,36 @@ impl HeaderFields for Ipv4At {
     }
 }
 
+/// Destination address (network order) and port (host order) that conntrack recorded for this
+/// packet's direction: its header as it entered the namespace, before DNAT or a reply's
+/// de-SNAT. `None` without conntrack or an entry (untracked, or dropped before conntrack ran).
+/// `_nfct` is an integer, so the entry is read with helper calls: drops only, never the
+/// per-packet path.
+#[inline(always)]
+pub fn entered(skb: u64, access: Access) -> Option<([u8; 4], u16)> {
+    if off!(have) & have::CONNTRACK == 0 {
+        return None;
+    }
+    let nfct = field::<u64>(skb, off!(skb_nfct), access)?;
+    let ct = nfct & !NFCT_INFOMASK;
+    if ct < KERNEL_ADDRESSES {
+        return None;
+    }
+    // `enum ip_conntrack_info`: IP_CT_IS_REPLY (3) and above is the reply direction, whose
+    // tuple is the second `tuplehash` element; IP_CT_UNTRACKED (7) has no entry (ct is 0).
+    let dir = if nfct & NFCT_INFOMASK >= 3 {
+        off!(ct_dir_stride)
+    } else {
+        0
+    };
+    let addr = read::<u32>(ct, off!(ct_dst_addr) + dir)?;
+    let port = read::<u16>(ct, off!(ct_dst_port) + dir)?;
+    Some((addr.to_ne_bytes(), u16::from_be(port)))
+}
+
+/// The low bits of `skb->_nfct` hold the `ip_conntrack_info`.
+const NFCT_INFOMASK: u64 = 7;
+
 /// The address of the IPv4 header, or 0 when the skb does not carry IPv4 or its header cannot
 /// be located. At receive `skb->data` is the L3 header (the network header offset is reset
 /// only after the tracepoint); elsewhere `head + network_header` is.

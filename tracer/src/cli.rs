@@ -82,8 +82,8 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
     /// Which hooks: path (every hop, NAT followed, diagnosed; the default) or drops (only
-    /// kfree_skb: where packets die, at no cost to traffic that flows; the filter sees the
-    /// packet as dropped, after any NAT; a cause only where the drop alone proves it).
+    /// kfree_skb: where packets die and why, at no cost to traffic that flows; no path: the
+    /// drop alone, with its input interface and, from conntrack, where it was sent).
     #[arg(long, value_name = "SET")]
     pub hooks: Option<HookSet>,
 }

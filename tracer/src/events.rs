@@ -5,7 +5,7 @@ use std::{fmt, net::Ipv4Addr};
 use serde::Serialize;
 use tracer_common::{
     HopEvent, HopKind,
-    event::{FLAG_IPV4, FLAG_L4},
+    event::{FLAG_ENTERED, FLAG_IPV4, FLAG_L4},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -92,6 +92,12 @@ pub struct Hop {
     pub nf_hook: u8,
     pub nf_family: u8,
     pub nf_verdict: u8,
+    /// Drops: the device the packet was last received on in `netns` (`skb_iif`; 0 when it was
+    /// generated there). Other hops: 0.
+    pub in_ifindex: u32,
+    /// Drops: the tuple as the packet entered `netns`, its destination from conntrack (before
+    /// DNAT or a reply's de-SNAT). `None` without a conntrack entry or on other hops.
+    pub entered: Option<Tuple>,
 }
 
 impl Hop {
@@ -112,6 +118,17 @@ impl Hop {
                 proto: ev.proto,
             }
         });
+        let entered = tuple
+            .filter(|_| ev.flags & FLAG_ENTERED != 0)
+            .map(|t| Tuple {
+                dst: Ipv4Addr::from(ev.entered_daddr),
+                dport: if ev.flags & FLAG_L4 != 0 {
+                    ev.entered_dport
+                } else {
+                    0
+                },
+                ..t
+            });
         Ok(Self {
             ts_ns: ev.ts_ns,
             skb: ev.skb,
@@ -129,6 +146,8 @@ impl Hop {
             nf_hook: ev.nf_hook,
             nf_family: ev.nf_family,
             nf_verdict: ev.nf_verdict,
+            in_ifindex: ev.in_ifindex,
+            entered,
         })
     }
 
@@ -225,7 +244,7 @@ pub(crate) mod fixture {
     //! Builders for recorded events, shared by the correlation, verdict and output tests.
     use tracer_common::{
         HopEvent, HopKind,
-        event::{FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
+        event::{FLAG_ENTERED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
     };
 
     use super::Hop;
@@ -251,10 +270,20 @@ pub(crate) mod fixture {
         e.len = 60;
         e.flags = FLAG_IPV4 | FLAG_L4 | FLAG_MATCHED;
         e.fingerprint = 0x1234_5679;
+        if kind == HopKind::Drop {
+            e.in_ifindex = ifindex; // skb_iif: received on the device it dies on
+        }
         e
     }
 
+    /// The packet after DNAT to the container; a drop then carries conntrack's header from
+    /// before it, as the kernel program records.
     pub fn dnat(mut e: HopEvent) -> HopEvent {
+        if e.kind == HopKind::Drop as u8 {
+            e.entered_daddr = e.daddr;
+            e.entered_dport = e.dport;
+            e.flags |= FLAG_ENTERED;
+        }
         e.daddr = [172, 17, 0, 2];
         e.dport = 80;
         e

@@ -54,6 +54,21 @@ pub struct HopView {
     /// For a host-side veth: the container end it leads to, `web-1:eth0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_interface: Option<String>,
+    /// Drops: the device the packet was last received on in this namespace (`skb_iif`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_ifname: Option<String>,
+    /// Drops: where the packet was addressed when it entered this namespace, before any NAT
+    /// (conntrack's tuple).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entered: Option<EnteredView>,
+}
+
+/// A packet's destination as it entered a namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct EnteredView {
+    pub dst: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
 }
 
 /// An skb address, written as hex (`0xffff8881...`) without an allocation per hop.
@@ -124,6 +139,11 @@ impl HopView {
                 family: nf_family_name(hop.nf_family),
                 hook: nf_hook_name(hop.nf_hook),
                 verdict: nf_verdict_name(hop.nf_verdict),
+            }),
+            in_ifname: (hop.in_ifindex != 0).then(|| facts.ifname(hop.netns, hop.in_ifindex)),
+            entered: hop.entered.map(|e| EnteredView {
+                dst: e.dst,
+                dport: l4.then_some(e.dport),
             }),
             peer: (hop.peer_ifindex != 0).then(|| PeerView {
                 ifname: facts.ifname(hop.peer_netns, hop.peer_ifindex),

@@ -12,7 +12,7 @@ use tokio::{
 };
 use tracer_common::{
     Filter,
-    config::{MAX_OR_DPORTS, filter_field},
+    config::{MAX_OR_DPORTS, filter_field, have},
 };
 
 use crate::{
@@ -176,9 +176,15 @@ pub enum Control {
     SetFilter(Filter),
 }
 
-/// `--hooks drops --dport P` where Docker publishes P: kfree_skb sees the packet after DNAT,
-/// with the container's port, so the filter would never match a drop past PREROUTING.
-fn published_dport_warning(filter: &Filter, facts: &mut dyn HostFacts) -> Option<String> {
+/// `--hooks drops --dport P` where Docker publishes P: kfree_skb sees a packet as it dies.
+/// In the namespace that DNATed it, conntrack still says it was sent to P and the filter
+/// matches (where pathtrace knows the kernel's conntrack layout, `conntrack`); past the
+/// container's veth that record is gone and the packet carries the container's port.
+fn published_dport_warning(
+    filter: &Filter,
+    facts: &mut dyn HostFacts,
+    conntrack: bool,
+) -> Option<String> {
     if filter.fields & filter_field::DPORT == 0 {
         return None;
     }
@@ -188,11 +194,16 @@ fn published_dport_warning(filter: &Filter, facts: &mut dyn HostFacts) -> Option
             .or_else(|| facts.published(filter.dport, 17)),
         proto => facts.published(filter.dport, proto),
     }?;
-    let (name, port) = (&p.container.name, p.container_port);
-    Some(format!(
-        "--hooks drops sees packets as they are dropped, after Docker's DNAT: port {} is published to port {port} of container {name}, so its drops past PREROUTING carry port {port}; filter with --container {name} to see them",
-        filter.dport
-    ))
+    let (name, port, dport) = (&p.container.name, p.container_port, filter.dport);
+    Some(if conntrack {
+        format!(
+            "--hooks drops matches port {dport}'s drops on the host by where conntrack says they were sent; inside container {name}, past its veth, they carry port {port}: --container {name} matches those"
+        )
+    } else {
+        format!(
+            "--hooks drops sees packets as they are dropped, after Docker's DNAT (this kernel's conntrack layout is unknown to pathtrace): port {dport} is published to port {port} of container {name}, so its drops past PREROUTING carry port {port}; filter with --container {name} to see them"
+        )
+    })
 }
 
 /// Runs a trace until the duration, count, or a signal ends it; returns the totals.
@@ -223,7 +234,11 @@ pub async fn run_controlled(
     let mut pipeline = Pipeline::new(&cfg, probes.drop_reasons.clone(), containers);
     pipeline.resolver.prefetch_own_ruleset();
     if cfg.hooks == HookSet::Drops
-        && let Some(w) = published_dport_warning(&cfg.filter, &mut pipeline.resolver)
+        && let Some(w) = published_dport_warning(
+            &cfg.filter,
+            &mut pipeline.resolver,
+            probes.offsets.have & have::CONNTRACK != 0,
+        )
     {
         tracing::warn!("{w}");
     }
@@ -497,13 +512,18 @@ mod tests {
         let mut f = Filter::any();
         f.fields |= filter_field::DPORT;
         f.dport = 10001;
-        let w = published_dport_warning(&f, &mut host).expect("10001 is published");
+        let w = published_dport_warning(&f, &mut host, false).expect("10001 is published");
         assert!(w.contains("to port 80 of container web-1"), "{w}");
         assert!(w.contains("--container web-1"), "{w}");
+        let w = published_dport_warning(&f, &mut host, true).expect("10001 is published");
+        assert!(
+            w.contains("inside container web-1, past its veth, they carry port 80"),
+            "{w}"
+        );
         f.dport = 10002;
-        assert_eq!(published_dport_warning(&f, &mut host), None);
+        assert_eq!(published_dport_warning(&f, &mut host, true), None);
         assert_eq!(
-            published_dport_warning(&Filter::any(), &mut host),
+            published_dport_warning(&Filter::any(), &mut host, true),
             None,
             "no port, nothing to warn about"
         );

@@ -22,7 +22,7 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     if drop.location.as_ref().is_some_and(|s| s.name != "ip_error") {
         return None;
     }
-    let input = *case.input_hop()?;
+    let input = case.input_hop()?;
     let ifname = facts.interface(input.netns, input.ifindex)?.name;
     let key = format!("net.ipv4.conf.{ifname}.forwarding");
     let value = facts.sysctl(input.netns, &key)?;

@@ -68,11 +68,17 @@ impl Case<'_> {
     }
 
     /// The last receive before the drop (or the end): the interface the packet came in on.
-    /// Without the path (`--hooks drops`) it is the drop itself: `skb->dev` there is the input
-    /// device for every drop a [`Rule::from_drop_alone`] rule reads, which is why it may.
-    pub fn input_hop(&self) -> Option<&Hop> {
+    /// Without the path (`--hooks drops`) it is the drop itself, on the device the kernel
+    /// last received the packet on there (`skb_iif`, which the drop records: `skb->dev` is
+    /// another device at the bridge's FORWARD hook or after routing); `None` when the packet
+    /// was generated in that namespace.
+    pub fn input_hop(&self) -> Option<Hop> {
         if self.hooks == HookSet::Drops {
-            return self.drop_hop();
+            let drop = *self.drop_hop()?;
+            return (drop.in_ifindex != 0).then_some(Hop {
+                ifindex: drop.in_ifindex,
+                ..drop
+            });
         }
         let end = self
             .packet
@@ -84,6 +90,7 @@ impl Case<'_> {
             .iter()
             .rev()
             .find(|h| h.kind == HopKind::Receive)
+            .copied()
     }
 
     /// "The SYN", "The SYN-ACK", "The packet": how a person names this packet.
@@ -101,10 +108,9 @@ impl Case<'_> {
 /// One diagnosis rule: a code and the function that recognises it.
 pub struct Rule {
     pub code: &'static str,
-    /// The drop hop alone proves the case (`--hooks drops`): the drops it reads happen before
-    /// the packet leaves its input device, or it needs only the namespace and header at the
-    /// drop. False for rules that need hops before the drop (a netfilter hook is inferred from
-    /// them; a lone NETFILTER_DROP could be any hook).
+    /// The drop hop alone proves the case (`--hooks drops`): what the rule needs is in the
+    /// drop event (its namespace, header, input interface, and the header the packet entered
+    /// the namespace with, from conntrack). False for a rule that needs hops before the drop.
     pub from_drop_alone: bool,
     pub check: fn(&Case<'_>, &mut dyn HostFacts) -> Option<Diagnosis>,
 }

@@ -22,9 +22,10 @@ use crate::{events::Tuple, probes::HookSet, resolve::HostFacts};
 
 pub const NETFILTER_DROP: Rule = Rule {
     code: "netfilter_drop",
-    // The hook is seen or inferred from the hops before the drop: alone, a NETFILTER_DROP
-    // could have happened at any hook, with the header before or after NAT.
-    from_drop_alone: false,
+    // The hook is inferred by walking the ruleset in kernel order from the header the packet
+    // entered the namespace with and its input interface. Without the path, the drop carries
+    // both: conntrack's tuple (the header before any NAT) and skb_iif.
+    from_drop_alone: true,
     check: netfilter_drop,
 };
 pub const DNAT_SKIPPED: Rule = Rule {
@@ -89,6 +90,15 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     if let (Some(h), Some(f)) = (observed_hook, family) {
         evidence.push(format!("nf_hook_slow: {f} {} returned drop", h.name()));
     }
+    if case.hooks == HookSet::Drops
+        && let Some((entered, now)) = case.drop_hop().and_then(|h| h.entered.zip(h.tuple))
+        && (entered.dst, entered.dport) != (now.dst, now.dport)
+    {
+        evidence.push(format!(
+            "conntrack: it entered netns {ns} addressed to {}:{} and was rewritten to {}:{} before it was dropped",
+            entered.dst, entered.dport, now.dst, now.dport
+        ));
+    }
     let Some(w) = walked.filter(|w| w.outcome.verdict != Verdict::Accept) else {
         // The kernel dropped in netfilter but the iptables rules do not explain it.
         let hook = observed_hook.map_or("a netfilter hook".to_owned(), |h| h.name().to_owned());
@@ -142,7 +152,10 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         describe_rule(&by)
     ));
     if !w.observed {
-        evidence.push(format!("hook inferred from the hops and the ruleset walk (tracepoint backend); {hook} is the first hook whose rules drop this packet"));
+        evidence.push(match case.hooks {
+            HookSet::Path => format!("hook inferred from the hops and the ruleset walk (tracepoint backend); {hook} is the first hook whose rules drop this packet"),
+            HookSet::Drops => format!("hook inferred from the ruleset walk alone (--hooks drops traces no path: the header it entered with is conntrack's, the input interface the kernel's skb_iif); {hook} is the first hook whose rules drop this packet"),
+        });
     }
     match delta {
         Some((0, ago)) => evidence.push(format!(
@@ -405,13 +418,15 @@ fn walk(
     netns: u32,
     observed: Option<Hook>,
 ) -> Option<Walked> {
-    let input = case.input_hop().filter(|h| h.netns == netns).copied();
+    let input = case.input_hop().filter(|h| h.netns == netns);
+    // The header as it entered the namespace: at its first hop there, or, when the drop is
+    // the only one (`--hooks drops`), as conntrack recorded it before any NAT.
     let first = case
         .packet
         .hops
         .iter()
         .filter(|h| h.netns == netns)
-        .find_map(|h| h.tuple)?;
+        .find_map(|h| h.entered.or(h.tuple))?;
     let at_drop = case.drop_hop().and_then(|h| h.tuple).unwrap_or(first);
     // Input side: a bridge port hands the packet to iptables as the bridge itself.
     let (in_if, physdev_in, bridge, bridge_index) = match input {
@@ -562,7 +577,7 @@ fn walk(
 /// its port is published to a container or DNATed by a rule: something in nat PREROUTING ran
 /// first.
 fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
-    let input = *case.input_hop()?;
+    let input = case.input_hop()?;
     let first = input.tuple?;
     let ended_here = match &case.verdict.drop {
         Some(d) => d.reason == "NO_SOCKET" && case.drop_netns() == Some(input.netns),
@@ -845,20 +860,101 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_lone_netfilter_drop_is_not_attributed_to_a_hook() {
-        // The DOCKER-USER drop that `docker_user_drop_is_attributed_on_tracepoints` pins down
-        // from the path: alone, it could have been any hook.
-        let mut host = FakeHost::lab_with_docker();
+    /// Docker's rules with a DOCKER-USER drop of port 80 and, in raw PREROUTING, a drop of
+    /// anything sent straight to the container's address: the packet sent to the published
+    /// port passes the raw rule (it is DNATed only after raw) and dies in DOCKER-USER.
+    fn docker_user_drop_behind_a_raw_rule() -> Ruleset {
         let text = DOCKER.replace(
             "[0:0] -A DOCKER-USER -j RETURN",
             "[1:60] -A DOCKER-USER -p tcp -m tcp --dport 80 -j DROP\n[0:0] -A DOCKER-USER -j RETURN",
         );
-        host.rulesets
-            .insert(HOST_NS, Arc::new(Ruleset::parse(&text).unwrap()));
-        let mut hops = dropped_at(12, true, HOST_NS, 2);
+        let raw = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n[0:0] -A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP\nCOMMIT\n";
+        Ruleset::parse(&format!("{raw}{text}")).unwrap()
+    }
+
+    /// The drop alone, as `--hooks drops` traces it: the last hop of [`dropped_at`] with a
+    /// NETFILTER_DROP, changed by `edit`, in the host namespace with ruleset `rs`.
+    fn lone_netfilter_drop(
+        rs: Ruleset,
+        dnat: bool,
+        edit: impl FnOnce(&mut crate::events::Hop),
+    ) -> Option<crate::diagnose::Diagnosis> {
+        let mut host = FakeHost::lab_with_docker();
+        host.rulesets.insert(HOST_NS, Arc::new(rs));
+        let mut hops = dropped_at(12, dnat, HOST_NS, 2);
         hops.retain(|h| h.kind == HopKind::Drop);
-        assert_eq!(report_of(&mut host, hops, HookSet::Drops).diagnosis, None);
+        edit(&mut hops[0]);
+        report_of(&mut host, hops, HookSet::Drops).diagnosis
+    }
+
+    #[test]
+    fn a_lone_netfilter_drop_is_attributed_from_conntracks_header() {
+        // --hooks drops: the DOCKER-USER drop as the kernel program records it, after DNAT,
+        // with conntrack's header from before it and the interface it came in on.
+        let d = lone_netfilter_drop(docker_user_drop_behind_a_raw_rule(), true, |_| {})
+            .expect("diagnosed from the drop alone");
+        assert_eq!(d.code, "netfilter_drop", "{d:#?}");
+        let rule = d.rule.clone().expect("rule");
+        assert_eq!(
+            (rule.table.as_str(), rule.chain.as_str(), rule.index),
+            ("filter", "DOCKER-USER", Some(1))
+        );
+        assert!(d.summary.contains("at FORWARD"), "{}", d.summary);
+        assert!(
+            d.fix
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("ip netns exec lab-host iptables -t filter -D DOCKER-USER 1"),
+            "{:?}",
+            d.fix
+        );
+        for needle in [
+            "conntrack: it entered netns lab-host addressed to 203.0.113.1:10001 and was rewritten to 172.17.0.2:80 before it was dropped",
+            "hook inferred from the ruleset walk alone (--hooks drops",
+            "(in eth0, out ",
+        ] {
+            assert!(
+                d.evidence.iter().any(|e| e.contains(needle)),
+                "{needle}: {:#?}",
+                d.evidence
+            );
+        }
+    }
+
+    #[test]
+    fn without_conntracks_header_a_lone_drop_is_walked_as_it_was_dropped() {
+        // The same drop from a kernel object that recorded no conntrack header: the walk
+        // starts from the header after DNAT and the raw rule takes the blame. What the
+        // entered header is for.
+        let d = lone_netfilter_drop(docker_user_drop_behind_a_raw_rule(), true, |h| {
+            h.entered = None;
+        })
+        .expect("diagnosed");
+        let rule = d.rule.expect("rule");
+        assert_eq!(
+            (rule.table.as_str(), rule.chain.as_str()),
+            ("raw", "PREROUTING")
+        );
+    }
+
+    #[test]
+    fn a_lone_drop_of_a_packet_generated_here_is_walked_from_output() {
+        // skb_iif 0: the host sent it itself, so there is no input interface and the walk
+        // starts at OUTPUT, where this rule drops it.
+        let text = DOCKER.replace(
+            ":OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n:DOCKER-ISOLATION-STAGE-1",
+            ":OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n[1:60] -A OUTPUT -p tcp --dport 10001 -j DROP\n:DOCKER-ISOLATION-STAGE-1",
+        );
+        assert_ne!(
+            text, DOCKER,
+            "the fixture changed: the OUTPUT rule was not added"
+        );
+        let d = lone_netfilter_drop(Ruleset::parse(&text).unwrap(), false, |h| {
+            h.in_ifindex = 0;
+        })
+        .expect("diagnosed");
+        assert!(d.summary.contains("at OUTPUT"), "{}", d.summary);
+        assert_eq!(d.rule.map(|r| r.chain), Some("OUTPUT".to_owned()));
     }
 
     /// A DNATed SYN dropped in the host namespace with `rs` as its ruleset: the

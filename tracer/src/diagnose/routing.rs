@@ -26,7 +26,7 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     if drop.reason != "IP_RPFILTER" {
         return None;
     }
-    let input = *case.input_hop()?;
+    let input = case.input_hop()?;
     let t = input.tuple?;
     let ifname = facts.interface(input.netns, input.ifindex)?.name;
     let ns = facts.netns_label(input.netns);

@@ -15,7 +15,7 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     if drop.reason != "NO_SOCKET" {
         return None;
     }
-    let input = *case.input_hop()?;
+    let input = case.input_hop()?;
     let t = case.drop_hop().and_then(|h| h.tuple).or(input.tuple)?;
     let first = case.packet.hops.iter().find_map(|h| h.tuple).unwrap_or(t);
     let ns = facts.netns_label(input.netns);

@@ -87,6 +87,21 @@ pub fn render(report: &Report) -> String {
             };
             let _ = write!(detail, "  {arrow} {} @ {}", peer.ifname, peer.netns_name);
         }
+        if let Some(input) = view.in_ifname.as_ref().filter(|i| **i != view.ifname) {
+            let _ = write!(detail, "  came in on {input}");
+        }
+        if let (Some(e), Some(t)) = (&view.entered, hop.tuple)
+            && (e.dst, e.dport.unwrap_or(0)) != (t.dst, t.dport)
+        {
+            match e.dport {
+                Some(p) => {
+                    let _ = write!(detail, "  (sent to {}:{p} before NAT)", e.dst);
+                }
+                None => {
+                    let _ = write!(detail, "  (sent to {} before NAT)", e.dst);
+                }
+            }
+        }
         if let Some(reason) = &view.drop_reason {
             let _ = write!(
                 detail,
@@ -189,7 +204,7 @@ impl<W: Write> Output for HumanOutput<W> {
         if ready.hook_set == HookSet::Drops {
             writeln!(
                 self.out,
-                "pathtrace: drops only (--hooks drops): no path before a drop, no NAT following; a cause is named only where the drop alone proves it (trace without it to see why)"
+                "pathtrace: drops only (--hooks drops): no path before a drop; causes are inferred from the drop, its input interface and where conntrack says it was sent (trace without it to see every hop)"
             )?;
         }
         for skipped in &ready.skipped_hooks {
@@ -289,6 +304,13 @@ mod tests {
         let text = render(&r);
         assert!(
             text.contains("=> DROPPED after eth0 (lab-host): IP_INADDRERRORS at ip_error"),
+            "{text}"
+        );
+        // The one hop says where the SYN was sent before DNAT (conntrack's tuple).
+        assert!(
+            text.contains(
+                "203.0.113.2:40000 → 172.17.0.2:80  SYN  (sent to 203.0.113.1:10001 before NAT)  IP_INADDRERRORS"
+            ),
             "{text}"
         );
         assert!(

@@ -506,6 +506,14 @@ pub(crate) mod fixture {
             self.header("", super::KIND_PTR, 0, false, to)
         }
 
+        pub fn array(&mut self, elem: u32, n: u32) -> u32 {
+            let id = self.header("", super::KIND_ARRAY, 0, false, 0);
+            for v in [elem, elem, n] {
+                self.types.extend_from_slice(&v.to_le_bytes());
+            }
+            id
+        }
+
         pub fn typedef(&mut self, name: &str, to: u32) -> u32 {
             self.header(name, super::KIND_TYPEDEF, 0, false, to)
         }

@@ -12,7 +12,7 @@ use super::{
 
 /// (struct, member path, expected size in bytes) for each field in [`KernelOffsets`], in order.
 /// The size check catches a kernel that changed a field's type under the same name.
-const FIELDS: [(&str, &str, u32); 10] = [
+const FIELDS: [(&str, &str, u32); 11] = [
     ("sk_buff", "head", 8),
     ("sk_buff", "data", 8),
     ("sk_buff", "len", 4),
@@ -20,6 +20,7 @@ const FIELDS: [(&str, &str, u32); 10] = [
     ("sk_buff", "protocol", 2),
     ("sk_buff", "network_header", 2),
     ("sk_buff", "transport_header", 2),
+    ("sk_buff", "skb_iif", 4),
     ("net_device", "ifindex", 4),
     ("net_device", "nd_net.net", 8),
     ("net", "ns.inum", 4),
@@ -54,6 +55,7 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
         skb_protocol,
         skb_network_header,
         skb_transport_header,
+        skb_iif,
         dev_ifindex,
         dev_nd_net,
         net_ns_inum,
@@ -66,6 +68,7 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
         skb_protocol,
         skb_network_header,
         skb_transport_header,
+        skb_iif,
         dev_ifindex,
         dev_nd_net,
         net_ns_inum,
@@ -79,42 +82,104 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
             field(btf, "nf_hook_state", "out", 8)?,
         ])
     })();
-    match nf {
-        Ok([hook, pf, input, output]) => {
-            off.nf_state_hook = hook;
-            off.nf_state_pf = pf;
-            off.nf_state_in = input;
-            off.nf_state_out = output;
-            off.have |= have::NF_HOOK_STATE;
-        }
-        Err(e) => tracing::debug!("no netfilter hook state offsets: {e}"),
-    }
-    match btf
+    optional(
+        &mut off,
+        have::NF_HOOK_STATE,
+        "netfilter hook state",
+        nf,
+        |o, v| {
+            [
+                o.nf_state_hook,
+                o.nf_state_pf,
+                o.nf_state_in,
+                o.nf_state_out,
+            ] = v;
+        },
+    );
+    let bridge = btf
         .with_module("bridge")
         .map_err(OffsetError::from)
-        .and_then(|mut b| field(&mut b, "net_bridge_port", "dev", 8))
-    {
-        Ok(dev) => {
-            off.brport_dev = dev;
-            off.have |= have::BRIDGE_PORT;
-        }
-        Err(e) => tracing::debug!("no bridge port offsets (bridge module not loaded?): {e}"),
-    }
+        .and_then(|mut b| field(&mut b, "net_bridge_port", "dev", 8));
+    optional(
+        &mut off,
+        have::BRIDGE_PORT,
+        "bridge port (bridge module not loaded?)",
+        bridge,
+        |o, v| {
+            o.brport_dev = v;
+        },
+    );
     let veth = (|| -> Result<(u32, u32), OffsetError> {
         let mut b = btf.with_module("veth")?;
         let peer = field(&mut b, "veth_priv", "peer", 8)?;
         let dev_size = b.struct_size("net_device")?;
         Ok((peer, netdev_priv_offset(dev_size)))
     })();
-    match veth {
-        Ok((peer, priv_off)) => {
-            off.veth_priv_peer = peer;
-            off.netdev_priv = priv_off;
-            off.have |= have::VETH_PEER;
-        }
-        Err(e) => tracing::debug!("no veth peer offsets (veth module not loaded?): {e}"),
-    }
+    optional(
+        &mut off,
+        have::VETH_PEER,
+        "veth peer (veth module not loaded?)",
+        veth,
+        |o, v| {
+            (o.veth_priv_peer, o.netdev_priv) = v;
+        },
+    );
+    let ct = conntrack(btf);
+    optional(
+        &mut off,
+        have::CONNTRACK,
+        "conntrack (no conntrack in this kernel?)",
+        ct,
+        |o, v| {
+            [o.skb_nfct, o.ct_dst_addr, o.ct_dst_port, o.ct_dir_stride] = v;
+        },
+    );
     Ok(off)
+}
+
+/// Fills an optional group of offsets and sets its `have` bit; without it, its hooks or reads
+/// are left out, and a debug line says why.
+fn optional<T>(
+    off: &mut KernelOffsets,
+    bit: u32,
+    group: &str,
+    found: Result<T, OffsetError>,
+    fill: impl FnOnce(&mut KernelOffsets, T),
+) {
+    match found {
+        Ok(v) => {
+            fill(off, v);
+            off.have |= bit;
+        }
+        Err(e) => tracing::debug!("no {group} offsets: {e}"),
+    }
+}
+
+/// `skb->_nfct`, and where a `struct nf_conn` keeps the destination of its original tuple
+/// (the reply's is one `tuplehash` element further): in vmlinux when conntrack is built in,
+/// in the nf_conntrack module's BTF when it is a module.
+fn conntrack(btf: &mut Btf) -> Result<[u32; 4], OffsetError> {
+    let nfct = field(btf, "sk_buff", "_nfct", 8)?;
+    let mut module;
+    let b = if btf.struct_id("nf_conn").is_some() {
+        btf
+    } else {
+        module = btf.with_module("nf_conntrack")?;
+        &mut module
+    };
+    let stride = b.struct_size("nf_conntrack_tuple_hash")?;
+    let table = b.member("nf_conn", "tuplehash")?;
+    if table.size != 2 * stride {
+        return Err(OffsetError::Size {
+            ty: "nf_conn",
+            member: "tuplehash",
+            found: table.size,
+            expected: 2 * stride,
+        });
+    }
+    let addr = field(b, "nf_conntrack_tuple_hash", "tuple.dst.u3", 16)?;
+    let port = field(b, "nf_conntrack_tuple_hash", "tuple.dst.u.all", 2)?;
+    Ok([nfct, table.offset + addr, table.offset + port, stride])
 }
 
 /// Lets the programs load packet headers directly: sets the BTF ids of the header types packet
@@ -218,6 +283,7 @@ mod tests {
             &[
                 ("", anon_u, 0, 0),
                 ("len", u32t, 896, 0),
+                ("skb_iif", u32t, 1088, 0),
                 ("protocol", u16t, 1440, 0),
                 ("transport_header", u16h, 1456, 0),
                 ("network_header", u16h, 1472, 0),
@@ -241,11 +307,65 @@ mod tests {
         assert_eq!(off.dev_ifindex, 200);
         assert_eq!(off.dev_nd_net, 256);
         assert_eq!(off.net_ns_inum, 36);
+        assert_eq!(off.skb_iif, 136);
         assert_eq!(
-            off.have & have::NF_HOOK_STATE,
+            off.have & (have::NF_HOOK_STATE | have::CONNTRACK),
             0,
-            "fixture has no nf_hook_state"
+            "fixture has no nf_hook_state and no conntrack"
         );
+    }
+
+    /// `nf_conn.tuplehash[2]`, each a list node and a tuple whose destination is an address
+    /// union and a port union: where the original direction's destination lies, and the
+    /// stride to the reply's.
+    #[test]
+    fn finds_conntracks_destination_of_each_direction() {
+        let mut b = BtfBuilder::new();
+        let u8t = b.int("u8", 1);
+        let be16 = b.int("__be16", 2);
+        let be32 = b.int("__be32", 4);
+        let ulong = b.int("long unsigned int", 8);
+        b.composite(false, "sk_buff", 232, &[("_nfct", ulong, 960, 0)]);
+        let addr = b.composite(true, "nf_inet_addr", 16, &[("ip", be32, 0, 0)]);
+        let port = b.composite(true, "", 2, &[("all", be16, 0, 0)]);
+        let man = b.composite(false, "nf_conntrack_man", 20, &[("u3", addr, 0, 0)]);
+        let dst = b.composite(
+            false,
+            "",
+            20,
+            &[
+                ("u3", addr, 0, 0),
+                ("u", port, 128, 0),
+                ("protonum", u8t, 144, 0),
+            ],
+        );
+        let tuple = b.composite(
+            false,
+            "nf_conntrack_tuple",
+            40,
+            &[("src", man, 0, 0), ("dst", dst, 160, 0)],
+        );
+        let hash = b.composite(
+            false,
+            "nf_conntrack_tuple_hash",
+            56,
+            &[("tuple", tuple, 128, 0)],
+        );
+        let pair = b.array(hash, 2);
+        b.composite(
+            false,
+            "nf_conn",
+            256,
+            &[("status", ulong, 0, 0), ("tuplehash", pair, 256, 0)],
+        );
+        let mut btf = Btf::parse(b.build()).expect("fixture");
+        // _nfct at 120; tuplehash at 32, its tuple at 16, the tuple's dst at 20, the port 16
+        // into dst; one element is 56 bytes.
+        assert_eq!(conntrack(&mut btf).expect("offsets"), [120, 68, 84, 56]);
+
+        // A kernel without conntrack has no _nfct: the group is left out, naming why.
+        let err = conntrack(&mut kernel_like(2)).unwrap_err().to_string();
+        assert!(err.contains("_nfct"), "{err}");
     }
 
     #[test]
