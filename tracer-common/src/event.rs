@@ -148,15 +148,41 @@ impl HopEvent {
         }
     }
 
-    /// Decodes one ring buffer record. `None` when the record is too short (a newer kernel
+    /// Bytes every record carries: all fields up to `in_ifindex`. Only a drop's record is
+    /// the whole struct; the rest stop here, so a flood of followed packets fills the ring
+    /// no faster than before drops carried their input interface and conntrack's header.
+    pub const HEAD_LEN: usize = core::mem::offset_of!(HopEvent, in_ifindex);
+
+    /// The record length the kernel program writes for an event of `kind`.
+    #[inline(always)]
+    pub const fn record_len(kind: u8) -> usize {
+        if kind == HopKind::Drop as u8 {
+            core::mem::size_of::<Self>()
+        } else {
+            Self::HEAD_LEN
+        }
+    }
+
+    /// Decodes one ring buffer record: at least [`HopEvent::HEAD_LEN`] bytes, the fields a
+    /// shorter record lacks read as zero. `None` when the record is too short (a newer kernel
     /// object than this userspace, or corruption): never read past the record.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < core::mem::size_of::<Self>() {
+        if bytes.len() < Self::HEAD_LEN {
             return None;
         }
-        // SAFETY: the length is checked above, every bit pattern is a valid HopEvent (plain
-        // integers and byte arrays), and read_unaligned tolerates any alignment.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        let mut ev = Self::zeroed();
+        let n = bytes.len().min(core::mem::size_of::<Self>());
+        // SAFETY: `n` bytes fit both the record and the event; every bit pattern is a valid
+        // HopEvent (plain integers and byte arrays), and a byte copy needs no alignment.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut ev as *mut Self).cast::<u8>(), n);
+        }
+        Some(ev)
+    }
+
+    /// The bytes the kernel program writes for this event ([`HopEvent::record_len`]).
+    pub fn record(&self) -> &[u8] {
+        &self.as_bytes()[..Self::record_len(self.kind)]
     }
 
     /// The raw bytes of this event, as the kernel writes them (used to build fixtures).
@@ -237,9 +263,19 @@ mod tests {
         ev.skb = 0xffff_8880_0102_0304;
         ev.kind = HopKind::Drop as u8;
         ev.dport = 10001;
-        let back = HopEvent::from_bytes(ev.as_bytes()).expect("full record");
+        ev.in_ifindex = 4;
+        ev.entered_dport = 80;
+        let back = HopEvent::from_bytes(ev.record()).expect("full record");
         assert_eq!(back, ev);
-        assert!(HopEvent::from_bytes(&ev.as_bytes()[..87]).is_none());
+        assert_eq!(ev.record().len(), 88, "a drop carries its tail");
+        assert!(HopEvent::from_bytes(&ev.as_bytes()[..HopEvent::HEAD_LEN - 1]).is_none());
+
+        // Any other hop stops before the drop's fields, which then read as zero.
+        ev.kind = HopKind::Receive as u8;
+        assert_eq!(ev.record().len(), 72);
+        let back = HopEvent::from_bytes(ev.record()).expect("head record");
+        assert_eq!((back.skb, back.dport), (ev.skb, ev.dport));
+        assert_eq!((back.in_ifindex, back.entered_dport), (0, 0));
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn entered_passes(skb: u64, access: Access, f: &tracer_common::Filter) -> bool {
 }
 
 /// Bytes past `WAKEUP_BYTES` within which an event still wakes the reader: four records
-/// (an event plus the ring's 8-byte header).
+/// (an event, at its longest, plus the ring's 8-byte header).
 const WAKEUP_WINDOW: u64 = 4 * (core::mem::size_of::<HopEvent>() as u64 + 8);
 
 /// Writes one event to the ring buffer, counting it as emitted or lost.
@@ -207,7 +207,11 @@ pub fn emit(ev: &HopEvent) {
     } else {
         ring::NO_WAKEUP
     };
-    match EVENTS.output::<HopEvent>(ev, flags) {
+    // Only a drop's record carries the drop's tail (input interface, conntrack's header).
+    let len = HopEvent::record_len(ev.kind);
+    // SAFETY: `len` is at most the size of `*ev`, which is fully initialised.
+    let record = unsafe { core::slice::from_raw_parts((ev as *const HopEvent).cast::<u8>(), len) };
+    match EVENTS.output::<[u8]>(record, flags) {
         Ok(()) => bump(counter::EMITTED),
         Err(_) => bump(counter::LOST),
     }
