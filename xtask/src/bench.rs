@@ -700,6 +700,21 @@ fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) 
 /// The interleaved floods and the table of what they measured (everything but the pipeline).
 fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     let (lab, sink) = warm_lab()?;
+    // One traced run, not counted: the first one's JSON (~500 MB) goes into page cache on
+    // memory a fresh VM's hypervisor has not backed yet, and those first touches stall the
+    // reader long enough to lose events (docs/performance.md). Later runs reuse the pages.
+    let warm = measure(
+        &lab,
+        &sink,
+        subject,
+        Mode::Matching,
+        Traffic::Udp,
+        args.seconds,
+    )?;
+    eprintln!(
+        "warm-up (not counted): {} events, {} lost, pathtrace {:.2} s CPU",
+        warm.events, warm.lost, warm.cpu_s
+    );
     let mut results: Vec<(Mode, Run)> = Vec::new();
     let mut syn_results: Vec<(Mode, Run)> = Vec::new();
     for round in 0..args.rounds {
