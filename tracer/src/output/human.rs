@@ -93,14 +93,10 @@ pub fn render(report: &Report) -> String {
         if let (Some(e), Some(t)) = (&view.entered, hop.tuple)
             && (e.dst, e.dport.unwrap_or(0)) != (t.dst, t.dport)
         {
-            match e.dport {
-                Some(p) => {
-                    let _ = write!(detail, "  (sent to {}:{p} before NAT)", e.dst);
-                }
-                None => {
-                    let _ = write!(detail, "  (sent to {} before NAT)", e.dst);
-                }
-            }
+            let to = e
+                .dport
+                .map_or_else(|| e.dst.to_string(), |p| format!("{}:{p}", e.dst));
+            let _ = write!(detail, "  (sent to {to} before NAT)");
         }
         if let Some(reason) = &view.drop_reason {
             let _ = write!(
