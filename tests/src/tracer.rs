@@ -95,15 +95,38 @@ impl Tracer {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    bail!("timed out; pathtrace said: {:#?}", self.seen)
+                    let seen = self.seen.len();
+                    self.stop_for_post_mortem();
+                    bail!(
+                        "timed out; pathtrace said:\n{}",
+                        transcript(&self.seen, seen)
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait()?;
                     bail!(
-                        "pathtrace exited ({status}) first; it said: {:#?}",
-                        self.seen
+                        "pathtrace exited ({status}) first; it said:\n{}",
+                        transcript(&self.seen, self.seen.len())
                     )
                 }
+            }
+        }
+    }
+
+    /// After a timeout: SIGINT makes pathtrace report the packets it still holds and its
+    /// counters (lost events, ...), which say whether the awaited line was late or never came.
+    fn stop_for_post_mortem(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Ok(v) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let last = v["kind"] == "stats";
+            self.seen.push(v);
+            if last {
+                break;
             }
         }
     }
@@ -134,4 +157,51 @@ impl Drop for Tracer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One short line per JSON line, so a failure shows the whole trace rather than the first
+/// screenful of a pretty-printed dump; lines after index `stopped` came after the SIGINT.
+pub fn transcript(seen: &[Value], stopped: usize) -> String {
+    let tuple = |v: &Value| {
+        format!(
+            "{} {}:{} > {}:{} [{}]",
+            v["proto"].as_str().unwrap_or("?"),
+            v["src"].as_str().unwrap_or("?"),
+            v["sport"],
+            v["dst"].as_str().unwrap_or("?"),
+            v["dport"],
+            v["tcp_flags"].as_str().unwrap_or("")
+        )
+    };
+    let mut out = String::new();
+    for (i, v) in seen.iter().enumerate() {
+        if i == stopped {
+            out.push_str("  -- after SIGINT --\n");
+        }
+        let line = match v["kind"].as_str() {
+            Some("hop") => format!(
+                "hop {} {} {}@{} {}",
+                v["skb"].as_str().unwrap_or("?"),
+                v["hop"].as_str().unwrap_or("?"),
+                v["ifname"].as_str().unwrap_or("?"),
+                v["netns_name"].as_str().unwrap_or("?"),
+                tuple(v)
+            ),
+            Some("verdict") => format!(
+                "verdict {} {} last {} {}@{} {} {}",
+                v["skb"].as_str().unwrap_or("?"),
+                v["outcome"].as_str().unwrap_or("?"),
+                v["last_hop"]["hop"].as_str().unwrap_or("?"),
+                v["last_hop"]["ifname"].as_str().unwrap_or("?"),
+                v["last_hop"]["netns_name"].as_str().unwrap_or("?"),
+                tuple(&v["last_hop"]),
+                v["diagnosis"]["code"].as_str().unwrap_or("")
+            ),
+            _ => v.to_string(),
+        };
+        out.push_str("  ");
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
