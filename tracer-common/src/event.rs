@@ -18,6 +18,10 @@ pub enum HopKind {
     BridgeForward = 5,
     /// A veth transmitted the packet to its peer (`veth_xmit`).
     VethTransmit = 6,
+    /// Not a hop: the skb's address now holds another packet, so the one followed there was
+    /// freed by a path with no tracepoint (`__kfree_skb`, as TCP frees a SYN-ACK it has
+    /// answered). Ends that packet at once; carries only `skb` and `ts_ns`.
+    FreedUnseen = 7,
 }
 
 impl HopKind {
@@ -31,6 +35,7 @@ impl HopKind {
             4 => Self::NetfilterHook,
             5 => Self::BridgeForward,
             6 => Self::VethTransmit,
+            7 => Self::FreedUnseen,
             _ => return None,
         })
     }
@@ -297,10 +302,10 @@ mod tests {
 
     #[test]
     fn hop_kind_round_trips() {
-        for raw in 0..=6u8 {
+        for raw in 0..=7u8 {
             assert_eq!(HopKind::from_raw(raw).map(|k| k as u8), Some(raw));
         }
-        assert_eq!(HopKind::from_raw(7), None);
+        assert_eq!(HopKind::from_raw(8), None);
     }
 }
 

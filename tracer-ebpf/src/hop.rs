@@ -11,7 +11,7 @@ use tracer_common::{
 
 use crate::{
     maps::{EVENTS, WAKEUP_BYTES, bump, filter, forget, off, reader_asleep, remembered, track},
-    skb::{Access, device, entered, field, headers, passes, read},
+    skb::{Access, device, entered, field, foreign, headers, passes, read},
 };
 
 /// What the entry point knows about the hook it runs at.
@@ -96,10 +96,16 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     let h = headers(skb, site.l3_at_data, site.access);
     let fp = h.fingerprint();
     let tracked = match remembered {
-        // An unreadable header (0) proves nothing either way: keep following.
-        Some(was) => was == fp || was == 0 || fp == 0,
+        // An unreadable IPv4 header (0) proves nothing either way: keep following. Another
+        // protocol does: ARP, IPv6 or a socket's buffer now lives at this address.
+        Some(was) => was == fp || ((was == 0 || fp == 0) && !foreign(skb, site.access)),
         None => false,
     };
+    if remembered.is_some() && !tracked {
+        // The packet followed here was freed where no tracepoint fires: say so now, or it
+        // would wait for its idle timeout (or swallow the next packet at this address).
+        freed_unseen(skb);
+    }
     if site.only_tracked && !tracked {
         forget(skb);
         return None;
@@ -183,6 +189,17 @@ fn entered_passes(skb: u64, access: Access, f: &tracer_common::Filter) -> bool {
     };
     let h = headers(skb, false, access);
     h.ipv4 && f.matches(h.saddr, daddr, h.proto, h.l4, h.sport, dport)
+}
+
+/// Ends the packet followed at `skb`: its memory holds another packet now.
+#[inline(always)]
+fn freed_unseen(skb: u64) {
+    let mut ev = HopEvent::zeroed();
+    // SAFETY: helper without preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skb = skb;
+    ev.kind = HopKind::FreedUnseen as u8;
+    emit(&ev);
 }
 
 /// Bytes past `WAKEUP_BYTES` within which an event still wakes the reader: four records

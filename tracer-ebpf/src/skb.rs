@@ -77,6 +77,19 @@ impl Headers {
 }
 
 const ETH_P_IP_BE: u16 = 0x0008; // htons(0x0800) as read on little-endian
+const ETH_P_8021Q_BE: u16 = 0x0081;
+const ETH_P_8021AD_BE: u16 = 0xa888;
+
+/// Whether the skb carries something other than IPv4 now (ARP, IPv6, a socket's buffer with no
+/// protocol): at an address where an IPv4 packet was followed, that packet was freed unseen
+/// and the memory reused. A VLAN tag changes the protocol of the same packet: not foreign.
+#[inline(always)]
+pub fn foreign(skb: u64, access: Access) -> bool {
+    matches!(
+        field::<u16>(skb, off!(skb_protocol), access),
+        Some(p) if p != ETH_P_IP_BE && p != ETH_P_8021Q_BE && p != ETH_P_8021AD_BE
+    )
+}
 
 /// Reads the IPv4 and TCP/UDP headers: the skb fields through `access`, then the packet bytes
 /// (see [`packet`]).

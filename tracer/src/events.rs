@@ -167,6 +167,7 @@ pub fn kind_name(kind: HopKind) -> &'static str {
         HopKind::NetfilterHook => "netfilter",
         HopKind::BridgeForward => "bridge_forward",
         HopKind::VethTransmit => "veth_transmit",
+        HopKind::FreedUnseen => "freed_unseen",
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use tracer_common::HopKind;
+
 use crate::events::Hop;
 
 /// The hops of one skb, in time order.
@@ -10,7 +12,8 @@ use crate::events::Hop;
 pub struct Packet {
     pub skb: u64,
     pub hops: Vec<Hop>,
-    /// Ended with a drop or consume event (as opposed to idling out or the trace stopping).
+    /// Ended with a drop or consume event, or the kernel saw its memory reused (as opposed to
+    /// idling out or the trace stopping).
     pub freed: bool,
 }
 
@@ -49,6 +52,16 @@ impl PacketTracker {
     /// the evicted one when the table is full, and the previous one at this address when the
     /// fingerprint shows the skb was freed unseen (no tracepoint on that path) and reused.
     pub fn push(&mut self, hop: Hop, finished: &mut Vec<Packet>) {
+        if hop.kind == HopKind::FreedUnseen {
+            // Not a hop: the kernel saw this address hold another packet. The one here ended
+            // without a tracepoint, which drops never do (they all pass kfree_skb).
+            if let Some(mut p) = self.live.remove(&hop.skb) {
+                p.hops.sort_by_key(|h| h.ts_ns);
+                p.freed = true;
+                finished.push(p);
+            }
+            return;
+        }
         let reused = self.live.get(&hop.skb).is_some_and(|p| {
             let old = p
                 .hops
@@ -130,7 +143,7 @@ fn last_ts(p: &Packet) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::HopKind;
+    use tracer_common::{HopEvent, HopKind};
 
     use super::*;
     use crate::events::fixture::*;
@@ -223,6 +236,30 @@ mod tests {
         unknown.fingerprint = 0;
         t.push(hop(unknown), &mut done);
         assert_eq!(done.len(), 1);
+    }
+
+    #[test]
+    fn the_kernel_saying_an_address_was_reused_ends_its_packet_at_once() {
+        let mut t = PacketTracker::new(500_000_000, 100);
+        let mut done = Vec::new();
+        // A SYN-ACK received by the client, whose TCP frees it with __kfree_skb (no
+        // tracepoint); an ARP reply then lands at its address, and the kernel says so.
+        let mut synack = ev(HopKind::Receive, 1_000, OUT_NS, 2);
+        synack.tcp_flags = 0x12;
+        t.push(hop(synack), &mut done);
+        let mut reused = HopEvent::zeroed();
+        reused.kind = HopKind::FreedUnseen as u8;
+        reused.skb = SKB;
+        reused.ts_ns = 2_000;
+        t.push(hop(reused), &mut done);
+        assert_eq!(done.len(), 1, "no waiting out the ARP grace period");
+        assert!(done[0].freed);
+        assert_eq!(done[0].hops.len(), 1, "the marker is not a hop");
+        assert_eq!(done[0].hops[0].tcp_flags, 0x12);
+        assert_eq!(t.live(), 0);
+        // A marker for an address nobody follows (any more) changes nothing.
+        t.push(hop(reused), &mut done);
+        assert_eq!((done.len(), t.live()), (1, 0));
     }
 
     #[test]
