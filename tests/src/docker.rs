@@ -167,8 +167,13 @@ impl Docker {
         Ok(IMAGE)
     }
 
-    /// Runs a container publishing `host_port` to its port 80.
+    /// Runs a container publishing `host_port` to its port 80, where httpd listens.
     pub fn run(&self, name: &str, host_port: u16) -> Result<Container> {
+        self.run_to(name, host_port, 80)
+    }
+
+    /// Runs a container publishing `host_port` to its `container_port` (httpd listens on 80).
+    pub fn run_to(&self, name: &str, host_port: u16, container_port: u16) -> Result<Container> {
         let image = self.image()?;
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
         run(
@@ -180,7 +185,7 @@ impl Docker {
                 "--name",
                 name,
                 "-p",
-                &format!("{host_port}:80"),
+                &format!("{host_port}:{container_port}"),
                 image,
             ],
         )?;

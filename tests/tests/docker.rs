@@ -189,6 +189,60 @@ fn container_filter_follows_its_published_port_and_address() {
     );
 }
 
+/// "The published port refuses": Docker publishes 10006 to port 81, httpd listens on 80. With
+/// kfree_skb alone the SYN is seen only as it dies inside the container, addressed to port 81
+/// (conntrack's record of 10006 stays on the host): the filter on the published port follows
+/// it there, and the diagnosis names the container and the port nothing listens on.
+#[test]
+fn drops_only_follows_a_published_port_into_its_container() {
+    let Some(docker) = docker() else { return };
+    let web = docker.run_to(&name("port"), 10006, 81).expect("container");
+    let client = OutsideHost::new().expect("client namespace");
+    let mut tracer = Tracer::start(&["--hooks", "drops", "--dport", "10006"]).expect("pathtrace");
+    let filter = tracer.seen[0]["filter"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        filter.contains(&format!(
+            "past Docker's DNAT to {}:81 (container {})",
+            web.address, web.name
+        )),
+        "{filter}"
+    );
+    assert!(
+        !client
+            .connect(10006, Duration::from_millis(1500))
+            .expect("connect"),
+        "nothing listens on 81: refused"
+    );
+    let v = tracer
+        .wait_for(Duration::from_secs(10), |v| v["kind"] == "verdict")
+        .expect("the drop");
+    assert_eq!(v["outcome"], "dropped", "{v:#}");
+    assert_eq!(v["drop_reason"], "NO_SOCKET");
+    assert_eq!(v["tuple"]["dst"], web.address.to_string());
+    assert_eq!(v["tuple"]["dport"], 81);
+    assert_eq!(
+        v["last_hop"]["container"]["name"],
+        web.name.as_str(),
+        "{v:#}"
+    );
+    assert_eq!(v["diagnosis"]["code"], "no_listener");
+    let summary = v["diagnosis"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("container {}", web.name))
+            && summary.contains("nothing listens on tcp port 81"),
+        "{summary}"
+    );
+    let fix = v["diagnosis"]["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("ss -ltnp") && fix.contains("0.0.0.0:81"),
+        "{fix}"
+    );
+    tracer.stop().expect("clean stop");
+}
+
 #[test]
 fn dockerd_restart_mid_trace_loses_no_later_resolution() {
     let Some(mut docker) = owned_docker() else {

@@ -10,6 +10,8 @@ pub mod filter_field {
     pub const SPORT: u8 = 1 << 2;
     /// `Filter::dport` is set.
     pub const DPORT: u8 = 1 << 3;
+    /// With `HOST`: the address must be the destination (a DNAT's target), not either end.
+    pub const HOST_IS_DST: u8 = 1 << 4;
 }
 
 /// The packet filter evaluated in the kernel before anything is written to the ring buffer.
@@ -117,7 +119,9 @@ impl Filter {
         if f & filter_field::HOST != 0 {
             let (saddr, daddr) = p.addrs();
             let host = u32::from_ne_bytes(self.host);
-            if u32::from_ne_bytes(saddr) != host && u32::from_ne_bytes(daddr) != host {
+            if u32::from_ne_bytes(daddr) != host
+                && (f & filter_field::HOST_IS_DST != 0 || u32::from_ne_bytes(saddr) != host)
+            {
                 return false;
             }
         }
@@ -326,6 +330,23 @@ mod tests {
         // Another port, another protocol: no.
         assert!(!flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 6, true, 40000, 22));
         assert!(!flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 17, true, 40000, 8443));
+    }
+
+    #[test]
+    fn a_published_port_widened_to_its_dnat_target_matches_only_traffic_to_it() {
+        // --dport 10001, published to 172.17.0.2:80.
+        let mut flt = f(filter_field::HOST | filter_field::HOST_IS_DST | filter_field::DPORT);
+        flt.host = [172, 17, 0, 2];
+        flt.dport = 80;
+        flt.or_dports[0] = 10001;
+        flt.n_or_dports = 1;
+        // Before DNAT, and after it.
+        assert!(flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 6, true, 40000, 10001));
+        assert!(flt.matches([203, 0, 113, 2], [172, 17, 0, 2], 6, true, 40000, 80));
+        // The container itself talking to some other server's port 80 is not traffic to it.
+        assert!(!flt.matches([172, 17, 0, 2], [198, 51, 100, 7], 6, true, 40000, 80));
+        // Nor is another of its ports.
+        assert!(!flt.matches([203, 0, 113, 2], [172, 17, 0, 2], 6, true, 40000, 22));
     }
 
     #[test]

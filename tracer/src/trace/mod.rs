@@ -15,6 +15,10 @@ use tracer_common::{
     config::{MAX_OR_DPORTS, filter_field, have},
 };
 
+mod published;
+
+use published::DropsFilter;
+
 use crate::{
     correlate::{FlowTable, Packet, PacketTracker},
     events::Hop,
@@ -25,7 +29,7 @@ use crate::{
     },
     report::Report,
     resolve::{
-        HostFacts, Resolver, SharedIndex,
+        Resolver, SharedIndex,
         docker::{self, DockerStatus},
     },
     verdict::Outcome,
@@ -176,36 +180,6 @@ pub enum Control {
     SetFilter(Filter),
 }
 
-/// `--hooks drops --dport P` where Docker publishes P: kfree_skb sees a packet as it dies.
-/// In the namespace that DNATed it, conntrack still says it was sent to P and the filter
-/// matches (where pathtrace knows the kernel's conntrack layout, `conntrack`); past the
-/// container's veth that record is gone and the packet carries the container's port.
-fn published_dport_warning(
-    filter: &Filter,
-    facts: &mut dyn HostFacts,
-    conntrack: bool,
-) -> Option<String> {
-    if filter.fields & filter_field::DPORT == 0 {
-        return None;
-    }
-    let p = match filter.proto {
-        0 => facts
-            .published(filter.dport, 6)
-            .or_else(|| facts.published(filter.dport, 17)),
-        proto => facts.published(filter.dport, proto),
-    }?;
-    let (name, port, dport) = (&p.container.name, p.container_port, filter.dport);
-    Some(if conntrack {
-        format!(
-            "--hooks drops matches port {dport}'s drops on the host by where conntrack says they were sent; inside container {name}, past its veth, they carry port {port}: --container {name} matches those"
-        )
-    } else {
-        format!(
-            "--hooks drops sees packets as they are dropped, after Docker's DNAT (this kernel's conntrack layout is unknown to pathtrace): port {dport} is published to port {port} of container {name}, so its drops past PREROUTING carry port {port}; filter with --container {name} to see them"
-        )
-    })
-}
-
 /// Runs a trace until the duration, count, or a signal ends it; returns the totals.
 pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceError> {
     run_controlled(cfg, out, None).await
@@ -233,14 +207,15 @@ pub async fn run_controlled(
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
     let mut pipeline = Pipeline::new(&cfg, probes.drop_reasons.clone(), containers);
     pipeline.resolver.prefetch_own_ruleset();
-    if cfg.hooks == HookSet::Drops
-        && let Some(w) = published_dport_warning(
-            &cfg.filter,
-            &mut pipeline.resolver,
-            probes.offsets.have & have::CONNTRACK != 0,
-        )
-    {
-        tracing::warn!("{w}");
+    let mut drops_filter = (cfg.hooks == HookSet::Drops)
+        .then(|| DropsFilter::new(cfg.filter, probes.offsets.have & have::CONNTRACK != 0));
+    if let Some(d) = drops_filter.as_mut() {
+        if let Some(f) = d.refresh(&mut pipeline.resolver) {
+            probes.set_filter(f)?;
+        }
+        if let Some(target) = d.target() {
+            cfg.filter_text = format!("{}, or past Docker's DNAT to {target}", cfg.filter_text);
+        }
     }
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -338,6 +313,12 @@ pub async fn run_controlled(
                         pipeline.stats.kernel = c;
                         pipeline.stats.lost = c.lost;
                     }
+                    // Containers come and go: a published port's target with them.
+                    if let Some(d) = drops_filter.as_mut()
+                        && let Some(f) = d.refresh(&mut pipeline.resolver)
+                    {
+                        probes.set_filter(f)?;
+                    }
                 }
                 let live = pipeline.live_packets();
                 out.tick(&pipeline.stats, live)?;
@@ -361,7 +342,10 @@ pub async fn run_controlled(
                 }
             } => {
                 match change {
-                    Control::SetFilter(f) => probes.set_filter(f)?,
+                    Control::SetFilter(f) => match drops_filter.as_mut() {
+                        Some(d) => probes.set_filter(d.replace(f, &mut pipeline.resolver))?,
+                        None => probes.set_filter(f)?,
+                    },
                 }
             }
             _ = &mut sleep_until => break,
@@ -497,35 +481,4 @@ fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, limit: usize
         }
     }
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use tracer_common::{Filter, config::filter_field};
-
-    use super::published_dport_warning;
-    use crate::resolve::fixture::FakeHost;
-
-    #[test]
-    fn drops_mode_warns_that_a_published_port_is_dnated_before_the_drop() {
-        let mut host = FakeHost::lab_with_docker();
-        let mut f = Filter::any();
-        f.fields |= filter_field::DPORT;
-        f.dport = 10001;
-        let w = published_dport_warning(&f, &mut host, false).expect("10001 is published");
-        assert!(w.contains("to port 80 of container web-1"), "{w}");
-        assert!(w.contains("--container web-1"), "{w}");
-        let w = published_dport_warning(&f, &mut host, true).expect("10001 is published");
-        assert!(
-            w.contains("inside container web-1, past its veth, they carry port 80"),
-            "{w}"
-        );
-        f.dport = 10002;
-        assert_eq!(published_dport_warning(&f, &mut host, true), None);
-        assert_eq!(
-            published_dport_warning(&Filter::any(), &mut host, true),
-            None,
-            "no port, nothing to warn about"
-        );
-    }
 }
