@@ -55,11 +55,7 @@ impl PacketTracker {
         if hop.kind == HopKind::FreedUnseen {
             // Not a hop: the kernel saw this address hold another packet. The one here ended
             // without a tracepoint, which drops never do (they all pass kfree_skb).
-            if let Some(mut p) = self.live.remove(&hop.skb) {
-                p.hops.sort_by_key(|h| h.ts_ns);
-                p.freed = true;
-                finished.push(p);
-            }
+            self.finish(hop.skb, true, finished);
             return;
         }
         let reused = self.live.get(&hop.skb).is_some_and(|p| {
@@ -70,16 +66,14 @@ impl PacketTracker {
                 .find_map(|h| (h.fingerprint != 0).then_some(h.fingerprint));
             matches!(old, Some(fp) if hop.fingerprint != 0 && fp != hop.fingerprint)
         });
-        if reused && let Some(mut p) = self.live.remove(&hop.skb) {
-            p.hops.sort_by_key(|h| h.ts_ns);
-            finished.push(p);
+        if reused {
+            self.finish(hop.skb, false, finished);
         }
         if !self.live.contains_key(&hop.skb)
             && self.live.len() >= self.max_live
             && let Some(oldest) = self.live.values().min_by_key(|p| last_ts(p)).map(|p| p.skb)
-            && let Some(p) = self.live.remove(&oldest)
         {
-            finished.push(p);
+            self.finish(oldest, false, finished);
         }
         let packet = self.live.entry(hop.skb).or_insert_with(|| Packet {
             skb: hop.skb,
@@ -87,11 +81,16 @@ impl PacketTracker {
             freed: false,
         });
         packet.hops.push(hop);
-        if hop.frees()
-            && let Some(mut p) = self.live.remove(&hop.skb)
-        {
-            p.freed = true;
+        if hop.frees() {
+            self.finish(hop.skb, true, finished);
+        }
+    }
+
+    /// Moves the packet at `skb`, if one is live, to `finished`, its hops in time order.
+    fn finish(&mut self, skb: u64, freed: bool, finished: &mut Vec<Packet>) {
+        if let Some(mut p) = self.live.remove(&skb) {
             p.hops.sort_by_key(|h| h.ts_ns);
+            p.freed = freed;
             finished.push(p);
         }
     }
@@ -116,10 +115,7 @@ impl PacketTracker {
             .map(|p| p.skb)
             .collect();
         for skb in stale {
-            if let Some(mut p) = self.live.remove(&skb) {
-                p.hops.sort_by_key(|h| h.ts_ns);
-                finished.push(p);
-            }
+            self.finish(skb, false, finished);
         }
         finished.sort_by_key(Packet::first_ts);
     }

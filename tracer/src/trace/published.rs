@@ -60,17 +60,18 @@ pub fn widen(given: &Filter, facts: &mut dyn HostFacts, conntrack: bool) -> Wide
         return Widening::AsGiven;
     };
     let (dport, port, name) = (given.dport, first.container_port, &first.container.name);
-    let why_not = if given.fields & !(filter_field::PROTO | filter_field::DPORT) != 0 {
-        Some("with --host or --sport the filter cannot also follow them there")
-    } else if targets.len() > 1 {
-        Some("it is published to more than one place (TCP and UDP differ)")
-    } else if first.container_addr.is_none() {
-        Some("the container has no IPv4 address to match")
-    } else {
-        None
+    let addr = match first.container_addr {
+        _ if given.fields & !(filter_field::PROTO | filter_field::DPORT) != 0 => {
+            Err("with --host or --sport the filter cannot also follow them there")
+        }
+        _ if targets.len() > 1 => {
+            Err("it is published to more than one place (TCP and UDP differ)")
+        }
+        None => Err("the container has no IPv4 address to match"),
+        Some(addr) => Ok(addr),
     };
-    match (why_not, first.container_addr) {
-        (None, Some(addr)) => {
+    match addr {
+        Ok(addr) => {
             let mut filter = *given;
             filter.host = addr.octets();
             filter.dport = port;
@@ -83,8 +84,7 @@ pub fn widen(given: &Filter, facts: &mut dyn HostFacts, conntrack: bool) -> Wide
                 target: format!("{addr}:{port} (container {name})"),
             }
         }
-        (why, _) => {
-            let why = why.unwrap_or("the container has no IPv4 address to match");
+        Err(why) => {
             let host_side = if conntrack {
                 "drops on the host match by where conntrack says they were sent, but "
             } else {
