@@ -235,9 +235,19 @@ fn drops_only_follows_a_published_port_into_its_container() {
             && summary.contains("nothing listens on tcp port 81"),
         "{summary}"
     );
+    let evidence = v["diagnosis"]["evidence"].to_string();
+    assert!(
+        evidence.contains(&format!(
+            "Docker publishes host port 10006 to {}:81 (container {})",
+            web.address, web.name
+        )),
+        "{evidence}"
+    );
     let fix = v["diagnosis"]["fix"].as_str().unwrap_or_default();
     assert!(
-        fix.contains("ss -ltnp") && fix.contains("0.0.0.0:81"),
+        fix.contains("ss -ltnp")
+            && fix.contains("0.0.0.0:81")
+            && fix.contains("-p 10006:<that port>"),
         "{fix}"
     );
     tracer.stop().expect("clean stop");

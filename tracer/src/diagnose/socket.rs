@@ -35,10 +35,18 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         t.dst,
         t.dport
     )];
+    // Docker forwards a published port here: the mapping may name the wrong port.
+    let published = facts.published_to(t.dst, t.dport, t.proto);
     if (first.dst, first.dport) != (t.dst, t.dport) {
         evidence.push(format!(
             "the packet was sent to {}:{} and DNATed to {}:{}: the path worked",
             first.dst, first.dport, t.dst, t.dport
+        ));
+    } else if let Some(p) = &published {
+        // Seen only as it died (`--hooks drops`): the mapping says where it came from.
+        evidence.push(format!(
+            "Docker publishes host port {} to {}:{} (container {}): clients of port {} are refused here",
+            p.host_port, t.dst, t.dport, p.container.name, p.host_port
         ));
     }
     if t.proto == 6 {
@@ -56,11 +64,69 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         ),
         evidence,
         fix: Some(format!(
-            "{}   # then start the service on 0.0.0.0:{} (not 127.0.0.1) in {whom}",
+            "{}   # then start the service on 0.0.0.0:{} (not 127.0.0.1) in {whom}{}",
             in_netns(facts, input.netns, ss),
-            t.dport
+            t.dport,
+            published.map_or_else(String::new, |p| format!(
+                ", or publish the port it listens on (-p {}:<that port>)",
+                p.host_port
+            ))
         )),
         confidence: Confidence::High,
         rule: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::HopKind;
+
+    use crate::{
+        correlate::{FlowTable, Packet},
+        events::fixture::*,
+        probes::{DropReasons, HookSet},
+        report::Report,
+        resolve::fixture::FakeHost,
+    };
+
+    /// `--hooks drops`: a SYN to published port 10001 refused inside the container, seen only
+    /// as it died there, addressed to the container's port (no conntrack in its namespace).
+    #[test]
+    fn a_lone_refusal_in_a_container_names_the_port_docker_publishes_to_it() {
+        let mut host = FakeHost::lab_with_docker();
+        let mut drop = ev(HopKind::Drop, 3_000, CTR_NS, 2);
+        drop.daddr = [172, 17, 0, 2];
+        drop.dport = 80;
+        drop.drop_reason = 3;
+        let packet = Packet {
+            skb: SKB,
+            hops: vec![hop(drop)],
+            freed: true,
+        };
+        let flow = FlowTable::new(4).observe(&packet);
+        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_NO_SOCKET".to_owned(), 3)]);
+        let r = Report::build(packet, flow, &mut host, &reasons, HookSet::Drops);
+        let d = r.diagnosis.expect("diagnosed from the drop alone");
+        assert_eq!(d.code, "no_listener");
+        assert!(
+            d.summary.contains(
+                "reached container web-1 on 172.17.0.2:80, but nothing listens on tcp port 80"
+            ),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.evidence.iter().any(|e| e
+                == "Docker publishes host port 10001 to 172.17.0.2:80 (container web-1): clients of port 10001 are refused here"),
+            "{:#?}",
+            d.evidence
+        );
+        let fix = d.fix.unwrap_or_default();
+        assert!(
+            fix.ends_with(
+                "# then start the service on 0.0.0.0:80 (not 127.0.0.1) in container web-1, or publish the port it listens on (-p 10001:<that port>)"
+            ),
+            "{fix}"
+        );
+    }
 }

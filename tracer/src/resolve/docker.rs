@@ -188,6 +188,13 @@ impl ContainerIndex {
             .find(|p| p.host_port == host_port && p.proto == proto)
     }
 
+    /// The published port whose DNAT leads to `addr:port` (the container's side).
+    pub fn published_to(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<&Published> {
+        self.published.iter().find(|p| {
+            p.container_addr == Some(addr) && p.container_port == port && p.proto == proto
+        })
+    }
+
     /// By name (with or without `/`), short or full id, or id prefix.
     pub fn find(&self, name_or_id: &str) -> Option<&ContainerInfo> {
         let want = name_or_id.trim_start_matches('/');

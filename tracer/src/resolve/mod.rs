@@ -48,6 +48,11 @@ pub trait HostFacts {
         None
     }
 
+    /// The host port published to a container's `addr:port`: the other end of its DNAT.
+    fn published_to(&mut self, _addr: Ipv4Addr, _port: u16, _proto: u8) -> Option<Published> {
+        None
+    }
+
     /// The namespace's ruleset (iptables-nft or legacy, and native nft) with counters.
     fn ruleset(&mut self, _netns: u32) -> Option<Arc<Ruleset>> {
         None
@@ -347,6 +352,15 @@ impl HostFacts for Resolver {
             .read()
             .ok()?
             .published(port, proto)
+            .cloned()
+    }
+
+    fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<Published> {
+        self.containers
+            .as_ref()?
+            .read()
+            .ok()?
+            .published_to(addr, port, proto)
             .cloned()
     }
 
@@ -651,6 +665,14 @@ pub(crate) mod fixture {
             self.published
                 .iter()
                 .find(|p| p.host_port == port && p.proto == proto)
+                .cloned()
+        }
+        fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<Published> {
+            self.published
+                .iter()
+                .find(|p| {
+                    p.container_addr == Some(addr) && p.container_port == port && p.proto == proto
+                })
                 .cloned()
         }
         fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
