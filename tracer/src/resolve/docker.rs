@@ -55,6 +55,18 @@ pub struct Published {
     pub container_port: u16,
 }
 
+impl Published {
+    /// Traffic to host port `port` of `proto` is what this publishes.
+    pub fn from_host_port(&self, port: u16, proto: u8) -> bool {
+        self.host_port == port && self.proto == proto
+    }
+
+    /// Its DNAT leads to `addr:port` of `proto` (the container's side).
+    pub fn leads_to(&self, addr: Ipv4Addr, port: u16, proto: u8) -> bool {
+        self.container_addr == Some(addr) && self.container_port == port && self.proto == proto
+    }
+}
+
 /// Whether Docker answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum DockerStatus {
@@ -185,14 +197,14 @@ impl ContainerIndex {
     pub fn published(&self, host_port: u16, proto: u8) -> Option<&Published> {
         self.published
             .iter()
-            .find(|p| p.host_port == host_port && p.proto == proto)
+            .find(|p| p.from_host_port(host_port, proto))
     }
 
     /// The published port whose DNAT leads to `addr:port` (the container's side).
     pub fn published_to(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<&Published> {
-        self.published.iter().find(|p| {
-            p.container_addr == Some(addr) && p.container_port == port && p.proto == proto
-        })
+        self.published
+            .iter()
+            .find(|p| p.leads_to(addr, port, proto))
     }
 
     /// By name (with or without `/`), short or full id, or id prefix.

@@ -664,15 +664,13 @@ pub(crate) mod fixture {
         fn published(&mut self, port: u16, proto: u8) -> Option<Published> {
             self.published
                 .iter()
-                .find(|p| p.host_port == port && p.proto == proto)
+                .find(|p| p.from_host_port(port, proto))
                 .cloned()
         }
         fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<Published> {
             self.published
                 .iter()
-                .find(|p| {
-                    p.container_addr == Some(addr) && p.container_port == port && p.proto == proto
-                })
+                .find(|p| p.leads_to(addr, port, proto))
                 .cloned()
         }
         fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {

@@ -145,9 +145,9 @@ impl DropsFilter {
 
     fn log(&self) {
         match &self.now {
-            Widening::Widened { target, filter } => tracing::info!(
+            Widening::Widened { target, .. } => tracing::info!(
                 "--hooks drops: port {} is published to {target}; drops past Docker's DNAT carry that address and port, and match too",
-                filter.or_dports[0]
+                self.given.dport
             ),
             Widening::Cannot(why) => tracing::warn!("{why}"),
             Widening::AsGiven => tracing::info!("--hooks drops: the filter is used as given"),
