@@ -217,13 +217,13 @@ impl<W: Write> Output for HumanOutput<W> {
     fn stats(&mut self, s: &Stats) -> std::io::Result<()> {
         writeln!(
             self.out,
-            "\npathtrace: {} packets ({} delivered, {} dropped, {} unknown) in {} flows; {} events read, {} lost in the kernel{}",
-            s.packets,
+            "\npathtrace: {} ({} delivered, {} dropped, {} unknown) in {}; {} read, {} lost in the kernel{}",
+            counted(s.packets, "packet"),
             s.delivered,
             s.dropped,
             s.unknown,
-            s.flows,
-            s.events,
+            counted(s.flows, "flow"),
+            counted(s.events, "event"),
             s.lost,
             if s.lost > 0 {
                 " — the ring buffer was full: narrow the filter"
@@ -233,6 +233,11 @@ impl<W: Write> Output for HumanOutput<W> {
         )?;
         self.out.flush()
     }
+}
+
+/// `1 packet`, `3 packets`.
+fn counted(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]
@@ -480,5 +485,35 @@ mod container_tests {
             "{}",
             d.summary
         );
+    }
+
+    #[test]
+    fn the_closing_line_counts_in_the_singular_and_the_plural() {
+        let line = |s: &Stats| {
+            let mut out = HumanOutput::new(Vec::new());
+            out.stats(s).unwrap();
+            String::from_utf8(out.out).unwrap()
+        };
+        let one = Stats {
+            events: 3,
+            packets: 1,
+            dropped: 1,
+            flows: 1,
+            ..Stats::default()
+        };
+        assert_eq!(
+            line(&one).trim(),
+            "pathtrace: 1 packet (0 delivered, 1 dropped, 0 unknown) in 1 flow; 3 events read, 0 lost in the kernel"
+        );
+        let lost = Stats {
+            events: 1,
+            lost: 2,
+            packets: 2,
+            flows: 2,
+            ..Stats::default()
+        };
+        assert!(line(&lost).contains(
+            "2 packets (0 delivered, 0 dropped, 0 unknown) in 2 flows; 1 event read, 2 lost in the kernel — the ring buffer was full"
+        ));
     }
 }
