@@ -81,9 +81,11 @@ pub struct ProbeArgs {
     /// out longer bursts before events are lost (losses are always counted and reported).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
-    /// Which hooks: path (every hop, NAT followed, diagnosed; the default) or drops (only
-    /// kfree_skb: where packets die and why, at no cost to traffic that flows; no path: the
-    /// drop alone, with its input interface and, from conntrack, where it was sent).
+    /// Which hooks: path (every hop, NAT followed, diagnosed; the default), receive (every
+    /// device a packet enters, where it is taken and where it dies, NAT followed, diagnosed; not
+    /// the devices it leaves by, at under half the path's cost) or drops (only kfree_skb: where
+    /// packets die and why, at no cost to traffic that flows; no path: the drop alone, with its
+    /// input interface and, from conntrack, where it was sent).
     #[arg(long, value_name = "SET")]
     pub hooks: Option<HookSet>,
 }
@@ -289,6 +291,25 @@ mod tests {
             cli.trace_config()
                 .unwrap_err()
                 .contains("need --proto tcp or udp")
+        );
+    }
+
+    #[test]
+    fn receives_take_no_function_backend() {
+        let cfg = parse(&["--hooks", "receive", "--dport", "80"])
+            .unwrap()
+            .trace_config()
+            .unwrap();
+        assert_eq!(cfg.hooks, HookSet::Receive);
+        let err = parse(&["--hooks", "receive", "--backend", "kprobe"])
+            .unwrap()
+            .trace_config()
+            .unwrap_err();
+        assert!(
+            err.contains(
+                "--backend kprobe chooses how function hooks attach, and --hooks receive has none"
+            ),
+            "{err}"
         );
     }
 

@@ -50,7 +50,8 @@ pub struct Verdict {
     pub outcome: Outcome,
     pub delivery: Option<Delivery>,
     pub drop: Option<DropSite>,
-    /// Index of the last hop where the packet was on a device (receive or transmit).
+    /// Index of the last hop where the packet was on a device (receive or transmit, or the
+    /// consume on the device that sent it when its transmit was not traced).
     pub last_hop: Option<usize>,
 }
 
@@ -86,14 +87,17 @@ pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons)
         };
     }
 
-    let delivery = if packet
-        .hops
-        .last()
-        .is_some_and(|h| h.kind == HopKind::Consume)
-    {
-        match last_device_hop.map(|h| h.kind) {
-            Some(HopKind::Receive) => Some(Delivery::Socket),
-            Some(HopKind::Transmit | HopKind::VethTransmit) => Some(Delivery::Transmitted),
+    let mut last_hop = last_hop;
+    let delivery = if let Some(end) = packet.hops.last().filter(|h| h.kind == HopKind::Consume) {
+        match last_device_hop {
+            Some(rx) if rx.kind == HopKind::Receive && sent_unseen(rx, end, facts) => {
+                last_hop = Some(packet.hops.len() - 1);
+                Some(Delivery::Transmitted)
+            }
+            Some(rx) if rx.kind == HopKind::Receive => Some(Delivery::Socket),
+            Some(tx) if matches!(tx.kind, HopKind::Transmit | HopKind::VethTransmit) => {
+                Some(Delivery::Transmitted)
+            }
             _ => None,
         }
     } else {
@@ -111,6 +115,19 @@ pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons)
         drop: None,
         last_hop,
     }
+}
+
+/// Consumed on another device of the namespace it was received in, addressed elsewhere: the
+/// packet was forwarded, and its device freed it once sent (a NIC's TX completion), the
+/// transmit itself unseen (`--hooks receive`). A socket's consume is for a local address.
+fn sent_unseen(rx: &Hop, end: &Hop, facts: &mut dyn HostFacts) -> bool {
+    end.ifindex != 0
+        && end.netns == rx.netns
+        && end.ifindex != rx.ifindex
+        && end
+            .tuple
+            .or(rx.tuple)
+            .is_some_and(|t| facts.is_local(rx.netns, t.dst) == Some(false))
 }
 
 fn local_delivery(hop: &Hop, facts: &mut dyn HostFacts) -> Option<Delivery> {
@@ -155,6 +172,37 @@ mod tests {
         assert_eq!(v.outcome, Outcome::Delivered);
         assert_eq!(v.delivery, Some(Delivery::Socket));
         assert_eq!(v.last_hop, Some(4));
+    }
+
+    #[test]
+    fn consumed_on_another_device_for_an_address_elsewhere_was_transmitted() {
+        // --hooks receive: in on eth0, DNATed and routed out of device 3, which freed it
+        // once sent; the transmit is not traced.
+        let p = Packet {
+            skb: SKB,
+            hops: vec![
+                hop(ev(HopKind::Receive, 2_000, HOST_NS, 2)),
+                hop(dnat(ev(HopKind::Consume, 4_000, HOST_NS, 3))),
+            ],
+            freed: true,
+        };
+        let v = decide(&p, &mut FakeHost::lab(), &reasons());
+        assert_eq!(v.outcome, Outcome::Delivered);
+        assert_eq!(v.delivery, Some(Delivery::Transmitted));
+        assert_eq!(v.last_hop, Some(1), "the device that sent it");
+        // The same consume for the host's own address is a socket's, whatever the device
+        // word says.
+        let p = Packet {
+            skb: SKB,
+            hops: vec![
+                hop(ev(HopKind::Receive, 2_000, HOST_NS, 2)),
+                hop(ev(HopKind::Consume, 4_000, HOST_NS, 3)),
+            ],
+            freed: true,
+        };
+        let v = decide(&p, &mut FakeHost::lab(), &reasons());
+        assert_eq!(v.delivery, Some(Delivery::Socket));
+        assert_eq!(v.last_hop, Some(0));
     }
 
     #[test]

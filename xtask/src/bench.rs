@@ -40,9 +40,9 @@ pub struct BenchArgs {
     /// where the goal is tightest. Prints the ratio; writes nothing.
     #[arg(long, value_name = "FLOOD", value_parser = parse_flood, conflicts_with = "vm")]
     pub only: Option<Traffic>,
-    /// With --only: trace with this hook set (pathtrace's --hooks): `drops` measures the set
-    /// meant to be left running.
-    #[arg(long, value_name = "SET", requires = "only", value_parser = ["path", "drops"], default_value = "path")]
+    /// With --only: trace with this hook set (pathtrace's --hooks): `receive` and `drops`
+    /// measure the sets meant to be left running.
+    #[arg(long, value_name = "SET", requires = "only", value_parser = ["path", "receive", "drops"], default_value = "path")]
     pub hooks: String,
     /// Inside the VM: measure with this backend and the pathtrace on PATH, nothing else.
     #[arg(long, hide = true, value_name = "BACKEND")]

@@ -96,7 +96,8 @@ pub struct DaemonConfig {
     /// Prometheus endpoint; anything but loopback is an explicit choice.
     pub listen: SocketAddr,
     pub backend: String,
-    /// `path` or `drops` (`--hooks`): `drops` is the set that costs flowing traffic nothing.
+    /// `path`, `receive` or `drops` (`--hooks`): `drops` is the set that costs flowing traffic
+    /// nothing, `receive` keeps a path at under half the cost of `path`.
     pub hooks: String,
     pub filter: FilterConfig,
     pub json: JsonConfig,

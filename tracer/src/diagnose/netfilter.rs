@@ -153,7 +153,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     ));
     if !w.observed {
         evidence.push(match case.hooks {
-            HookSet::Path => format!("hook inferred from the hops and the ruleset walk (tracepoint backend); {hook} is the first hook whose rules drop this packet"),
+            HookSet::Path | HookSet::Receive => format!("hook inferred from the hops and the ruleset walk (tracepoint backend); {hook} is the first hook whose rules drop this packet"),
             HookSet::Drops => format!("hook inferred from the ruleset walk alone (--hooks drops traces no path: the header it entered with is conntrack's, the input interface the kernel's skb_iif); {hook} is the first hook whose rules drop this packet"),
         });
     }
@@ -631,6 +631,7 @@ fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis>
         first.dport,
         match case.hooks {
             HookSet::Path => "on every hop",
+            HookSet::Receive => "on every device it entered",
             HookSet::Drops => "until it was dropped",
         }
     )];

@@ -197,11 +197,16 @@ impl<W: Write> Output for HumanOutput<W> {
         } else {
             writeln!(self.out, "pathtrace: Docker {}", ready.docker)?;
         }
-        if ready.hook_set == HookSet::Drops {
-            writeln!(
+        match ready.hook_set {
+            HookSet::Path => {}
+            HookSet::Receive => writeln!(
+                self.out,
+                "pathtrace: receives only (--hooks receive): every device a packet enters, where it is taken and where it dies, not the devices it leaves by (trace without it to see every hop)"
+            )?,
+            HookSet::Drops => writeln!(
                 self.out,
                 "pathtrace: drops only (--hooks drops): no path before a drop; causes are inferred from the drop, its input interface and where conntrack says it was sent (trace without it to see every hop)"
-            )?;
+            )?,
         }
         for skipped in &ready.skipped_hooks {
             writeln!(self.out, "pathtrace: without {skipped}")?;

@@ -60,9 +60,9 @@ pub enum ProbeError {
     #[error("no backend could attach: {0}")]
     NoBackend(String),
     #[error(
-        "--backend {0} chooses how function hooks attach, and --hooks drops has none (kfree_skb is a tracepoint): leave out one of the two"
+        "--backend {backend} chooses how function hooks attach, and --hooks {hooks} has none (its hooks are tracepoints): leave out one of the two"
     )]
-    DropsWithBackend(Backend),
+    TracepointsOnly { hooks: HookSet, backend: Backend },
     #[error("{what}: {source}")]
     Program {
         what: String,
@@ -180,11 +180,14 @@ struct Attempt<'a> {
     aya_btf: &'a aya::Btf,
 }
 
-/// Refuses `--hooks drops` with a function backend: the set has no function hook to attach.
+/// Refuses a set of tracepoints alone (`--hooks receive|drops`) with a function backend: the
+/// set has no function hook to attach.
 pub fn compatible(hooks: HookSet, choice: BackendChoice) -> Result<(), ProbeError> {
-    match (hooks, choice) {
-        (HookSet::Drops, BackendChoice::Only(b)) if b != Backend::Tracepoint => {
-            Err(ProbeError::DropsWithBackend(b))
+    match choice {
+        BackendChoice::Only(backend)
+            if backend != Backend::Tracepoint && !hooks.has_function_hooks() =>
+        {
+            Err(ProbeError::TracepointsOnly { hooks, backend })
         }
         _ => Ok(()),
     }
@@ -211,10 +214,14 @@ impl Probes {
             facts: &mut facts,
             aya_btf: &aya_btf,
         };
-        if hooks == HookSet::Drops {
+        if !hooks.has_function_hooks() {
             // Every hook of the set is a tracepoint: there is no backend to choose.
             let mut p = attempt.run(Backend::Tracepoint)?;
-            p.backend_reason = "--hooks drops: only where packets are dropped".into();
+            p.backend_reason = match hooks {
+                HookSet::Drops => "--hooks drops: only where packets are dropped",
+                _ => "--hooks receive: every device a packet enters, where it is taken or dropped",
+            }
+            .into();
             return Ok(p);
         }
         match choice {

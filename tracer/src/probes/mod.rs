@@ -61,17 +61,22 @@ impl std::str::FromStr for Backend {
     }
 }
 
-/// Which hook points to attach: the whole path, or only where packets are freed as drops.
+/// Which hook points to attach: the whole path, the devices a packet enters, or only where
+/// packets are freed as drops.
 ///
 /// `drops` is the set to leave running on a busy host: `kfree_skb` fires only when a packet
 /// dies, so traffic that flows pays nothing, where the path set costs each forwarded packet
 /// five or six tracepoint calls (docs/performance.md). The price: no path before the drop,
 /// no NAT following (the filter sees the packet as it is when dropped), no diagnosis.
+/// `receive` sits between: `net_dev_start_xmit`, three of those calls per forwarded packet
+/// and most of their cost, is left out; the path keeps every device a packet enters and NAT
+/// is still followed, but the devices it leaves by are not shown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HookSet {
     #[default]
     Path,
+    Receive,
     Drops,
 }
 
@@ -80,8 +85,14 @@ impl HookSet {
     pub fn includes(self, kind: HopKind) -> bool {
         match self {
             Self::Path => true,
+            Self::Receive => matches!(kind, HopKind::Receive | HopKind::Drop | HopKind::Consume),
             Self::Drops => kind == HopKind::Drop,
         }
+    }
+
+    /// Whether the set has function hooks, the ones a backend attaches: only the path.
+    pub fn has_function_hooks(self) -> bool {
+        FUNCTION_HOOKS.iter().any(|f| self.includes(f.kind))
     }
 }
 
@@ -89,6 +100,7 @@ impl fmt::Display for HookSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Path => "path",
+            Self::Receive => "receive",
             Self::Drops => "drops",
         })
     }
@@ -99,9 +111,10 @@ impl std::str::FromStr for HookSet {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "path" => Ok(Self::Path),
+            "receive" => Ok(Self::Receive),
             "drops" => Ok(Self::Drops),
             other => Err(format!(
-                "unknown hook set `{other}`: path (every hop, the default) or drops (kfree_skb only)"
+                "unknown hook set `{other}`: path (every hop, the default), receive (every device a packet enters, no transmits) or drops (kfree_skb only)"
             )),
         }
     }
@@ -335,6 +348,22 @@ mod tests {
                 .unwrap_err()
                 .contains("path (every hop")
         );
+    }
+
+    #[test]
+    fn the_receive_set_leaves_out_transmits_and_function_hooks() {
+        let mut tps: Vec<&str> = TRACEPOINTS
+            .iter()
+            .filter(|h| HookSet::Receive.includes(h.kind))
+            .map(|h| h.tracepoint)
+            .collect();
+        tps.dedup();
+        assert_eq!(tps, ["netif_receive_skb", "kfree_skb", "consume_skb"]);
+        assert!(HookSet::Path.has_function_hooks());
+        assert!(!HookSet::Receive.has_function_hooks());
+        assert!(!HookSet::Drops.has_function_hooks());
+        assert_eq!("receive".parse::<HookSet>(), Ok(HookSet::Receive));
+        assert_eq!(HookSet::Receive.to_string(), "receive");
     }
 
     #[test]
