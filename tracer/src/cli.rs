@@ -83,7 +83,7 @@ pub struct ProbeArgs {
     pub ring_mib: u32,
     /// Which hooks: path (every hop, NAT followed, diagnosed; the default), receive (every
     /// device a packet enters, where it is taken and where it dies, NAT followed, diagnosed; not
-    /// the devices it leaves by, at under half the path's cost) or drops (only kfree_skb: where
+    /// the devices it leaves by, at about half the path's cost) or drops (only kfree_skb: where
     /// packets die and why, at no cost to traffic that flows; no path: the drop alone, with its
     /// input interface and, from conntrack, where it was sent).
     #[arg(long, value_name = "SET")]

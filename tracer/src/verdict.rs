@@ -57,7 +57,7 @@ pub struct Verdict {
 
 /// Decides the verdict for a finished packet.
 pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons) -> Verdict {
-    let last_hop = packet
+    let mut last_hop = packet
         .hops
         .iter()
         .rposition(|h| {
@@ -87,7 +87,6 @@ pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons)
         };
     }
 
-    let mut last_hop = last_hop;
     let delivery = if let Some(end) = packet.hops.last().filter(|h| h.kind == HopKind::Consume) {
         match last_device_hop {
             Some(rx) if rx.kind == HopKind::Receive && sent_unseen(rx, end, facts) => {

@@ -97,7 +97,7 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     pub backend: String,
     /// `path`, `receive` or `drops` (`--hooks`): `drops` is the set that costs flowing traffic
-    /// nothing, `receive` keeps a path at under half the cost of `path`.
+    /// nothing, `receive` keeps a path at about half the cost of `path`.
     pub hooks: String,
     pub filter: FilterConfig,
     pub json: JsonConfig,

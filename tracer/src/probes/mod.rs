@@ -67,9 +67,9 @@ impl std::str::FromStr for Backend {
 /// `drops` is the set to leave running on a busy host: `kfree_skb` fires only when a packet
 /// dies, so traffic that flows pays nothing, where the path set costs each forwarded packet
 /// five or six tracepoint calls (docs/performance.md). The price: no path before the drop,
-/// no NAT following (the filter sees the packet as it is when dropped), no diagnosis.
-/// `receive` sits between: `net_dev_start_xmit`, three of those calls per forwarded packet
-/// and most of their cost, is left out; the path keeps every device a packet enters and NAT
+/// no NAT following (the filter sees the packet as it is when dropped, or as conntrack says it
+/// entered the namespace). `receive` sits between: `net_dev_start_xmit`, three of those calls per forwarded packet
+/// and about half their cost, is left out; the path keeps every device a packet enters and NAT
 /// is still followed, but the devices it leaves by are not shown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
