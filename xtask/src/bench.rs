@@ -83,6 +83,9 @@ enum Mode {
     NonMatching,
     /// pathtrace attached, every flood packet matching.
     Matching,
+    /// pathtrace attached with `--hooks receive` (no transmit tracepoint), filter matching
+    /// nothing: the path set meant to be left running.
+    NonMatchingReceive,
 }
 
 struct Run {
@@ -140,6 +143,14 @@ impl Subject<'_> {
     fn hooks_flag(&self) -> Option<&str> {
         (self.hooks != "path").then_some(self.hooks)
     }
+
+    /// Whether this build's `--hooks` offers `set` (its help lists each as `set (...)`).
+    fn knows_hook_set(&self, set: &str) -> bool {
+        Command::new(self.bin)
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{set} (")))
+    }
 }
 
 fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<Option<Tracer>> {
@@ -149,24 +160,23 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
     };
     let dport = match (mode, traffic) {
         (Mode::Untraced, _) => return Ok(None),
-        (Mode::NonMatching, _) => 1,
+        (Mode::NonMatching | Mode::NonMatchingReceive, _) => 1,
         (Mode::Matching, Traffic::Udp) => UDP_PORT,
         (Mode::Matching, Traffic::Syn) => LabConfig::default().published_port,
     }
     .to_string();
     let filter = ["--dport", &dport, "--proto", proto];
+    let hooks = match mode {
+        Mode::NonMatchingReceive => Some("receive"),
+        _ => subject.hooks_flag(),
+    };
     let output = std::env::temp_dir().join(format!("pathtrace-bench-{}.jsonl", std::process::id()));
     let file =
         std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
     let mut child = Command::new(subject.bin)
         .args(filter)
         .args(["--json", "--backend", subject.backend])
-        .args(
-            subject
-                .hooks_flag()
-                .into_iter()
-                .flat_map(|set| ["--hooks", set]),
-        )
+        .args(hooks.into_iter().flat_map(|set| ["--hooks", set]))
         .stdout(file)
         .stderr(Stdio::null())
         .spawn()
@@ -180,7 +190,7 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
         let head = std::fs::read_to_string(&output).unwrap_or_default();
         if let Some(line) = head.lines().find(|l| l.contains("\"kind\":\"ready\"")) {
             let ready: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            if let Some(set) = subject.hooks_flag()
+            if let Some(set) = hooks
                 && ready["hook_set"] != set
             {
                 let _ = child.kill();
@@ -717,17 +727,34 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     );
     let mut results: Vec<(Mode, Run)> = Vec::new();
     let mut syn_results: Vec<(Mode, Run)> = Vec::new();
+    // `--hooks receive` takes no function backend: measured with tracepoints only, and only
+    // by builds that have it (PATHTRACE_BIN may be an older one).
+    let receive_too = subject.backend == "tracepoint"
+        && subject.hooks_flag().is_none()
+        && subject.knows_hook_set("receive");
+    let modes: &[Mode] = if receive_too {
+        &[
+            Mode::Untraced,
+            Mode::NonMatching,
+            Mode::Untraced,
+            Mode::Matching,
+            Mode::Untraced,
+            Mode::NonMatchingReceive,
+        ]
+    } else {
+        &[
+            Mode::Untraced,
+            Mode::NonMatching,
+            Mode::Untraced,
+            Mode::Matching,
+        ]
+    };
     for round in 0..args.rounds {
         for (traffic, out) in [
             (Traffic::Udp, &mut results),
             (Traffic::Syn, &mut syn_results),
         ] {
-            for mode in [
-                Mode::Untraced,
-                Mode::NonMatching,
-                Mode::Untraced,
-                Mode::Matching,
-            ] {
+            for &mode in modes {
                 let r = measure(&lab, &sink, subject, mode, traffic, args.seconds)?;
                 log_run(round, traffic, mode, &r);
                 out.push((mode, r));
@@ -772,6 +799,13 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         table,
         "| traced, every packet matching / untraced ({all:.0} pkt/s) | {all_ratio} | ≥ 0.60 |"
     );
+    if receive_too {
+        let _ = writeln!(
+            table,
+            "| `--hooks receive` (no transmit hops), filter matching nothing / untraced | {} | ≥ 0.95 |",
+            Ratio::of(&results, Mode::NonMatchingReceive, Measure::Throughput)
+        );
+    }
     let _ = writeln!(
         table,
         "| events delivered to userspace (matching) | {:.0} /s | |",
@@ -793,7 +827,15 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     for (mode, what, goal) in [
         (Mode::NonMatching, "filter matching nothing", "≥ 0.95"),
         (Mode::Matching, "every packet matching", "≥ 0.60"),
+        (
+            Mode::NonMatchingReceive,
+            "`--hooks receive`, filter matching nothing",
+            "≥ 0.95",
+        ),
     ] {
+        if mode == Mode::NonMatchingReceive && !receive_too {
+            continue;
+        }
         let ratio = Ratio::of(&syn_results, mode, Measure::Throughput);
         let _ = writeln!(table, "| SYN flood: {what} / untraced | {ratio} | {goal} |");
     }
@@ -875,7 +917,8 @@ fn write_doc(args: &BenchArgs, table: &str) -> Result<()> {
              interval of its median (order statistics of the pairs). \"Per busy CPU-second\" divides arrivals by the CPU time the whole\n\
              machine spent (pathtrace included, hypervisor steal excluded). The CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n\
              The SYN flood sends raw-socket SYNs (source ports cycling) to the published TCP port {tcp_port}; its rate is TCP segments the\n\
-             container's stack received (each SYN, and the RST the client's kernel sends for the SYN-ACK), BPF costs are from UDP runs unless marked SYN.\n",
+             container's stack received (each SYN, and the RST the client's kernel sends for the SYN-ACK), BPF costs are from UDP runs unless marked SYN.\n\
+             The `--hooks receive` rows trace with that set (no transmit tracepoint) in the same rounds, paired with the untraced runs around them.\n",
         args.rounds,
         args.seconds,
         std::fs::read_to_string("/proc/sys/kernel/hostname")
