@@ -732,23 +732,15 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     let receive_too = subject.backend == "tracepoint"
         && subject.hooks_flag().is_none()
         && subject.knows_hook_set("receive");
-    let modes: &[Mode] = if receive_too {
-        &[
-            Mode::Untraced,
-            Mode::NonMatching,
-            Mode::Untraced,
-            Mode::Matching,
-            Mode::Untraced,
-            Mode::NonMatchingReceive,
-        ]
-    } else {
-        &[
-            Mode::Untraced,
-            Mode::NonMatching,
-            Mode::Untraced,
-            Mode::Matching,
-        ]
-    };
+    let round_modes = [
+        Mode::Untraced,
+        Mode::NonMatching,
+        Mode::Untraced,
+        Mode::Matching,
+        Mode::Untraced,
+        Mode::NonMatchingReceive,
+    ];
+    let modes = &round_modes[..if receive_too { 6 } else { 4 }];
     for round in 0..args.rounds {
         for (traffic, out) in [
             (Traffic::Udp, &mut results),
