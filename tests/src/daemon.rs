@@ -44,13 +44,7 @@ impl Daemon {
 
     /// A real HTTP scrape.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, resp.split_once("\r\n\r\n")?.1.to_owned()))
+        http_get(self.port, path)
     }
 
     pub fn metrics(&self) -> String {
@@ -73,6 +67,17 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// One HTTP/1.1 GET to a daemon listening on loopback `port`: its status and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, resp.split_once("\r\n\r\n")?.1.to_owned()))
 }
 
 impl Drop for Daemon {

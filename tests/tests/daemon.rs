@@ -49,10 +49,11 @@ fn forwarding_off_drop(config: impl Fn(&Lab) -> String, port: u16) -> (Daemon, S
     (d, m, line)
 }
 
+/// With the path set asked for, the drop's JSON line carries the hops before it.
 #[test]
 fn drops_are_counted_with_labels_and_logged_as_json() {
     let (d, m, line) = forwarding_off_drop(
-        |_| "[filter]\ndport = 10001\nproto = \"tcp\"\n".into(),
+        |_| "hooks = \"path\"\n[filter]\ndport = 10001\nproto = \"tcp\"\n".into(),
         19464,
     );
     assert!(line.contains("code=\"forwarding_disabled\""), "{line}");
@@ -62,21 +63,22 @@ fn drops_are_counted_with_labels_and_logged_as_json() {
     let first: serde_json::Value =
         serde_json::from_str(log.lines().next().expect("a JSON line")).unwrap();
     assert_eq!(first["kind"], "verdict");
+    assert!(first["hops"].as_u64().is_some_and(|n| n > 1), "{first}");
     assert_eq!(first["diagnosis"]["code"], "forwarding_disabled");
 }
 
-/// The set to leave running: kfree_skb alone still labels the drop with its reason, where it
-/// happened and the namespace. The SYN dies after DNAT, addressed to the container, yet the
-/// filter on the published port matches it: the drop program reads where conntrack says it
-/// was sent. The drop records its input interface, so the cause is diagnosed as with the
-/// path: the code is there, and the JSON line carries the fix.
+/// The daemon's default set, the one to leave running: kfree_skb alone still labels the drop
+/// with its reason, where it happened and the namespace. The SYN dies after DNAT, addressed to
+/// the container, yet the filter on the published port matches it: the drop program reads
+/// where conntrack says it was sent. The drop records its input interface, so the cause is
+/// diagnosed as with the path: the code is there, and the JSON line carries the fix.
 #[test]
-fn drops_only_daemon_counts_the_drop_without_a_path() {
+fn a_daemon_left_on_counts_the_drop_from_the_drop_alone() {
     let (d, m, line) = forwarding_off_drop(
-        |_| "hooks = \"drops\"\n[filter]\ndport = 10001\nproto = \"tcp\"\n".into(),
+        |_| "[filter]\ndport = 10001\nproto = \"tcp\"\n".into(),
         19468,
     );
-    assert!(m.contains("hooks=\"drops\""), "{m}");
+    assert!(m.contains("hooks=\"drops\""), "the default set: {m}");
     assert!(line.contains("code=\"forwarding_disabled\""), "{line}");
     let log = std::fs::read_to_string(d.dir.join("drops.json")).unwrap();
     let first: serde_json::Value =
@@ -198,7 +200,7 @@ fn a_flood_is_counted_not_hidden_and_memory_stays_bounded() {
     let lab = Lab::new(LabConfig::default()).expect("lab");
     // A tiny ring buffer and packet table: the flood must overflow them.
     let d = Daemon::start(
-        "[filter]\ndport = 10002\nproto = \"udp\"\n[limits]\nring_bytes = 16384\nmax_packets = 512\n",
+        "hooks = \"path\"\n[filter]\ndport = 10002\nproto = \"udp\"\n[limits]\nring_bytes = 16384\nmax_packets = 512\n",
         19467,
     );
     let to = SocketAddrV4::new(lab.config.host_addr, 10002);

@@ -286,7 +286,8 @@ fn dockerd_restart_mid_trace_loses_no_later_resolution() {
 
 /// The daemon keeps its Docker view across a dockerd restart: it stays healthy while dockerd
 /// is gone, and a drop for a container created after the restart is counted under that
-/// container's name.
+/// container's name. With the daemon's default set (drops) the SYN's one hop is addressed to
+/// the container already: the name comes from the published port conntrack says it was sent to.
 #[test]
 fn daemon_names_containers_created_after_a_dockerd_restart() {
     let Some(mut docker) = owned_docker() else {
@@ -316,5 +317,6 @@ fn daemon_names_containers_created_after_a_dockerd_restart() {
         .expect("the drop series");
     assert!(line.contains("reason=\"IP_INADDRERRORS\""), "{line}");
     assert!(line.contains("code=\"forwarding_disabled\""), "{line}");
+    assert!(m.contains("hooks=\"drops\""), "the default set: {m}");
     assert_eq!(d.get("/healthz").map(|(s, _)| s), Some(200));
 }

@@ -81,11 +81,12 @@ pub struct ProbeArgs {
     /// out longer bursts before events are lost (losses are always counted and reported).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
-    /// Which hooks: path (every hop, NAT followed, diagnosed; the default), receive (every
-    /// device a packet enters, where it is taken and where it dies, NAT followed, diagnosed; not
-    /// the devices it leaves by, at about half the path's cost) or drops (only kfree_skb: where
-    /// packets die and why, at no cost to traffic that flows; no path: the drop alone, with its
-    /// input interface and, from conntrack, where it was sent).
+    /// Which hooks: path (every hop, NAT followed, diagnosed; a trace's default), receive
+    /// (every device a packet enters, where it is taken and where it dies, NAT followed,
+    /// diagnosed; not the devices it leaves by, at about half the path's cost) or drops (only
+    /// kfree_skb: where packets die and why, at no cost to traffic that flows; no path: the
+    /// drop alone, with its input interface and, from conntrack, where it was sent; the
+    /// daemon's default, path when --backend names fentry or kprobe).
     #[arg(long, value_name = "SET")]
     pub hooks: Option<HookSet>,
 }

@@ -89,7 +89,7 @@ fn daemon(args: &DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
         };
     }
     if let Some(hooks) = args.probes.hooks {
-        cfg.hooks = hooks.to_string();
+        cfg.hooks = Some(hooks.to_string());
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

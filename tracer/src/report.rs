@@ -198,10 +198,12 @@ impl Report {
         hooks: HookSet,
     ) -> Self {
         let verdict = decide(&packet, facts, reasons);
+        // The port the packet was sent to: a lone drop past DNAT (`--hooks drops`) carries it
+        // as conntrack's header from before the rewrite.
         let target = packet
             .hops
             .iter()
-            .find_map(|h| h.tuple)
+            .find_map(|h| h.entered.or(h.tuple))
             .and_then(|t| facts.published(t.dport, t.proto))
             .map(Target::of);
         let case = Case {

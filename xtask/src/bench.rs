@@ -84,9 +84,15 @@ enum Mode {
     /// pathtrace attached, every flood packet matching.
     Matching,
     /// pathtrace attached with `--hooks receive` (no transmit tracepoint), filter matching
-    /// nothing: the path set meant to be left running.
+    /// nothing: the cheaper path.
     NonMatchingReceive,
+    /// `pathtrace daemon` with no configuration, as a host leaves it running: its default hook
+    /// set and no filter, so every IPv4 packet the set sees is reported.
+    Daemon,
 }
+
+/// Where `pathtrace daemon` serves its metrics during a [`Mode::Daemon`] run.
+const DAEMON_PORT: u16 = 19_990;
 
 struct Run {
     pps: f64,
@@ -102,32 +108,130 @@ struct Run {
     rss_kib: u64,
     /// How the kernel programs read packet headers (the ready line's `packet_reads`).
     packet_reads: String,
+    /// The hook set pathtrace attached; empty untraced.
+    hook_set: String,
 }
 
-/// A running pathtrace writing its JSON to a file, as `pathtrace --json > trace.jsonl` would:
-/// a pipe read by this harness (which shares the two cores with the flood) would measure the
-/// harness's reading speed instead of pathtrace's.
+/// A running pathtrace.
 struct Tracer {
     child: Child,
-    output: std::path::PathBuf,
-    ready: Value,
+    how: Attached,
+}
+
+enum Attached {
+    /// Writing its JSON to a file, as `pathtrace --json > trace.jsonl` would: a pipe read by
+    /// this harness (which shares the two cores with the flood) would measure the harness's
+    /// reading speed instead of pathtrace's.
+    Cli {
+        output: std::path::PathBuf,
+        ready: Value,
+    },
+    /// `pathtrace daemon`, counting on its metrics endpoint, with the hook set it chose
+    /// (`pathtrace_build_info`).
+    Daemon { hooks: String },
+}
+
+/// Events read and lost, as pathtrace counted them.
+#[derive(Default)]
+struct Counted {
+    events: u64,
+    lost: u64,
 }
 
 impl Tracer {
-    /// SIGINT, then the stats line (the last line pathtrace writes).
-    fn stop(mut self) -> Result<Option<Value>> {
+    /// How the kernel programs read packet headers (the CLI's ready line says).
+    fn packet_reads(&self) -> &str {
+        match &self.how {
+            Attached::Cli { ready, .. } => ready["packet_reads"].as_str().unwrap_or("?"),
+            Attached::Daemon { .. } => "",
+        }
+    }
+
+    /// The hook set attached.
+    fn hook_set(&self) -> &str {
+        match &self.how {
+            Attached::Cli { ready, .. } => ready["hook_set"].as_str().unwrap_or("path"),
+            Attached::Daemon { hooks } => hooks,
+        }
+    }
+
+    /// SIGINT, then what it counted: the CLI's stats line (the last line it writes), the
+    /// daemon's counters scraped just before.
+    fn stop(mut self) -> Result<Counted> {
+        let scraped = matches!(self.how, Attached::Daemon { .. }).then(|| daemon_get("/metrics"));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait()?;
-        let text = std::fs::read_to_string(&self.output)
-            .with_context(|| format!("reading {}", self.output.display()))?;
-        let _ = std::fs::remove_file(&self.output);
-        Ok(text
-            .lines()
-            .rev()
-            .find(|l| l.contains("\"kind\":\"stats\""))
-            .and_then(|l| serde_json::from_str(l).ok()))
+        match self.how {
+            Attached::Cli { output, .. } => {
+                let text = std::fs::read_to_string(&output)
+                    .with_context(|| format!("reading {}", output.display()))?;
+                let _ = std::fs::remove_file(&output);
+                let stats: Value = text
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("\"kind\":\"stats\""))
+                    .and_then(|l| serde_json::from_str(l).ok())
+                    .unwrap_or_default();
+                Ok(Counted {
+                    events: stats["events"].as_u64().unwrap_or(0),
+                    lost: stats["kernel"]["lost"].as_u64().unwrap_or(0),
+                })
+            }
+            Attached::Daemon { .. } => {
+                let (_, metrics) = scraped
+                    .flatten()
+                    .context("pathtrace daemon stopped answering /metrics")?;
+                Ok(Counted {
+                    events: counter(&metrics, "pathtrace_events_total"),
+                    lost: counter(&metrics, "pathtrace_events_lost_total"),
+                })
+            }
+        }
     }
+}
+
+/// An unlabelled counter of a Prometheus exposition; 0 when absent.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One HTTP request to the daemon under measurement: its status and body.
+fn daemon_get(path: &str) -> Option<(u16, String)> {
+    lab::daemon::http_get(DAEMON_PORT, path)
+}
+
+/// `pathtrace daemon` with no configuration file and no filter, once its probes are attached
+/// (`/healthz` answers 200).
+fn start_daemon(subject: &Subject<'_>) -> Result<Tracer> {
+    let mut child = Command::new(subject.bin)
+        .args(["daemon", "--listen", &format!("127.0.0.1:{DAEMON_PORT}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting pathtrace daemon")?;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        if let Some(status) = child.try_wait()? {
+            bail!("pathtrace daemon exited before it was healthy: {status}");
+        }
+        if daemon_get("/healthz").is_some_and(|(status, _)| status == 200) {
+            let hooks = daemon_get("/metrics")
+                .and_then(|(_, m)| {
+                    let (_, rest) = m.split_once("hooks=\"")?;
+                    Some(rest.split('"').next()?.to_owned())
+                })
+                .unwrap_or_else(|| "?".into());
+            let how = Attached::Daemon { hooks };
+            return Ok(Tracer { child, how });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    bail!("pathtrace daemon was not healthy within 120 s")
 }
 
 /// The pathtrace under test and how it attaches.
@@ -160,6 +264,7 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
     };
     let dport = match (mode, traffic) {
         (Mode::Untraced, _) => return Ok(None),
+        (Mode::Daemon, _) => return start_daemon(subject).map(Some),
         (Mode::NonMatching | Mode::NonMatchingReceive, _) => 1,
         (Mode::Matching, Traffic::Udp) => UDP_PORT,
         (Mode::Matching, Traffic::Syn) => LabConfig::default().published_port,
@@ -196,11 +301,8 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
                 let _ = child.kill();
                 bail!("pathtrace attached {} hooks, not {set}", ready["hook_set"]);
             }
-            return Ok(Some(Tracer {
-                child,
-                output,
-                ready,
-            }));
+            let how = Attached::Cli { output, ready };
+            return Ok(Some(Tracer { child, how }));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -355,16 +457,16 @@ fn measure(
         cpu_s: 0.0,
         rss_kib: 0,
         packet_reads: String::new(),
+        hook_set: String::new(),
     };
     if let Some(t) = tracer {
         let pid = t.child.id();
         run.cpu_s = cpu_seconds(pid) - cpu0;
         run.rss_kib = peak_rss_kib(pid);
-        run.packet_reads = t.ready["packet_reads"].as_str().unwrap_or("?").to_owned();
-        if let Some(v) = t.stop()? {
-            run.events = v["events"].as_u64().unwrap_or(0);
-            run.lost = v["kernel"]["lost"].as_u64().unwrap_or(0);
-        }
+        run.packet_reads = t.packet_reads().to_owned();
+        run.hook_set = t.hook_set().to_owned();
+        let counted = t.stop()?;
+        (run.events, run.lost) = (counted.events, counted.lost);
     }
     Ok(run)
 }
@@ -729,30 +831,43 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     let mut syn_results: Vec<(Mode, Run)> = Vec::new();
     // `--hooks receive` takes no function backend: measured with tracepoints only, and only
     // by builds that have it (PATHTRACE_BIN may be an older one).
-    let receive_too = subject.backend == "tracepoint"
-        && subject.hooks_flag().is_none()
-        && subject.knows_hook_set("receive");
-    let round_modes = [
+    let tracepoints = subject.backend == "tracepoint" && subject.hooks_flag().is_none();
+    let receive_too = tracepoints && subject.knows_hook_set("receive");
+    // The daemon as a host leaves it: its own choices (backend auto: tracepoints here).
+    let daemon_too = tracepoints;
+    let mut modes = vec![
         Mode::Untraced,
         Mode::NonMatching,
         Mode::Untraced,
         Mode::Matching,
-        Mode::Untraced,
-        Mode::NonMatchingReceive,
     ];
-    let modes = &round_modes[..if receive_too { 6 } else { 4 }];
+    for (extra, wanted) in [
+        (Mode::NonMatchingReceive, receive_too),
+        (Mode::Daemon, daemon_too),
+    ] {
+        if wanted {
+            modes.extend([Mode::Untraced, extra]);
+        }
+    }
     for round in 0..args.rounds {
         for (traffic, out) in [
             (Traffic::Udp, &mut results),
             (Traffic::Syn, &mut syn_results),
         ] {
-            for &mode in modes {
+            for &mode in &modes {
                 let r = measure(&lab, &sink, subject, mode, traffic, args.seconds)?;
                 log_run(round, traffic, mode, &r);
                 out.push((mode, r));
             }
         }
     }
+    // The daemon's rows name the set it chose for itself.
+    let daemon_set = runs_in(&results, Mode::Daemon)
+        .first()
+        .map_or_else(String::new, |r| r.hook_set.clone());
+    let daemon_row = format!(
+        "`pathtrace daemon` left on as shipped (no configuration: `--hooks {daemon_set}`, no filter)"
+    );
     let idle_costs = hook_costs(&lab, subject, Mode::NonMatching, Traffic::Udp, args.seconds)?;
     let costs = hook_costs(&lab, subject, Mode::Matching, Traffic::Udp, args.seconds)?;
     // The SYN flood's non-matching path, where the goal is tightest: 18 hook calls per
@@ -798,6 +913,13 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
             Ratio::of(&results, Mode::NonMatchingReceive, Measure::Throughput)
         );
     }
+    if daemon_too {
+        let _ = writeln!(
+            table,
+            "| {daemon_row} / untraced | {} | ≥ 0.95 |",
+            Ratio::of(&results, Mode::Daemon, Measure::Throughput)
+        );
+    }
     let _ = writeln!(
         table,
         "| events delivered to userspace (matching) | {:.0} /s | |",
@@ -830,6 +952,32 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         }
         let ratio = Ratio::of(&syn_results, mode, Measure::Throughput);
         let _ = writeln!(table, "| SYN flood: {what} / untraced | {ratio} | {goal} |");
+    }
+    if daemon_too {
+        // Left on with no filter, the daemon reports every drop: under the SYN flood, the
+        // client kernel's NO_SOCKET for each SYN-ACK and the container's for each RST.
+        let runs = runs_in(&syn_results, Mode::Daemon);
+        let (events, lost, cpu) = runs.iter().fold((0, 0, 0.0), |(e, l, c), r| {
+            (e + r.events, l + r.lost, c + r.cpu_s)
+        });
+        let secs = args.seconds as f64 * runs.len().max(1) as f64;
+        let _ = writeln!(
+            table,
+            "| SYN flood: {daemon_row} / untraced | {} | ≥ 0.60: with no filter every drop matches |",
+            Ratio::of(&syn_results, Mode::Daemon, Measure::Throughput)
+        );
+        let _ = writeln!(
+            table,
+            "| SYN flood: the daemon as shipped: drops reported; lost; its CPU | {:.0} /s; {lost} of {}; {:.2} s per million, {:.0} % of a core | 0 lost |",
+            events as f64 / secs,
+            events + lost,
+            if events > 0 {
+                cpu / events as f64 * 1e6
+            } else {
+                0.0
+            },
+            cpu / secs * 100.0
+        );
     }
     let _ = writeln!(
         table,
@@ -910,7 +1058,8 @@ fn write_doc(args: &BenchArgs, table: &str) -> Result<()> {
              machine spent (pathtrace included, hypervisor steal excluded). The CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n\
              The SYN flood sends raw-socket SYNs (source ports cycling) to the published TCP port {tcp_port}; its rate is TCP segments the\n\
              container's stack received (each SYN, and the RST the client's kernel sends for the SYN-ACK), BPF costs are from UDP runs unless marked SYN.\n\
-             The `--hooks receive` rows trace with that set (no transmit tracepoint) in the same rounds, paired with the untraced runs around them.\n",
+             The `--hooks receive` rows trace with that set (no transmit tracepoint) in the same rounds, paired with the untraced runs around them;\n\
+             so do the `pathtrace daemon` rows: the daemon started with no configuration file and no flags but `--listen`, as a host leaves it running.\n",
         args.rounds,
         args.seconds,
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -946,7 +1095,22 @@ mod tests {
             cpu_s: 0.0,
             rss_kib: 0,
             packet_reads: String::new(),
+            hook_set: String::new(),
         }
+    }
+
+    #[test]
+    fn the_daemon_s_counters_are_read_by_their_whole_name() {
+        let metrics = "# TYPE pathtrace_events_total counter\npathtrace_events_total 4856886\n\
+                       pathtrace_events_lost_total 3\npathtrace_drops_total{reason=\"NO_SOCKET\"} 9\n";
+        assert_eq!(counter(metrics, "pathtrace_events_total"), 4_856_886);
+        assert_eq!(counter(metrics, "pathtrace_events_lost_total"), 3);
+        assert_eq!(
+            counter(metrics, "pathtrace_drops_total"),
+            0,
+            "labelled: not a counter"
+        );
+        assert_eq!(counter("", "pathtrace_events_total"), 0);
     }
 
     #[test]

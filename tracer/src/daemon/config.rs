@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::{
     cli::FilterArgs,
     probes::{
-        HookSet,
+        Backend, HookSet,
         loader::{self, BackendChoice},
     },
 };
@@ -96,9 +96,8 @@ pub struct DaemonConfig {
     /// Prometheus endpoint; anything but loopback is an explicit choice.
     pub listen: SocketAddr,
     pub backend: String,
-    /// `path`, `receive` or `drops` (`--hooks`): `drops` is the set that costs flowing traffic
-    /// nothing, `receive` keeps a path at about half the cost of `path`.
-    pub hooks: String,
+    /// `path`, `receive` or `drops` (`--hooks`); unset, [`DaemonConfig::probes`] picks one.
+    pub hooks: Option<String>,
     pub filter: FilterConfig,
     pub json: JsonConfig,
     pub limits: Limits,
@@ -109,7 +108,7 @@ impl Default for DaemonConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             backend: "auto".into(),
-            hooks: "path".into(),
+            hooks: None,
             filter: FilterConfig::default(),
             json: JsonConfig::default(),
             limits: Limits::default(),
@@ -145,10 +144,20 @@ impl DaemonConfig {
         Ok(cfg)
     }
 
-    /// `backend` and `hooks`, parsed and checked against each other.
+    /// `backend` and `hooks`, parsed and checked against each other. Without `hooks`, a
+    /// daemon is left running on a busy host, so it attaches `drops`, which costs traffic that
+    /// flows nothing (the path set traces every packet its filter matches, and an empty filter
+    /// matches all of them); a backend named outright asks for function hooks, which only the
+    /// path set has.
     pub fn probes(&self) -> Result<(BackendChoice, HookSet), String> {
         let backend: BackendChoice = self.backend.parse()?;
-        let hooks: HookSet = self.hooks.parse()?;
+        let hooks = match &self.hooks {
+            Some(set) => set.parse()?,
+            None => match backend {
+                BackendChoice::Only(Backend::Fentry | Backend::Kprobe) => HookSet::Path,
+                BackendChoice::Auto | BackendChoice::Only(Backend::Tracepoint) => HookSet::Drops,
+            },
+        };
         loader::compatible(hooks, backend).map_err(|e| e.to_string())?;
         Ok((backend, hooks))
     }
@@ -215,7 +224,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown hook set `all`"), "{err}");
-        let cfg = DaemonConfig::parse("hooks = \"drops\"\n", "p.toml").expect("valid");
-        assert_eq!(cfg.probes(), Ok((BackendChoice::Auto, HookSet::Drops)));
+        let cfg = DaemonConfig::parse("hooks = \"receive\"\n", "p.toml").expect("valid");
+        assert_eq!(cfg.probes(), Ok((BackendChoice::Auto, HookSet::Receive)));
+    }
+
+    #[test]
+    fn left_running_it_attaches_drops_unless_a_function_backend_is_named() {
+        let probes = |text: &str| DaemonConfig::parse(text, "p.toml").unwrap().probes();
+        assert_eq!(probes(""), Ok((BackendChoice::Auto, HookSet::Drops)));
+        assert_eq!(
+            probes("backend = \"tracepoint\"\n"),
+            Ok((BackendChoice::Only(Backend::Tracepoint), HookSet::Drops))
+        );
+        assert_eq!(
+            probes("backend = \"fentry\"\n"),
+            Ok((BackendChoice::Only(Backend::Fentry), HookSet::Path))
+        );
+        assert_eq!(
+            probes("hooks = \"path\"\n"),
+            Ok((BackendChoice::Auto, HookSet::Path))
+        );
     }
 }

@@ -493,6 +493,31 @@ mod container_tests {
     }
 
     #[test]
+    fn a_syn_dropped_past_dnat_names_its_container_from_the_drop_alone() {
+        // --hooks drops (the daemon's default): the one hop is addressed to the container
+        // already; conntrack's header says it was sent to the published port.
+        let mut host = FakeHost::lab_with_docker();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        let drop = forwarding_off_syn()
+            .into_iter()
+            .find(|h| h.kind == HopKind::Drop)
+            .expect("a drop hop");
+        assert_eq!(drop.tuple.map(|t| t.dport), Some(80), "past DNAT");
+        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
+        let packet = Packet {
+            skb: SKB,
+            hops: vec![drop],
+            freed: true,
+        };
+        let r = Report::build(packet, None, &mut host, &reasons, HookSet::Drops);
+        assert_eq!(
+            r.target.as_ref().map(|t| t.container.name.as_str()),
+            Some("web-1")
+        );
+        assert_eq!(r.diagnosis.map(|d| d.code), Some("forwarding_disabled"));
+    }
+
+    #[test]
     fn the_closing_line_counts_in_the_singular_and_the_plural() {
         let line = |s: &Stats| {
             let mut out = HumanOutput::new(Vec::new());

@@ -114,7 +114,7 @@ impl std::str::FromStr for HookSet {
             "receive" => Ok(Self::Receive),
             "drops" => Ok(Self::Drops),
             other => Err(format!(
-                "unknown hook set `{other}`: path (every hop, the default), receive (every device a packet enters, no transmits) or drops (kfree_skb only)"
+                "unknown hook set `{other}`: path (every hop), receive (every device a packet enters, no transmits) or drops (kfree_skb only)"
             )),
         }
     }
