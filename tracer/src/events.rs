@@ -101,6 +101,12 @@ pub struct Hop {
 }
 
 impl Hop {
+    /// The header the packet entered this hop's namespace with: conntrack's from before NAT
+    /// when the drop recorded it, else the one seen here.
+    pub fn entered_tuple(&self) -> Option<Tuple> {
+        self.entered.or(self.tuple)
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let ev = HopEvent::from_bytes(bytes).ok_or(DecodeError::Short(bytes.len()))?;
         Self::from_event(&ev)

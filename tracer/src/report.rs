@@ -203,7 +203,7 @@ impl Report {
         let target = packet
             .hops
             .iter()
-            .find_map(|h| h.entered.or(h.tuple))
+            .find_map(Hop::entered_tuple)
             .and_then(|t| facts.published(t.dport, t.proto))
             .map(Target::of);
         let case = Case {

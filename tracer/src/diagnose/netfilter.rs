@@ -18,7 +18,11 @@ use super::{
 };
 use std::sync::Arc;
 
-use crate::{events::Tuple, probes::HookSet, resolve::HostFacts};
+use crate::{
+    events::{Hop, Tuple},
+    probes::HookSet,
+    resolve::HostFacts,
+};
 
 pub const NETFILTER_DROP: Rule = Rule {
     code: "netfilter_drop",
@@ -426,7 +430,7 @@ fn walk(
         .hops
         .iter()
         .filter(|h| h.netns == netns)
-        .find_map(|h| h.entered.or(h.tuple))?;
+        .find_map(Hop::entered_tuple)?;
     let at_drop = case.drop_hop().and_then(|h| h.tuple).unwrap_or(first);
     // Input side: a bridge port hands the packet to iptables as the bridge itself.
     let (in_if, physdev_in, bridge, bridge_index) = match input {
