@@ -560,7 +560,8 @@ fn every_drop_is_diagnosed_alike_from_the_drop_alone() {
         .into_iter()
         .filter(|s| s.expect.outcome == "dropped")
     {
-        let (lab_p, path) = scenario::observe(&s, "auto").expect("scenario runs");
+        let (lab_p, path) =
+            scenario::observe_with(&s, "auto", None, &["--hooks", "path"]).expect("runs");
         // Conntrack's record of where a packet was sent stays in the namespace that NATed
         // it: a packet that died past the container's veth is matched by where it was headed
         // then (docs/backends.md), as `--container` would.
@@ -648,17 +649,20 @@ fn drops_only_still_names_a_skipped_dnat() {
     tracer.stop().expect("stats");
 }
 
-/// `--hooks receive` (every device a packet enters, no transmits) judges every scenario as the
-/// path set does: the same outcome, reason, diagnosis and fix, and the same hops short of the
-/// transmits — NAT is still followed from one namespace to the next.
+/// A trace's default on tracepoints, `--hooks receive` (every device a packet enters, the
+/// transmit tracepoint left out), judges every scenario as the path set does: the same
+/// outcome, reason, diagnosis and fix, NAT followed from one namespace to the next, and the
+/// same hops, transmits included: each one the path traces is inferred from the receive after
+/// it (a veth's other end, the bridge before a port), and only those are marked inferred.
 #[test]
 fn every_scenario_is_judged_alike_from_its_receives() {
     let mut compared = Vec::new();
     for s in scenario::all() {
-        let (lab_p, path) = scenario::observe(&s, "auto").expect("scenario runs");
-        let (lab_r, rx) =
-            scenario::observe_with(&s, "auto", None, &["--hooks", "receive"]).expect("runs");
-        assert_eq!(rx.ready["hook_set"], "receive", "{}", s.name);
+        let (lab_p, path) =
+            scenario::observe_with(&s, "auto", None, &["--hooks", "path"]).expect("runs");
+        assert_eq!(path.ready["hook_set"], "path", "{}", s.name);
+        let (lab_r, rx) = scenario::observe(&s, "auto").expect("scenario runs");
+        assert_eq!(rx.ready["hook_set"], "receive", "{}: the default", s.name);
         assert_eq!(
             rx.ready["hooks"],
             serde_json::json!(["netif_receive_skb", "kfree_skb", "consume_skb"]),
@@ -675,17 +679,22 @@ fn every_scenario_is_judged_alike_from_its_receives() {
         let neutral_hops = |lab: &lab::Lab, seen: &Observed| {
             lab_neutral(lab, &serde_json::json!(seen.hop_names()))
         };
-        let want: Vec<Value> = neutral_hops(&lab_p, &path)
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|h| !h.as_str().unwrap_or("").starts_with("transmit "))
-            .cloned()
-            .collect();
         assert_eq!(
             neutral_hops(&lab_r, &rx),
-            Value::Array(want),
-            "{}: the path's hops without its transmits",
+            neutral_hops(&lab_p, &path),
+            "{}: the path's hops, its transmits inferred",
+            s.name
+        );
+        let marked: Vec<bool> = rx.hops.iter().map(|h| h["inferred"] == true).collect();
+        let transmits: Vec<bool> = rx.hops.iter().map(|h| h["hop"] == "transmit").collect();
+        assert_eq!(
+            marked, transmits,
+            "{}: every transmit, and only those, inferred",
+            s.name
+        );
+        assert!(
+            path.hops.iter().all(|h| h.get("inferred").is_none()),
+            "{}: the path set infers nothing",
             s.name
         );
         let (p, r) = (

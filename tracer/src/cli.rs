@@ -81,12 +81,14 @@ pub struct ProbeArgs {
     /// out longer bursts before events are lost (losses are always counted and reported).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
-    /// Which hooks: path (every hop, NAT followed, diagnosed; a trace's default), receive
-    /// (every device a packet enters, where it is taken and where it dies, NAT followed,
-    /// diagnosed; not the devices it leaves by, at about half the path's cost) or drops (only
-    /// kfree_skb: where packets die and why, at no cost to traffic that flows; no path: the
-    /// drop alone, with its input interface and, from conntrack, where it was sent; the
-    /// daemon's default, path when --backend names fentry or kprobe).
+    /// Which hooks: path (every hop traced, transmits included, NAT followed, diagnosed; a
+    /// trace's default with fentry or kprobe), receive (every device a packet enters, where it
+    /// is taken and where it dies, NAT followed, diagnosed; the veth and bridge transmits
+    /// inferred from the receives after them, at about half the path's cost; a trace's
+    /// default on tracepoints alone) or drops (only kfree_skb: where packets die and why, at
+    /// no cost to traffic that flows; no path: the drop alone, with its input interface and,
+    /// from conntrack, where it was sent; the daemon's default, path when --backend names
+    /// fentry or kprobe).
     #[arg(long, value_name = "SET")]
     pub hooks: Option<HookSet>,
 }
@@ -213,8 +215,10 @@ impl FilterArgs {
 impl Cli {
     pub fn trace_config(&self) -> Result<TraceConfig, String> {
         let (filter, filter_text) = self.filter.to_filter()?;
-        let hooks = self.probes.hooks.unwrap_or_default();
-        loader::compatible(hooks, self.probes.backend).map_err(|e| e.to_string())?;
+        let hooks = self.probes.hooks;
+        if let Some(hooks) = hooks {
+            loader::compatible(hooks, self.probes.backend).map_err(|e| e.to_string())?;
+        }
         Ok(TraceConfig {
             filter,
             filter_text,
@@ -301,7 +305,7 @@ mod tests {
             .unwrap()
             .trace_config()
             .unwrap();
-        assert_eq!(cfg.hooks, HookSet::Receive);
+        assert_eq!(cfg.hooks, Some(HookSet::Receive));
         let err = parse(&["--hooks", "receive", "--backend", "kprobe"])
             .unwrap()
             .trace_config()
@@ -320,7 +324,7 @@ mod tests {
             .unwrap()
             .trace_config()
             .unwrap();
-        assert_eq!(cfg.hooks, HookSet::Drops);
+        assert_eq!(cfg.hooks, Some(HookSet::Drops));
         let err = parse(&["--hooks", "drops", "--backend", "fentry"])
             .unwrap()
             .trace_config()
@@ -332,7 +336,33 @@ mod tests {
                 .trace_config()
                 .is_ok()
         );
-        let path = parse(&["--dport", "80"]).unwrap().trace_config().unwrap();
-        assert_eq!(path.hooks, HookSet::Path);
+    }
+
+    #[test]
+    fn without_hooks_a_trace_takes_the_backends_default() {
+        let cfg = parse(&["--dport", "80"]).unwrap().trace_config().unwrap();
+        assert_eq!(cfg.hooks, None, "chosen with the backend, at attach");
+        for backend in ["kprobe", "fentry", "tracepoint"] {
+            assert!(
+                parse(&["--backend", backend])
+                    .unwrap()
+                    .trace_config()
+                    .is_ok(),
+                "{backend}"
+            );
+        }
+        use crate::probes::Backend;
+        assert_eq!(
+            HookSet::trace_default(Backend::Tracepoint),
+            HookSet::Receive
+        );
+        assert_eq!(HookSet::trace_default(Backend::Fentry), HookSet::Path);
+        assert_eq!(HookSet::trace_default(Backend::Kprobe), HookSet::Path);
+        assert!(HookSet::Receive.infers_transmits());
+        assert!(!HookSet::Path.infers_transmits());
+        assert!(
+            !HookSet::Drops.infers_transmits(),
+            "a lone drop has no receive to infer from"
+        );
     }
 }

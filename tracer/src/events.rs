@@ -98,6 +98,10 @@ pub struct Hop {
     /// Drops: the tuple as the packet entered `netns`, its destination from conntrack (before
     /// DNAT or a reply's de-SNAT). `None` without a conntrack entry or on other hops.
     pub entered: Option<Tuple>,
+    /// Not reported by the kernel: a transmit the receive after it proves (a veth's peer, the
+    /// bridge in front of a port), added when the transmit tracepoint is not attached
+    /// (`correlate::transmits`).
+    pub inferred: bool,
 }
 
 impl Hop {
@@ -154,6 +158,7 @@ impl Hop {
             nf_verdict: ev.nf_verdict,
             in_ifindex: ev.in_ifindex,
             entered,
+            inferred: false,
         })
     }
 

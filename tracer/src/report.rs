@@ -61,6 +61,10 @@ pub struct HopView {
     /// (conntrack's tuple).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entered: Option<EnteredView>,
+    /// Not traced but proved by the receive after it (`--hooks receive`): the sending end of
+    /// a veth, or the bridge in front of a port. Its time is that receive's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inferred: bool,
 }
 
 /// A packet's destination as it entered a namespace.
@@ -141,6 +145,7 @@ impl HopView {
                 verdict: nf_verdict_name(hop.nf_verdict),
             }),
             in_ifname: (hop.in_ifindex != 0).then(|| facts.ifname(hop.netns, hop.in_ifindex)),
+            inferred: hop.inferred,
             entered: hop.entered.map(|e| EnteredView {
                 dst: e.dst,
                 dport: l4.then_some(e.dport),

@@ -40,10 +40,10 @@ pub struct BenchArgs {
     /// where the goal is tightest. Prints the ratio; writes nothing.
     #[arg(long, value_name = "FLOOD", value_parser = parse_flood, conflicts_with = "vm")]
     pub only: Option<Traffic>,
-    /// With --only: trace with this hook set (pathtrace's --hooks): `receive` and `drops`
-    /// measure the sets meant to be left running.
-    #[arg(long, value_name = "SET", requires = "only", value_parser = ["path", "receive", "drops"], default_value = "path")]
-    pub hooks: String,
+    /// With --only: trace with this hook set (pathtrace's --hooks) instead of a trace's
+    /// default: `path` traces transmits, `drops` is the set meant to be left running.
+    #[arg(long, value_name = "SET", requires = "only", value_parser = ["path", "receive", "drops"])]
+    pub hooks: Option<String>,
     /// Inside the VM: measure with this backend and the pathtrace on PATH, nothing else.
     #[arg(long, hide = true, value_name = "BACKEND")]
     pub guest: Option<String>,
@@ -83,9 +83,9 @@ enum Mode {
     NonMatching,
     /// pathtrace attached, every flood packet matching.
     Matching,
-    /// pathtrace attached with `--hooks receive` (no transmit tracepoint), filter matching
-    /// nothing: the cheaper path.
-    NonMatchingReceive,
+    /// pathtrace attached with `--hooks path` (the transmit tracepoint too, where a trace's
+    /// default on tracepoints infers transmits), filter matching nothing.
+    NonMatchingPath,
     /// `pathtrace daemon` with no configuration, as a host leaves it running: its default hook
     /// set and no filter, so every IPv4 packet the set sees is reported.
     Daemon,
@@ -238,14 +238,14 @@ fn start_daemon(subject: &Subject<'_>) -> Result<Tracer> {
 struct Subject<'a> {
     bin: &'a std::path::Path,
     backend: &'a str,
-    /// pathtrace's --hooks; `path`, the default, is not passed (older builds lack the flag).
-    hooks: &'a str,
+    /// pathtrace's --hooks; `None`: a trace's default, no flag (older builds lack it).
+    hooks: Option<&'a str>,
 }
 
 impl Subject<'_> {
     /// The hook set to ask for, unless it is the default.
     fn hooks_flag(&self) -> Option<&str> {
-        (self.hooks != "path").then_some(self.hooks)
+        self.hooks
     }
 
     /// Whether this build's `--hooks` offers `set` (its help lists each as `set (...)`).
@@ -265,14 +265,14 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
     let dport = match (mode, traffic) {
         (Mode::Untraced, _) => return Ok(None),
         (Mode::Daemon, _) => return start_daemon(subject).map(Some),
-        (Mode::NonMatching | Mode::NonMatchingReceive, _) => 1,
+        (Mode::NonMatching | Mode::NonMatchingPath, _) => 1,
         (Mode::Matching, Traffic::Udp) => UDP_PORT,
         (Mode::Matching, Traffic::Syn) => LabConfig::default().published_port,
     }
     .to_string();
     let filter = ["--dport", &dport, "--proto", proto];
     let hooks = match mode {
-        Mode::NonMatchingReceive => Some("receive"),
+        Mode::NonMatchingPath => Some("path"),
         _ => subject.hooks_flag(),
     };
     let output = std::env::temp_dir().join(format!("pathtrace-bench-{}.jsonl", std::process::id()));
@@ -670,7 +670,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let subject = Subject {
             bin: std::path::Path::new(&bin),
             backend,
-            hooks: "path",
+            hooks: None,
         };
         let table = measure_table(&args, &subject)?;
         println!("PTBENCH-TABLE-BEGIN\n{table}PTBENCH-TABLE-END");
@@ -695,7 +695,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let subject = Subject {
         bin: &bin,
         backend: "tracepoint",
-        hooks: &args.hooks,
+        hooks: args.hooks.as_deref(),
     };
     if let Some(traffic) = args.only {
         return non_matching_only(&args, &subject, traffic);
@@ -829,10 +829,11 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     );
     let mut results: Vec<(Mode, Run)> = Vec::new();
     let mut syn_results: Vec<(Mode, Run)> = Vec::new();
-    // `--hooks receive` takes no function backend: measured with tracepoints only, and only
-    // by builds that have it (PATHTRACE_BIN may be an older one).
+    // On tracepoints a trace's default is `receive`, transmits inferred: the path set, which
+    // traces them, is measured beside it by builds that have both (PATHTRACE_BIN may be an
+    // older one, whose default is the path).
     let tracepoints = subject.backend == "tracepoint" && subject.hooks_flag().is_none();
-    let receive_too = tracepoints && subject.knows_hook_set("receive");
+    let path_too = tracepoints && subject.knows_hook_set("receive");
     // The daemon as a host leaves it: its own choices (backend auto: tracepoints here).
     let daemon_too = tracepoints;
     let mut modes = vec![
@@ -842,7 +843,7 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         Mode::Matching,
     ];
     for (extra, wanted) in [
-        (Mode::NonMatchingReceive, receive_too),
+        (Mode::NonMatchingPath, path_too),
         (Mode::Daemon, daemon_too),
     ] {
         if wanted {
@@ -868,6 +869,10 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     let daemon_row = format!(
         "`pathtrace daemon` left on as shipped (no configuration: `--hooks {daemon_set}`, no filter)"
     );
+    // And the main rows the set a trace attaches by default.
+    let trace_set = runs_in(&results, Mode::NonMatching)
+        .first()
+        .map_or_else(String::new, |r| r.hook_set.clone());
     let idle_costs = hook_costs(&lab, subject, Mode::NonMatching, Traffic::Udp, args.seconds)?;
     let costs = hook_costs(&lab, subject, Mode::Matching, Traffic::Udp, args.seconds)?;
     // The SYN flood's non-matching path, where the goal is tightest: 18 hook calls per
@@ -900,17 +905,17 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     );
     let _ = writeln!(
         table,
-        "| traced, filter matching nothing / untraced ({non:.0} pkt/s) | {non_ratio} | ≥ 0.95 |"
+        "| traced as a trace is by default (`--hooks {trace_set}`), filter matching nothing / untraced ({non:.0} pkt/s) | {non_ratio} | ≥ 0.95 |"
     );
     let _ = writeln!(
         table,
         "| traced, every packet matching / untraced ({all:.0} pkt/s) | {all_ratio} | ≥ 0.60 |"
     );
-    if receive_too {
+    if path_too {
         let _ = writeln!(
             table,
-            "| `--hooks receive` (no transmit hops), filter matching nothing / untraced | {} | ≥ 0.95 |",
-            Ratio::of(&results, Mode::NonMatchingReceive, Measure::Throughput)
+            "| `--hooks path` (transmits traced, not inferred), filter matching nothing / untraced | {} | ≥ 0.95 |",
+            Ratio::of(&results, Mode::NonMatchingPath, Measure::Throughput)
         );
     }
     if daemon_too {
@@ -942,12 +947,12 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
         (Mode::NonMatching, "filter matching nothing", "≥ 0.95"),
         (Mode::Matching, "every packet matching", "≥ 0.60"),
         (
-            Mode::NonMatchingReceive,
-            "`--hooks receive`, filter matching nothing",
+            Mode::NonMatchingPath,
+            "`--hooks path`, filter matching nothing",
             "≥ 0.95",
         ),
     ] {
-        if mode == Mode::NonMatchingReceive && !receive_too {
+        if mode == Mode::NonMatchingPath && !path_too {
             continue;
         }
         let ratio = Ratio::of(&syn_results, mode, Measure::Throughput);
@@ -1051,14 +1056,15 @@ fn write_doc(args: &BenchArgs, table: &str) -> Result<()> {
              The lab topology: 18-byte UDP datagrams from the outside namespace to published port {UDP_PORT}, DNATed through the bridge into the\n\
              container namespace, counted by a sink there. Runs interleave untraced and traced measurements; medians are shown.\n\n{table}\n\
              How to read it: the ratios are the forwarding throughput kept while pathtrace is attached; \"matching\" means every flood\n\
-             packet produces ~4 events (receive, DNAT transmit on the bridge, veth transmit, receive in the container). BPF run time is\n\
+             packet produces ~2 events with a trace's default set (the receives on the uplink and in the container; the bridge and veth transmits\n\
+             between them are inferred in userspace), ~4 with `--hooks path`, which traces those transmits. BPF run time is\n\
              the kernel's own accounting (`BPF_ENABLE_STATS`, on for three extra runs, off when its descriptor closes).\n\
              Ratios pair each traced run with the untraced runs around it; a ratio's interval is the distribution-free 95 % confidence\n\
              interval of its median (order statistics of the pairs). \"Per busy CPU-second\" divides arrivals by the CPU time the whole\n\
              machine spent (pathtrace included, hypervisor steal excluded). The CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n\
              The SYN flood sends raw-socket SYNs (source ports cycling) to the published TCP port {tcp_port}; its rate is TCP segments the\n\
              container's stack received (each SYN, and the RST the client's kernel sends for the SYN-ACK), BPF costs are from UDP runs unless marked SYN.\n\
-             The `--hooks receive` rows trace with that set (no transmit tracepoint) in the same rounds, paired with the untraced runs around them;\n\
+             The `--hooks path` rows trace with that set (the transmit tracepoint too) in the same rounds, paired with the untraced runs around them;\n\
              so do the `pathtrace daemon` rows: the daemon started with no configuration file and no flags but `--listen`, as a host leaves it running.\n",
         args.rounds,
         args.seconds,

@@ -2,6 +2,7 @@
 
 pub mod flow;
 pub mod packet;
+pub mod transmits;
 
 pub use flow::{FlowTable, FlowView, Rewrite};
 pub use packet::{Packet, PacketTracker};

@@ -243,7 +243,7 @@ pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), 
         filter,
         filter_text,
         backend,
-        hooks,
+        hooks: Some(hooks),
         max_packets: cfg.limits.max_packets,
         max_flows: cfg.limits.max_flows,
         sizes: crate::probes::loader::ProbeSizes {

@@ -98,6 +98,9 @@ pub fn render(report: &Report) -> String {
                 .map_or_else(|| e.dst.to_string(), |p| format!("{}:{p}", e.dst));
             let _ = write!(detail, "  (sent to {to} before NAT)");
         }
+        if view.inferred {
+            let _ = write!(detail, "  (inferred from the receive after it)");
+        }
         if let Some(reason) = &view.drop_reason {
             let _ = write!(
                 detail,
@@ -201,7 +204,7 @@ impl<W: Write> Output for HumanOutput<W> {
             HookSet::Path => {}
             HookSet::Receive => writeln!(
                 self.out,
-                "pathtrace: receives only (--hooks receive): every device a packet enters, where it is taken and where it dies, not the devices it leaves by (trace without it to see every hop)"
+                "pathtrace: hook set receive: every device a packet enters, where it is taken and where it dies; the veth and bridge transmits between them are inferred from the receives (marked so), without the transmit tracepoint's cost (--hooks path traces them)"
             )?,
             HookSet::Drops => writeln!(
                 self.out,
@@ -281,6 +284,57 @@ mod tests {
         let reasons =
             DropReasons::from_pairs([(format!("SKB_DROP_REASON_{}", reason.0), reason.1)]);
         Report::build(packet, None, host, &reasons, HookSet::Drops)
+    }
+
+    #[test]
+    fn inferred_transmits_are_shown_and_marked_as_such() {
+        let mut host = FakeHost::lab();
+        let mut packet = Packet {
+            skb: SKB,
+            hops: healthy_syn()
+                .into_iter()
+                .filter(|h| h.kind != HopKind::Transmit)
+                .collect(),
+            freed: true,
+        };
+        crate::correlate::transmits::infer(&mut packet, &mut host);
+        let flow = FlowTable::new(8).observe(&packet);
+        let r = Report::build(
+            packet,
+            flow,
+            &mut host,
+            &DropReasons::from_pairs([]),
+            HookSet::Receive,
+        );
+        let text = render(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("transmit       eth0 @ lab-out"), "{text}");
+        assert!(
+            lines[3].contains("transmit       docker0 @ lab-host"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains("→ 172.17.0.2:80  [DNAT]  (inferred from the receive after it)"),
+            "the rewrite shows where the path set shows it: {text}"
+        );
+        assert!(
+            lines[4].contains("transmit       veth0c1 @ lab-host"),
+            "{text}"
+        );
+        assert!(!lines[5].contains("inferred"), "a traced receive: {text}");
+        assert!(
+            text.contains("=> DELIVERED: taken by the stack (a socket) eth0 (lab-ctr)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r.hops).expect("json");
+        let marked: Vec<bool> = json
+            .as_array()
+            .expect("hops")
+            .iter()
+            .map(|h| h["inferred"] == true)
+            .collect();
+        assert_eq!(marked, [true, false, true, true, false, false]);
+        assert!(json[1].get("inferred").is_none(), "absent, not false");
     }
 
     #[test]

@@ -195,14 +195,18 @@ pub fn compatible(hooks: HookSet, choice: BackendChoice) -> Result<(), ProbeErro
 
 impl Probes {
     /// Loads the programs with `filter` and attaches the chosen backend's hook points of the
-    /// set `hooks`; returns once every required hook is attached.
+    /// set `hooks` (`None`: the backend's [`HookSet::trace_default`]); returns once every
+    /// required hook is attached.
     pub fn attach(
         filter: Filter,
         sizes: ProbeSizes,
         choice: BackendChoice,
-        hooks: HookSet,
+        hooks: Option<HookSet>,
     ) -> Result<Self, ProbeError> {
-        compatible(hooks, choice)?;
+        if let Some(hooks) = hooks {
+            compatible(hooks, choice)?;
+        }
+        let for_backend = |backend| hooks.unwrap_or(HookSet::trace_default(backend));
         check_privileges()?;
         let mut facts = KernelFacts::read()?;
         let aya_btf = aya::Btf::from_sys_fs()?;
@@ -210,11 +214,11 @@ impl Probes {
         let mut attempt = Attempt {
             filter,
             sizes,
-            hooks,
+            hooks: hooks.unwrap_or_default(),
             facts: &mut facts,
             aya_btf: &aya_btf,
         };
-        if !hooks.has_function_hooks() {
+        if let Some(hooks) = hooks.filter(|h| !h.has_function_hooks()) {
             // Every hook of the set is a tracepoint: there is no backend to choose.
             let mut p = attempt.run(Backend::Tracepoint)?;
             p.backend_reason = match hooks {
@@ -226,6 +230,7 @@ impl Probes {
         }
         match choice {
             BackendChoice::Only(backend) => {
+                attempt.hooks = for_backend(backend);
                 let mut p = attempt.run(backend)?;
                 p.backend_reason = format!("--backend {backend}");
                 Ok(p)
@@ -233,6 +238,7 @@ impl Probes {
             BackendChoice::Auto => {
                 let mut refused = Vec::new();
                 for backend in Backend::PREFERENCE {
+                    attempt.hooks = for_backend(backend);
                     match attempt.run(backend) {
                         Ok(mut p) => {
                             p.backend_reason = if refused.is_empty() {

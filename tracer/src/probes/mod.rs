@@ -90,6 +90,24 @@ impl HookSet {
         }
     }
 
+    /// A trace's set when `--hooks` is not given: the path where a function backend attaches
+    /// (its netfilter, bridge and veth hops are the reason to have one); on tracepoints
+    /// alone, `receive`, whose transmits are inferred from the receives after them, at about
+    /// half the path's cost to traffic nobody follows (docs/performance.md).
+    pub fn trace_default(backend: Backend) -> Self {
+        match backend {
+            Backend::Tracepoint => Self::Receive,
+            Backend::Fentry | Backend::Kprobe => Self::Path,
+        }
+    }
+
+    /// Whether transmits are worked out from the receives after them rather than traced: a
+    /// set that sees every device a packet enters but not the transmit tracepoint
+    /// (`correlate::transmits`).
+    pub fn infers_transmits(self) -> bool {
+        self.includes(HopKind::Receive) && !self.includes(HopKind::Transmit)
+    }
+
     /// Whether the set has function hooks, the ones a backend attaches: only the path.
     pub fn has_function_hooks(self) -> bool {
         FUNCTION_HOOKS.iter().any(|f| self.includes(f.kind))

@@ -16,6 +16,11 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 
+const RTM_NEWNSID: u16 = 88;
+const RTM_GETNSID: u16 = 90;
+const NETNSA_NSID: u16 = 1;
+const NETNSA_FD: u16 = 3;
+
 const IFLA_LINK: u16 = 5;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
@@ -37,6 +42,26 @@ pub struct Link {
     /// For veth: the peer's ifindex (in `link_netnsid`'s namespace when that is set).
     pub link: Option<u32>,
     pub link_netnsid: Option<i32>,
+}
+
+/// The loopback device's ifindex, the same in every namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+impl Link {
+    /// Whether `other` is this veth's other end: each names the other's ifindex, and both
+    /// say their peer is in another namespace or neither does.
+    pub fn pairs_with(&self, other: &Link) -> bool {
+        self.kind == "veth"
+            && other.kind == "veth"
+            && self.link == Some(other.ifindex)
+            && other.link == Some(self.ifindex)
+            && self.link_netnsid.is_some() == other.link_netnsid.is_some()
+    }
+
+    /// The loopback device: what it receives, it sent itself.
+    pub fn is_loopback(&self) -> bool {
+        self.ifindex == LOOPBACK_IFINDEX && self.name == "lo"
+    }
 }
 
 /// Everything known about one namespace's interfaces.
@@ -89,6 +114,29 @@ impl LinkTable {
     }
 }
 
+/// The id the calling thread's namespace gives the namespace at `target` (what a veth's
+/// `link_netnsid` names; `ip netns list-id`), `None` when it has given it none.
+pub fn nsid_here(target: &Path) -> std::io::Result<Option<i32>> {
+    let file = std::fs::File::open(target)?;
+    let sock = NetlinkSocket::open()?;
+    let mut body = vec![0u8; 4]; // struct rtgenmsg, padded
+    body.extend_from_slice(&8u16.to_ne_bytes());
+    body.extend_from_slice(&NETNSA_FD.to_ne_bytes());
+    body.extend_from_slice(&(file.as_raw_fd() as u32).to_ne_bytes());
+    let answer = sock.request(RTM_GETNSID, NLM_F_REQUEST, &body)?;
+    Ok(answer
+        .iter()
+        .find(|m| m.ty == RTM_NEWNSID)
+        .and_then(parse_nsid)
+        .filter(|&id| id >= 0))
+}
+
+/// The NETNSA_NSID of an RTM_NEWNSID message (-1: none assigned).
+fn parse_nsid(msg: &Message) -> Option<i32> {
+    let (_, v) = attrs(msg.payload.get(4..)?).find(|(t, _)| *t == NETNSA_NSID)?;
+    u32_of(v).map(|n| n as i32)
+}
+
 /// One netlink message: type and payload (after the 16-byte header).
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -116,11 +164,17 @@ impl NetlinkSocket {
     }
 
     fn dump(&self, ty: u16, body: &[u8]) -> std::io::Result<Vec<Message>> {
+        self.request(ty, NLM_F_REQUEST | NLM_F_DUMP, body)
+    }
+
+    /// Sends one request and reads its answer: up to NLMSG_DONE for a dump, one datagram
+    /// otherwise.
+    fn request(&self, ty: u16, flags: u16, body: &[u8]) -> std::io::Result<Vec<Message>> {
         let len = 16 + body.len();
         let mut req = Vec::with_capacity(len);
         req.extend_from_slice(&(len as u32).to_ne_bytes());
         req.extend_from_slice(&ty.to_ne_bytes());
-        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req.extend_from_slice(&flags.to_ne_bytes());
         req.extend_from_slice(&1u32.to_ne_bytes()); // seq
         req.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel
         req.extend_from_slice(body);
@@ -141,7 +195,7 @@ impl NetlinkSocket {
             }
             match split_messages(&buf[..n as usize], &mut out)? {
                 true => return Ok(out),
-                false if n == 0 => return Ok(out),
+                false if n == 0 || flags & NLM_F_DUMP == 0 => return Ok(out),
                 false => {}
             }
         }
@@ -220,7 +274,7 @@ pub fn parse_link(msg: &Message) -> Option<Link> {
         match ty {
             IFLA_IFNAME => link.name = str_of(v),
             IFLA_MASTER => link.master = u32_of(v),
-            IFLA_LINK => link.link = u32_of(v).filter(|&i| i != 0 && i != ifindex),
+            IFLA_LINK => link.link = u32_of(v).filter(|&i| i != 0),
             IFLA_LINK_NETNSID => link.link_netnsid = u32_of(v).map(|n| n as i32),
             IFLA_LINKINFO => {
                 if let Some((_, kind)) = attrs(v).find(|(t, _)| *t == IFLA_INFO_KIND) {
@@ -229,6 +283,11 @@ pub fn parse_link(msg: &Message) -> Option<Link> {
             }
             _ => {}
         }
+    }
+    // A device with no lower device names itself; a veth whose peer is in another namespace
+    // may name an ifindex equal to its own.
+    if link.link == Some(ifindex) && link.link_netnsid.is_none() {
+        link.link = None;
     }
     Some(link)
 }
@@ -309,6 +368,27 @@ mod tests {
                 link_netnsid: Some(0),
             }
         );
+    }
+
+    #[test]
+    fn a_veth_may_name_its_own_ifindex_in_another_namespace() {
+        let msg = |extra: &[u8]| {
+            let mut p = vec![0u8; 16];
+            p[4..8].copy_from_slice(&2u32.to_ne_bytes());
+            p.extend(attr(IFLA_IFNAME, b"eth0\0"));
+            p.extend(attr(IFLA_LINK, &2u32.to_ne_bytes()));
+            p.extend(extra);
+            let mut out = Vec::new();
+            split_messages(&nlmsg(RTM_NEWLINK, &p), &mut out).unwrap();
+            parse_link(&out[0]).expect("link")
+        };
+        let plain = msg(&[]);
+        assert_eq!(
+            plain.link, None,
+            "a device naming itself has no lower device"
+        );
+        let veth = msg(&attr(IFLA_LINK_NETNSID, &0i32.to_ne_bytes()));
+        assert_eq!((veth.link, veth.link_netnsid), (Some(2), Some(0)));
     }
 
     #[test]

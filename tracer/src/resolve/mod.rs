@@ -23,7 +23,7 @@ use crate::diagnose::ruleset::{
 
 pub use docker::{ContainerRef, Published, SharedIndex};
 pub use kallsyms::{Kallsyms, Symbol};
-pub use links::{Link, LinkTable};
+pub use links::{LOOPBACK_IFINDEX, Link, LinkTable};
 pub use netns::NetnsEntry;
 
 /// Questions the later stages ask about the host. Every answer is optional: a namespace may be
@@ -69,6 +69,22 @@ pub trait HostFacts {
         None
     }
 
+    /// Namespaces that can be looked into, by inode: where a veth's other end may be.
+    fn namespaces(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    /// Whether `netns` knows `other` by the nsid `id` (a veth's `link_netnsid`); `None` when
+    /// that cannot be asked.
+    fn calls(&mut self, _netns: u32, _other: u32, _id: i32) -> Option<bool> {
+        None
+    }
+
+    /// How a device is wired: its veth's other end, the bridge it is a port of.
+    fn wiring(&mut self, netns: u32, ifindex: u32) -> Option<Wiring> {
+        wire(self, netns, ifindex)
+    }
+
     /// Interface name, or `if<N>` when unknown.
     fn ifname(&mut self, netns: u32, ifindex: u32) -> String {
         if ifindex == 0 {
@@ -86,6 +102,70 @@ pub trait HostFacts {
         self.netns(netns)
             .map_or_else(|| format!("netns:{netns}"), |e| e.label)
     }
+}
+
+/// How a device is wired to others: which device sent what it receives, and through which
+/// bridge a packet routed to it left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wiring {
+    /// The device whose transmits this one receives, `(netns, ifindex)`: a veth's other end;
+    /// loopback itself.
+    pub peer: Option<(u32, u32)>,
+    /// The bridge the device is a port of (its master, when that is a bridge).
+    pub bridge: Option<u32>,
+}
+
+/// Works out a device's [`Wiring`] from the link tables. A veth names its peer's ifindex and,
+/// when the peer is elsewhere, only an nsid relative to its own namespace, so the other
+/// namespaces are asked for the device that names this one back.
+pub fn wire<F: HostFacts + ?Sized>(facts: &mut F, netns: u32, ifindex: u32) -> Option<Wiring> {
+    let link = facts.interface(netns, ifindex)?;
+    let bridge = link.master.filter(|&m| {
+        facts
+            .interface(netns, m)
+            .is_some_and(|l| l.kind == "bridge")
+    });
+    let peer = if link.is_loopback() {
+        Some((netns, ifindex))
+    } else if let Some(peer) = link.link.filter(|_| link.kind == "veth") {
+        let candidates = match link.link_netnsid {
+            Some(_) => facts
+                .namespaces()
+                .into_iter()
+                .filter(|&ns| ns != netns)
+                .collect(),
+            None => vec![netns],
+        };
+        // Identical labs or containers pair the same ifindexes: the nsid decides.
+        let mut unconfirmed = Vec::new();
+        let mut confirmed = None;
+        for ns in candidates {
+            if !facts
+                .interface(ns, peer)
+                .is_some_and(|other| link.pairs_with(&other))
+            {
+                continue;
+            }
+            let is_it = match link.link_netnsid {
+                Some(id) => facts.calls(netns, ns, id),
+                None => Some(true),
+            };
+            match is_it {
+                Some(true) => {
+                    confirmed = Some(ns);
+                    break;
+                }
+                Some(false) => {}
+                None => unconfirmed.push(ns),
+            }
+        }
+        confirmed
+            .or_else(|| (unconfirmed.len() == 1).then(|| unconfirmed[0]))
+            .map(|ns| (ns, peer))
+    } else {
+        None
+    };
+    Some(Wiring { peer, bridge })
 }
 
 /// A device that belongs to a container.
@@ -112,6 +192,8 @@ pub struct Resolver {
     /// Host-side veth → container device, valid for one index generation.
     veths: HashMap<(u32, u32), Option<ContainerDevice>>,
     veths_generation: u64,
+    /// Devices' wiring, asked for every receive of a followed packet with `--hooks receive`.
+    wiring: HashMap<(u32, u32), (Wiring, Instant)>,
     /// Sysctls and rulesets read recently: a flood of drops must not run `iptables-save` or
     /// enter a namespace once per packet.
     sysctls: HashMap<(u32, String), (Option<String>, Instant)>,
@@ -122,6 +204,10 @@ pub struct Resolver {
 
 /// How long a sysctl or ruleset read stays fresh.
 const FACT_TTL: Duration = Duration::from_secs(1);
+
+/// How long a device's wiring is trusted: finding a veth's peer may dump every namespace's
+/// links, and devices are rewired far less often than packets pass.
+const WIRING_TTL: Duration = Duration::from_secs(10);
 
 impl Resolver {
     pub fn new() -> Self {
@@ -141,6 +227,7 @@ impl Resolver {
             containers: None,
             veths: HashMap::new(),
             veths_generation: 0,
+            wiring: HashMap::new(),
             sysctls: HashMap::new(),
             rulesets: HashMap::new(),
             baselines: HashMap::new(),
@@ -196,6 +283,20 @@ impl Resolver {
         }
         self.namespaces = netns::scan();
         self.namespaces_at = Some(Instant::now());
+    }
+
+    /// Whether a device and the peer found for it still name each other.
+    fn still_paired(&mut self, netns: u32, ifindex: u32, w: Wiring) -> bool {
+        let Some((peer_ns, peer)) = w.peer else {
+            return false;
+        };
+        match (
+            self.interface(netns, ifindex),
+            self.interface(peer_ns, peer),
+        ) {
+            (Some(a), Some(b)) => a.is_loopback() || a.pairs_with(&b),
+            _ => false,
+        }
     }
 
     fn table(&mut self, netns: u32, must_have: impl Fn(&LinkTable) -> bool) -> Option<&LinkTable> {
@@ -277,6 +378,43 @@ impl HostFacts for Resolver {
             self.refresh_namespaces();
         }
         self.namespaces.get(&netns).cloned()
+    }
+
+    fn namespaces(&mut self) -> Vec<u32> {
+        self.refresh_namespaces();
+        let mut all: Vec<u32> = self.namespaces.keys().copied().collect();
+        all.extend(self.container_namespaces().into_iter().map(|(ns, _)| ns));
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    fn calls(&mut self, netns: u32, other: u32, id: i32) -> Option<bool> {
+        let here = self.netns(netns)?.path;
+        let there = self.netns(other)?.path;
+        match netns::run_in(&here, move || links::nsid_here(&there)) {
+            Ok(Ok(nsid)) => Some(nsid == Some(id)),
+            Ok(Err(e)) | Err(e) => {
+                tracing::debug!(netns, other, "asking for an nsid failed: {e}");
+                None
+            }
+        }
+    }
+
+    fn wiring(&mut self, netns: u32, ifindex: u32) -> Option<Wiring> {
+        if let Some(&(w, at)) = self.wiring.get(&(netns, ifindex)) {
+            // Past its time, a found pair is checked in the cached tables rather than found
+            // again: finding asks every namespace.
+            if at.elapsed() < WIRING_TTL || self.still_paired(netns, ifindex, w) {
+                if at.elapsed() >= WIRING_TTL {
+                    self.wiring.insert((netns, ifindex), (w, Instant::now()));
+                }
+                return Some(w);
+            }
+        }
+        let w = wire(self, netns, ifindex)?;
+        self.wiring.insert((netns, ifindex), (w, Instant::now()));
+        Some(w)
     }
 
     fn sysctl(&mut self, netns: u32, key: &str) -> Option<String> {
@@ -575,6 +713,8 @@ pub(crate) mod fixture {
         pub baselines: HashMap<u32, Arc<Ruleset>>,
         /// (netns, subnet address, prefix, ifindex)
         pub subnets: Vec<(u32, Ipv4Addr, u8, u32)>,
+        /// (netns, other) → the nsid `netns` gives `other`; empty: nobody can be asked.
+        pub nsids: HashMap<(u32, u32), i32>,
     }
 
     impl FakeHost {
@@ -597,6 +737,20 @@ pub(crate) mod fixture {
             link(HOST_NS, 3, "docker0", "bridge");
             link(HOST_NS, 4, "veth0c1", "veth");
             link(CTR_NS, 2, "eth0", "veth");
+            // Wired as the lab wires them: outside eth0 ↔ host eth0, veth0c1 (a docker0
+            // port) ↔ container eth0.
+            for (ns, idx, peer, master) in [
+                (OUT_NS, 2, 2, None),
+                (HOST_NS, 2, 2, None),
+                (HOST_NS, 4, 2, Some(3)),
+                (CTR_NS, 2, 4, None),
+            ] {
+                if let Some(l) = h.links.get_mut(&(ns, idx)) {
+                    l.link = Some(peer);
+                    l.link_netnsid = Some(0);
+                    l.master = master;
+                }
+            }
             for (ns, name) in [
                 (OUT_NS, "lab-out"),
                 (HOST_NS, "lab-host"),
@@ -629,6 +783,18 @@ pub(crate) mod fixture {
     impl HostFacts for FakeHost {
         fn interface(&mut self, netns: u32, ifindex: u32) -> Option<Link> {
             self.links.get(&(netns, ifindex)).cloned()
+        }
+        fn calls(&mut self, netns: u32, other: u32, id: i32) -> Option<bool> {
+            if self.nsids.is_empty() {
+                return None;
+            }
+            Some(self.nsids.get(&(netns, other)) == Some(&id))
+        }
+        fn namespaces(&mut self) -> Vec<u32> {
+            let mut all: Vec<u32> = self.links.keys().map(|(ns, _)| *ns).collect();
+            all.sort_unstable();
+            all.dedup();
+            all
         }
         fn netns(&mut self, netns: u32) -> Option<NetnsEntry> {
             self.names.get(&netns).map(|n| NetnsEntry {

@@ -20,7 +20,7 @@ mod published;
 use published::DropsFilter;
 
 use crate::{
-    correlate::{FlowTable, Packet, PacketTracker},
+    correlate::{FlowTable, Packet, PacketTracker, transmits},
     events::Hop,
     output::{Output, Ready, Stats},
     probes::{
@@ -58,7 +58,8 @@ pub struct TraceConfig {
     pub idle: Duration,
     pub sizes: ProbeSizes,
     pub backend: BackendChoice,
-    pub hooks: HookSet,
+    /// `None`: the backend's default (`HookSet::trace_default`).
+    pub hooks: Option<HookSet>,
     pub max_packets: usize,
     pub max_flows: usize,
     /// `--container`: resolved through Docker into the kernel filter before attaching.
@@ -75,7 +76,7 @@ impl Default for TraceConfig {
             idle: Duration::from_millis(500),
             sizes: ProbeSizes::default(),
             backend: BackendChoice::Auto,
-            hooks: HookSet::Path,
+            hooks: None,
             max_packets: 65536,
             max_flows: 65536,
             container: None,
@@ -109,8 +110,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// `hooks`: the set attached, which says what the hops can prove.
     pub fn new(
         cfg: &TraceConfig,
+        hooks: HookSet,
         drop_reasons: crate::probes::DropReasons,
         containers: SharedIndex,
     ) -> Self {
@@ -119,7 +122,7 @@ impl Pipeline {
             flows: FlowTable::new(cfg.max_flows),
             resolver: Resolver::new().with_containers(containers),
             drop_reasons,
-            hooks: cfg.hooks,
+            hooks,
             finished: Vec::new(),
             stats: Stats::default(),
         }
@@ -150,7 +153,10 @@ impl Pipeline {
             None => self.packets.drain(&mut self.finished),
         }
         let mut n = 0;
-        for packet in std::mem::take(&mut self.finished) {
+        for mut packet in std::mem::take(&mut self.finished) {
+            if self.hooks.infers_transmits() {
+                transmits::infer(&mut packet, &mut self.resolver);
+            }
             let flow = self.flows.observe(&packet);
             let report = Report::build(
                 packet,
@@ -205,9 +211,9 @@ pub async fn run_controlled(
     let ring = probes.take_events()?;
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
-    let mut pipeline = Pipeline::new(&cfg, probes.drop_reasons.clone(), containers);
+    let mut pipeline = Pipeline::new(&cfg, probes.hooks, probes.drop_reasons.clone(), containers);
     pipeline.resolver.prefetch_own_ruleset();
-    let mut drops_filter = (cfg.hooks == HookSet::Drops)
+    let mut drops_filter = (probes.hooks == HookSet::Drops)
         .then(|| DropsFilter::new(cfg.filter, probes.offsets.have & have::CONNTRACK != 0));
     if let Some(d) = drops_filter.as_mut() {
         if let Some(f) = d.refresh(&mut pipeline.resolver) {
