@@ -209,6 +209,9 @@ const FACT_TTL: Duration = Duration::from_secs(1);
 /// links, and devices are rewired far less often than packets pass.
 const WIRING_TTL: Duration = Duration::from_secs(10);
 
+/// Devices whose wiring is kept before the stale ones are forgotten.
+const MAX_WIRED: usize = 4096;
+
 impl Resolver {
     pub fn new() -> Self {
         let kallsyms = match Kallsyms::from_proc() {
@@ -413,6 +416,10 @@ impl HostFacts for Resolver {
             }
         }
         let w = wire(self, netns, ifindex)?;
+        if self.wiring.len() >= MAX_WIRED {
+            // Containers come and go under a daemon: forget devices not asked about lately.
+            self.wiring.retain(|_, (_, at)| at.elapsed() < WIRING_TTL);
+        }
         self.wiring.insert((netns, ifindex), (w, Instant::now()));
         Some(w)
     }
