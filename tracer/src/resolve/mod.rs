@@ -406,12 +406,13 @@ impl HostFacts for Resolver {
 
     fn wiring(&mut self, netns: u32, ifindex: u32) -> Option<Wiring> {
         if let Some(&(w, at)) = self.wiring.get(&(netns, ifindex)) {
+            if at.elapsed() < WIRING_TTL {
+                return Some(w);
+            }
             // Past its time, a found pair is checked in the cached tables rather than found
             // again: finding asks every namespace.
-            if at.elapsed() < WIRING_TTL || self.still_paired(netns, ifindex, w) {
-                if at.elapsed() >= WIRING_TTL {
-                    self.wiring.insert((netns, ifindex), (w, Instant::now()));
-                }
+            if self.still_paired(netns, ifindex, w) {
+                self.wiring.insert((netns, ifindex), (w, Instant::now()));
                 return Some(w);
             }
         }
@@ -472,21 +473,19 @@ impl HostFacts for Resolver {
         if let Some(known) = self.veths.get(&(netns, ifindex)) {
             return known.clone();
         }
-        // A host-side veth: its peer is the container interface whose own peer is this one.
-        let link = self.interface(netns, ifindex)?;
-        let found = link.link.filter(|_| link.kind == "veth").and_then(|peer| {
-            self.container_namespaces()
-                .into_iter()
-                .find_map(|(ns, container)| {
-                    let table = self.table(ns, |t| t.links.contains_key(&peer))?;
-                    let inner = table.links.get(&peer)?;
-                    (inner.link == Some(ifindex)).then(|| ContainerDevice {
+        // A host-side veth: the container whose namespace holds its other end.
+        let found = match self.wiring(netns, ifindex)?.peer {
+            Some((ns, peer)) if ns != netns => {
+                self.container_in(ns)
+                    .and_then(|(_, c)| c)
+                    .map(|container| ContainerDevice {
                         container,
-                        ifname: inner.name.clone(),
+                        ifname: self.ifname(ns, peer),
                         host_side: true,
                     })
-                })
-        });
+            }
+            _ => None,
+        };
         self.veths.insert((netns, ifindex), found.clone());
         found
     }
