@@ -243,11 +243,6 @@ struct Subject<'a> {
 }
 
 impl Subject<'_> {
-    /// The hook set to ask for, unless it is the default.
-    fn hooks_flag(&self) -> Option<&str> {
-        self.hooks
-    }
-
     /// Whether this build's `--hooks` offers `set` (its help lists each as `set (...)`).
     fn knows_hook_set(&self, set: &str) -> bool {
         Command::new(self.bin)
@@ -273,7 +268,7 @@ fn start_tracer(subject: &Subject<'_>, mode: Mode, traffic: Traffic) -> Result<O
     let filter = ["--dport", &dport, "--proto", proto];
     let hooks = match mode {
         Mode::NonMatchingPath => Some("path"),
-        _ => subject.hooks_flag(),
+        _ => subject.hooks,
     };
     let output = std::env::temp_dir().join(format!("pathtrace-bench-{}.jsonl", std::process::id()));
     let file =
@@ -800,7 +795,7 @@ fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) 
         "`cargo xtask bench --only {}{} --rounds {} --seconds {}`: {traffic:?} flood, filter matching nothing / untraced: {}",
         traffic.name(),
         subject
-            .hooks_flag()
+            .hooks
             .map_or_else(String::new, |set| format!(" --hooks {set}")),
         args.rounds,
         args.seconds,
@@ -832,7 +827,7 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     // On tracepoints a trace's default is `receive`, transmits inferred: the path set, which
     // traces them, is measured beside it by builds that have both (PATHTRACE_BIN may be an
     // older one, whose default is the path).
-    let tracepoints = subject.backend == "tracepoint" && subject.hooks_flag().is_none();
+    let tracepoints = subject.backend == "tracepoint" && subject.hooks.is_none();
     let path_too = tracepoints && subject.knows_hook_set("receive");
     // The daemon as a host leaves it: its own choices (backend auto: tracepoints here).
     let daemon_too = tracepoints;
