@@ -6,7 +6,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use pathtrace::{
     cli::{Cli, Command, DaemonArgs, DoctorArgs},
-    output::{Output, human::HumanOutput, json::JsonOutput},
+    daemon::config::DaemonConfig,
+    output::{self, Output, human::HumanOutput, json::JsonOutput},
     trace,
 };
 
@@ -39,10 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         .trace_config()
         .map_err(anyhow::Error::msg)
         .context("invalid arguments")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let mut out: Box<dyn Output> = if cli.output.json {
         Box::new(JsonOutput::new(std::io::BufWriter::with_capacity(
             1 << 16,
@@ -57,134 +55,33 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// `pathtrace daemon`: the config file, then flags on top.
-fn daemon(args: &DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
-    use pathtrace::daemon::{self, config::DaemonConfig};
-    let mut cfg = match &args.config {
-        Some(path) => DaemonConfig::load(path)?,
-        None => DaemonConfig::default(),
-    };
-    if let Some(listen) = args.listen {
-        cfg.listen = listen;
-    }
-    if let Some(path) = &args.json_log {
-        cfg.json.path = Some(path.clone());
-    }
-    let f = &args.filter;
-    if f.dport.is_some() || f.sport.is_some() || f.host.is_some() || f.proto.is_some() {
-        cfg.filter.dport = f.dport.or(cfg.filter.dport);
-        cfg.filter.sport = f.sport.or(cfg.filter.sport);
-        cfg.filter.host = f.host.or(cfg.filter.host);
-        if let Some(p) = f.proto {
-            cfg.filter.proto = Some(p.to_string());
-        }
-    }
-    if args.filter.container.is_some() {
-        anyhow::bail!("--container is not supported by the daemon yet: use --dport/--host");
-    }
-    if args.probes.backend != pathtrace::probes::loader::BackendChoice::Auto {
-        cfg.backend = match args.probes.backend {
-            pathtrace::probes::loader::BackendChoice::Only(b) => b.to_string(),
-            pathtrace::probes::loader::BackendChoice::Auto => "auto".into(),
-        };
-    }
-    if let Some(hooks) = args.probes.hooks {
-        cfg.hooks = Some(hooks.to_string());
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A runtime on this thread: tracing, the daemon and Docker's client are async.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(daemon::run(cfg, args.config.clone()))?;
+        .context("starting the async runtime")
+}
+
+/// `pathtrace daemon`: the config file, then flags on top.
+fn daemon(args: &DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
+    let cfg = DaemonConfig::from_args(args)?;
+    runtime()?.block_on(pathtrace::daemon::run(cfg, args.config.clone()))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `pathtrace doctor`: static checks of this namespace; exit status 1 when anything is found.
 fn doctor(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
-    use pathtrace::{
-        doctor::{HostConfig, PortCheck, examine},
-        resolve::{LinkTable, docker, netns::sysctl_path, read_ruleset},
-    };
-    let links = LinkTable::dump_here().context("listing interfaces (rtnetlink)")?;
-    let ruleset = read_ruleset(links.links.values().any(|l| l.kind == "bridge"));
-    let mut ports = Vec::new();
-    let mut docker_status = String::from("not used (--dport given)");
-    if let Some(port) = args.dport {
-        ports.push(PortCheck {
-            port,
-            proto: args.proto,
-            published: None,
-        });
-    } else {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let index = pathtrace::resolve::SharedIndex::default();
-        docker_status = runtime
-            .block_on(docker::initial(&index, &docker::socket_path()))
-            .to_string();
-        if let Ok(index) = index.read() {
-            for p in &index.published {
-                ports.push(PortCheck {
-                    port: p.host_port,
-                    proto: p.proto,
-                    published: Some(p.clone()),
-                });
-            }
-        }
-    }
-    let host = HostConfig {
-        links,
-        sysctl: Box::new(|key| {
-            std::fs::read_to_string(sysctl_path(key))
-                .ok()
-                .map(|v| v.trim().to_owned())
-        }),
-        ruleset,
-    };
-    let findings = examine(&host, &ports);
-    let checked: Vec<String> = ports
-        .iter()
-        .map(|p| format!("{}/{}", p.port, pathtrace::events::proto_name(p.proto)))
-        .collect();
+    let port = args.dport.map(|p| (p, args.proto));
+    let checkup = runtime()?.block_on(pathtrace::doctor::run(port))?;
+    let out = stdout().lock();
     if args.json {
-        let v = serde_json::json!({
-            "kind": "doctor",
-            "ports": checked,
-            "docker": docker_status,
-            "iptables": host.ruleset.is_some(),
-            "findings": findings,
-        });
-        println!("{v}");
+        output::doctor::json(&checkup, out)
     } else {
-        println!(
-            "pathtrace doctor: checked forwarding, rp_filter, br_netfilter{}; ports: {}; Docker {docker_status}",
-            if host.ruleset.is_some() {
-                ", iptables"
-            } else {
-                " (no iptables rules found)"
-            },
-            if checked.is_empty() {
-                "none".to_owned()
-            } else {
-                checked.join(", ")
-            }
-        );
-        if findings.is_empty() {
-            println!("no problems found");
-        }
-        for f in &findings {
-            println!("\n[{}] ({:?}) {}", f.code, f.confidence, f.summary);
-            for e in &f.evidence {
-                println!("  evidence: {e}");
-            }
-            if let Some(fix) = &f.fix {
-                println!("  fix: {fix}");
-            }
-        }
+        output::doctor::human(&checkup, out)
     }
-    Ok(if findings.is_empty() {
+    .context("writing the findings")?;
+    Ok(if checkup.findings.is_empty() {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(1)

@@ -13,8 +13,8 @@ use crate::{
         Hop, Tuple, kind_name, nf_family_name, nf_hook_name, nf_verdict_name, proto_name,
         tcp_flags_name,
     },
+    host::{ContainerRef, HostFacts, Published},
     probes::{DropReasons, HookSet},
-    resolve::{ContainerRef, HostFacts, Published},
     verdict::{Delivery, Outcome, Verdict, decide},
 };
 

@@ -6,8 +6,8 @@ use tracer_common::HopKind;
 use crate::{
     correlate::Packet,
     events::Hop,
+    host::{HostFacts, Symbol},
     probes::DropReasons,
-    resolve::{HostFacts, Symbol},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -139,7 +139,7 @@ fn local_delivery(hop: &Hop, facts: &mut dyn HostFacts) -> Option<Delivery> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{events::fixture::*, resolve::fixture::FakeHost};
+    use crate::{events::fixture::*, host::fixture::FakeHost};
 
     fn reasons() -> DropReasons {
         DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)])

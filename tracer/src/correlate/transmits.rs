@@ -10,7 +10,7 @@
 use tracer_common::HopKind;
 
 use super::Packet;
-use crate::{events::Hop, resolve::HostFacts};
+use crate::{events::Hop, host::HostFacts};
 
 /// What `skb->len` counts on an Ethernet device's transmit and not after its receive
 /// (`eth_type_trans` pulls it): the MAC header.
@@ -84,7 +84,7 @@ mod tests {
     use super::*;
     use crate::{
         events::fixture::*,
-        resolve::{LOOPBACK_IFINDEX, Link, fixture::FakeHost},
+        host::{LOOPBACK_IFINDEX, Link, fixture::FakeHost},
     };
 
     fn packet(hops: Vec<Hop>) -> Packet {

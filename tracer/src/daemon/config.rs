@@ -9,7 +9,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    cli::FilterArgs,
+    cli::{DaemonArgs, FilterArgs},
     probes::{
         Backend, HookSet,
         loader::{self, BackendChoice},
@@ -28,6 +28,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("{path}: filter: {message}")]
     Filter { path: String, message: String },
+    #[error("--container is not supported by the daemon yet: use --dport/--host")]
+    ContainerFilter,
 }
 
 /// `[filter]`: the same fields as the trace flags.
@@ -117,6 +119,37 @@ impl Default for DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// The file named by `--config` (or the defaults), with the flags given on top.
+    pub fn from_args(args: &DaemonArgs) -> Result<Self, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(path) => Self::load(path)?,
+            None => Self::default(),
+        };
+        if args.filter.container.is_some() {
+            return Err(ConfigError::ContainerFilter);
+        }
+        if let Some(listen) = args.listen {
+            cfg.listen = listen;
+        }
+        if let Some(path) = &args.json_log {
+            cfg.json.path = Some(path.clone());
+        }
+        let f = &args.filter;
+        cfg.filter.dport = f.dport.or(cfg.filter.dport);
+        cfg.filter.sport = f.sport.or(cfg.filter.sport);
+        cfg.filter.host = f.host.or(cfg.filter.host);
+        if let Some(p) = f.proto {
+            cfg.filter.proto = Some(p.to_string());
+        }
+        if let BackendChoice::Only(b) = args.probes.backend {
+            cfg.backend = b.to_string();
+        }
+        if let Some(hooks) = args.probes.hooks {
+            cfg.hooks = Some(hooks.to_string());
+        }
+        Ok(cfg)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

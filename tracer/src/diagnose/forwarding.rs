@@ -4,15 +4,26 @@
 //! `forwarding` off and installs `ip_error`, which frees the skb with IP_INADDRERRORS and —
 //! because forwarding is off — sends no ICMP error. The client just times out.
 
-use super::{Case, Confidence, Diagnosis, Rule, in_netns};
-use crate::resolve::HostFacts;
+use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns};
+use crate::host::HostFacts;
 
 pub const RULE: Rule = Rule {
     code: "forwarding_disabled",
     // ip_error frees the skb on the device it came in on: the drop names the interface.
     from_drop_alone: true,
     check,
+    examine: Some(examine),
 };
+
+/// The switch that turns forwarding back on: the global one when it is off, else the
+/// interface's own.
+fn fix_command(globally_off: bool, key: &str) -> String {
+    if globally_off {
+        "sysctl -w net.ipv4.ip_forward=1".to_owned()
+    } else {
+        format!("sysctl -w {key}=1")
+    }
+}
 
 fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let drop = case.verdict.drop.as_ref()?;
@@ -67,17 +78,12 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     evidence.push("ip_error sends no ICMP error when the input interface does not forward: the client sees a timeout".into());
 
     let globally_off = all.as_deref() == Some("0");
-    let (summary_cause, fix_cmd) = if globally_off {
-        (
-            "IP forwarding is off in this namespace (net.ipv4.ip_forward = 0)".to_owned(),
-            "sysctl -w net.ipv4.ip_forward=1".to_owned(),
-        )
+    let summary_cause = if globally_off {
+        "IP forwarding is off in this namespace (net.ipv4.ip_forward = 0)".to_owned()
     } else {
-        (
-            format!("forwarding is disabled on {ifname} ({key} = 0) although it is on elsewhere"),
-            format!("sysctl -w {key}=1"),
-        )
+        format!("forwarding is disabled on {ifname} ({key} = 0) although it is on elsewhere")
     };
+    let fix_cmd = fix_command(globally_off, &key);
     let meant_for = case
         .target
         .map(|t| format!(" for container {}", t.container.name))
@@ -98,14 +104,52 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     })
 }
 
+/// Forwarding off globally while something needs it (a published port, a bridge), or off
+/// on one interface while on globally: the first packet to cross would die at ip_error.
+fn examine(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
+    let finding = |summary: String, evidence: Vec<String>, fix: String| Diagnosis {
+        code: RULE.code,
+        summary,
+        evidence,
+        fix: Some(fix),
+        confidence: Confidence::High,
+        rule: None,
+    };
+    if facts.sysctl(p.netns, "net.ipv4.ip_forward").as_deref() == Some("0") {
+        if p.ports.is_empty() && !p.has_bridge() {
+            return Vec::new();
+        }
+        return vec![finding(
+            "IP forwarding is off (net.ipv4.ip_forward = 0): traffic to containers and published ports cannot be routed.".into(),
+            vec!["net.ipv4.ip_forward = 0".into()],
+            in_netns(facts, p.netns, &fix_command(true, "")),
+        )];
+    }
+    let mut out = Vec::new();
+    for l in p.interfaces() {
+        let key = format!("net.ipv4.conf.{}.forwarding", l.name);
+        if facts.sysctl(p.netns, &key).as_deref() == Some("0") {
+            out.push(finding(
+                format!(
+                    "Forwarding is disabled on {} although net.ipv4.ip_forward = 1: packets arriving on {} for containers are dropped at ip_error, without an ICMP error.",
+                    l.name, l.name
+                ),
+                vec![format!("{key} = 0"), "net.ipv4.ip_forward = 1".into()],
+                in_netns(facts, p.netns, &fix_command(false, &key)),
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{
         correlate::Packet,
         diagnose::{Case, diagnose},
         events::fixture::*,
+        host::fixture::FakeHost,
         probes::{DropReasons, HookSet},
-        resolve::fixture::FakeHost,
         verdict::decide,
     };
 

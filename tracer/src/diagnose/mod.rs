@@ -9,21 +9,23 @@
 //! drop and stay silent rather than guess.
 
 mod forwarding;
-pub(crate) mod netfilter;
+mod netfilter;
+mod premises;
 mod routing;
-pub mod ruleset;
 mod socket;
+
+pub use premises::{PortCheck, Premises, examine};
 
 use serde::Serialize;
 use tracer_common::HopKind;
 
-use self::ruleset::{CtState, PacketAtHook, RuleRef};
+use crate::ruleset::{CtState, PacketAtHook, RuleRef};
 use crate::{
     correlate::{FlowView, Packet, flow::Direction},
     events::{Hop, Tuple, tcp_flags_string},
+    host::HostFacts,
     probes::HookSet,
     report::Target,
-    resolve::HostFacts,
     verdict::Verdict,
 };
 
@@ -113,6 +115,9 @@ pub struct Rule {
     /// the namespace with, from conntrack). False for a rule that needs hops before the drop.
     pub from_drop_alone: bool,
     pub check: fn(&Case<'_>, &mut dyn HostFacts) -> Option<Diagnosis>,
+    /// The same fault judged from configuration alone, with no packet (`pathtrace doctor`);
+    /// `None` for a rule that needs a packet to say anything.
+    pub examine: Option<fn(&Premises, &mut dyn HostFacts) -> Vec<Diagnosis>>,
 }
 
 /// Every rule, most specific first; the first that recognises the case wins.

@@ -1,24 +1,27 @@
 //! Routing: reverse path filtering, no route, neighbour resolution.
 
-use super::{Case, Confidence, Diagnosis, Rule, in_netns};
-use crate::resolve::HostFacts;
+use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns};
+use crate::host::HostFacts;
 
 pub const RP_FILTER: Rule = Rule {
     code: "rp_filter",
     // Dropped as the input route is looked up, on the device it came in on.
     from_drop_alone: true,
     check: rp_filter,
+    examine: Some(strict_rp_filter),
 };
 pub const NO_ROUTE: Rule = Rule {
     code: "no_route",
     // Needs only the namespace and the destination at the drop.
     from_drop_alone: true,
     check: no_route,
+    examine: None,
 };
 pub const NEIGHBOR_FAILED: Rule = Rule {
     code: "neighbor_failed",
     from_drop_alone: true,
     check: neighbor_failed,
+    examine: None,
 };
 
 fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
@@ -32,12 +35,6 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let ns = facts.netns_label(input.netns);
     let all = facts.sysctl(input.netns, "net.ipv4.conf.all.rp_filter");
     let iface = facts.sysctl(input.netns, &format!("net.ipv4.conf.{ifname}.rp_filter"));
-    let mode = |v: &Option<String>| match v.as_deref() {
-        Some("1") => "1 (strict)",
-        Some("2") => "2 (loose)",
-        Some("0") => "0 (off)",
-        _ => "?",
-    };
     let back = facts.connected_route(input.netns, t.src).map(|l| l.name);
     let mut evidence = vec![
         format!(
@@ -45,8 +42,8 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         ),
         format!(
             "net.ipv4.conf.all.rp_filter = {}, net.ipv4.conf.{ifname}.rp_filter = {}: the kernel uses the larger",
-            mode(&all),
-            mode(&iface)
+            rp_filter_mode(all.as_deref()),
+            rp_filter_mode(iface.as_deref())
         ),
     ];
     evidence.push(match &back {
@@ -74,6 +71,50 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         confidence: Confidence::High,
         rule: None,
     })
+}
+
+/// An rp_filter value as the kernel means it.
+fn rp_filter_mode(value: Option<&str>) -> &'static str {
+    match value {
+        Some("1") => "1 (strict)",
+        Some("2") => "2 (loose)",
+        Some("0") => "0 (off)",
+        _ => "?",
+    }
+}
+
+/// Strict reverse path filtering on an interface (its own setting or `all`, the larger
+/// wins): a lead to check, not a fault by itself.
+fn strict_rp_filter(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
+    let all = facts.sysctl(p.netns, "net.ipv4.conf.all.rp_filter");
+    let mut out = Vec::new();
+    for l in p.interfaces() {
+        let key = format!("net.ipv4.conf.{}.rp_filter", l.name);
+        let own = facts.sysctl(p.netns, &key);
+        if all.as_deref() != Some("1") && own.as_deref() != Some("1") {
+            continue;
+        }
+        out.push(Diagnosis {
+            code: RP_FILTER.code,
+            summary: format!(
+                "Strict reverse path filtering applies on {}: packets whose source is not routed back out {} are dropped (asymmetric routes, extra client addresses).",
+                l.name, l.name
+            ),
+            evidence: vec![format!(
+                "net.ipv4.conf.all.rp_filter = {}, {key} = {}: the kernel uses the larger",
+                rp_filter_mode(all.as_deref()),
+                rp_filter_mode(own.as_deref())
+            )],
+            fix: Some(in_netns(
+                facts,
+                p.netns,
+                &format!("sysctl -w {key}=2   # loose, if traffic legitimately arrives asymmetrically"),
+            )),
+            confidence: Confidence::Low,
+            rule: None,
+        });
+    }
+    out
 }
 
 fn no_route(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {

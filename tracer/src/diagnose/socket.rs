@@ -1,13 +1,14 @@
 //! The packet reached its destination namespace and nothing listens there.
 
 use super::{Case, Confidence, Diagnosis, Rule, in_netns};
-use crate::resolve::HostFacts;
+use crate::host::HostFacts;
 
 pub const NO_LISTENER: Rule = Rule {
     code: "no_listener",
     // Freed by TCP/UDP in the namespace and on the device that received it.
     from_drop_alone: true,
     check,
+    examine: None,
 };
 
 fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
@@ -84,9 +85,9 @@ mod tests {
     use crate::{
         correlate::{FlowTable, Packet},
         events::fixture::*,
+        host::fixture::FakeHost,
         probes::{DropReasons, HookSet},
         report::Report,
-        resolve::fixture::FakeHost,
     };
 
     /// `--hooks drops`: a SYN to published port 10001 refused inside the container, seen only

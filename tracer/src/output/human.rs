@@ -254,8 +254,8 @@ mod tests {
     use crate::{
         correlate::{FlowTable, Packet},
         events::fixture::*,
+        host::fixture::FakeHost,
         probes::{DropReasons, HookSet},
-        resolve::fixture::FakeHost,
     };
 
     fn report(hops: Vec<crate::events::Hop>, host: &mut FakeHost) -> Report {
@@ -443,8 +443,8 @@ mod netfilter_tests {
     use crate::{
         correlate::Packet,
         events::fixture::*,
+        host::fixture::FakeHost,
         probes::{DropReasons, HookSet},
-        resolve::fixture::FakeHost,
     };
 
     #[test]
@@ -491,8 +491,8 @@ mod container_tests {
     use crate::{
         correlate::{FlowTable, Packet},
         events::fixture::*,
+        host::fixture::FakeHost,
         probes::{DropReasons, HookSet},
-        resolve::fixture::FakeHost,
     };
 
     #[test]

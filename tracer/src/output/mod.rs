@@ -1,5 +1,6 @@
 //! Rendering reports: a human timeline or JSON lines (schema in docs/json.md).
 
+pub mod doctor;
 pub mod human;
 pub mod json;
 

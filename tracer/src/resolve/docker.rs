@@ -13,25 +13,16 @@ use std::{
     time::Duration,
 };
 
+use crate::host::{ContainerRef, Published};
 use bollard::{
     Docker,
     models::ContainerInspectResponse,
     query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder},
 };
 use futures_util::StreamExt as _;
-use serde::Serialize;
 
 /// Where dockerd listens unless `DOCKER_HOST` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
-
-/// A container as people name it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ContainerRef {
-    /// Short (12 hex digits) id, as `docker ps` shows.
-    pub id: String,
-    pub name: String,
-    pub image: String,
-}
 
 /// What pathtrace knows of one running container.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,29 +33,6 @@ pub struct ContainerInfo {
     /// Inode of its network namespace.
     pub netns: Option<u32>,
     pub addresses: Vec<Ipv4Addr>,
-}
-
-/// A port published on the host: traffic to `host_port` is DNATed to the container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Published {
-    pub container: ContainerRef,
-    pub host_port: u16,
-    /// IP protocol number.
-    pub proto: u8,
-    pub container_addr: Option<Ipv4Addr>,
-    pub container_port: u16,
-}
-
-impl Published {
-    /// Traffic to host port `port` of `proto` is what this publishes.
-    pub fn from_host_port(&self, port: u16, proto: u8) -> bool {
-        self.host_port == port && self.proto == proto
-    }
-
-    /// Its DNAT leads to `addr:port` of `proto` (the container's side).
-    pub fn leads_to(&self, addr: Ipv4Addr, port: u16, proto: u8) -> bool {
-        self.container_addr == Some(addr) && self.container_port == port && self.proto == proto
-    }
 }
 
 /// Whether Docker answered.

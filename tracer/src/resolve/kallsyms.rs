@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use crate::host::Symbol;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KallsymsError {
     #[error("cannot read {path}: {source}")]
@@ -19,24 +21,6 @@ pub enum KallsymsError {
 pub struct Kallsyms {
     /// (address, name, module) sorted by address.
     syms: Vec<(u64, String, Option<String>)>,
-}
-
-/// A resolved location.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Symbol {
-    pub name: String,
-    pub offset: u64,
-    pub module: Option<String>,
-}
-
-impl std::fmt::Display for Symbol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}+{:#x}", self.name, self.offset)?;
-        if let Some(m) = &self.module {
-            write!(f, " [{m}]")?;
-        }
-        Ok(())
-    }
 }
 
 impl Kallsyms {

@@ -3,9 +3,9 @@
 //! Only the handful of attributes pathtrace shows are decoded; the parsers work on byte
 //! buffers so they are tested on recorded dumps without a kernel.
 
-use std::{collections::HashMap, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
+use std::{net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 
-use serde::Serialize;
+use crate::host::{Link, LinkTable};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -30,66 +30,7 @@ const IFLA_LINK_NETNSID: u16 = 37;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 
-/// One interface.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Link {
-    pub ifindex: u32,
-    pub name: String,
-    /// `veth`, `bridge`, ... (empty for plain devices).
-    pub kind: String,
-    /// Bridge or bond this port belongs to.
-    pub master: Option<u32>,
-    /// For veth: the peer's ifindex (in `link_netnsid`'s namespace when that is set).
-    pub link: Option<u32>,
-    pub link_netnsid: Option<i32>,
-}
-
-/// The loopback device's ifindex, the same in every namespace.
-pub const LOOPBACK_IFINDEX: u32 = 1;
-
-impl Link {
-    /// Whether `other` is this veth's other end: each names the other's ifindex, and both
-    /// say their peer is in another namespace or neither does.
-    pub fn pairs_with(&self, other: &Link) -> bool {
-        self.kind == "veth"
-            && other.kind == "veth"
-            && self.link == Some(other.ifindex)
-            && other.link == Some(self.ifindex)
-            && self.link_netnsid.is_some() == other.link_netnsid.is_some()
-    }
-
-    /// The loopback device: what it receives, it sent itself.
-    pub fn is_loopback(&self) -> bool {
-        self.ifindex == LOOPBACK_IFINDEX && self.name == "lo"
-    }
-}
-
-/// Everything known about one namespace's interfaces.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkTable {
-    pub links: HashMap<u32, Link>,
-    /// (ifindex, address, prefix length)
-    pub addrs: Vec<(u32, Ipv4Addr, u8)>,
-}
-
 impl LinkTable {
-    pub fn is_local(&self, addr: Ipv4Addr) -> bool {
-        addr.is_loopback() || self.addrs.iter().any(|(_, a, _)| *a == addr)
-    }
-
-    /// The interface whose connected subnet holds `addr` (longest prefix): where the
-    /// namespace would send it without a gateway.
-    pub fn connected_route(&self, addr: Ipv4Addr) -> Option<&Link> {
-        self.addrs
-            .iter()
-            .filter(|(_, a, len)| {
-                let mask = u32::MAX.checked_shl(32 - *len as u32).unwrap_or(0);
-                u32::from(*a) & mask == u32::from(addr) & mask
-            })
-            .max_by_key(|(_, _, len)| *len)
-            .and_then(|(idx, _, _)| self.links.get(idx))
-    }
-
     /// Dumps the namespace at `path` (on a thread inside it).
     pub fn dump_in(path: &Path) -> std::io::Result<Self> {
         super::netns::run_in(path, Self::dump_here)?
@@ -314,6 +255,8 @@ pub fn parse_addr(msg: &Message) -> Option<(u32, Ipv4Addr, u8)> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn attr(ty: u16, value: &[u8]) -> Vec<u8> {

@@ -8,15 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Where a namespace can be entered and what to call it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetnsEntry {
-    pub path: PathBuf,
-    /// `ip netns` name, `root` for the init namespace, `pid N (comm)` otherwise.
-    pub label: String,
-    /// Set for `ip netns` names (`/run/netns/NAME`): the fix command can use `ip netns exec`.
-    pub ip_netns_name: Option<String>,
-}
+use crate::host::NetnsEntry;
 
 /// Inode of the namespace behind a `/proc/.../ns/net`-like path.
 pub fn inode_of(path: &Path) -> Option<u32> {

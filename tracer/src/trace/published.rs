@@ -9,7 +9,7 @@ use tracer_common::{
     config::{MAX_OR_DPORTS, filter_field},
 };
 
-use crate::resolve::HostFacts;
+use crate::host::HostFacts;
 
 /// What a drops-only trace does with the filter it was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,7 +162,7 @@ mod tests {
     use tracer_common::{Filter, config::filter_field};
 
     use super::*;
-    use crate::resolve::fixture::FakeHost;
+    use crate::host::fixture::FakeHost;
 
     fn dport(port: u16) -> Filter {
         let mut f = Filter::any();

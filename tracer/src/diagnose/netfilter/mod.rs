@@ -9,19 +9,19 @@
 
 use tracer_common::{HopKind, event::nf_verdict};
 
-use super::{
-    Case, Confidence, Diagnosis, Rule, describe_rule, in_netns,
-    ruleset::{
-        Hook, HookOutcome, Verdict,
-        model::{Backend, Source},
-    },
-};
+mod examine;
+
 use std::sync::Arc;
 
+use super::{Case, Confidence, Diagnosis, Rule, describe_rule, in_netns};
 use crate::{
     events::{Hop, Tuple},
+    host::HostFacts,
     probes::HookSet,
-    resolve::HostFacts,
+    ruleset::{
+        Hook, HookOutcome, RuleVerdict,
+        model::{Flavor, Source},
+    },
 };
 
 pub const NETFILTER_DROP: Rule = Rule {
@@ -31,6 +31,7 @@ pub const NETFILTER_DROP: Rule = Rule {
     // both: conntrack's tuple (the header before any NAT) and skb_iif.
     from_drop_alone: true,
     check: netfilter_drop,
+    examine: Some(examine::netfilter_drop),
 };
 pub const DNAT_SKIPPED: Rule = Rule {
     code: "dnat_skipped",
@@ -38,6 +39,7 @@ pub const DNAT_SKIPPED: Rule = Rule {
     // and a published port, is by itself proof that no DNAT ran.
     from_drop_alone: true,
     check: dnat_skipped,
+    examine: Some(examine::dnat_skipped),
 };
 
 /// Where the packet was when netfilter judged it.
@@ -103,7 +105,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
             entered.dst, entered.dport, now.dst, now.dport
         ));
     }
-    let Some(w) = walked.filter(|w| w.outcome.verdict != Verdict::Accept) else {
+    let Some(w) = walked.filter(|w| w.outcome.verdict != RuleVerdict::Accept) else {
         // The kernel dropped in netfilter but the iptables rules do not explain it.
         let hook = observed_hook.map_or("a netfilter hook".to_owned(), |h| h.name().to_owned());
         if ruleset.is_none() {
@@ -174,11 +176,11 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         None => {}
     }
     if let Some(rs) = &ruleset {
-        let has = |b: Backend| rs.tables.iter().any(|t| t.source == Source::Iptables(b));
+        let has = |b: Flavor| rs.tables.iter().any(|t| t.source == Source::Iptables(b));
         let by_source = Source::of_label(&by.table).0;
-        if has(Backend::Nft) && has(Backend::Legacy) && matches!(by_source, Source::Iptables(_)) {
+        if has(Flavor::Nft) && has(Flavor::Legacy) && matches!(by_source, Source::Iptables(_)) {
             let other = match by_source {
-                Source::Iptables(Backend::Legacy) => "iptables-nft",
+                Source::Iptables(Flavor::Legacy) => "iptables-nft",
                 _ => "iptables-legacy",
             };
             evidence.push(format!(
@@ -258,7 +260,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     })
 }
 
-fn rule_words(by: &super::ruleset::RuleRef) -> String {
+fn rule_words(by: &crate::ruleset::RuleRef) -> String {
     match (by.index, by.handle) {
         (Some(i), Some(h)) => format!("chain {} rule {i}, handle {h} (`{}`)", by.chain, by.text),
         (Some(i), None) => format!("chain {} rule {i} (`{}`)", by.chain, by.text),
@@ -267,7 +269,7 @@ fn rule_words(by: &super::ruleset::RuleRef) -> String {
 }
 
 /// Where a flow met the rule a fix is for: its interfaces there and the chains it walked.
-pub(crate) struct Where<'a> {
+struct Where<'a> {
     pub in_if: Option<&'a str>,
     pub out_if: Option<&'a str>,
     pub path: &'a [String],
@@ -289,7 +291,7 @@ fn firewalld_fix(at: &Where<'_>) -> String {
 
 /// A native nft rule or policy: delete or narrow the rule by handle, or accept ahead of the
 /// policy.
-fn nft_fix(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -> String {
+fn nft_fix(by: &crate::ruleset::RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -> String {
     if by.table.ends_with(" firewalld") {
         return firewalld_fix(at);
     }
@@ -308,7 +310,7 @@ fn nft_fix(by: &super::ruleset::RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -
 }
 
 /// (command, table) for a rule read from ebtables (`ebtables filter`, `ebtables-legacy nat`).
-fn ebtables_table(by: &super::ruleset::RuleRef) -> Option<(&'static str, &str)> {
+fn ebtables_table(by: &crate::ruleset::RuleRef) -> Option<(&'static str, &str)> {
     match Source::of_label(&by.table) {
         (source @ Source::Ebtables(_), table) => Some((source.command(), table)),
         _ => None,
@@ -319,7 +321,7 @@ fn ebtables_table(by: &super::ruleset::RuleRef) -> Option<(&'static str, &str)> 
 fn ebtables_fix(
     cmd: &str,
     table: &str,
-    by: &super::ruleset::RuleRef,
+    by: &crate::ruleset::RuleRef,
     tuple: Option<Tuple>,
     at: &Where<'_>,
 ) -> String {
@@ -336,11 +338,7 @@ fn ebtables_fix(
     )
 }
 
-pub(crate) fn fix_for(
-    by: &super::ruleset::RuleRef,
-    tuple: Option<Tuple>,
-    at: &Where<'_>,
-) -> String {
+fn fix_for(by: &crate::ruleset::RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -> String {
     let (source, table) = Source::of_label(&by.table);
     let cmd = source.command();
     match source {
@@ -418,7 +416,7 @@ fn flow_match(at: &Where<'_>, tuple: Option<Tuple>, syntax: Syntax) -> String {
 fn walk(
     case: &Case<'_>,
     facts: &mut dyn HostFacts,
-    rs: &super::ruleset::Ruleset,
+    rs: &crate::ruleset::Ruleset,
     netns: u32,
     observed: Option<Hook>,
 ) -> Option<Walked> {
@@ -507,7 +505,7 @@ fn walk(
         p.physdev_in = Some(port.clone());
         p.physdev_out = out_port.clone();
         let outcome = rs.evaluate_bridge(Hook::Forward, &p);
-        if outcome.verdict != Verdict::Accept {
+        if outcome.verdict != RuleVerdict::Accept {
             return Some(Walked {
                 outcome,
                 in_if: Some(port.clone()),
@@ -543,14 +541,14 @@ fn walk(
         // Locally generated: OUTPUT, then POSTROUTING.
         let out_if = route(facts, first);
         let (o, out_if) = at(facts, Hook::Output, first, out_if);
-        if o.verdict != Verdict::Accept {
+        if o.verdict != RuleVerdict::Accept {
             return Some(result(o, out_if, None, false));
         }
         let (o, out_if) = at(facts, Hook::Postrouting, at_drop, out_if);
         return Some(result(o, out_if, None, false));
     }
     let (pre, _) = at(facts, Hook::Prerouting, first, None);
-    if pre.verdict != Verdict::Accept {
+    if pre.verdict != RuleVerdict::Accept {
         return Some(result(pre, None, None, false));
     }
     let mut t = first;
@@ -569,7 +567,7 @@ fn walk(
     }
     let out_if = route(facts, t);
     let (fwd, out_if) = at(facts, Hook::Forward, t, out_if);
-    if fwd.verdict != Verdict::Accept {
+    if fwd.verdict != RuleVerdict::Accept {
         let bridged = bridged_on(facts, &out_if);
         return Some(result(fwd, out_if, bridged, false));
     }
@@ -723,11 +721,11 @@ mod tests {
 
     use crate::{
         correlate::{FlowTable, Packet},
-        diagnose::ruleset::Ruleset,
         events::fixture::*,
+        host::fixture::FakeHost,
         probes::{DropReasons, HookSet},
         report::Report,
-        resolve::fixture::FakeHost,
+        ruleset::Ruleset,
     };
 
     #[test]
@@ -765,7 +763,7 @@ mod tests {
         );
     }
 
-    const DOCKER: &str = include_str!("../../test_data/iptables_docker.txt");
+    const DOCKER: &str = include_str!("../../../test_data/iptables_docker.txt");
 
     fn reasons() -> DropReasons {
         DropReasons::from_pairs([
@@ -967,10 +965,7 @@ mod tests {
     fn forward_drop_in(
         mut host: FakeHost,
         rs: Ruleset,
-    ) -> (
-        crate::diagnose::Diagnosis,
-        crate::diagnose::ruleset::RuleRef,
-    ) {
+    ) -> (crate::diagnose::Diagnosis, crate::ruleset::RuleRef) {
         host.rulesets.insert(HOST_NS, Arc::new(rs));
         let r = report(&mut host, dropped_at(12, true, HOST_NS, 2));
         let d = r.diagnosis.expect("diagnosed");
@@ -1011,9 +1006,7 @@ mod tests {
         let host = FakeHost::lab_with_docker();
         let mut rs = Ruleset::parse(DOCKER).unwrap();
         let legacy = "# Generated by iptables-save v1.8.9 (legacy)\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n[4:240] -A FORWARD -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j DROP\nCOMMIT\n";
-        rs.merge(
-            Ruleset::parse_from(legacy, crate::diagnose::ruleset::model::Backend::Legacy).unwrap(),
-        );
+        rs.merge(Ruleset::parse_from(legacy, crate::ruleset::model::Flavor::Legacy).unwrap());
         let (d, rule) = forward_drop_in(host, rs);
         assert_eq!(
             (rule.table.as_str(), rule.chain.as_str(), rule.index),

@@ -10,8 +10,8 @@
 use serde_json::Value;
 
 use super::{
-    CtState, Hook, Verdict,
-    model::{BaseChain, Chain, Cond, Net, Rule, Ruleset, Source, Table, Target},
+    CtState, Hook, RuleVerdict,
+    model::{Action, BaseChain, Chain, ChainRule, Cond, Net, Ruleset, Source, Table},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -111,8 +111,8 @@ fn chain(c: &Value, bridge: bool) -> Chain {
         name: s(c, "name").to_owned(),
         base,
         policy: base.map(|_| match s(c, "policy") {
-            "drop" => Verdict::Drop,
-            _ => Verdict::Accept,
+            "drop" => RuleVerdict::Drop,
+            _ => RuleVerdict::Accept,
         }),
         policy_packets: None,
         rules: Vec::new(),
@@ -121,7 +121,7 @@ fn chain(c: &Value, bridge: bool) -> Chain {
 
 /// One nft rule; a verdict map (`iifname vmap { "eth0" : jump x }`) becomes one rule per
 /// element, all with the rule's handle and text.
-fn rules(r: &Value, index: usize) -> Vec<Rule> {
+fn rules(r: &Value, index: usize) -> Vec<ChainRule> {
     let handle = r.get("handle").and_then(Value::as_u64);
     let exprs = r
         .get("expr")
@@ -129,10 +129,10 @@ fn rules(r: &Value, index: usize) -> Vec<Rule> {
         .map(Vec::as_slice)
         .unwrap_or_default();
     let mut conds = Vec::new();
-    let mut target = Target::None;
+    let mut target = Action::None;
     let mut packets = None;
     let mut words = Vec::new();
-    let mut vmap: Option<(Value, Vec<(Value, Target)>)> = None;
+    let mut vmap: Option<(Value, Vec<(Value, Action)>)> = None;
     for e in exprs {
         let Some((kind, body)) = e.as_object().and_then(|o| o.iter().next()) else {
             continue;
@@ -170,7 +170,7 @@ fn rules(r: &Value, index: usize) -> Vec<Rule> {
         }
     }
     let text = words.join(" ");
-    let rule = |conds: Vec<(bool, Cond)>, target: Target| Rule {
+    let rule = |conds: Vec<(bool, Cond)>, target: Action| ChainRule {
         index,
         handle,
         text: text.clone(),
@@ -192,18 +192,18 @@ fn rules(r: &Value, index: usize) -> Vec<Rule> {
 }
 
 /// The verdict or terminal statement an expression stands for, if it is one.
-fn verdict(e: &Value) -> Option<Target> {
+fn verdict(e: &Value) -> Option<Action> {
     let (kind, body) = e.as_object()?.iter().next()?;
     Some(match kind.as_str() {
-        "accept" => Target::Accept,
-        "drop" => Target::Drop,
-        "reject" => Target::Reject,
-        "return" => Target::Return,
-        "continue" => Target::None,
-        "jump" => Target::Jump(s(body, "target").to_owned()),
-        "goto" => Target::Goto(s(body, "target").to_owned()),
-        "masquerade" | "snat" => Target::SourceNat,
-        "dnat" => Target::Dnat(
+        "accept" => Action::Accept,
+        "drop" => Action::Drop,
+        "reject" => Action::Reject,
+        "return" => Action::Return,
+        "continue" => Action::None,
+        "jump" => Action::Jump(s(body, "target").to_owned()),
+        "goto" => Action::Goto(s(body, "target").to_owned()),
+        "masquerade" | "snat" => Action::SourceNat,
+        "dnat" => Action::Dnat(
             s(body, "addr").parse().ok()?,
             body.get("port")
                 .and_then(Value::as_u64)
@@ -556,9 +556,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::diagnose::ruleset::{PacketAtHook, ruleset_fixtures::syn_at_forward};
+    use crate::ruleset::{PacketAtHook, ruleset_fixtures::syn_at_forward};
 
-    const FIREWALLD: &str = include_str!("../../../test_data/nft_firewalld.json");
+    const FIREWALLD: &str = include_str!("../../test_data/nft_firewalld.json");
 
     #[test]
     fn firewalld_forward_rejects_docker0_to_uplink_and_names_the_handle() {
@@ -574,7 +574,7 @@ mod tests {
         // A container's outbound SYN: docker0 is in no zone, so it reaches the final reject.
         let pkt = syn_at_forward("docker0", "eth0", Ipv4Addr::new(172, 17, 0, 2));
         let out = rs.evaluate(Hook::Forward, &pkt);
-        assert_eq!(out.verdict, Verdict::Reject, "{out:?}");
+        assert_eq!(out.verdict, RuleVerdict::Reject, "{out:?}");
         let by = out.by.expect("a rule");
         assert_eq!(by.table, "inet firewalld");
         assert_eq!(by.chain, "filter_FORWARD");
@@ -587,7 +587,7 @@ mod tests {
             "{:?}",
             out.path
         );
-        // Rule text as nft prints it: interface names quoted, keywords bare, vmaps spelled out.
+        // ChainRule text as nft prints it: interface names quoted, keywords bare, vmaps spelled out.
         let text = |chain: &str, i: usize| t.chain(chain).expect("chain").rules[i].text.clone();
         assert_eq!(text("filter_FORWARD", 1), "iifname \"lo\" accept");
         assert_eq!(
@@ -608,7 +608,7 @@ mod tests {
         let mut pkt = syn_at_forward("eth0", "docker0", Ipv4Addr::new(203, 0, 113, 2));
         pkt.ct_state = CtState::Established;
         let out = rs.evaluate(Hook::Forward, &pkt);
-        assert_eq!(out.verdict, Verdict::Accept);
+        assert_eq!(out.verdict, RuleVerdict::Accept);
         assert_eq!(
             out.by.map(|b| b.text),
             Some("ct state { established, related } accept".into())
@@ -616,7 +616,7 @@ mod tests {
         // A trusted-zone interface is accepted through the vmap's goto.
         let pkt: PacketAtHook = syn_at_forward("tun0", "eth0", Ipv4Addr::new(10, 8, 0, 2));
         let out = rs.evaluate(Hook::Forward, &pkt);
-        assert_eq!(out.verdict, Verdict::Accept, "{out:?}");
+        assert_eq!(out.verdict, RuleVerdict::Accept, "{out:?}");
         assert_eq!(out.by.and_then(|b| b.handle), Some(160));
     }
 
@@ -647,9 +647,12 @@ mod tests {
         let rs = parse(json, &[]).expect("parses");
         let pkt = syn_at_forward("veth2", "veth1", Ipv4Addr::new(172, 17, 0, 3));
         // Routed traffic never meets a bridge chain.
-        assert_eq!(rs.evaluate(Hook::Forward, &pkt).verdict, Verdict::Accept);
+        assert_eq!(
+            rs.evaluate(Hook::Forward, &pkt).verdict,
+            RuleVerdict::Accept
+        );
         let out = rs.evaluate_bridge(Hook::Forward, &pkt);
-        assert_eq!(out.verdict, Verdict::Drop);
+        assert_eq!(out.verdict, RuleVerdict::Drop);
         let by = out.by.expect("the rule");
         assert_eq!(
             (by.table.as_str(), by.chain.as_str(), by.handle, by.packets),
@@ -673,7 +676,7 @@ mod tests {
         let rs = parse(json, &[]).expect("parses");
         let pkt = syn_at_forward("eth0", "docker0", Ipv4Addr::new(203, 0, 113, 2));
         let out = rs.evaluate(Hook::Forward, &pkt);
-        assert_eq!(out.verdict, Verdict::Accept);
+        assert_eq!(out.verdict, RuleVerdict::Accept);
         assert_eq!(out.unknown_matches, ["mark 42 drop: mark 42"]);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use super::{CtState, Hook, HookOutcome, PacketAtHook, RuleRef, Verdict};
+use super::{CtState, Hook, HookOutcome, PacketAtHook, RuleRef, RuleVerdict};
 
 /// An IPv4 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub enum Cond {
 
 /// What a rule does when it matches.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum Action {
     Accept,
     Drop,
     Reject,
@@ -77,7 +77,7 @@ pub enum Target {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
+pub struct ChainRule {
     /// 1-based position in its chain.
     pub index: usize,
     /// nft's rule handle (`nft -a list ruleset`), for native nft rules.
@@ -87,7 +87,7 @@ pub struct Rule {
     pub packets: Option<u64>,
     /// (negated, condition)
     pub conds: Vec<(bool, Cond)>,
-    pub target: Target,
+    pub target: Action,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,9 +96,9 @@ pub struct Chain {
     /// Where the kernel enters this chain; `None` for chains reached only by jumps.
     pub base: Option<BaseChain>,
     /// Built-in chains have a policy.
-    pub policy: Option<Verdict>,
+    pub policy: Option<RuleVerdict>,
     pub policy_packets: Option<u64>,
-    pub rules: Vec<Rule>,
+    pub rules: Vec<ChainRule>,
 }
 
 /// A chain the kernel enters at a hook.
@@ -140,17 +140,17 @@ impl BaseChain {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     /// iptables-save text.
-    Iptables(Backend),
+    Iptables(Flavor),
     /// A native nftables table (`nft -j list ruleset`): firewalld, hand-written rulesets.
     Nft,
     /// ebtables-save text: bridged frames only.
-    Ebtables(Backend),
+    Ebtables(Flavor),
 }
 
 /// Which kernel side an iptables/ebtables ruleset lives in. Both can hold rules at once, and
 /// each tool lists only its own: rules in the other one are a classic hidden drop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
+pub enum Flavor {
     /// nf_tables (`iptables-nft`, `ebtables-nft`: the default of current distributions).
     Nft,
     /// x_tables (`iptables-legacy`, `ebtables-legacy`).
@@ -168,11 +168,11 @@ impl Source {
     /// The command that lists and edits rules of this source.
     pub fn command(self) -> &'static str {
         match self {
-            Self::Iptables(Backend::Nft) => "iptables",
-            Self::Iptables(Backend::Legacy) => "iptables-legacy",
+            Self::Iptables(Flavor::Nft) => "iptables",
+            Self::Iptables(Flavor::Legacy) => "iptables-legacy",
             Self::Nft => "nft",
-            Self::Ebtables(Backend::Nft) => "ebtables",
-            Self::Ebtables(Backend::Legacy) => "ebtables-legacy",
+            Self::Ebtables(Flavor::Nft) => "ebtables",
+            Self::Ebtables(Flavor::Legacy) => "ebtables-legacy",
         }
     }
 
@@ -180,10 +180,10 @@ impl Source {
     /// name.
     pub fn of_label(label: &str) -> (Self, &str) {
         match label.split_once(' ') {
-            None => (Self::Iptables(Backend::Nft), label),
-            Some(("iptables-legacy", t)) => (Self::Iptables(Backend::Legacy), t),
-            Some(("ebtables", t)) => (Self::Ebtables(Backend::Nft), t),
-            Some(("ebtables-legacy", t)) => (Self::Ebtables(Backend::Legacy), t),
+            None => (Self::Iptables(Flavor::Nft), label),
+            Some(("iptables-legacy", t)) => (Self::Iptables(Flavor::Legacy), t),
+            Some(("ebtables", t)) => (Self::Ebtables(Flavor::Nft), t),
+            Some(("ebtables-legacy", t)) => (Self::Ebtables(Flavor::Legacy), t),
             Some(_) => (Self::Nft, label),
         }
     }
@@ -208,7 +208,7 @@ impl Table {
     /// `iptables-legacy filter`, `inet firewalld` for nft, `ebtables filter`.
     pub fn label(&self) -> String {
         match self.source {
-            Source::Iptables(Backend::Nft) => self.name.clone(),
+            Source::Iptables(Flavor::Nft) => self.name.clone(),
             Source::Nft => format!("{} {}", self.family, self.name),
             other => format!("{} {}", other.command(), self.name),
         }
@@ -233,7 +233,7 @@ impl Ruleset {
         self.tables.iter().all(|t| {
             t.chains
                 .iter()
-                .all(|c| c.rules.is_empty() && c.policy != Some(Verdict::Drop))
+                .all(|c| c.rules.is_empty() && c.policy != Some(RuleVerdict::Drop))
         })
     }
 
@@ -314,7 +314,7 @@ fn cond_holds(c: &Cond, p: &PacketAtHook) -> Option<bool> {
 enum Flow {
     /// Fell off the end (or RETURN) of this chain.
     Fallthrough,
-    Verdict(Verdict, RuleRef),
+    Verdict(RuleVerdict, RuleRef),
     Dnat(Ipv4Addr, Option<u16>, RuleRef),
 }
 
@@ -326,7 +326,7 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    fn rule_ref(&self, chain: &Chain, rule: &Rule) -> RuleRef {
+    fn rule_ref(&self, chain: &Chain, rule: &ChainRule) -> RuleRef {
         RuleRef {
             table: self.table.label(),
             chain: chain.name.clone(),
@@ -370,17 +370,19 @@ impl Walk<'_> {
             }
             let here = self.rule_ref(chain, rule);
             match &rule.target {
-                Target::Accept | Target::SourceNat => return Flow::Verdict(Verdict::Accept, here),
-                Target::Drop => return Flow::Verdict(Verdict::Drop, here),
-                Target::Reject => return Flow::Verdict(Verdict::Reject, here),
-                Target::Dnat(a, p) => return Flow::Dnat(*a, *p, here),
-                Target::Return => return Flow::Fallthrough,
-                Target::Jump(sub) => match self.chain(sub, depth + 1) {
+                Action::Accept | Action::SourceNat => {
+                    return Flow::Verdict(RuleVerdict::Accept, here);
+                }
+                Action::Drop => return Flow::Verdict(RuleVerdict::Drop, here),
+                Action::Reject => return Flow::Verdict(RuleVerdict::Reject, here),
+                Action::Dnat(a, p) => return Flow::Dnat(*a, *p, here),
+                Action::Return => return Flow::Fallthrough,
+                Action::Jump(sub) => match self.chain(sub, depth + 1) {
                     Flow::Fallthrough => {}
                     decided => return decided,
                 },
-                Target::Goto(sub) => return self.chain(sub, depth + 1),
-                Target::Continue(_) | Target::None => {}
+                Action::Goto(sub) => return self.chain(sub, depth + 1),
+                Action::Continue(_) | Action::None => {}
             }
         }
         // An ebtables user chain may carry its own policy.
@@ -417,7 +419,7 @@ impl Ruleset {
     fn evaluate_family(&self, hook: Hook, pkt: &PacketAtHook, bridge: bool) -> HookOutcome {
         let mut out = HookOutcome {
             hook,
-            verdict: Verdict::Accept,
+            verdict: RuleVerdict::Accept,
             by: None,
             path: Vec::new(),
             dnat: None,
@@ -451,7 +453,7 @@ impl Ruleset {
             out.path.extend(walk.path);
             out.unknown_matches.extend(walk.unknown);
             match flow {
-                Flow::Verdict(Verdict::Accept, by) => {
+                Flow::Verdict(RuleVerdict::Accept, by) => {
                     // The accepting rule of the last chain that decided explicitly (in nat, an
                     // ACCEPT also means no DNAT for this connection).
                     out.by = Some(by);
@@ -466,8 +468,8 @@ impl Ruleset {
                     out.by = Some(by);
                 }
                 Flow::Fallthrough => {
-                    if chain.policy == Some(Verdict::Drop) {
-                        out.verdict = Verdict::Drop;
+                    if chain.policy == Some(RuleVerdict::Drop) {
+                        out.verdict = RuleVerdict::Drop;
                         out.by = Some(RuleRef {
                             table: table.label(),
                             chain: chain.name.clone(),
@@ -508,7 +510,7 @@ impl Ruleset {
         }
         for c in &nat.chains {
             for r in &c.rules {
-                let is_dnat = matches!(r.target, Target::Dnat(..));
+                let is_dnat = matches!(r.target, Action::Dnat(..));
                 let port_ok = r.conds.iter().any(|(neg, cond)| {
                     !neg && match cond {
                         Cond::Dport(a, b) => *a <= dport && dport <= *b,

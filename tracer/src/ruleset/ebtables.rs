@@ -9,7 +9,7 @@
 
 use super::{
     iptables::{Dialect, ParseError, parse_save, port_range, proto_number},
-    model::{Backend, BaseChain, Cond, Net, Ruleset, Source, Target},
+    model::{Action, BaseChain, Cond, Flavor, Net, Ruleset, Source},
 };
 
 /// The tables ebtables knows; `broute` decides bridging vs routing, not a verdict, and is left
@@ -42,7 +42,7 @@ impl BaseChain {
 
 /// Parses `ebtables-save [-c]` text (counters as a `[packets:bytes]` prefix, or a trailing
 /// `-c packets bytes` as older ebtables-save writes them).
-pub fn parse(text: &str, backend: Backend) -> Result<Ruleset, ParseError> {
+pub fn parse(text: &str, backend: Flavor) -> Result<Ruleset, ParseError> {
     parse_save(
         text,
         &Dialect {
@@ -68,7 +68,7 @@ pub fn parse_nft_save(text: &str) -> Result<Ruleset, ParseError> {
         })
         .map(|(t, _)| t)
         .collect();
-    let mut rs = parse(text, Backend::Nft)?;
+    let mut rs = parse(text, Flavor::Nft)?;
     rs.tables
         .retain(|t| !incompatible.contains(&t.name.as_str()));
     Ok(rs)
@@ -108,20 +108,20 @@ pub fn listing_to_save(table: &str, listing: &str) -> String {
     format!("*{table}\n{chains}{rules}")
 }
 
-fn parse_target(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> Target {
+fn parse_target(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> Action {
     let Some(at) = t.iter().position(|w| w == "-j" || w == "--jump") else {
-        return Target::None;
+        return Action::None;
     };
     let name = t.get(at + 1).map(String::as_str).unwrap_or_default();
     match name {
-        "ACCEPT" => Target::Accept,
-        "DROP" => Target::Drop,
-        "RETURN" => Target::Return,
-        "CONTINUE" => Target::None,
-        n if is_chain(n) => Target::Jump(n.to_owned()),
+        "ACCEPT" => Action::Accept,
+        "DROP" => Action::Drop,
+        "RETURN" => Action::Return,
+        "CONTINUE" => Action::None,
+        n if is_chain(n) => Action::Jump(n.to_owned()),
         // mark, snat, dnat, redirect, arpreply...: they rewrite the frame and then, by default,
         // accept it; modelled as going on, since what follows rarely matters for a drop.
-        n => Target::Continue(n.to_owned()),
+        n => Action::Continue(n.to_owned()),
     }
 }
 
@@ -224,10 +224,10 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::diagnose::ruleset::{CtState, Hook, PacketAtHook, Verdict};
+    use crate::ruleset::{CtState, Hook, PacketAtHook, RuleVerdict};
 
-    const SAVE: &str = include_str!("../../../test_data/ebtables_save.txt");
-    const LEGACY: &str = include_str!("../../../test_data/ebtables_legacy_filter.txt");
+    const SAVE: &str = include_str!("../../test_data/ebtables_save.txt");
+    const LEGACY: &str = include_str!("../../test_data/ebtables_legacy_filter.txt");
 
     /// A SYN bridged from `in_port` to `out_port` (if known).
     fn bridged(dst: [u8; 4], dport: u16, in_port: &str, out_port: Option<&str>) -> PacketAtHook {
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn ebtables_nft_save_names_the_dropping_rule_with_counters() {
-        let rs = parse(SAVE, Backend::Nft).unwrap();
+        let rs = parse(SAVE, Flavor::Nft).unwrap();
         let filter = rs.tables.iter().find(|t| t.name == "filter").unwrap();
         assert_eq!(filter.label(), "ebtables filter");
         let fwd = filter.chain("FORWARD").unwrap();
@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(fwd.rules[0].packets, Some(7));
 
         let out = rs.evaluate_bridge(Hook::Forward, &bridged([172, 17, 0, 2], 80, "veth1", None));
-        assert_eq!(out.verdict, Verdict::Drop);
+        assert_eq!(out.verdict, RuleVerdict::Drop);
         let by = out.by.unwrap();
         assert_eq!(
             (by.table.as_str(), by.chain.as_str(), by.index),
@@ -276,25 +276,25 @@ mod tests {
         assert_eq!(
             rs.evaluate_bridge(Hook::Forward, &bridged([172, 17, 0, 2], 443, "veth1", None))
                 .verdict,
-            Verdict::Accept
+            RuleVerdict::Accept
         );
         assert_eq!(
             rs.evaluate(Hook::Forward, &bridged([172, 17, 0, 2], 80, "veth1", None))
                 .verdict,
-            Verdict::Accept
+            RuleVerdict::Accept
         );
     }
 
     #[test]
     fn user_chains_mac_matches_and_negations() {
-        let rs = parse(SAVE, Backend::Nft).unwrap();
+        let rs = parse(SAVE, Flavor::Nft).unwrap();
         // To a veth port: jumps to MYCHAIN, whose MAC match cannot be evaluated, then its
         // DROP policy decides.
         let out = rs.evaluate_bridge(
             Hook::Forward,
             &bridged([172, 17, 0, 9], 22, "veth7", Some("veth2")),
         );
-        assert_eq!(out.verdict, Verdict::Drop);
+        assert_eq!(out.verdict, RuleVerdict::Drop);
         let by = out.by.unwrap();
         assert_eq!(
             (by.chain.as_str(), by.index, by.text.as_str()),
@@ -317,7 +317,7 @@ mod tests {
             Hook::Prerouting,
             &bridged([172, 17, 0, 2], 80, "veth1", None),
         );
-        assert_eq!(nat.verdict, Verdict::Accept);
+        assert_eq!(nat.verdict, RuleVerdict::Accept);
         assert_eq!(nat.by.map(|b| b.index), Some(Some(1)));
     }
 
@@ -332,7 +332,7 @@ mod tests {
             save.contains("[3:180] -A FORWARD -p IPv4 -i veth1 --ip-dst 172.17.0.2 --ip-proto tcp --ip-dport 80 -j DROP\n"),
             "{save}"
         );
-        let rs = parse(&save, Backend::Legacy).unwrap();
+        let rs = parse(&save, Flavor::Legacy).unwrap();
         let out = rs.evaluate_bridge(Hook::Forward, &bridged([172, 17, 0, 2], 80, "veth1", None));
         let by = out.by.unwrap();
         assert_eq!(
@@ -340,7 +340,7 @@ mod tests {
             ("ebtables-legacy filter", Some(1), Some(3))
         );
         assert_eq!(
-            Source::Ebtables(Backend::Legacy).command(),
+            Source::Ebtables(Flavor::Legacy).command(),
             "ebtables-legacy"
         );
     }
@@ -358,8 +358,8 @@ mod tests {
 
     #[test]
     fn bad_text_is_an_error_not_a_panic() {
-        assert!(parse("-A FORWARD -j DROP", Backend::Nft).is_err());
-        assert!(parse("*filter\n-A NOPE -j DROP", Backend::Nft).is_err());
-        assert!(parse("*filter\n[1:2 -A FORWARD", Backend::Nft).is_err());
+        assert!(parse("-A FORWARD -j DROP", Flavor::Nft).is_err());
+        assert!(parse("*filter\n-A NOPE -j DROP", Flavor::Nft).is_err());
+        assert!(parse("*filter\n[1:2 -A FORWARD", Flavor::Nft).is_err());
     }
 }

@@ -9,8 +9,10 @@ pub mod ebtables;
 pub mod iptables;
 pub mod model;
 pub mod nft;
+pub mod read;
 
 pub use model::Ruleset;
+pub use read::read_ruleset;
 
 use std::net::Ipv4Addr;
 
@@ -31,7 +33,7 @@ pub enum Hook {
     Postrouting,
 }
 
-impl Verdict {
+impl RuleVerdict {
     /// As iptables and ebtables spell it in a policy.
     pub fn name(self) -> &'static str {
         match self {
@@ -110,7 +112,7 @@ pub struct PacketAtHook {
 /// What a rule or policy decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub enum RuleVerdict {
     Accept,
     Drop,
     Reject,
@@ -136,7 +138,7 @@ pub struct RuleRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HookOutcome {
     pub hook: Hook,
-    pub verdict: Verdict,
+    pub verdict: RuleVerdict,
     /// The deciding rule or policy (`None` when every chain fell through to ACCEPT).
     pub by: Option<RuleRef>,
     /// The chains entered, in order (`filter/FORWARD → DOCKER-USER → ...`).

@@ -5,8 +5,8 @@
 //! a verdict that depends on them is never stated with more confidence than it deserves.
 
 use super::{
-    CtState, Verdict,
-    model::{Backend, BaseChain, Chain, Cond, Net, Rule, Ruleset, Source, Table, Target},
+    CtState, RuleVerdict,
+    model::{Action, BaseChain, Chain, ChainRule, Cond, Flavor, Net, Ruleset, Source, Table},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,11 +101,11 @@ pub(super) enum SaveLine<'a> {
     /// `:FORWARD DROP [0:0]`
     Chain {
         name: &'a str,
-        policy: Option<Verdict>,
+        policy: Option<RuleVerdict>,
         packets: Option<u64>,
     },
     /// `[packets:bytes] -A ...` (counters only with `-c`).
-    Rule { packets: Option<u64>, text: &'a str },
+    ChainRule { packets: Option<u64>, text: &'a str },
 }
 
 /// Splits save text into numbered lines, without comments and COMMITs.
@@ -127,8 +127,8 @@ pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, Parse
             SaveLine::Chain {
                 name: parts.next().ok_or_else(|| err("chain without a name"))?,
                 policy: match parts.next() {
-                    Some("ACCEPT") => Some(Verdict::Accept),
-                    Some("DROP") => Some(Verdict::Drop),
+                    Some("ACCEPT") => Some(RuleVerdict::Accept),
+                    Some("DROP") => Some(RuleVerdict::Drop),
                     _ => None,
                 },
                 packets: parts.next().and_then(counters),
@@ -137,12 +137,12 @@ pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, Parse
             let (c, rest) = line
                 .split_once(' ')
                 .ok_or_else(|| err("counters without a rule"))?;
-            SaveLine::Rule {
+            SaveLine::ChainRule {
                 packets: counters(c),
                 text: rest.trim(),
             }
         } else {
-            SaveLine::Rule {
+            SaveLine::ChainRule {
                 packets: None,
                 text: line,
             }
@@ -154,7 +154,7 @@ pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, Parse
 
 /// A rule's conditions and target, from the words after `-A CHAIN` and which names are
 /// chains of its table.
-pub(super) type RuleParser = fn(&[String], &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond)>, Target);
+pub(super) type RuleParser = fn(&[String], &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond)>, Action);
 
 /// How one dialect of save text (iptables-save, ebtables-save) becomes the model: the layout
 /// is shared, the chains' hooks and the rule syntax are not.
@@ -162,7 +162,7 @@ pub(super) struct Dialect {
     pub family: &'static str,
     pub source: Source,
     /// The base chain a declared chain is: (table, chain, policy).
-    pub base: fn(&str, &str, Option<Verdict>) -> Option<BaseChain>,
+    pub base: fn(&str, &str, Option<RuleVerdict>) -> Option<BaseChain>,
     pub rule: RuleParser,
     /// Counters may trail a rule as `-c packets bytes` (older ebtables-save).
     pub trailing_counters: bool,
@@ -206,7 +206,7 @@ pub(super) fn parse_save(text: &str, dialect: &Dialect) -> Result<Ruleset, Parse
                 });
                 continue;
             }
-            SaveLine::Rule { packets, text } => (packets, text),
+            SaveLine::ChainRule { packets, text } => (packets, text),
         };
         if dialect.trailing_counters
             && let Some((rule, counts)) = rule_text.rsplit_once(" -c ")
@@ -242,7 +242,7 @@ pub(super) fn parse_save(text: &str, dialect: &Dialect) -> Result<Ruleset, Parse
             }
         };
         let chain = &mut table.chains[at];
-        chain.rules.push(Rule {
+        chain.rules.push(ChainRule {
             index: chain.rules.len() + 1,
             handle: None,
             text: rule_text.to_owned(),
@@ -257,11 +257,11 @@ pub(super) fn parse_save(text: &str, dialect: &Dialect) -> Result<Ruleset, Parse
 impl Ruleset {
     /// Parses `iptables-save` output (iptables-nft's), with or without `-c` counters.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        Self::parse_from(text, Backend::Nft)
+        Self::parse_from(text, Flavor::Nft)
     }
 
     /// Parses `iptables-save` output of the given backend.
-    pub fn parse_from(text: &str, backend: Backend) -> Result<Self, ParseError> {
+    pub fn parse_from(text: &str, backend: Flavor) -> Result<Self, ParseError> {
         parse_save(
             text,
             &Dialect {
@@ -278,9 +278,9 @@ impl Ruleset {
 }
 
 /// Parses the words after `-A CHAIN`.
-fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond)>, Target) {
+fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond)>, Action) {
     let mut conds = Vec::new();
-    let mut target = Target::None;
+    let mut target = Action::None;
     let mut neg = false;
     let mut i = 0;
     let mut module = String::new();
@@ -353,12 +353,12 @@ fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond
             "-j" | "-g" => {
                 let name = arg(i);
                 target = match (w, name.as_str()) {
-                    ("-g", _) => Target::Goto(name),
-                    (_, "ACCEPT") => Target::Accept,
-                    (_, "DROP") => Target::Drop,
-                    (_, "REJECT") => Target::Reject,
-                    (_, "RETURN") => Target::Return,
-                    (_, "MASQUERADE" | "SNAT") => Target::SourceNat,
+                    ("-g", _) => Action::Goto(name),
+                    (_, "ACCEPT") => Action::Accept,
+                    (_, "DROP") => Action::Drop,
+                    (_, "REJECT") => Action::Reject,
+                    (_, "RETURN") => Action::Return,
+                    (_, "MASQUERADE" | "SNAT") => Action::SourceNat,
                     (_, "DNAT") => {
                         let to = t
                             .iter()
@@ -370,15 +370,15 @@ fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond
                             .split_once(':')
                             .map_or((to.as_str(), None), |(a, p)| (a, Some(p)));
                         match a.parse() {
-                            Ok(addr) => Target::Dnat(
+                            Ok(addr) => Action::Dnat(
                                 addr,
                                 p.and_then(|p| p.split('-').next()?.parse().ok()),
                             ),
-                            Err(_) => Target::Continue(format!("DNAT {to}")),
+                            Err(_) => Action::Continue(format!("DNAT {to}")),
                         }
                     }
-                    (_, n) if is_chain(n) => Target::Jump(name),
-                    (_, n) => Target::Continue(n.to_owned()),
+                    (_, n) if is_chain(n) => Action::Jump(name),
+                    (_, n) => Action::Continue(n.to_owned()),
                 };
                 // The rest are target options.
                 break;
@@ -414,9 +414,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::diagnose::ruleset::{Hook, PacketAtHook};
+    use crate::ruleset::{Hook, PacketAtHook};
 
-    const DOCKER: &str = include_str!("../../../test_data/iptables_docker.txt");
+    const DOCKER: &str = include_str!("../../test_data/iptables_docker.txt");
 
     fn syn(dst: [u8; 4], dport: u16, in_if: &str) -> PacketAtHook {
         PacketAtHook {
@@ -443,7 +443,7 @@ mod tests {
         assert_eq!(docker.rules.len(), 2);
         assert_eq!(
             docker.rules[1].target,
-            Target::Dnat(Ipv4Addr::new(172, 17, 0, 2), Some(80))
+            Action::Dnat(Ipv4Addr::new(172, 17, 0, 2), Some(80))
         );
         assert_eq!(docker.rules[1].packets, Some(3));
         assert!(
@@ -452,7 +452,7 @@ mod tests {
                 .starts_with("-A DOCKER ! -i docker0 -p tcp")
         );
         let fwd = rs.table("filter").unwrap().chain("FORWARD").unwrap();
-        assert_eq!(fwd.policy, Some(Verdict::Drop));
+        assert_eq!(fwd.policy, Some(RuleVerdict::Drop));
         assert_eq!(fwd.policy_packets, Some(7));
     }
 
@@ -464,7 +464,7 @@ mod tests {
         let mut fwd = syn([172, 17, 0, 2], 80, "eth0");
         fwd.out_if = Some("docker0".into());
         let out = rs.evaluate(Hook::Forward, &fwd);
-        assert_eq!(out.verdict, Verdict::Accept);
+        assert_eq!(out.verdict, RuleVerdict::Accept);
         let by = out.by.expect("the DOCKER accept");
         assert_eq!((by.chain.as_str(), by.index), ("DOCKER", Some(1)));
         assert!(
@@ -480,7 +480,7 @@ mod tests {
         let mut fwd = syn([172, 17, 0, 2], 22, "eth0");
         fwd.out_if = Some("docker0".into());
         let out = rs.evaluate(Hook::Forward, &fwd);
-        assert_eq!(out.verdict, Verdict::Drop);
+        assert_eq!(out.verdict, RuleVerdict::Drop);
         let by = out.by.unwrap();
         assert_eq!(by.index, None);
         assert_eq!(by.text, ":FORWARD DROP");
@@ -496,7 +496,7 @@ mod tests {
         let mut fwd = syn([172, 17, 0, 2], 80, "eth0");
         fwd.out_if = Some("docker0".into());
         let out = rs.evaluate(Hook::Forward, &fwd);
-        assert_eq!(out.verdict, Verdict::Drop);
+        assert_eq!(out.verdict, RuleVerdict::Drop);
         let by = out.by.unwrap();
         assert_eq!(
             (by.chain.as_str(), by.index, by.packets),
@@ -535,8 +535,8 @@ mod tests {
         reply.ct_state = CtState::Established;
         reply.out_if = Some("eth0".into());
         let out = rs.evaluate(Hook::Forward, &reply);
-        assert_eq!(out.verdict, Verdict::Accept);
-        // Rule 5: `-A FORWARD -i docker0 ! -o docker0 -j ACCEPT`.
+        assert_eq!(out.verdict, RuleVerdict::Accept);
+        // ChainRule 5: `-A FORWARD -i docker0 ! -o docker0 -j ACCEPT`.
         assert_eq!(out.by.unwrap().index, Some(5));
     }
 
@@ -545,7 +545,7 @@ mod tests {
         let text = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m set --match-set blocked src -j DROP\nCOMMIT\n";
         let rs = Ruleset::parse(text).unwrap();
         let out = rs.evaluate(Hook::Forward, &syn([172, 17, 0, 2], 80, "eth0"));
-        assert_eq!(out.verdict, Verdict::Accept);
+        assert_eq!(out.verdict, RuleVerdict::Accept);
         assert_eq!(out.unknown_matches.len(), 1, "{:?}", out.unknown_matches);
     }
 

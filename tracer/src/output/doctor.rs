@@ -1,0 +1,58 @@
+//! `pathtrace doctor`'s findings: a short human list, or one JSON object (`--json`).
+
+use std::io::Write;
+
+use crate::{doctor::Checkup, events::proto_name};
+
+/// The ports checked, as `10001/tcp`.
+fn ports(c: &Checkup) -> Vec<String> {
+    c.ports
+        .iter()
+        .map(|p| format!("{}/{}", p.port, proto_name(p.proto)))
+        .collect()
+}
+
+/// `{"kind":"doctor","ports":[...],"docker":"...","iptables":bool,"findings":[...]}`.
+pub fn json(c: &Checkup, mut w: impl Write) -> std::io::Result<()> {
+    let v = serde_json::json!({
+        "kind": "doctor",
+        "ports": ports(c),
+        "docker": c.docker,
+        "iptables": c.ruleset,
+        "findings": c.findings,
+    });
+    writeln!(w, "{v}")
+}
+
+/// What was checked, then each finding with its evidence and fix.
+pub fn human(c: &Checkup, mut w: impl Write) -> std::io::Result<()> {
+    let checked = ports(c);
+    writeln!(
+        w,
+        "pathtrace doctor: checked forwarding, rp_filter, br_netfilter{}; ports: {}; Docker {}",
+        if c.ruleset {
+            ", iptables"
+        } else {
+            " (no iptables rules found)"
+        },
+        if checked.is_empty() {
+            "none".to_owned()
+        } else {
+            checked.join(", ")
+        },
+        c.docker
+    )?;
+    if c.findings.is_empty() {
+        writeln!(w, "no problems found")?;
+    }
+    for f in &c.findings {
+        writeln!(w, "\n[{}] ({:?}) {}", f.code, f.confidence, f.summary)?;
+        for e in &f.evidence {
+            writeln!(w, "  evidence: {e}")?;
+        }
+        if let Some(fix) = &f.fix {
+            writeln!(w, "  fix: {fix}")?;
+        }
+    }
+    Ok(())
+}
