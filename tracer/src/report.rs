@@ -1,5 +1,5 @@
-//! A finished packet with everything resolved for output: interface and namespace names,
-//! symbols, its flow, verdict and diagnosis. Output formats only render this.
+//! The view model: a decided, diagnosed packet ([`Judged`]) with everything resolved for
+//! output (interface and namespace names, symbols). Output formats only render this.
 
 use std::net::Ipv4Addr;
 
@@ -8,14 +8,14 @@ use tracer_common::HopKind;
 
 use crate::{
     correlate::{FlowView, Packet, Rewrite, flow::Direction},
-    diagnose::{Case, Diagnosis, diagnose},
+    diagnose::{Diagnosis, Judged, Target},
     events::{
         Hop, Tuple, kind_name, nf_family_name, nf_hook_name, nf_verdict_name, proto_name,
         tcp_flags_name,
     },
-    host::{ContainerRef, HostFacts, Published},
-    probes::{DropReasons, HookSet},
-    verdict::{Delivery, Outcome, Verdict, decide},
+    host::{ContainerRef, HostFacts},
+    probes::DropReasons,
+    verdict::{Delivery, Outcome, Verdict},
 };
 
 /// One hop with names resolved. Field names are the JSON schema (docs/json.md): add, never
@@ -160,27 +160,6 @@ impl HopView {
     }
 }
 
-/// The container a packet was meant for: its destination port is published to it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Target {
-    pub container: ContainerRef,
-    /// The container port the published port leads to.
-    pub port: u16,
-    pub address: Option<String>,
-    pub published_port: u16,
-}
-
-impl Target {
-    fn of(p: Published) -> Self {
-        Self {
-            port: p.container_port,
-            address: p.container_addr.map(|a| a.to_string()),
-            published_port: p.host_port,
-            container: p.container,
-        }
-    }
-}
-
 /// Everything said about one packet.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -193,32 +172,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Runs the verdict and diagnosis stages and resolves names. Without the path (`hooks`
-    /// drops) only the rules a drop alone can prove run (`Rule::from_drop_alone`).
-    pub fn build(
-        packet: Packet,
-        flow: Option<FlowView>,
-        facts: &mut dyn HostFacts,
-        reasons: &DropReasons,
-        hooks: HookSet,
-    ) -> Self {
-        let verdict = decide(&packet, facts, reasons);
-        // The port the packet was sent to: a lone drop past DNAT (`--hooks drops`) carries it
-        // as conntrack's header from before the rewrite.
-        let target = packet
-            .hops
-            .iter()
-            .find_map(Hop::entered_tuple)
-            .and_then(|t| facts.published(t.dport, t.proto))
-            .map(Target::of);
-        let case = Case {
-            packet: &packet,
-            verdict: &verdict,
-            flow: flow.as_ref(),
-            target: target.as_ref(),
-            hooks,
-        };
-        let diagnosis = diagnose(&case, facts);
+    /// Names everything a decided, diagnosed packet mentions.
+    pub fn new(judged: Judged, facts: &mut dyn HostFacts, reasons: &DropReasons) -> Self {
+        let Judged {
+            packet,
+            flow,
+            verdict,
+            target,
+            diagnosis,
+        } = judged;
         let hops = packet
             .hops
             .iter()
@@ -268,6 +230,21 @@ impl Report {
             diagnosis: self.diagnosis.as_ref(),
             target: self.target.as_ref(),
         }
+    }
+}
+
+#[cfg(test)]
+impl Report {
+    /// Judges and names a packet in one step, as a session does: for the output tests.
+    pub(crate) fn build(
+        packet: Packet,
+        flow: Option<FlowView>,
+        facts: &mut dyn HostFacts,
+        reasons: &DropReasons,
+        hooks: crate::probes::HookSet,
+    ) -> Self {
+        let judged = crate::diagnose::judge(packet, flow, facts, reasons, hooks);
+        Self::new(judged, facts, reasons)
     }
 }
 

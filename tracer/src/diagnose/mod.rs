@@ -9,11 +9,13 @@
 //! drop and stay silent rather than guess.
 
 mod forwarding;
+mod judge;
 mod netfilter;
 mod premises;
 mod routing;
 mod socket;
 
+pub use judge::{Judged, Target, judge};
 pub use premises::{PortCheck, Premises, examine};
 
 use serde::Serialize;
@@ -25,7 +27,6 @@ use crate::{
     events::{Hop, Tuple, tcp_flags_string},
     host::HostFacts,
     probes::HookSet,
-    report::Target,
     verdict::Verdict,
 };
 

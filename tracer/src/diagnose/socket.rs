@@ -86,8 +86,8 @@ mod tests {
         correlate::{FlowTable, Packet},
         events::fixture::*,
         host::fixture::FakeHost,
+        diagnose::judge,
         probes::{DropReasons, HookSet},
-        report::Report,
     };
 
     /// `--hooks drops`: a SYN to published port 10001 refused inside the container, seen only
@@ -106,7 +106,7 @@ mod tests {
         };
         let flow = FlowTable::new(4).observe(&packet);
         let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_NO_SOCKET".to_owned(), 3)]);
-        let r = Report::build(packet, flow, &mut host, &reasons, HookSet::Drops);
+        let r = judge(packet, flow, &mut host, &reasons, HookSet::Drops);
         let d = r.diagnosis.expect("diagnosed from the drop alone");
         assert_eq!(d.code, "no_listener");
         assert!(

@@ -21,6 +21,7 @@ use published::DropsFilter;
 
 use crate::{
     correlate::{FlowTable, Packet, PacketTracker, transmits},
+    diagnose::judge,
     events::Hop,
     output::{Output, Ready, Stats},
     probes::{
@@ -158,13 +159,14 @@ impl Pipeline {
                 transmits::infer(&mut packet, &mut self.resolver);
             }
             let flow = self.flows.observe(&packet);
-            let report = Report::build(
+            let judged = judge(
                 packet,
                 flow,
                 &mut self.resolver,
                 &self.drop_reasons,
                 self.hooks,
             );
+            let report = Report::new(judged, &mut self.resolver, &self.drop_reasons);
             self.stats.packets += 1;
             match report.verdict.outcome {
                 Outcome::Delivered => self.stats.delivered += 1,

@@ -723,8 +723,8 @@ mod tests {
         correlate::{FlowTable, Packet},
         events::fixture::*,
         host::fixture::FakeHost,
+        diagnose::{Judged, judge},
         probes::{DropReasons, HookSet},
-        report::Report,
         ruleset::Ruleset,
     };
 
@@ -772,18 +772,18 @@ mod tests {
         ])
     }
 
-    fn report(host: &mut FakeHost, hops: Vec<crate::events::Hop>) -> Report {
+    fn report(host: &mut FakeHost, hops: Vec<crate::events::Hop>) -> Judged {
         report_of(host, hops, HookSet::Path)
     }
 
-    fn report_of(host: &mut FakeHost, hops: Vec<crate::events::Hop>, set: HookSet) -> Report {
+    fn report_of(host: &mut FakeHost, hops: Vec<crate::events::Hop>, set: HookSet) -> Judged {
         let packet = Packet {
             skb: SKB,
             hops,
             freed: true,
         };
         let flow = FlowTable::new(4).observe(&packet);
-        Report::build(packet, flow, host, &reasons(), set)
+        judge(packet, flow, host, &reasons(), set)
     }
 
     /// Docker's rules with an ACCEPT for the published port ahead of the jump to DOCKER.
