@@ -9,58 +9,11 @@ use tracer_common::{
     event::{FLAG_ENTERED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
 };
 
+use crate::site::Site;
 use crate::{
     maps::{EVENTS, WAKEUP_BYTES, bump, filter, forget, off, reader_asleep, remembered, track},
     skb::{Access, device, entered, field, foreign, headers, passes, read},
 };
-
-/// What the entry point knows about the hook it runs at.
-#[derive(Clone, Copy)]
-pub struct Site {
-    pub kind: HopKind,
-    /// The device argument, when the hook has one; otherwise `skb->dev` is used.
-    pub dev: u64,
-    /// A second device reported as the peer (veth peer, bridge egress port, FORWARD output).
-    pub peer_dev: u64,
-    /// Kernel address that freed the skb (drops and consumes).
-    pub location: u64,
-    pub drop_reason: u32,
-    pub nf_hook: u8,
-    pub nf_family: u8,
-    /// `struct nf_hook_state *` at `nf_hook_slow`: hook, family and devices are read from it
-    /// only once the skb is known to be followed, so packets nobody asked for pay nothing here.
-    pub nf_state: u64,
-    /// `skb->data` points at the L3 header here.
-    pub l3_at_data: bool,
-    /// The skb is freed at this hook: forget it after emitting.
-    pub frees: bool,
-    /// Emit only for skbs already tracked: a hook this hot (consume_skb) must not pay for
-    /// header reads, and a packet first seen as it is freed normally tells nothing.
-    pub only_tracked: bool,
-    /// How the skb pointer, and the devices above, may be read (BTF-typed or not): a site
-    /// whose skb is BTF-typed must have typed devices too (tracepoint and fentry arguments,
-    /// or fields loaded from them), never an address that came from a helper.
-    pub access: Access,
-}
-
-impl Site {
-    pub const fn new(kind: HopKind) -> Self {
-        Self {
-            kind,
-            dev: 0,
-            peer_dev: 0,
-            location: 0,
-            drop_reason: 0,
-            nf_hook: 0,
-            nf_family: 0,
-            nf_state: 0,
-            l3_at_data: false,
-            frees: false,
-            only_tracked: false,
-            access: Access::Probe,
-        }
-    }
-}
 
 /// Filters the skb at this hop and emits a [`HopEvent`] when it matches or is already tracked.
 #[inline(always)]
@@ -128,11 +81,7 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         track(skb, fp, remembered.is_none());
     }
 
-    let site = if site.nf_state != 0 {
-        crate::netfilter::with_state(site)
-    } else {
-        site
-    };
+    let site = site.completed();
     let dev = if site.dev != 0 {
         site.dev
     } else {

@@ -14,6 +14,8 @@ mod hop;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod site;
+#[cfg(target_arch = "bpf")]
 mod skb;
 
 #[cfg(target_arch = "bpf")]
@@ -26,7 +28,8 @@ mod tracepoints {
     use tracer_common::HopKind;
 
     use crate::{
-        hop::{Site, build, emit, record},
+        hop::{build, emit, record},
+        site::Site,
         skb::Access,
     };
 

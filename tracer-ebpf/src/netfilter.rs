@@ -9,9 +9,10 @@ use aya_ebpf::{
 use tracer_common::{HopEvent, HopKind, config::have, event::nf_verdict};
 
 use crate::{
-    hop::{Site, build, emit},
+    hop::{build, emit},
     maps::off,
-    skb::{Access, field},
+    site::Site,
+    skb::Access,
 };
 
 /// A hop waiting for its hook's verdict.
@@ -29,10 +30,6 @@ struct Pending {
 /// Hops waiting for their hook's verdict, keyed by skb (fentry) or by CPU and task (kprobe).
 #[map]
 static NF_PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(4096, 0);
-
-const NF_INET_LOCAL_OUT: u8 = 3;
-const NF_INET_POST_ROUTING: u8 = 4;
-const NF_INET_FORWARD: u8 = 2;
 
 /// `nf_hook_slow(skb, state, ...)` entry. `by_task`: `key` names the task, not the skb, so a
 /// nested call can share it (kprobes); otherwise (fentry) the arguments are BTF-typed and
@@ -68,29 +65,6 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
             }
         }
         None => {}
-    }
-}
-
-/// Completes a netfilter site from its `nf_hook_state`: the hook, the family, and the devices
-/// (output at OUTPUT/POSTROUTING; input, with the output as peer, at FORWARD).
-#[inline(always)]
-pub fn with_state(site: Site) -> Site {
-    let state = site.nf_state;
-    let hook = field::<u8>(state, off!(nf_state_hook), site.access).unwrap_or(0);
-    let pf = field::<u8>(state, off!(nf_state_pf), site.access).unwrap_or(0);
-    let input = field::<u64>(state, off!(nf_state_in), site.access).unwrap_or(0);
-    let output = field::<u64>(state, off!(nf_state_out), site.access).unwrap_or(0);
-    let (dev, peer_dev) = match hook {
-        NF_INET_LOCAL_OUT | NF_INET_POST_ROUTING => (output, 0),
-        NF_INET_FORWARD => (input, output),
-        _ => (input, 0),
-    };
-    Site {
-        dev,
-        peer_dev,
-        nf_hook: hook,
-        nf_family: pf,
-        ..site
     }
 }
 

@@ -84,9 +84,9 @@ mod tests {
 
     use crate::{
         correlate::{FlowTable, Packet},
+        diagnose::judge,
         events::fixture::*,
         host::fixture::FakeHost,
-        diagnose::judge,
         probes::{DropReasons, HookSet},
     };
 

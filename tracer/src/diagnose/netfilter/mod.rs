@@ -721,9 +721,9 @@ mod tests {
 
     use crate::{
         correlate::{FlowTable, Packet},
+        diagnose::{Judged, judge},
         events::fixture::*,
         host::fixture::FakeHost,
-        diagnose::{Judged, judge},
         probes::{DropReasons, HookSet},
         ruleset::Ruleset,
     };
