@@ -44,6 +44,11 @@ pub struct Filter {
 pub const MAX_OR_DPORTS: usize = 8;
 
 impl Filter {
+    /// Whether it matches everything: no field set and no alternative port.
+    pub const fn is_any(&self) -> bool {
+        self.fields == 0 && self.n_or_dports == 0
+    }
+
     /// Matches everything.
     pub const fn any() -> Self {
         Self {

@@ -6,6 +6,7 @@ use clap::{Args, Parser};
 use tracer_common::{Filter, config::filter_field};
 
 use crate::{
+    net::Proto,
     probes::{
         HookSet,
         loader::{self, BackendChoice, ProbeSizes},
@@ -64,7 +65,7 @@ pub struct DoctorArgs {
     pub dport: Option<u16>,
     /// Protocol of --dport: tcp or udp.
     #[arg(long, value_name = "PROTO", default_value = "tcp", value_parser = parse_proto)]
-    pub proto: u8,
+    pub proto: Proto,
     /// One JSON object with every finding.
     #[arg(long)]
     pub json: bool,
@@ -122,7 +123,7 @@ pub struct FilterArgs {
     pub host: Option<Ipv4Addr>,
     /// Protocol: tcp, udp, icmp, or a protocol number.
     #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
-    pub proto: Option<u8>,
+    pub proto: Option<Proto>,
     /// Traffic to and from a Docker container (name or id): its address, and the host ports
     /// published to it (before DNAT). Needs the Docker socket.
     #[arg(long, value_name = "NAME|ID", conflicts_with = "host")]
@@ -151,15 +152,9 @@ pub struct StopArgs {
     pub idle_ms: u64,
 }
 
-pub fn parse_proto(s: &str) -> Result<u8, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "tcp" => Ok(6),
-        "udp" => Ok(17),
-        "icmp" => Ok(1),
-        other => other
-            .parse::<u8>()
-            .map_err(|_| format!("`{s}` is not tcp, udp, icmp or a protocol number 0-255")),
-    }
+pub fn parse_proto(s: &str) -> Result<Proto, String> {
+    Proto::parse(&s.to_ascii_lowercase())
+        .ok_or_else(|| format!("`{s}` is not tcp, udp, icmp or a protocol number 0-255"))
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -178,14 +173,11 @@ impl FilterArgs {
         let mut f = Filter::any();
         let mut words = Vec::new();
         if let Some(p) = self.proto {
-            f.proto = p;
+            f.proto = p.number();
             f.fields |= filter_field::PROTO;
-            words.push(crate::events::proto_name(p).to_owned());
-            if (self.dport.is_some() || self.sport.is_some()) && p != 6 && p != 17 {
-                return Err(format!(
-                    "--sport/--dport need --proto tcp or udp, not {}",
-                    crate::events::proto_name(p)
-                ));
+            words.push(p.name().to_owned());
+            if (self.dport.is_some() || self.sport.is_some()) && !p.has_ports() {
+                return Err(format!("--sport/--dport need --proto tcp or udp, not {p}"));
             }
         }
         if let Some(h) = self.host {

@@ -6,6 +6,7 @@
 use crate::{
     diagnose::{Diagnosis, PortCheck, Premises, examine},
     host::{HostFacts, LinkTable},
+    net::Proto,
     resolve::{Resolver, SharedIndex, docker, netns},
 };
 
@@ -30,7 +31,7 @@ pub struct Checkup {
 
 /// Examines the namespace pathtrace runs in: `port` (a port number and IP protocol) when
 /// given, else every port Docker publishes.
-pub async fn run(port: Option<(u16, u8)>) -> Result<Checkup, DoctorError> {
+pub async fn run(port: Option<(u16, Proto)>) -> Result<Checkup, DoctorError> {
     let netns = netns::own_inode().ok_or(DoctorError::OwnNamespace)?;
     let links = LinkTable::dump_here().map_err(DoctorError::Links)?;
     let index = SharedIndex::default();
@@ -81,6 +82,7 @@ fn published_ports(index: &SharedIndex) -> Vec<PortCheck> {
 
 #[cfg(test)]
 mod tests {
+    use crate::net::Proto;
     use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
 
     use crate::{
@@ -132,7 +134,7 @@ mod tests {
     fn port() -> Vec<PortCheck> {
         vec![PortCheck {
             port: 10001,
-            proto: 6,
+            proto: Proto::Tcp,
             published: None,
         }]
     }

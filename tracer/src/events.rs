@@ -5,8 +5,10 @@ use std::{fmt, net::Ipv4Addr};
 use serde::Serialize;
 use tracer_common::{
     HopEvent, HopKind,
-    event::{FLAG_ENTERED, FLAG_IPV4, FLAG_L4},
+    event::{FLAG_ENTERED, FLAG_IPV4, FLAG_L4, nf_verdict},
 };
+
+use crate::net::{Family, Hook, Netfilter, NfVerdict, Proto, TcpFlags};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -23,7 +25,7 @@ pub struct Tuple {
     pub sport: u16,
     pub dst: Ipv4Addr,
     pub dport: u16,
-    pub proto: u8,
+    pub proto: Proto,
 }
 
 impl Tuple {
@@ -39,32 +41,16 @@ impl Tuple {
     }
 }
 
-/// Protocol name for display.
-pub fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        1 => "icmp",
-        6 => "tcp",
-        17 => "udp",
-        _ => "ip",
-    }
-}
-
 impl fmt::Display for Tuple {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.proto == 6 || self.proto == 17 {
+        if self.proto.has_ports() {
             write!(
                 f,
                 "{}:{} → {}:{}",
                 self.src, self.sport, self.dst, self.dport
             )
         } else {
-            write!(
-                f,
-                "{} → {} ({})",
-                self.src,
-                self.dst,
-                proto_name(self.proto)
-            )
+            write!(f, "{} → {} ({})", self.src, self.dst, self.proto)
         }
     }
 }
@@ -79,7 +65,7 @@ pub struct Hop {
     pub ifindex: u32,
     /// `None` when the packet's IPv4 header could not be read at this hop.
     pub tuple: Option<Tuple>,
-    pub tcp_flags: u8,
+    pub tcp_flags: TcpFlags,
     pub len: u32,
     /// Kernel address that freed the skb (drops and consumes).
     pub location: u64,
@@ -89,9 +75,8 @@ pub struct Hop {
     pub peer_netns: u32,
     /// See `HopEvent::fingerprint`: constant for one packet, 0 when unknown.
     pub fingerprint: u32,
-    pub nf_hook: u8,
-    pub nf_family: u8,
-    pub nf_verdict: u8,
+    /// Netfilter hops: the hook, its family and what it decided.
+    pub netfilter: Option<Netfilter>,
     /// Drops: the device the packet was last received on in `netns` (`skb_iif`; 0 when it was
     /// generated there). Other hops: 0.
     pub in_ifindex: u32,
@@ -125,7 +110,7 @@ impl Hop {
                 sport: if l4 { ev.sport } else { 0 },
                 dst: Ipv4Addr::from(ev.daddr),
                 dport: if l4 { ev.dport } else { 0 },
-                proto: ev.proto,
+                proto: Proto::from_number(ev.proto),
             }
         });
         let entered = tuple
@@ -146,16 +131,22 @@ impl Hop {
             netns: ev.netns,
             ifindex: ev.ifindex,
             tuple,
-            tcp_flags: ev.tcp_flags,
+            tcp_flags: TcpFlags::from_bits(ev.tcp_flags),
             len: ev.len,
             location: ev.location,
             drop_reason: ev.drop_reason,
             peer_ifindex: ev.peer_ifindex,
             peer_netns: ev.peer_netns,
             fingerprint: ev.fingerprint,
-            nf_hook: ev.nf_hook,
-            nf_family: ev.nf_family,
-            nf_verdict: ev.nf_verdict,
+            netfilter: (kind == HopKind::NetfilterHook).then(|| Netfilter {
+                hook: Hook::from_number(ev.nf_hook),
+                family: Family::from_number(ev.nf_family),
+                verdict: match ev.nf_verdict {
+                    nf_verdict::ACCEPT => NfVerdict::Accept,
+                    nf_verdict::DROP => NfVerdict::Drop,
+                    _ => NfVerdict::Stolen,
+                },
+            }),
             in_ifindex: ev.in_ifindex,
             entered,
             inferred: false,
@@ -180,75 +171,6 @@ pub fn kind_name(kind: HopKind) -> &'static str {
         HopKind::VethTransmit => "veth_transmit",
         HopKind::FreedUnseen => "freed_unseen",
     }
-}
-
-/// `NFPROTO_*` family name.
-pub fn nf_family_name(pf: u8) -> &'static str {
-    match pf {
-        1 => "inet",
-        2 => "ipv4",
-        3 => "arp",
-        5 => "netdev",
-        7 => "bridge",
-        10 => "ipv6",
-        _ => "unknown",
-    }
-}
-
-/// Netfilter hook name (the INET and bridge hooks share numbers).
-pub fn nf_hook_name(hook: u8) -> &'static str {
-    match hook {
-        0 => "PREROUTING",
-        1 => "INPUT",
-        2 => "FORWARD",
-        3 => "OUTPUT",
-        4 => "POSTROUTING",
-        5 => "INGRESS",
-        _ => "UNKNOWN",
-    }
-}
-
-/// Netfilter verdict name.
-pub fn nf_verdict_name(v: u8) -> &'static str {
-    match v {
-        tracer_common::event::nf_verdict::DROP => "drop",
-        tracer_common::event::nf_verdict::ACCEPT => "accept",
-        _ => "stolen",
-    }
-}
-
-/// TCP flags as `SYN`, `SYN|ACK`, ... (empty for none).
-pub fn tcp_flags_string(flags: u8) -> String {
-    tcp_flags_name(flags).to_owned()
-}
-
-/// [`tcp_flags_string`] without an allocation per hop: all 256 combinations are named once.
-pub fn tcp_flags_name(flags: u8) -> &'static str {
-    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| (0..=255u8).map(spell_tcp_flags).collect())[flags as usize].as_str()
-}
-
-fn spell_tcp_flags(flags: u8) -> String {
-    const NAMES: [(u8, &str); 8] = [
-        (0x02, "SYN"),
-        (0x10, "ACK"),
-        (0x01, "FIN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-        (0x20, "URG"),
-        (0x40, "ECE"),
-        (0x80, "CWR"),
-    ];
-    let mut out = String::new();
-    for (bit, name) in NAMES {
-        if flags & bit != 0 {
-            if !out.is_empty() {
-                out.push('|');
-            }
-            out.push_str(name);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -344,7 +266,7 @@ mod tests {
         assert_eq!(hop.ifindex, 7);
         let t = hop.tuple.expect("ipv4");
         assert_eq!(t.to_string(), "203.0.113.2:40000 → 203.0.113.1:10001");
-        assert_eq!(tcp_flags_string(hop.tcp_flags), "SYN");
+        assert_eq!(hop.tcp_flags.name(), "SYN");
     }
 
     #[test]
@@ -376,8 +298,9 @@ mod tests {
 
     #[test]
     fn flags_render_in_conventional_order() {
-        assert_eq!(tcp_flags_string(0x12), "SYN|ACK");
-        assert_eq!(tcp_flags_string(0x14), "ACK|RST");
-        assert_eq!(tcp_flags_string(0), "");
+        let name = |bits| crate::net::TcpFlags::from_bits(bits).name();
+        assert_eq!(name(0x12), "SYN|ACK");
+        assert_eq!(name(0x14), "ACK|RST");
+        assert_eq!(name(0), "");
     }
 }

@@ -11,6 +11,7 @@ pub mod diagnose;
 pub mod doctor;
 pub mod events;
 pub mod host;
+pub mod net;
 pub mod output;
 pub mod probes;
 pub mod report;

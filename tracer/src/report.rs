@@ -4,16 +4,13 @@
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
-use tracer_common::HopKind;
 
 use crate::{
     correlate::{FlowView, Packet, Rewrite, flow::Direction},
     diagnose::{Diagnosis, Judged, Target},
-    events::{
-        Hop, Tuple, kind_name, nf_family_name, nf_hook_name, nf_verdict_name, proto_name,
-        tcp_flags_name,
-    },
+    events::{Hop, Tuple, kind_name},
     host::{ContainerRef, HostFacts},
+    net::Hook,
     probes::DropReasons,
     verdict::{Delivery, Outcome, Verdict},
 };
@@ -109,7 +106,7 @@ pub struct PeerView {
 impl HopView {
     pub fn new(hop: &Hop, facts: &mut dyn HostFacts, reasons: &DropReasons) -> Self {
         let t = hop.tuple;
-        let l4 = t.is_some_and(|t| t.proto == 6 || t.proto == 17);
+        let l4 = t.is_some_and(|t| t.proto.has_ports());
         let freed = hop.frees().then(|| {
             facts
                 .symbol(hop.location)
@@ -133,16 +130,16 @@ impl HopView {
             sport: t.filter(|_| l4).map(|t| t.sport),
             dst: t.map(|t| t.dst),
             dport: t.filter(|_| l4).map(|t| t.dport),
-            proto: t.map(|t| proto_name(t.proto)),
-            tcp_flags: tcp_flags_name(hop.tcp_flags),
+            proto: t.map(|t| t.proto.name()),
+            tcp_flags: hop.tcp_flags.name(),
             len: hop.len,
             drop_reason: (hop.kind == tracer_common::HopKind::Drop)
                 .then(|| reasons.name(hop.drop_reason)),
             location: freed,
-            netfilter: (hop.kind == HopKind::NetfilterHook).then(|| NetfilterView {
-                family: nf_family_name(hop.nf_family),
-                hook: nf_hook_name(hop.nf_hook),
-                verdict: nf_verdict_name(hop.nf_verdict),
+            netfilter: hop.netfilter.map(|nf| NetfilterView {
+                family: nf.family.name(),
+                hook: nf.hook.map_or("UNKNOWN", Hook::name),
+                verdict: nf.verdict.name(),
             }),
             in_ifname: (hop.in_ifindex != 0).then(|| facts.ifname(hop.netns, hop.in_ifindex)),
             inferred: hop.inferred,

@@ -139,6 +139,7 @@ fn last_ts(p: &Packet) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use crate::net::TcpFlags;
     use tracer_common::{HopEvent, HopKind};
 
     use super::*;
@@ -251,7 +252,7 @@ mod tests {
         assert_eq!(done.len(), 1, "no waiting out the ARP grace period");
         assert!(done[0].freed);
         assert_eq!(done[0].hops.len(), 1, "the marker is not a hop");
-        assert_eq!(done[0].hops[0].tcp_flags, 0x12);
+        assert_eq!(done[0].hops[0].tcp_flags, TcpFlags::SYN | TcpFlags::ACK);
         assert_eq!(t.live(), 0);
         // A marker for an address nobody follows (any more) changes nothing.
         t.push(hop(reused), &mut done);

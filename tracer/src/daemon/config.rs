@@ -139,7 +139,7 @@ impl DaemonConfig {
         cfg.filter.sport = f.sport.or(cfg.filter.sport);
         cfg.filter.host = f.host.or(cfg.filter.host);
         if let Some(p) = f.proto {
-            cfg.filter.proto = Some(p.to_string());
+            cfg.filter.proto = Some(p.number().to_string());
         }
         if let BackendChoice::Only(b) = args.probes.backend {
             cfg.backend = b.to_string();

@@ -24,8 +24,9 @@ use tracer_common::HopKind;
 use crate::ruleset::{CtState, PacketAtHook, RuleRef};
 use crate::{
     correlate::{FlowView, Packet, flow::Direction},
-    events::{Hop, Tuple, tcp_flags_string},
+    events::{Hop, Tuple},
     host::HostFacts,
+    net::{Proto, TcpFlags},
     probes::HookSet,
     verdict::Verdict,
 };
@@ -98,13 +99,20 @@ impl Case<'_> {
 
     /// "The SYN", "The SYN-ACK", "The packet": how a person names this packet.
     pub fn packet_name(&self) -> String {
-        let flags = self.packet.hops.first().map_or(0, |h| h.tcp_flags);
-        match tcp_flags_string(flags & 0x17).as_str() {
+        match self.tcp_flags().handshake().name() {
             "SYN" => "The SYN".into(),
             "SYN|ACK" => "The SYN-ACK".into(),
             "ACK|RST" | "RST" => "The RST".into(),
             _ => "The packet".into(),
         }
+    }
+
+    /// The flags the packet was first seen with (none for other protocols).
+    fn tcp_flags(&self) -> TcpFlags {
+        self.packet
+            .hops
+            .first()
+            .map_or(TcpFlags::NONE, |h| h.tcp_flags)
     }
 }
 
@@ -159,18 +167,17 @@ impl Case<'_> {
     /// Conntrack state as the ruleset sees this packet: a bare SYN (or the first packet of a
     /// flow) is NEW, replies and later packets are ESTABLISHED.
     pub fn ct_state(&self) -> CtState {
-        let flags = self.packet.hops.first().map_or(0, |h| h.tcp_flags);
-        let proto = self
+        let tcp = self
             .packet
             .hops
             .iter()
             .find_map(|h| h.tuple)
-            .map_or(0, |t| t.proto);
+            .is_some_and(|t| t.proto == Proto::Tcp);
         match self.flow {
             Some(f) if f.direction == Direction::Reply => CtState::Established,
-            _ if proto == 6 && flags & 0x12 == 0x02 => CtState::New,
+            _ if tcp && self.tcp_flags().opens() => CtState::New,
             Some(f) if f.packets > 1 => CtState::Established,
-            _ if proto == 6 => CtState::Established,
+            _ if tcp => CtState::Established,
             _ => CtState::New,
         }
     }
@@ -204,7 +211,7 @@ impl Case<'_> {
             proto: tuple.proto,
             sport: tuple.sport,
             dport: tuple.dport,
-            tcp_flags: self.packet.hops.first().map_or(0, |h| h.tcp_flags),
+            tcp_flags: self.tcp_flags(),
             in_if,
             out_if,
             physdev_in: None,

@@ -5,13 +5,16 @@
 use std::net::Ipv4Addr;
 
 use super::{Diagnosis, RULES};
-use crate::host::{HostFacts, Link, LinkTable, Published};
+use crate::{
+    host::{HostFacts, Link, LinkTable, Published},
+    net::Proto,
+};
 
 /// A port to check: published by Docker, or named with `--dport`.
 #[derive(Clone, Debug)]
 pub struct PortCheck {
     pub port: u16,
-    pub proto: u8,
+    pub proto: Proto,
     pub published: Option<Published>,
 }
 

@@ -1,7 +1,7 @@
 //! The packet reached its destination namespace and nothing listens there.
 
 use super::{Case, Confidence, Diagnosis, Rule, in_netns};
-use crate::host::HostFacts;
+use crate::{host::HostFacts, net::Proto};
 
 pub const NO_LISTENER: Rule = Rule {
     code: "no_listener",
@@ -20,7 +20,7 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let t = case.drop_hop().and_then(|h| h.tuple).or(input.tuple)?;
     let first = case.packet.hops.iter().find_map(|h| h.tuple).unwrap_or(t);
     let ns = facts.netns_label(input.netns);
-    let proto = crate::events::proto_name(t.proto);
+    let proto = t.proto.name();
     let owner = facts
         .container_device(input.netns, input.ifindex)
         .filter(|d| !d.host_side);
@@ -50,10 +50,14 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
             p.host_port, t.dst, t.dport, p.container.name, p.host_port
         ));
     }
-    if t.proto == 6 {
+    if t.proto == Proto::Tcp {
         evidence.push("TCP answered with a RST: the client sees \"connection refused\"".into());
     }
-    let ss = if t.proto == 6 { "ss -ltnp" } else { "ss -lunp" };
+    let ss = if t.proto == Proto::Tcp {
+        "ss -ltnp"
+    } else {
+        "ss -lunp"
+    };
     Some(Diagnosis {
         code: NO_LISTENER.code,
         summary: format!(

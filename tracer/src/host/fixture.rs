@@ -131,13 +131,13 @@ impl HostFacts for FakeHost {
     fn container_device(&mut self, netns: u32, ifindex: u32) -> Option<ContainerDevice> {
         self.containers.get(&(netns, ifindex)).cloned()
     }
-    fn published(&mut self, port: u16, proto: u8) -> Option<Published> {
+    fn published(&mut self, port: u16, proto: Proto) -> Option<Published> {
         self.published
             .iter()
             .find(|p| p.from_host_port(port, proto))
             .cloned()
     }
-    fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<Published> {
+    fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<Published> {
         self.published
             .iter()
             .find(|p| p.leads_to(addr, port, proto))
@@ -192,7 +192,7 @@ impl FakeHost {
         h.published.push(Published {
             container: web,
             host_port: 10001,
-            proto: 6,
+            proto: Proto::Tcp,
             container_addr: Some(Ipv4Addr::new(172, 17, 0, 2)),
             container_port: 80,
         });

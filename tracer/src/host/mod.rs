@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::D
 
 use serde::Serialize;
 
-use crate::ruleset::Ruleset;
+use crate::{net::Proto, ruleset::Ruleset};
 
 /// Questions the later stages ask about the host. Every answer is optional: a namespace may be
 /// gone by the time a packet is reported.
@@ -30,12 +30,12 @@ pub trait HostFacts {
     }
 
     /// The container a host port is published to.
-    fn published(&mut self, _port: u16, _proto: u8) -> Option<Published> {
+    fn published(&mut self, _port: u16, _proto: Proto) -> Option<Published> {
         None
     }
 
     /// The host port published to a container's `addr:port`: the other end of its DNAT.
-    fn published_to(&mut self, _addr: Ipv4Addr, _port: u16, _proto: u8) -> Option<Published> {
+    fn published_to(&mut self, _addr: Ipv4Addr, _port: u16, _proto: Proto) -> Option<Published> {
         None
     }
 
@@ -267,20 +267,19 @@ pub struct ContainerRef {
 pub struct Published {
     pub container: ContainerRef,
     pub host_port: u16,
-    /// IP protocol number.
-    pub proto: u8,
+    pub proto: Proto,
     pub container_addr: Option<Ipv4Addr>,
     pub container_port: u16,
 }
 
 impl Published {
     /// Traffic to host port `port` of `proto` is what this publishes.
-    pub fn from_host_port(&self, port: u16, proto: u8) -> bool {
+    pub fn from_host_port(&self, port: u16, proto: Proto) -> bool {
         self.host_port == port && self.proto == proto
     }
 
     /// Its DNAT leads to `addr:port` of `proto` (the container's side).
-    pub fn leads_to(&self, addr: Ipv4Addr, port: u16, proto: u8) -> bool {
+    pub fn leads_to(&self, addr: Ipv4Addr, port: u16, proto: Proto) -> bool {
         self.container_addr == Some(addr) && self.container_port == port && self.proto == proto
     }
 }

@@ -2,13 +2,13 @@
 
 use std::io::Write;
 
-use crate::{doctor::Checkup, events::proto_name};
+use crate::doctor::Checkup;
 
 /// The ports checked, as `10001/tcp`.
 fn ports(c: &Checkup) -> Vec<String> {
     c.ports
         .iter()
-        .map(|p| format!("{}/{}", p.port, proto_name(p.proto)))
+        .map(|p| format!("{}/{}", p.port, p.proto))
         .collect()
 }
 

@@ -8,7 +8,6 @@ use tracer_common::HopKind;
 use super::{Output, Ready, Stats};
 use crate::{
     correlate::flow::RewriteKind,
-    events::{proto_name, tcp_flags_string},
     probes::HookSet,
     report::Report,
     verdict::{Delivery, Outcome},
@@ -28,20 +27,14 @@ impl<W: Write> HumanOutput<W> {
 pub fn render(report: &Report) -> String {
     let mut s = String::new();
     let first = report.packet.hops.first();
-    let flags = first
-        .map(|h| tcp_flags_string(h.tcp_flags))
-        .unwrap_or_default();
+    let flags = first.map_or("", |h| h.tcp_flags.name());
     let title = report.first_tuple().map_or_else(
         || "non-IPv4 packet".to_owned(),
         |t| {
             format!(
                 "{} {t} ({})",
-                if flags.is_empty() {
-                    "packet".into()
-                } else {
-                    flags.clone()
-                },
-                proto_name(t.proto)
+                if flags.is_empty() { "packet" } else { flags },
+                t.proto
             )
         },
     );

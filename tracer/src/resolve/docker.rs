@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use crate::host::{ContainerRef, Published};
+use crate::{
+    host::{ContainerRef, Published},
+    net::Proto,
+};
 use bollard::{
     Docker,
     models::ContainerInspectResponse,
@@ -154,7 +157,9 @@ impl ContainerIndex {
                 addresses,
             });
         }
-        index.published.sort_by_key(|p| (p.host_port, p.proto));
+        index
+            .published
+            .sort_by_key(|p| (p.host_port, p.proto.number()));
         index
     }
 
@@ -162,14 +167,14 @@ impl ContainerIndex {
         self.containers.iter().find(|c| c.netns == Some(netns))
     }
 
-    pub fn published(&self, host_port: u16, proto: u8) -> Option<&Published> {
+    pub fn published(&self, host_port: u16, proto: Proto) -> Option<&Published> {
         self.published
             .iter()
             .find(|p| p.from_host_port(host_port, proto))
     }
 
     /// The published port whose DNAT leads to `addr:port` (the container's side).
-    pub fn published_to(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<&Published> {
+    pub fn published_to(&self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<&Published> {
         self.published
             .iter()
             .find(|p| p.leads_to(addr, port, proto))
@@ -200,13 +205,9 @@ impl ContainerIndex {
     }
 }
 
-fn proto_number(name: &str) -> Option<u8> {
-    match name {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "sctp" => Some(132),
-        _ => None,
-    }
+/// The protocol of a `80/tcp` port key: Docker publishes TCP, UDP and SCTP.
+fn proto_number(name: &str) -> Option<Proto> {
+    Proto::parse(name).filter(|p| matches!(p, Proto::Tcp | Proto::Udp | Proto::Sctp))
 }
 
 /// The socket to use: `DOCKER_HOST=unix://...` or the default.
@@ -368,7 +369,7 @@ mod tests {
         assert_eq!(c.container.id, "75e048d0b2ee");
         assert_eq!(c.container.image, "pathtrace-busybox:test");
         assert_eq!(c.addresses, vec![Ipv4Addr::new(172, 17, 0, 2)]);
-        let p = index.published(10001, 6).expect("published port");
+        let p = index.published(10001, Proto::Tcp).expect("published port");
         assert_eq!(
             (p.container_addr, p.container_port),
             (Some(Ipv4Addr::new(172, 17, 0, 2)), 80)
@@ -378,7 +379,7 @@ mod tests {
             1,
             "IPv4 and IPv6 bindings fold into one"
         );
-        assert!(index.published(10001, 17).is_none());
+        assert!(index.published(10001, Proto::Udp).is_none());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::{
         ContainerDevice, ContainerRef, HostFacts, Link, LinkTable, NetnsEntry, Published, Symbol,
         Wiring, wire,
     },
+    net::Proto,
     ruleset::{Ruleset, read_ruleset},
 };
 
@@ -339,7 +340,7 @@ impl HostFacts for Resolver {
         found
     }
 
-    fn published(&mut self, port: u16, proto: u8) -> Option<Published> {
+    fn published(&mut self, port: u16, proto: Proto) -> Option<Published> {
         self.containers
             .as_ref()?
             .read()
@@ -348,7 +349,7 @@ impl HostFacts for Resolver {
             .cloned()
     }
 
-    fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<Published> {
+    fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<Published> {
         self.containers
             .as_ref()?
             .read()

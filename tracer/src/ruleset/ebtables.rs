@@ -221,6 +221,7 @@ fn parse_conds(t: &[String]) -> Vec<(bool, Cond)> {
 
 #[cfg(test)]
 mod tests {
+    use crate::net::{Proto, TcpFlags};
     use std::net::Ipv4Addr;
 
     use super::*;
@@ -234,10 +235,10 @@ mod tests {
         PacketAtHook {
             src: Ipv4Addr::new(172, 17, 0, 3),
             dst: Ipv4Addr::from(dst),
-            proto: 6,
+            proto: Proto::Tcp,
             sport: 40000,
             dport,
-            tcp_flags: 0x02,
+            tcp_flags: TcpFlags::SYN,
             in_if: Some(in_port.into()),
             out_if: out_port.map(Into::into),
             physdev_in: Some(in_port.into()),

@@ -8,6 +8,7 @@ use super::{
     CtState, RuleVerdict,
     model::{Action, BaseChain, Chain, ChainRule, Cond, Flavor, Net, Ruleset, Source, Table},
 };
+use crate::net::Proto;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -70,16 +71,16 @@ pub(super) fn port_range(s: &str) -> Option<(u16, u16)> {
     }
 }
 
-pub(super) fn proto_number(s: &str) -> Option<u8> {
+/// `-p`'s argument: a name, a number, or `all` (protocol 0, which matches any).
+pub(super) fn proto_number(s: &str) -> Option<Proto> {
     match s {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "icmp" => Some(1),
-        "sctp" => Some(132),
-        "all" => Some(0),
-        other => other.parse().ok(),
+        "all" => Some(ALL),
+        other => Proto::parse(other),
     }
 }
+
+/// `-p all`.
+const ALL: Proto = Proto::Other(0);
 
 fn ct_states(s: &str) -> Vec<CtState> {
     s.split(',')
@@ -308,7 +309,7 @@ fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond
                 None => push(Cond::Unknown(format!("-d {}", arg(i))), &mut neg),
             },
             "-p" => match proto_number(&arg(i)) {
-                Some(0) => {}
+                Some(ALL) => {}
                 Some(p) => push(Cond::Proto(p), &mut neg),
                 None => push(Cond::Unknown(format!("-p {}", arg(i))), &mut neg),
             },
@@ -411,6 +412,7 @@ fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond
 
 #[cfg(test)]
 mod tests {
+    use crate::net::TcpFlags;
     use std::net::Ipv4Addr;
 
     use super::*;
@@ -422,10 +424,10 @@ mod tests {
         PacketAtHook {
             src: Ipv4Addr::new(203, 0, 113, 2),
             dst: Ipv4Addr::from(dst),
-            proto: 6,
+            proto: Proto::Tcp,
             sport: 40000,
             dport,
-            tcp_flags: 0x02,
+            tcp_flags: TcpFlags::SYN,
             in_if: Some(in_if.into()),
             out_if: None,
             physdev_in: None,
@@ -520,7 +522,7 @@ mod tests {
         assert_eq!(pre.dnat, None);
         let by = pre.by.expect("the shadowing ACCEPT");
         assert_eq!((by.chain.as_str(), by.index), ("PREROUTING", Some(1)));
-        let dnats = rs.dnat_rules_for(6, 10001);
+        let dnats = rs.dnat_rules_for(Proto::Tcp, 10001);
         assert_eq!(dnats.len(), 1);
         assert_eq!(dnats[0].chain, "DOCKER");
     }
@@ -531,7 +533,7 @@ mod tests {
         let mut reply = syn([203, 0, 113, 2], 40000, "docker0");
         reply.src = Ipv4Addr::new(172, 17, 0, 2);
         reply.sport = 80;
-        reply.tcp_flags = 0x12;
+        reply.tcp_flags = TcpFlags::SYN | TcpFlags::ACK;
         reply.ct_state = CtState::Established;
         reply.out_if = Some("eth0".into());
         let out = rs.evaluate(Hook::Forward, &reply);

@@ -11,27 +11,14 @@ pub mod model;
 pub mod nft;
 pub mod read;
 
+pub use crate::net::Hook;
+use crate::net::{Proto, TcpFlags};
 pub use model::Ruleset;
 pub use read::read_ruleset;
 
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
-
-/// The netfilter hooks of the inet families.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum Hook {
-    #[serde(rename = "PREROUTING")]
-    Prerouting,
-    #[serde(rename = "INPUT")]
-    Input,
-    #[serde(rename = "FORWARD")]
-    Forward,
-    #[serde(rename = "OUTPUT")]
-    Output,
-    #[serde(rename = "POSTROUTING")]
-    Postrouting,
-}
 
 impl RuleVerdict {
     /// As iptables and ebtables spell it in a policy.
@@ -41,41 +28,6 @@ impl RuleVerdict {
             Self::Drop => "DROP",
             Self::Reject => "REJECT",
         }
-    }
-}
-
-impl Hook {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Prerouting => "PREROUTING",
-            Self::Input => "INPUT",
-            Self::Forward => "FORWARD",
-            Self::Output => "OUTPUT",
-            Self::Postrouting => "POSTROUTING",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "PREROUTING" => Self::Prerouting,
-            "INPUT" => Self::Input,
-            "FORWARD" => Self::Forward,
-            "OUTPUT" => Self::Output,
-            "POSTROUTING" => Self::Postrouting,
-            _ => return None,
-        })
-    }
-
-    /// From the kernel's NF_INET_* number.
-    pub fn from_number(n: u8) -> Option<Self> {
-        Some(match n {
-            0 => Self::Prerouting,
-            1 => Self::Input,
-            2 => Self::Forward,
-            3 => Self::Output,
-            4 => Self::Postrouting,
-            _ => return None,
-        })
     }
 }
 
@@ -95,10 +47,10 @@ pub enum CtState {
 pub struct PacketAtHook {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
-    pub proto: u8,
+    pub proto: Proto,
     pub sport: u16,
     pub dport: u16,
-    pub tcp_flags: u8,
+    pub tcp_flags: TcpFlags,
     pub in_if: Option<String>,
     pub out_if: Option<String>,
     /// Bridge port the frame came in on / goes out of (br_netfilter), for `-m physdev`.
@@ -154,16 +106,17 @@ pub(crate) mod ruleset_fixtures {
     use std::net::Ipv4Addr;
 
     use super::{CtState, PacketAtHook};
+    use crate::net::{Proto, TcpFlags};
 
     /// A new TCP SYN to port 80 being forwarded from `in_if` to `out_if`.
     pub fn syn_at_forward(in_if: &str, out_if: &str, src: Ipv4Addr) -> PacketAtHook {
         PacketAtHook {
             src,
             dst: Ipv4Addr::new(172, 17, 0, 2),
-            proto: 6,
+            proto: Proto::Tcp,
             sport: 40000,
             dport: 80,
-            tcp_flags: 0x02,
+            tcp_flags: TcpFlags::SYN,
             in_if: Some(in_if.into()),
             out_if: Some(out_if.into()),
             physdev_in: None,

@@ -5,6 +5,7 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use super::{CtState, Hook, HookOutcome, PacketAtHook, RuleRef, RuleVerdict};
+use crate::net::{Proto, TcpFlags};
 
 /// An IPv4 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub enum Cond {
     OutIface(String),
     Src(Net),
     Dst(Net),
-    Proto(u8),
+    Proto(Proto),
     Dport(u16, u16),
     Sport(u16, u16),
     /// `-m multiport --dports/--sports/--ports`: (is dport, is sport, ranges).
@@ -270,7 +271,7 @@ fn iface_matches(pattern: &str, name: Option<&str>) -> Option<bool> {
 /// `Some(true/false)` when decidable for this packet, `None` when it is not.
 fn cond_holds(c: &Cond, p: &PacketAtHook) -> Option<bool> {
     let in_range = |v: u16, (a, b): (u16, u16)| a <= v && v <= b;
-    let has_ports = p.proto == 6 || p.proto == 17 || p.proto == 132;
+    let has_ports = p.proto.has_ports() || p.proto == Proto::Sctp;
     Some(match c {
         Cond::InIface(n) => iface_matches(n, p.in_if.as_deref())?,
         Cond::OutIface(n) => iface_matches(n, p.out_if.as_deref())?,
@@ -291,7 +292,7 @@ fn cond_holds(c: &Cond, p: &PacketAtHook) -> Option<bool> {
         Cond::PhysdevIn(n) => iface_matches(n, p.physdev_in.as_deref()).unwrap_or(false),
         Cond::PhysdevOut(n) => iface_matches(n, p.physdev_out.as_deref()).unwrap_or(false),
         Cond::PhysdevIsBridged => p.physdev_in.is_some() && p.physdev_out.is_some(),
-        Cond::Syn => p.proto == 6 && p.tcp_flags & 0x17 == 0x02,
+        Cond::Syn => p.proto == Proto::Tcp && p.tcp_flags.handshake() == TcpFlags::SYN,
         Cond::AnyOf(any) => {
             let mut undecided = false;
             for c in any {
@@ -499,7 +500,7 @@ impl Ruleset {
 
     /// Every DNAT rule for `dport` (nat table), with the chain it sits in: what a packet to a
     /// published port should have hit.
-    pub fn dnat_rules_for(&self, proto: u8, dport: u16) -> Vec<RuleRef> {
+    pub fn dnat_rules_for(&self, proto: Proto, dport: u16) -> Vec<RuleRef> {
         let mut out = Vec::new();
         let Some(nat) = self.table("nat") else {
             return out;

@@ -13,6 +13,7 @@ use super::{
     CtState, Hook, RuleVerdict,
     model::{Action, BaseChain, Chain, ChainRule, Cond, Net, Ruleset, Source, Table},
 };
+use crate::net::Proto;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -317,15 +318,15 @@ enum Field {
     Saddr,
     Daddr,
     L4proto,
-    Dport(u8),
-    Sport(u8),
+    Dport(Proto),
+    Sport(Proto),
     CtState,
     FibDaddrLocal,
     Nfproto,
 }
 
 impl Field {
-    fn implies_proto(self) -> Option<u8> {
+    fn implies_proto(self) -> Option<Proto> {
         match self {
             Self::Dport(p) | Self::Sport(p) => Some(p),
             _ => None,
@@ -348,10 +349,10 @@ fn field_of(left: &Value) -> Option<Field> {
             ("ip", "saddr") => Some(Field::Saddr),
             ("ip", "daddr") => Some(Field::Daddr),
             ("ip", "protocol") => Some(Field::L4proto),
-            ("tcp", "dport") => Some(Field::Dport(6)),
-            ("tcp", "sport") => Some(Field::Sport(6)),
-            ("udp", "dport") => Some(Field::Dport(17)),
-            ("udp", "sport") => Some(Field::Sport(17)),
+            ("tcp", "dport") => Some(Field::Dport(Proto::Tcp)),
+            ("tcp", "sport") => Some(Field::Sport(Proto::Tcp)),
+            ("udp", "dport") => Some(Field::Dport(Proto::Udp)),
+            ("udp", "sport") => Some(Field::Sport(Proto::Udp)),
             ("th", "dport") => None,
             _ => None,
         };
@@ -412,16 +413,11 @@ fn port_range(v: &Value) -> Option<(u16, u16)> {
     Some((p, p))
 }
 
-fn proto_number(v: &Value) -> Option<u8> {
+fn proto_number(v: &Value) -> Option<Proto> {
     match v {
-        Value::Number(n) => u8::try_from(n.as_u64()?).ok(),
-        Value::String(s) => match s.as_str() {
-            "tcp" => Some(6),
-            "udp" => Some(17),
-            "icmp" => Some(1),
-            "sctp" => Some(132),
-            _ => None,
-        },
+        Value::Number(n) => u8::try_from(n.as_u64()?).ok().map(Proto::from_number),
+        // Names only: `ip` or `th` as a payload's protocol is no IP protocol.
+        Value::String(s) => Proto::parse(s).filter(|p| !matches!(p, Proto::Other(_))),
         _ => None,
     }
 }

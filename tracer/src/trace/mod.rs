@@ -408,13 +408,19 @@ fn container_filter(
         .addresses
         .first()
         .ok_or_else(|| err("the container has no IPv4 address (host network?)".into()))?;
+    // What was asked besides the container, said after it.
+    let also = if cfg.filter.is_any() {
+        String::new()
+    } else {
+        format!(" {}", cfg.filter_text)
+    };
     let f = &mut cfg.filter;
     f.host = addr.octets();
     f.fields |= filter_field::HOST;
     let ports = index.ports_of(&info.container);
     for p in ports
         .iter()
-        .filter(|p| f.fields & filter_field::PROTO == 0 || p.proto == f.proto)
+        .filter(|p| f.fields & filter_field::PROTO == 0 || p.proto.number() == f.proto)
         .take(MAX_OR_DPORTS)
     {
         f.or_dports[f.n_or_dports as usize] = p.host_port;
@@ -429,11 +435,7 @@ fn container_filter(
         } else {
             format!(", published {}", published.join(","))
         },
-        if cfg.filter_text == "all IPv4 packets" {
-            String::new()
-        } else {
-            format!(" {}", cfg.filter_text)
-        }
+        also
     );
     Ok(())
 }

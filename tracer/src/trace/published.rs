@@ -9,7 +9,7 @@ use tracer_common::{
     config::{MAX_OR_DPORTS, filter_field},
 };
 
-use crate::host::HostFacts;
+use crate::{host::HostFacts, net::Proto};
 
 /// What a drops-only trace does with the filter it was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,10 +43,10 @@ pub fn widen(given: &Filter, facts: &mut dyn HostFacts, conntrack: bool) -> Wide
     if given.fields & filter_field::DPORT == 0 || given.n_or_dports != 0 {
         return Widening::AsGiven;
     }
-    let protos: &[u8] = if given.fields & filter_field::PROTO != 0 {
-        &[given.proto]
+    let protos: &[Proto] = if given.fields & filter_field::PROTO != 0 {
+        &[Proto::from_number(given.proto)]
     } else {
-        &[6, 17]
+        &[Proto::Tcp, Proto::Udp]
     };
     let mut targets: Vec<_> = protos
         .iter()

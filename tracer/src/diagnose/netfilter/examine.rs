@@ -10,6 +10,7 @@ use crate::{
     diagnose::{Confidence, Diagnosis, PortCheck, Premises, describe_rule},
     events::Tuple,
     host::HostFacts,
+    net::{Proto, TcpFlags},
     ruleset::{CtState, Hook, HookOutcome, PacketAtHook, RuleVerdict, Ruleset},
 };
 
@@ -24,7 +25,7 @@ fn first_packet(p: &Premises, port: &PortCheck, uplink: &str, addr: Ipv4Addr) ->
         proto: port.proto,
         sport: CLIENT.1,
         dport: port.port,
-        tcp_flags: 0x02,
+        tcp_flags: TcpFlags::SYN,
         in_if: Some(uplink.to_owned()),
         out_if: None,
         physdev_in: None,
@@ -179,10 +180,10 @@ fn bridged_drops(p: &Premises, rs: &Ruleset) -> Vec<Diagnosis> {
         let pkt = PacketAtHook {
             src: Ipv4Addr::from(base + 2),
             dst: Ipv4Addr::from(base + 3),
-            proto: 6,
+            proto: Proto::Tcp,
             sport: CLIENT.1,
             dport: 80,
-            tcp_flags: 0x02,
+            tcp_flags: TcpFlags::SYN,
             in_if: Some(bridge.name.clone()),
             out_if: Some(bridge.name.clone()),
             physdev_in: None,

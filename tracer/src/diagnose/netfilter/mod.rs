@@ -7,8 +7,6 @@
 //! as it was at that hook, cross-checked with the rule's counter. Nothing is inserted into the
 //! ruleset.
 
-use tracer_common::{HopKind, event::nf_verdict};
-
 mod examine;
 
 use std::sync::Arc;
@@ -17,6 +15,7 @@ use super::{Case, Confidence, Diagnosis, Rule, describe_rule, in_netns};
 use crate::{
     events::{Hop, Tuple},
     host::HostFacts,
+    net::NfVerdict,
     probes::HookSet,
     ruleset::{
         Hook, HookOutcome, RuleVerdict,
@@ -78,9 +77,9 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         .hops
         .iter()
         .rev()
-        .find(|h| h.kind == HopKind::NetfilterHook && h.nf_verdict == nf_verdict::DROP);
-    let observed_hook = nf_hop.and_then(|h| Hook::from_number(h.nf_hook));
-    let family = nf_hop.map(|h| crate::events::nf_family_name(h.nf_family));
+        .find_map(|h| h.netfilter.filter(|nf| nf.verdict == NfVerdict::Drop));
+    let observed_hook = nf_hop.and_then(|nf| nf.hook);
+    let family = nf_hop.map(|nf| nf.family.name());
     let ruleset = facts.ruleset(netns);
     let walked = ruleset
         .as_ref()
@@ -401,8 +400,8 @@ fn flow_match(at: &Where<'_>, tuple: Option<Tuple>, syntax: Syntax) -> String {
     if let (Syntax::Ebtables, Some(t)) = (syntax, tuple) {
         m.push_str(&format!(" --ip-dst {}", t.dst));
     }
-    if let Some(t) = tuple.filter(|t| t.proto == 6 || t.proto == 17) {
-        let p = if t.proto == 6 { "tcp" } else { "udp" };
+    if let Some(t) = tuple.filter(|t| t.proto.has_ports()) {
+        let p = t.proto.name();
         m.push_str(&match syntax {
             Syntax::Nft => format!(" {p} dport {}", t.dport),
             Syntax::Iptables => format!(" -p {p} --dport {}", t.dport),
@@ -715,6 +714,7 @@ fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis>
 
 #[cfg(test)]
 mod tests {
+    use crate::net::Proto;
     use std::sync::Arc;
 
     use tracer_common::HopKind;
@@ -741,7 +741,7 @@ mod tests {
             sport: 40000,
             dst: "172.17.0.2".parse().expect("addr"),
             dport: 80,
-            proto: 6,
+            proto: Proto::Tcp,
         });
         assert_eq!(
             flow_match(&at, tuple, Syntax::Iptables),
@@ -756,7 +756,10 @@ mod tests {
             " -p IPv4 -i veth1 -o veth2 --ip-dst 172.17.0.2 --ip-proto tcp --ip-dport 80"
         );
         // ICMP: no port to name.
-        let icmp = tuple.map(|t| crate::events::Tuple { proto: 1, ..t });
+        let icmp = tuple.map(|t| crate::events::Tuple {
+            proto: Proto::Icmp,
+            ..t
+        });
         assert_eq!(
             flow_match(&at, icmp, Syntax::Ebtables),
             " -p IPv4 -i veth1 -o veth2 --ip-dst 172.17.0.2"

@@ -1,0 +1,311 @@
+//! Values of the network stack as pathtrace reasons about them: the IP protocol, TCP flags,
+//! and a netfilter hook, family and verdict. Decoding ([`crate::events`]) turns the kernel's
+//! numbers into these once; nothing after it compares protocol numbers or flag masks. Each
+//! type holds its one name table.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// An IP protocol. Numbers pathtrace has nothing to say about keep their number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Icmp,
+    Tcp,
+    Udp,
+    Sctp,
+    Other(u8),
+}
+
+impl Proto {
+    pub const fn from_number(n: u8) -> Self {
+        match n {
+            1 => Self::Icmp,
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            132 => Self::Sctp,
+            n => Self::Other(n),
+        }
+    }
+
+    /// The IANA protocol number, as the kernel and iptables' `-p` use it.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Icmp => 1,
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+            Self::Other(n) => n,
+        }
+    }
+
+    /// Lowercase name for display (`ip` for protocols shown without one).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Icmp => "icmp",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp | Self::Other(_) => "ip",
+        }
+    }
+
+    /// TCP or UDP: the protocols whose ports pathtrace reads and filters on.
+    pub const fn has_ports(self) -> bool {
+        matches!(self, Self::Tcp | Self::Udp)
+    }
+
+    /// What `-p tcp` / `-p 6` and nft's `l4proto` name: a name iptables knows or a number.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "icmp" => Self::Icmp,
+            "tcp" => Self::Tcp,
+            "udp" => Self::Udp,
+            "sctp" => Self::Sctp,
+            _ => Self::from_number(s.parse().ok()?),
+        })
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// JSON keeps the number (docs/json.md: a tuple's `proto`).
+impl Serialize for Proto {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.number())
+    }
+}
+
+/// The flags byte of a TCP header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlags(u8);
+
+impl TcpFlags {
+    pub const FIN: Self = Self(0x01);
+    pub const SYN: Self = Self(0x02);
+    pub const RST: Self = Self(0x04);
+    pub const PSH: Self = Self(0x08);
+    pub const ACK: Self = Self(0x10);
+    pub const URG: Self = Self(0x20);
+    pub const ECE: Self = Self(0x40);
+    pub const CWR: Self = Self(0x80);
+    pub const NONE: Self = Self(0);
+
+    /// In the order people read them (`SYN|ACK`).
+    const NAMES: [(Self, &'static str); 8] = [
+        (Self::SYN, "SYN"),
+        (Self::ACK, "ACK"),
+        (Self::FIN, "FIN"),
+        (Self::RST, "RST"),
+        (Self::PSH, "PSH"),
+        (Self::URG, "URG"),
+        (Self::ECE, "ECE"),
+        (Self::CWR, "CWR"),
+    ];
+
+    pub const fn from_bits(bits: u8) -> Self {
+        Self(bits)
+    }
+
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Every flag of `other` is set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Only the flags that open, answer and end a connection (SYN, ACK, FIN, RST): what names
+    /// a segment, without PSH, URG or ECN.
+    pub const fn handshake(self) -> Self {
+        Self(self.0 & (Self::SYN.0 | Self::ACK.0 | Self::FIN.0 | Self::RST.0))
+    }
+
+    /// A connection's first segment: SYN without ACK.
+    pub const fn opens(self) -> bool {
+        self.contains(Self::SYN) && !self.contains(Self::ACK)
+    }
+
+    /// `SYN|ACK`, ...; empty for none. Every combination is spelled once, so a hop costs no
+    /// allocation.
+    pub fn name(self) -> &'static str {
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        NAMES.get_or_init(|| (0..=255u8).map(|b| Self(b).spell()).collect())[self.0 as usize]
+            .as_str()
+    }
+
+    fn spell(self) -> String {
+        Self::NAMES
+            .iter()
+            .filter(|(flag, _)| self.contains(*flag))
+            .map(|(_, name)| *name)
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+}
+
+impl std::ops::BitOr for TcpFlags {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A netfilter hook of the inet families (the bridge family numbers its hooks alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Hook {
+    #[serde(rename = "PREROUTING")]
+    Prerouting,
+    #[serde(rename = "INPUT")]
+    Input,
+    #[serde(rename = "FORWARD")]
+    Forward,
+    #[serde(rename = "OUTPUT")]
+    Output,
+    #[serde(rename = "POSTROUTING")]
+    Postrouting,
+    /// `NF_INET_INGRESS` (the bridge family's BROUTING shares its number).
+    #[serde(rename = "INGRESS")]
+    Ingress,
+}
+
+impl Hook {
+    /// The hooks, by the kernel's `NF_INET_*` number, with the chain names iptables gives them.
+    const TABLE: [(Self, &'static str); 6] = [
+        (Self::Prerouting, "PREROUTING"),
+        (Self::Input, "INPUT"),
+        (Self::Forward, "FORWARD"),
+        (Self::Output, "OUTPUT"),
+        (Self::Postrouting, "POSTROUTING"),
+        (Self::Ingress, "INGRESS"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::TABLE[self as usize].1
+    }
+
+    /// A built-in chain's name (`FORWARD`); not `INGRESS`, which no iptables chain is.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::TABLE[..5]
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(h, _)| *h)
+    }
+
+    /// From the kernel's `NF_INET_*` number.
+    pub fn from_number(n: u8) -> Option<Self> {
+        Self::TABLE.get(usize::from(n)).map(|(h, _)| *h)
+    }
+}
+
+/// A netfilter protocol family (`NFPROTO_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Inet,
+    Ipv4,
+    Arp,
+    Netdev,
+    Bridge,
+    Ipv6,
+    Unknown(u8),
+}
+
+impl Family {
+    pub const fn from_number(n: u8) -> Self {
+        match n {
+            1 => Self::Inet,
+            2 => Self::Ipv4,
+            3 => Self::Arp,
+            5 => Self::Netdev,
+            7 => Self::Bridge,
+            10 => Self::Ipv6,
+            n => Self::Unknown(n),
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Inet => "inet",
+            Self::Ipv4 => "ipv4",
+            Self::Arp => "arp",
+            Self::Netdev => "netdev",
+            Self::Bridge => "bridge",
+            Self::Ipv6 => "ipv6",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// What a pass through `nf_hook_slow` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NfVerdict {
+    Accept,
+    Drop,
+    /// Stolen or queued: the hook kept the packet.
+    Stolen,
+}
+
+impl NfVerdict {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Drop => "drop",
+            Self::Stolen => "stolen",
+        }
+    }
+}
+
+/// A netfilter hop: which hook of which family, and what it decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Netfilter {
+    /// `None` for a hook number this build does not know.
+    pub hook: Option<Hook>,
+    pub family: Family,
+    pub verdict: NfVerdict,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_is_named_by_its_handshake_flags() {
+        assert_eq!((TcpFlags::ACK | TcpFlags::RST).name(), "ACK|RST");
+        assert!(TcpFlags::SYN.opens());
+        assert!(!(TcpFlags::SYN | TcpFlags::ACK).opens());
+        assert_eq!((TcpFlags::SYN | TcpFlags::PSH).handshake(), TcpFlags::SYN);
+    }
+
+    #[test]
+    fn one_table_names_each_hook_both_ways() {
+        for n in 0..6 {
+            let h = Hook::from_number(n).expect("known");
+            assert_eq!(h as u8, n);
+            if h != Hook::Ingress {
+                assert_eq!(Hook::from_name(h.name()), Some(h));
+            }
+        }
+        assert_eq!(Hook::from_number(6), None);
+        assert_eq!(Hook::from_name("INGRESS"), None);
+    }
+
+    #[test]
+    fn protocols_keep_their_number() {
+        for n in 0..=255u8 {
+            assert_eq!(Proto::from_number(n).number(), n);
+        }
+        assert_eq!(Proto::parse("udp"), Some(Proto::Udp));
+        assert_eq!(Proto::parse("47"), Some(Proto::Other(47)));
+        assert_eq!(serde_json::to_string(&Proto::Tcp).expect("json"), "6");
+    }
+}
