@@ -8,8 +8,10 @@ use tracer_common::HopKind;
 use super::{Output, Ready, Stats};
 use crate::{
     correlate::flow::RewriteKind,
+    diagnose::{Confidence, Diagnosis, describe_rule},
+    events::Hop,
     probes::HookSet,
-    report::Report,
+    report::{HopView, Report},
     verdict::{Delivery, Outcome},
 };
 
@@ -23,27 +25,11 @@ impl<W: Write> HumanOutput<W> {
     }
 }
 
-/// Renders one report as text (also used by `cargo xtask demo` through the binary).
+/// Renders one report as text (also used by `cargo xtask demo` through the binary): a title,
+/// one line per hop, the verdict, the target and the diagnosis.
 pub fn render(report: &Report) -> String {
     let mut s = String::new();
-    let first = report.packet.hops.first();
-    let flags = first.map_or("", |h| h.tcp_flags.name());
-    let title = report.first_tuple().map_or_else(
-        || "non-IPv4 packet".to_owned(),
-        |t| {
-            format!(
-                "{} {t} ({})",
-                if flags.is_empty() { "packet" } else { flags },
-                t.proto
-            )
-        },
-    );
-    let flow = report
-        .flow
-        .as_ref()
-        .map_or(String::new(), |f| format!(", flow {}", f.id));
-    let _ = writeln!(s, "{title}  [skb {:#x}{flow}]", report.packet.skb);
-
+    let _ = writeln!(s, "{}", title(report));
     let t0 = report.packet.first_ts();
     let mut prev_tuple = None;
     for (i, (hop, view)) in report.packet.hops.iter().zip(&report.hops).enumerate() {
@@ -53,56 +39,13 @@ pub fn render(report: &Report) -> String {
         };
         let mut detail = String::new();
         if let Some(t) = hop.tuple.filter(|t| Some(*t) != prev_tuple) {
-            let nat = report
-                .flow
-                .as_ref()
-                .and_then(|f| f.rewrites.iter().find(|r| r.hop == i))
-                .map(|r| match r.kind {
-                    RewriteKind::Dnat => "  [DNAT]",
-                    RewriteKind::Snat => "  [SNAT]",
-                    RewriteKind::Nat => "  [NAT]",
-                })
-                .unwrap_or("");
-            let _ = write!(detail, "{t}{nat}");
+            let _ = write!(detail, "{t}{}", nat_mark(report, i));
             prev_tuple = Some(t);
         }
         if !view.tcp_flags.is_empty() && i == 0 {
             let _ = write!(detail, "  {}", view.tcp_flags);
         }
-        if let Some(nf) = &view.netfilter {
-            let _ = write!(detail, "  {} {} → {}", nf.family, nf.hook, nf.verdict);
-        }
-        if let Some(peer) = &view.peer {
-            let arrow = if hop.kind == HopKind::VethTransmit {
-                "peer"
-            } else {
-                "out"
-            };
-            let _ = write!(detail, "  {arrow} {} @ {}", peer.ifname, peer.netns_name);
-        }
-        if let Some(input) = view.in_ifname.as_ref().filter(|i| **i != view.ifname) {
-            let _ = write!(detail, "  came in on {input}");
-        }
-        if let (Some(e), Some(t)) = (&view.entered, hop.tuple)
-            && (e.dst, e.dport.unwrap_or(0)) != (t.dst, t.dport)
-        {
-            let to = e
-                .dport
-                .map_or_else(|| e.dst.to_string(), |p| format!("{}:{p}", e.dst));
-            let _ = write!(detail, "  (sent to {to} before NAT)");
-        }
-        if view.inferred {
-            let _ = write!(detail, "  (inferred from the receive after it)");
-        }
-        if let Some(reason) = &view.drop_reason {
-            let _ = write!(
-                detail,
-                "  {reason} at {}",
-                view.location.as_deref().unwrap_or("?")
-            );
-        } else if let Some(loc) = &view.location {
-            let _ = write!(detail, "  at {loc}");
-        }
+        hop_detail(&mut detail, hop, view);
         let rel = hop.ts_ns.saturating_sub(t0) as f64 / 1000.0;
         let _ = writeln!(
             s,
@@ -113,11 +56,104 @@ pub fn render(report: &Report) -> String {
             detail.trim_start()
         );
     }
+    let _ = writeln!(s, "  => {}", verdict_line(report));
+    if let Some(t) = &report.target {
+        let _ = writeln!(
+            s,
+            "  target: container {} ({}, {}) — port {} published to {}:{}",
+            t.container.name,
+            t.container.id,
+            t.container.image,
+            t.published_port,
+            t.address.as_deref().unwrap_or("?"),
+            t.port
+        );
+    }
+    if let Some(d) = &report.diagnosis {
+        diagnosis(&mut s, d);
+    }
+    s
+}
 
+/// `SYN 203.0.113.2:41822 → 203.0.113.1:10001 (tcp)  [skb 0x..., flow 1]`.
+fn title(report: &Report) -> String {
+    let flags = report
+        .packet
+        .hops
+        .first()
+        .map_or("", |h| h.tcp_flags.name());
+    let what = report.first_tuple().map_or_else(
+        || "non-IPv4 packet".to_owned(),
+        |t| {
+            let flags = if flags.is_empty() { "packet" } else { flags };
+            format!("{flags} {t} ({})", t.proto)
+        },
+    );
+    let flow = report
+        .flow
+        .as_ref()
+        .map_or(String::new(), |f| format!(", flow {}", f.id));
+    format!("{what}  [skb {:#x}{flow}]", report.packet.skb)
+}
+
+/// `  [DNAT]` where the flow saw hop `i` rewrite the header.
+fn nat_mark(report: &Report, i: usize) -> &'static str {
+    report
+        .flow
+        .as_ref()
+        .and_then(|f| f.rewrites.iter().find(|r| r.hop == i))
+        .map_or("", |r| match r.kind {
+            RewriteKind::Dnat => "  [DNAT]",
+            RewriteKind::Snat => "  [SNAT]",
+            RewriteKind::Nat => "  [NAT]",
+        })
+}
+
+/// What a hop adds after its header: the netfilter verdict, the peer, where it came in and
+/// was sent before NAT, whether it is inferred, and where it was freed.
+fn hop_detail(detail: &mut String, hop: &Hop, view: &HopView) {
+    if let Some(nf) = &view.netfilter {
+        let _ = write!(detail, "  {} {} → {}", nf.family, nf.hook, nf.verdict);
+    }
+    if let Some(peer) = &view.peer {
+        let arrow = if hop.kind == HopKind::VethTransmit {
+            "peer"
+        } else {
+            "out"
+        };
+        let _ = write!(detail, "  {arrow} {} @ {}", peer.ifname, peer.netns_name);
+    }
+    if let Some(input) = view.in_ifname.as_ref().filter(|i| **i != view.ifname) {
+        let _ = write!(detail, "  came in on {input}");
+    }
+    if let (Some(e), Some(t)) = (&view.entered, hop.tuple)
+        && (e.dst, e.dport.unwrap_or(0)) != (t.dst, t.dport)
+    {
+        let to = e
+            .dport
+            .map_or_else(|| e.dst.to_string(), |p| format!("{}:{p}", e.dst));
+        let _ = write!(detail, "  (sent to {to} before NAT)");
+    }
+    if view.inferred {
+        let _ = write!(detail, "  (inferred from the receive after it)");
+    }
+    if let Some(reason) = &view.drop_reason {
+        let _ = write!(
+            detail,
+            "  {reason} at {}",
+            view.location.as_deref().unwrap_or("?")
+        );
+    } else if let Some(loc) = &view.location {
+        let _ = write!(detail, "  at {loc}");
+    }
+}
+
+/// `DROPPED after eth0 (root): IP_INADDRERRORS at ip_error`, `DELIVERED: ...`, `UNKNOWN: ...`.
+fn verdict_line(report: &Report) -> String {
     let last = report
         .last_hop()
         .map(|h| format!("{} ({})", h.ifname, h.netns_name));
-    let line = match report.verdict.outcome {
+    match report.verdict.outcome {
         Outcome::Dropped => {
             let d = report.verdict.drop.as_ref();
             format!(
@@ -140,38 +176,26 @@ pub fn render(report: &Report) -> String {
             "UNKNOWN: last seen at {}; its end was not observed",
             last.unwrap_or_else(|| "?".into())
         ),
+    }
+}
+
+/// The diagnosis block: code and summary, the rule, the evidence, the fix.
+fn diagnosis(s: &mut String, d: &Diagnosis) {
+    let confidence = match d.confidence {
+        Confidence::High => "",
+        Confidence::Medium => " (medium confidence)",
+        Confidence::Low => " (low confidence)",
     };
-    let _ = writeln!(s, "  => {line}");
-    if let Some(t) = &report.target {
-        let _ = writeln!(
-            s,
-            "  target: container {} ({}, {}) — port {} published to {}:{}",
-            t.container.name,
-            t.container.id,
-            t.container.image,
-            t.published_port,
-            t.address.as_deref().unwrap_or("?"),
-            t.port
-        );
+    let _ = writeln!(s, "  diagnosis [{}]{confidence}: {}", d.code, d.summary);
+    if let Some(rule) = &d.rule {
+        let _ = writeln!(s, "    rule: {}", describe_rule(rule));
     }
-    if let Some(d) = &report.diagnosis {
-        let confidence = match d.confidence {
-            crate::diagnose::Confidence::High => "",
-            crate::diagnose::Confidence::Medium => " (medium confidence)",
-            crate::diagnose::Confidence::Low => " (low confidence)",
-        };
-        let _ = writeln!(s, "  diagnosis [{}]{confidence}: {}", d.code, d.summary);
-        if let Some(rule) = &d.rule {
-            let _ = writeln!(s, "    rule: {}", crate::diagnose::describe_rule(rule));
-        }
-        for e in &d.evidence {
-            let _ = writeln!(s, "    evidence: {e}");
-        }
-        if let Some(fix) = &d.fix {
-            let _ = writeln!(s, "    fix: {fix}");
-        }
+    for e in &d.evidence {
+        let _ = writeln!(s, "    evidence: {e}");
     }
-    s
+    if let Some(fix) = &d.fix {
+        let _ = writeln!(s, "    fix: {fix}");
+    }
 }
 
 impl<W: Write> Output for HumanOutput<W> {

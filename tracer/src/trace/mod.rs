@@ -1,39 +1,40 @@
-//! A trace session: attach the probes, read the ring buffer, correlate, decide, report.
+//! A trace session: connect to Docker, build the filter, attach the probes, say ready, read
+//! the ring buffer until told to stop, then report what is left and the totals.
 //!
-//! kernel → [`Hop`] → [`PacketTracker`] → [`FlowTable`] → [`Report`] → [`Output`]; each stage
-//! only feeds the next.
+//! kernel → hops → packets and flows → judged → [`crate::report::Report`] → [`Output`]
+//! ([`Pipeline`]); each stage only feeds the next.
 
 use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    task::JoinHandle,
 };
 use tracer_common::{
     Filter,
     config::{MAX_OR_DPORTS, filter_field, have},
 };
 
+mod pipeline;
 mod published;
+mod reader;
 
+pub use pipeline::Pipeline;
 use published::DropsFilter;
+pub use reader::DRAIN_EVERY;
+use reader::{BATCH, Ring, Session, drain_ring};
 
 use crate::{
-    correlate::{FlowTable, Packet, PacketTracker, transmits},
-    diagnose::judge,
-    events::Hop,
     output::{Output, Ready, Stats},
     probes::{
         HookSet, ProbeError, Probes,
         loader::{BackendChoice, ProbeSizes},
     },
-    report::Report,
     resolve::{
-        Resolver, SharedIndex,
+        SharedIndex,
         docker::{self, DockerStatus},
     },
-    verdict::Outcome,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -85,102 +86,6 @@ impl Default for TraceConfig {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The correlation and reporting half of a session, independent of the kernel so it can be
-/// driven from recorded events (tests, benchmarks).
-pub struct Pipeline {
-    packets: PacketTracker,
-    flows: FlowTable,
-    resolver: Resolver,
-    drop_reasons: crate::probes::DropReasons,
-    /// Without the path (`--hooks drops`) the diagnosis rules would reason from hops that were
-    /// never traced: they do not run.
-    hooks: HookSet,
-    finished: Vec<Packet>,
-    pub stats: Stats,
-}
-
-impl Pipeline {
-    /// `hooks`: the set attached, which says what the hops can prove.
-    pub fn new(
-        cfg: &TraceConfig,
-        hooks: HookSet,
-        drop_reasons: crate::probes::DropReasons,
-        containers: SharedIndex,
-    ) -> Self {
-        Self {
-            packets: PacketTracker::new(cfg.idle.as_nanos() as u64, cfg.max_packets),
-            flows: FlowTable::new(cfg.max_flows),
-            resolver: Resolver::new().with_containers(containers),
-            drop_reasons,
-            hooks,
-            finished: Vec::new(),
-            stats: Stats::default(),
-        }
-    }
-
-    /// Packets being correlated now.
-    pub fn live_packets(&self) -> usize {
-        self.packets.live()
-    }
-
-    /// Decodes one ring buffer record.
-    pub fn push_record(&mut self, bytes: &[u8]) {
-        self.stats.events += 1;
-        match Hop::decode(bytes) {
-            Ok(hop) => self.packets.push(hop, &mut self.finished),
-            Err(e) => {
-                self.stats.decode_errors += 1;
-                tracing::warn!("{e}");
-            }
-        }
-    }
-
-    /// Finishes idle packets (`now_ns`), or all of them (`None`), and reports every finished
-    /// packet. Returns how many verdicts were reported.
-    pub fn flush(&mut self, now_ns: Option<u64>, out: &mut dyn Output) -> std::io::Result<u64> {
-        match now_ns {
-            Some(now) => self.packets.expire(now, &mut self.finished),
-            None => self.packets.drain(&mut self.finished),
-        }
-        let mut n = 0;
-        for mut packet in std::mem::take(&mut self.finished) {
-            if self.hooks.infers_transmits() {
-                transmits::infer(&mut packet, &mut self.resolver);
-            }
-            let flow = self.flows.observe(&packet);
-            let judged = judge(
-                packet,
-                flow,
-                &mut self.resolver,
-                &self.drop_reasons,
-                self.hooks,
-            );
-            let report = Report::new(judged, &mut self.resolver, &self.drop_reasons);
-            self.stats.packets += 1;
-            match report.verdict.outcome {
-                Outcome::Delivered => self.stats.delivered += 1,
-                Outcome::Dropped => self.stats.dropped += 1,
-                Outcome::Unknown => self.stats.unknown += 1,
-            }
-            out.report(&report)?;
-            n += 1;
-        }
-        self.stats.flows = self.flows.len() as u64;
-        Ok(n)
-    }
-}
-
 /// Changes applied to a running session.
 #[derive(Clone, Copy, Debug)]
 pub enum Control {
@@ -197,23 +102,61 @@ pub async fn run(cfg: TraceConfig, out: &mut dyn Output) -> Result<Stats, TraceE
 pub async fn run_controlled(
     mut cfg: TraceConfig,
     out: &mut dyn Output,
-    mut control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+    control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
 ) -> Result<Stats, TraceError> {
     let started = Instant::now();
-    // Containers first: --container becomes part of the kernel filter, and the first packets
-    // should already resolve to names.
-    let containers = SharedIndex::default();
-    let socket = docker::socket_path();
-    let docker_status = docker::initial(&containers, &socket).await;
-    if let Some(name) = cfg.container.clone() {
-        container_filter(&mut cfg, &name, &containers, &docker_status)?;
+    let docker = Docker::connect(&mut cfg).await?;
+    let (mut session, mut ring) = attach(&mut cfg, docker.index.clone())?;
+    // Signals are caught before anyone is told to start traffic (and so to stop it).
+    let until = stop(cfg.duration)?;
+    out.ready(&ready(&session.probes, &cfg, &docker.status))?;
+    let verdicts = session
+        .read(&mut ring, out, control, cfg.count, until)
+        .await?;
+    docker.watcher.abort();
+    finish(
+        session,
+        &mut ring,
+        out,
+        started,
+        cfg.count.is_some_and(|c| verdicts >= c),
+    )
+}
+
+/// Docker, asked first: `--container` becomes part of the kernel filter, and the first packets
+/// should already resolve to names.
+struct Docker {
+    index: SharedIndex,
+    status: DockerStatus,
+    /// Keeps the index current from the events stream.
+    watcher: JoinHandle<()>,
+}
+
+impl Docker {
+    async fn connect(cfg: &mut TraceConfig) -> Result<Self, TraceError> {
+        let index = SharedIndex::default();
+        let socket = docker::socket_path();
+        let status = docker::initial(&index, &socket).await;
+        if let Some(name) = cfg.container.clone() {
+            container_filter(cfg, &name, &index, &status)?;
+        }
+        let watcher = tokio::spawn(docker::watch(index.clone(), socket));
+        Ok(Self {
+            index,
+            status,
+            watcher,
+        })
     }
-    let watcher = tokio::spawn(docker::watch(containers.clone(), socket));
+}
+
+/// Attaches the probes with the filter, registers their ring, and widens a `--hooks drops`
+/// filter on a published port to its DNAT target.
+fn attach(cfg: &mut TraceConfig, containers: SharedIndex) -> Result<(Session, Ring), TraceError> {
     let mut probes = Probes::attach(cfg.filter, cfg.sizes, cfg.backend, cfg.hooks)?;
     let ring = probes.take_events()?;
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
-    let mut pipeline = Pipeline::new(&cfg, probes.hooks, probes.drop_reasons.clone(), containers);
+    let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+    let mut pipeline = Pipeline::new(cfg, probes.hooks, probes.drop_reasons.clone(), containers);
     pipeline.resolver.prefetch_own_ruleset();
     let mut drops_filter = (probes.hooks == HookSet::Drops)
         .then(|| DropsFilter::new(cfg.filter, probes.offsets.have & have::CONNTRACK != 0));
@@ -225,10 +168,12 @@ pub async fn run_controlled(
             cfg.filter_text = format!("{}, or past Docker's DNAT to {target}", cfg.filter_text);
         }
     }
+    Ok((Session::new(probes, pipeline, drops_filter), ring))
+}
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    out.ready(&Ready {
+/// The `ready` line: what is attached, how, and what is traced.
+fn ready(probes: &Probes, cfg: &TraceConfig, docker: &DockerStatus) -> Ready {
+    Ready {
         backend: probes.backend.to_string(),
         backend_reason: probes.backend_reason.clone(),
         hook_set: probes.hooks,
@@ -242,146 +187,55 @@ pub async fn run_controlled(
         packet_reads: probes.packet_reads.clone(),
         filter: cfg.filter_text.clone(),
         pid: std::process::id(),
-        docker: docker_status.to_string(),
-    })?;
+        docker: docker.to_string(),
+    }
+}
 
-    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
-    let sleep_until = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(sleep_until);
-    // Timers sleep while nothing happens: an idle daemon wakes once a second (TICK_IDLE),
-    // not 60 times (docs/performance.md, "An idle daemon").
-    let tick = tokio::time::sleep(TICK_BUSY);
-    tokio::pin!(tick);
-    // Polling first: the first poll finds the ring empty and puts the reader to sleep.
-    let poll = tokio::time::sleep(DRAIN_EVERY);
-    tokio::pin!(poll);
-    let mut reader = Reader::Polling;
-    let mut counters_read = Instant::now();
-    let mut verdicts = 0u64;
-    let reached = |n: u64| cfg.count.is_some_and(|c| n >= c);
-
-    loop {
+/// Resolves when the session should stop: `--duration` ran out, SIGINT or SIGTERM.
+fn stop(duration: Option<Duration>) -> Result<impl Future<Output = ()>, TraceError> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    Ok(async move {
+        let deadline = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                match reader {
-                    Reader::Asleep => {
-                        // An event woke us: poll from now on, and let more arrive before the
-                        // first read, so a trickle costs one wakeup per DRAIN_EVERY, not one
-                        // per event.
-                        guard.clear_ready();
-                        probes.set_reader_asleep(false)?;
-                        reader = Reader::Polling;
-                        poll.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
-                    }
-                    Reader::Polling => {
-                        // Woken while polling: the backlog crossed WAKEUP_BYTES. Read now, in
-                        // bounded batches so the other tasks (a daemon's HTTP endpoint, the
-                        // tick) still run between them.
-                        if !drain_ring(guard.get_inner_mut(), &mut pipeline, BATCH) {
-                            guard.clear_ready();
-                        }
-                        hurry(tick.as_mut());
-                    }
-                }
-                tokio::task::yield_now().await;
-            }
-            _ = &mut poll, if reader == Reader::Polling => {
-                if drain_all(ring.get_mut(), &mut pipeline).await == 0 {
-                    // Nothing came for a whole interval: sleep until an event wakes us. An
-                    // event committed before the kernel saw the flag woke nobody: read again.
-                    probes.set_reader_asleep(true)?;
-                    if drain_all(ring.get_mut(), &mut pipeline).await > 0 {
-                        probes.set_reader_asleep(false)?;
-                    } else {
-                        reader = Reader::Asleep;
-                    }
-                }
-                if reader == Reader::Polling {
-                    poll.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
-                }
-                hurry(tick.as_mut());
-            }
-            _ = &mut tick => {
-                if reader == Reader::Asleep {
-                    // A safety net: an event whose program read the flag just before the
-                    // reader went to sleep woke nobody, and waits at most this long.
-                    drain_all(ring.get_mut(), &mut pipeline).await;
-                }
-                verdicts += pipeline.flush(Some(monotonic_ns()), out)?;
-                if counters_read.elapsed() >= TICK_IDLE {
-                    // Kernel counters once a second: three map lookups.
-                    counters_read = Instant::now();
-                    if let Ok(c) = probes.counters() {
-                        pipeline.stats.kernel = c;
-                        pipeline.stats.lost = c.lost;
-                    }
-                    // Containers come and go: a published port's target with them.
-                    if let Some(d) = drops_filter.as_mut()
-                        && let Some(f) = d.refresh(&mut pipeline.resolver)
-                    {
-                        probes.set_filter(f)?;
-                    }
-                }
-                let live = pipeline.live_packets();
-                out.tick(&pipeline.stats, live)?;
-                // Packets in flight end by timeout, checked at TICK_BUSY; with none and the
-                // reader asleep, nothing changes until an event wakes it.
-                let period = if live > 0 || reader == Reader::Polling {
-                    TICK_BUSY
-                } else {
-                    TICK_IDLE
-                };
-                // On a fixed schedule, not `period` after this tick's work: under a flood the
-                // flush above takes a while, and counting from its end stretched the period,
-                // each flush with it, and lost events (docs/performance.md).
-                let next = (tick.deadline() + period).max(tokio::time::Instant::now());
-                tick.as_mut().reset(next);
-            }
-            Some(change) = async {
-                match control.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                match change {
-                    Control::SetFilter(f) => match drops_filter.as_mut() {
-                        Some(d) => probes.set_filter(d.replace(f, &mut pipeline.resolver))?,
-                        None => probes.set_filter(f)?,
-                    },
-                }
-            }
-            _ = &mut sleep_until => break,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = deadline => {}
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
         }
-        if reached(verdicts) {
-            break;
-        }
+    })
+}
+
+/// Reads what is still buffered, reports the packets in flight (unless `--count` was
+/// reached), and the totals.
+fn finish(
+    mut session: Session,
+    ring: &mut Ring,
+    out: &mut dyn Output,
+    started: Instant,
+    count_reached: bool,
+) -> Result<Stats, TraceError> {
+    while drain_ring(ring.get_mut(), &mut session.pipeline, BATCH) {}
+    if !count_reached {
+        session.pipeline.flush(None, out)?;
     }
-    // Whatever is still buffered belongs to this trace.
-    while drain_ring(ring.get_mut(), &mut pipeline, BATCH) {}
-    if !reached(verdicts) {
-        pipeline.flush(None, out)?;
-    }
-    let counters = probes.counters()?;
-    pipeline.stats.kernel = counters;
-    pipeline.stats.lost = counters.lost;
-    pipeline.stats.duration_ms = started.elapsed().as_millis() as u64;
+    let counters = session.probes.counters()?;
+    let stats = &mut session.pipeline.stats;
+    stats.kernel = counters;
+    stats.lost = counters.lost;
+    stats.duration_ms = started.elapsed().as_millis() as u64;
     if counters.lost > 0 {
         tracing::warn!(
             lost = counters.lost,
             "the kernel lost events: the ring buffer was full"
         );
     }
-    watcher.abort();
-    out.stats(&pipeline.stats)?;
-    Ok(pipeline.stats.clone())
+    out.stats(stats)?;
+    Ok(stats.clone())
 }
 
 /// Narrows the kernel filter to one container: its address, or a port published to it.
@@ -438,57 +292,4 @@ fn container_filter(
         also
     );
     Ok(())
-}
-
-/// How often a polling reader drains the ring: the latency a trace adds to each event, and the
-/// most wakeups per second a steady trickle costs. A flood wakes it sooner (`WAKEUP_BYTES`);
-/// an interval without events puts it to sleep until the next one.
-pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
-
-/// The tick while packets are in flight: they end by timeout (`--idle`), checked this often.
-const TICK_BUSY: Duration = Duration::from_millis(100);
-/// The tick with nothing in flight: the kernel's counters and the daemon's gauges and health
-/// (its stall limit is 10 s) need no more.
-const TICK_IDLE: Duration = Duration::from_secs(1);
-
-/// Brings an idle tick forward after events were read: packets they finished are reported
-/// within TICK_BUSY, not at the next idle tick.
-fn hurry(tick: std::pin::Pin<&mut tokio::time::Sleep>) {
-    let soon = tokio::time::Instant::now() + TICK_BUSY;
-    if tick.deadline() > soon {
-        tick.reset(soon);
-    }
-}
-
-/// How the ring reader waits for events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reader {
-    /// Told the kernel so (`Probes::set_reader_asleep`): the next event wakes it.
-    Asleep,
-    /// Drains every `DRAIN_EVERY` while events keep coming; the kernel wakes it early only as
-    /// the backlog crosses `WAKEUP_BYTES`.
-    Polling,
-}
-
-/// Records read per wakeup before yielding.
-const BATCH: usize = 4096;
-
-/// Reads everything waiting, yielding between batches so other tasks run; how many records.
-async fn drain_all(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> u64 {
-    let before = pipeline.stats.events;
-    while drain_ring(ring, pipeline, BATCH) {
-        tokio::task::yield_now().await;
-    }
-    pipeline.stats.events - before
-}
-
-/// Reads up to `limit` records; `true` when more may be waiting.
-fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, limit: usize) -> bool {
-    for _ in 0..limit {
-        match ring.next() {
-            Some(item) => pipeline.push_record(&item),
-            None => return false,
-        }
-    }
-    true
 }

@@ -1,0 +1,110 @@
+//! The correlation and reporting half of a session: decoded hops → packets → flows → judged
+//! → reported. Independent of the kernel, so recorded events drive it in tests and benchmarks.
+
+use super::TraceConfig;
+use crate::{
+    correlate::{FlowTable, Packet, PacketTracker, transmits},
+    diagnose::judge,
+    events::Hop,
+    output::{Output, Stats},
+    probes::{DropReasons, HookSet},
+    report::Report,
+    resolve::{Resolver, SharedIndex},
+    verdict::Outcome,
+};
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+pub(super) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The correlation and reporting half of a session, independent of the kernel so it can be
+/// driven from recorded events (tests, benchmarks).
+pub struct Pipeline {
+    packets: PacketTracker,
+    flows: FlowTable,
+    pub(super) resolver: Resolver,
+    drop_reasons: DropReasons,
+    /// Without the path (`--hooks drops`) the diagnosis rules would reason from hops that were
+    /// never traced: they do not run.
+    hooks: HookSet,
+    finished: Vec<Packet>,
+    pub stats: Stats,
+}
+
+impl Pipeline {
+    /// `hooks`: the set attached, which says what the hops can prove.
+    pub fn new(
+        cfg: &TraceConfig,
+        hooks: HookSet,
+        drop_reasons: DropReasons,
+        containers: SharedIndex,
+    ) -> Self {
+        Self {
+            packets: PacketTracker::new(cfg.idle.as_nanos() as u64, cfg.max_packets),
+            flows: FlowTable::new(cfg.max_flows),
+            resolver: Resolver::new().with_containers(containers),
+            drop_reasons,
+            hooks,
+            finished: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Packets being correlated now.
+    pub fn live_packets(&self) -> usize {
+        self.packets.live()
+    }
+
+    /// Decodes one ring buffer record.
+    pub fn push_record(&mut self, bytes: &[u8]) {
+        self.stats.events += 1;
+        match Hop::decode(bytes) {
+            Ok(hop) => self.packets.push(hop, &mut self.finished),
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Finishes idle packets (`now_ns`), or all of them (`None`), and reports every finished
+    /// packet. Returns how many verdicts were reported.
+    pub fn flush(&mut self, now_ns: Option<u64>, out: &mut dyn Output) -> std::io::Result<u64> {
+        match now_ns {
+            Some(now) => self.packets.expire(now, &mut self.finished),
+            None => self.packets.drain(&mut self.finished),
+        }
+        let mut n = 0;
+        for mut packet in std::mem::take(&mut self.finished) {
+            if self.hooks.infers_transmits() {
+                transmits::infer(&mut packet, &mut self.resolver);
+            }
+            let flow = self.flows.observe(&packet);
+            let judged = judge(
+                packet,
+                flow,
+                &mut self.resolver,
+                &self.drop_reasons,
+                self.hooks,
+            );
+            let report = Report::new(judged, &mut self.resolver, &self.drop_reasons);
+            self.stats.packets += 1;
+            match report.verdict.outcome {
+                Outcome::Delivered => self.stats.delivered += 1,
+                Outcome::Dropped => self.stats.dropped += 1,
+                Outcome::Unknown => self.stats.unknown += 1,
+            }
+            out.report(&report)?;
+            n += 1;
+        }
+        self.stats.flows = self.flows.len() as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,266 @@
+//! Reading the ring buffer for a running session: a reader that polls while events keep
+//! coming and sleeps until the kernel wakes it when they stop, a tick that finishes idle
+//! packets and reads the kernel's counters, and the session's controls.
+
+use std::{
+    pin::Pin,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::{AsyncFd, AsyncFdReadyMutGuard},
+    time::Sleep,
+};
+
+use super::{
+    Control, TraceError,
+    pipeline::{Pipeline, monotonic_ns},
+    published::DropsFilter,
+};
+use crate::{output::Output, probes::Probes};
+
+/// The kernel's ring, registered with the runtime.
+pub(super) type Ring = AsyncFd<RingBuf<MapData>>;
+
+/// What a running session reads from and writes to.
+pub(super) struct Session {
+    pub probes: Probes,
+    pub pipeline: Pipeline,
+    /// `--hooks drops` on a published port: the filter widened to its DNAT target.
+    pub drops_filter: Option<DropsFilter>,
+    reader: Reader,
+    counters_read: Instant,
+}
+
+impl Session {
+    pub fn new(probes: Probes, pipeline: Pipeline, drops_filter: Option<DropsFilter>) -> Self {
+        Self {
+            probes,
+            pipeline,
+            drops_filter,
+            // Polling first: the first poll finds the ring empty and puts the reader to sleep.
+            reader: Reader::Polling,
+            counters_read: Instant::now(),
+        }
+    }
+
+    /// Reads until `until` (the duration, a signal) resolves or `count` verdicts are out.
+    pub async fn read(
+        &mut self,
+        ring: &mut Ring,
+        out: &mut dyn Output,
+        mut control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+        count: Option<u64>,
+        until: impl Future<Output = ()>,
+    ) -> Result<u64, TraceError> {
+        tokio::pin!(until);
+        // Timers sleep while nothing happens: an idle daemon wakes once a second (TICK_IDLE),
+        // not 60 times (docs/performance.md, "An idle daemon").
+        let tick = tokio::time::sleep(TICK_BUSY);
+        tokio::pin!(tick);
+        let poll = tokio::time::sleep(DRAIN_EVERY);
+        tokio::pin!(poll);
+        let mut verdicts = 0u64;
+        while !count.is_some_and(|c| verdicts >= c) {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    self.woken(&mut guard?, poll.as_mut(), tick.as_mut())?;
+                    tokio::task::yield_now().await;
+                }
+                _ = &mut poll, if self.reader == Reader::Polling => {
+                    self.poll(ring.get_mut(), poll.as_mut(), tick.as_mut()).await?;
+                }
+                _ = &mut tick => {
+                    verdicts += self.tick(ring.get_mut(), out, tick.as_mut()).await?;
+                }
+                Some(change) = next_change(&mut control) => self.apply(change)?,
+                _ = &mut until => break,
+            }
+        }
+        Ok(verdicts)
+    }
+
+    /// The ring became readable: an event woke a sleeping reader, or the backlog crossed
+    /// `WAKEUP_BYTES` while polling.
+    fn woken(
+        &mut self,
+        guard: &mut AsyncFdReadyMutGuard<'_, RingBuf<MapData>>,
+        poll: Pin<&mut Sleep>,
+        tick: Pin<&mut Sleep>,
+    ) -> Result<(), TraceError> {
+        match self.reader {
+            Reader::Asleep => {
+                // Poll from now on, and let more arrive before the first read, so a trickle
+                // costs one wakeup per DRAIN_EVERY, not one per event.
+                guard.clear_ready();
+                self.probes.set_reader_asleep(false)?;
+                self.reader = Reader::Polling;
+                poll.reset(tokio::time::Instant::now() + DRAIN_EVERY);
+            }
+            Reader::Polling => {
+                // Read now, in bounded batches so the other tasks (a daemon's HTTP endpoint,
+                // the tick) still run between them.
+                if !drain_ring(guard.get_inner_mut(), &mut self.pipeline, BATCH) {
+                    guard.clear_ready();
+                }
+                hurry(tick);
+            }
+        }
+        Ok(())
+    }
+
+    /// The polling interval passed: drain, or go to sleep when nothing came.
+    async fn poll(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        mut poll: Pin<&mut Sleep>,
+        tick: Pin<&mut Sleep>,
+    ) -> Result<(), TraceError> {
+        if drain_all(ring, &mut self.pipeline).await == 0 {
+            // Nothing came for a whole interval: sleep until an event wakes us. An event
+            // committed before the kernel saw the flag woke nobody: read again.
+            self.probes.set_reader_asleep(true)?;
+            if drain_all(ring, &mut self.pipeline).await > 0 {
+                self.probes.set_reader_asleep(false)?;
+            } else {
+                self.reader = Reader::Asleep;
+            }
+        }
+        if self.reader == Reader::Polling {
+            poll.as_mut()
+                .reset(tokio::time::Instant::now() + DRAIN_EVERY);
+        }
+        hurry(tick);
+        Ok(())
+    }
+
+    /// Finishes idle packets, reads the kernel's counters once a second, and sets the next
+    /// tick; how many verdicts were reported.
+    async fn tick(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        out: &mut dyn Output,
+        tick: Pin<&mut Sleep>,
+    ) -> Result<u64, TraceError> {
+        if self.reader == Reader::Asleep {
+            // A safety net: an event whose program read the flag just before the reader went
+            // to sleep woke nobody, and waits at most this long.
+            drain_all(ring, &mut self.pipeline).await;
+        }
+        let verdicts = self.pipeline.flush(Some(monotonic_ns()), out)?;
+        if self.counters_read.elapsed() >= TICK_IDLE {
+            self.counters_read = Instant::now();
+            self.read_counters();
+            // Containers come and go: a published port's target with them.
+            if let Some(d) = self.drops_filter.as_mut()
+                && let Some(f) = d.refresh(&mut self.pipeline.resolver)
+            {
+                self.probes.set_filter(f)?;
+            }
+        }
+        let live = self.pipeline.live_packets();
+        out.tick(&self.pipeline.stats, live)?;
+        // Packets in flight end by timeout, checked at TICK_BUSY; with none and the reader
+        // asleep, nothing changes until an event wakes it.
+        let period = if live > 0 || self.reader == Reader::Polling {
+            TICK_BUSY
+        } else {
+            TICK_IDLE
+        };
+        // On a fixed schedule, not `period` after this tick's work: under a flood the flush
+        // above takes a while, and counting from its end stretched the period, each flush
+        // with it, and lost events (docs/performance.md).
+        let next = (tick.deadline() + period).max(tokio::time::Instant::now());
+        tick.reset(next);
+        Ok(verdicts)
+    }
+
+    /// Kernel counters (three map lookups) into the running totals.
+    pub fn read_counters(&mut self) {
+        if let Ok(c) = self.probes.counters() {
+            self.pipeline.stats.kernel = c;
+            self.pipeline.stats.lost = c.lost;
+        }
+    }
+
+    fn apply(&mut self, change: Control) -> Result<(), TraceError> {
+        match change {
+            Control::SetFilter(f) => {
+                let f = match self.drops_filter.as_mut() {
+                    Some(d) => d.replace(f, &mut self.pipeline.resolver),
+                    None => f,
+                };
+                self.probes.set_filter(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next control message, or never when the session has no controller.
+async fn next_change(
+    control: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+) -> Option<Control> {
+    match control.as_mut() {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often a polling reader drains the ring: the latency a trace adds to each event, and the
+/// most wakeups per second a steady trickle costs. A flood wakes it sooner (`WAKEUP_BYTES`);
+/// an interval without events puts it to sleep until the next one.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// The tick while packets are in flight: they end by timeout (`--idle`), checked this often.
+const TICK_BUSY: Duration = Duration::from_millis(100);
+/// The tick with nothing in flight: the kernel's counters and the daemon's gauges and health
+/// (its stall limit is 10 s) need no more.
+const TICK_IDLE: Duration = Duration::from_secs(1);
+
+/// Brings an idle tick forward after events were read: packets they finished are reported
+/// within TICK_BUSY, not at the next idle tick.
+fn hurry(tick: Pin<&mut Sleep>) {
+    let soon = tokio::time::Instant::now() + TICK_BUSY;
+    if tick.deadline() > soon {
+        tick.reset(soon);
+    }
+}
+
+/// How the ring reader waits for events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reader {
+    /// Told the kernel so (`Probes::set_reader_asleep`): the next event wakes it.
+    Asleep,
+    /// Drains every `DRAIN_EVERY` while events keep coming; the kernel wakes it early only as
+    /// the backlog crosses `WAKEUP_BYTES`.
+    Polling,
+}
+
+/// Records read per wakeup before yielding.
+pub(super) const BATCH: usize = 4096;
+
+/// Reads everything waiting, yielding between batches so other tasks run; how many records.
+pub(super) async fn drain_all(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> u64 {
+    let before = pipeline.stats.events;
+    while drain_ring(ring, pipeline, BATCH) {
+        tokio::task::yield_now().await;
+    }
+    pipeline.stats.events - before
+}
+
+/// Reads up to `limit` records; `true` when more may be waiting.
+pub(super) fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    pipeline: &mut Pipeline,
+    limit: usize,
+) -> bool {
+    for _ in 0..limit {
+        match ring.next() {
+            Some(item) => pipeline.push_record(&item),
+            None => return false,
+        }
+    }
+    true
+}
