@@ -5,7 +5,10 @@
 
 use std::net::Ipv4Addr;
 
-use super::{DNAT_SKIPPED, NETFILTER_DROP, Where, fix_for};
+use super::{
+    DNAT_SKIPPED, NETFILTER_DROP,
+    fix::{Where, fix_for},
+};
 use crate::{
     diagnose::{Confidence, Diagnosis, PortCheck, Premises, describe_rule},
     events::Tuple,

@@ -7,20 +7,27 @@
 //! as it was at that hook, cross-checked with the rule's counter. Nothing is inserted into the
 //! ruleset.
 
+mod dnat;
 mod examine;
+mod fix;
+mod walk;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use self::{
+    fix::{ebtables_table, fix_for, rule_words},
+    walk::{Walked, walk},
+};
 use super::{Case, Confidence, Diagnosis, Rule, describe_rule, in_netns};
 use crate::{
-    events::{Hop, Tuple},
     host::HostFacts,
-    net::NfVerdict,
+    net::{Hook, Netfilter, NfVerdict},
     probes::HookSet,
     ruleset::{
-        Hook, HookOutcome, RuleVerdict,
+        RuleRef, RuleVerdict, Ruleset,
         model::{Flavor, Source},
     },
+    verdict::DropSite,
 };
 
 pub const NETFILTER_DROP: Rule = Rule {
@@ -37,34 +44,11 @@ pub const DNAT_SKIPPED: Rule = Rule {
     // A NO_SOCKET drop in the namespace that received it, still addressed to a local address
     // and a published port, is by itself proof that no DNAT ran.
     from_drop_alone: true,
-    check: dnat_skipped,
+    check: dnat::dnat_skipped,
     examine: Some(examine::dnat_skipped),
 };
 
-/// Where the packet was when netfilter judged it.
-struct Walked {
-    outcome: HookOutcome,
-    /// (in, out) interfaces at that hook.
-    in_if: Option<String>,
-    out_if: Option<String>,
-    /// The hook was observed (nf_hook_slow hop), not inferred.
-    observed: bool,
-    /// Same-bridge traffic seen by iptables through br_netfilter.
-    bridged: Option<String>,
-    /// Decided by the nft `bridge` family (ebtables' successor), not by the IP hooks.
-    bridge_family: bool,
-}
-
-impl Walked {
-    fn place(&self) -> Where<'_> {
-        Where {
-            in_if: self.in_if.as_deref(),
-            out_if: self.out_if.as_deref(),
-            path: &self.outcome.path,
-        }
-    }
-}
-
+/// A `NETFILTER_DROP`: which hook, which rule or policy, how sure, and the fix.
 fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let drop = case.verdict.drop.as_ref()?;
     if drop.reason != "NETFILTER_DROP" {
@@ -72,6 +56,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     }
     let netns = case.drop_netns()?;
     let ns = facts.netns_label(netns);
+    // The hook that returned drop, where the backend traces `nf_hook_slow`.
     let nf_hop = case
         .packet
         .hops
@@ -79,12 +64,55 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         .rev()
         .find_map(|h| h.netfilter.filter(|nf| nf.verdict == NfVerdict::Drop));
     let observed_hook = nf_hop.and_then(|nf| nf.hook);
-    let family = nf_hop.map(|nf| nf.family.name());
     let ruleset = facts.ruleset(netns);
     let walked = ruleset
         .as_ref()
         .and_then(|rs| walk(case, facts, rs, netns, observed_hook));
+    let mut evidence = drop_evidence(case, drop, nf_hop, &ns);
+    let Some(w) = walked.filter(|w| w.outcome.verdict != RuleVerdict::Accept) else {
+        let read = ruleset.is_some();
+        return Some(unexplained(
+            case,
+            facts,
+            netns,
+            &ns,
+            observed_hook,
+            read,
+            evidence,
+        ));
+    };
+    let by = w.outcome.by.clone()?;
+    let delta = counter_delta(facts, netns, ruleset.as_ref(), &by);
+    let confidence = confidence(&w, &by, delta);
+    evidence.extend(rule_evidence(case, &w, &by, delta));
+    if let Some(rs) = &ruleset {
+        evidence.extend(hidden_backend(rs, &by, &ns));
+    }
+    for u in &w.outcome.unknown_matches {
+        evidence.push(format!(
+            "pathtrace cannot evaluate a match of {u}; assumed not to match"
+        ));
+    }
+    let (code, summary, fix) = summary_and_fix(case, &w, &by, &ns);
+    evidence.extend(bridge_evidence(&w, &ns));
+    Some(Diagnosis {
+        code,
+        summary,
+        evidence,
+        fix: Some(in_netns(facts, netns, &fix)),
+        confidence,
+        rule: Some(by),
+    })
+}
 
+/// The drop itself, the hook that returned drop when it was traced, and (drops alone) the
+/// DNAT conntrack says happened before it.
+fn drop_evidence(
+    case: &Case<'_>,
+    drop: &DropSite,
+    nf_hop: Option<Netfilter>,
+    ns: &str,
+) -> Vec<String> {
     let location = drop
         .location
         .as_ref()
@@ -92,8 +120,14 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     let mut evidence = vec![format!(
         "kfree_skb: reason NETFILTER_DROP at {location} in netns {ns}"
     )];
-    if let (Some(h), Some(f)) = (observed_hook, family) {
-        evidence.push(format!("nf_hook_slow: {f} {} returned drop", h.name()));
+    if let Some(nf) = nf_hop
+        && let Some(h) = nf.hook
+    {
+        evidence.push(format!(
+            "nf_hook_slow: {} {} returned drop",
+            nf.family.name(),
+            h.name()
+        ));
     }
     if case.hooks == HookSet::Drops
         && let Some((entered, now)) = case.drop_hop().and_then(|h| h.entered.zip(h.tuple))
@@ -104,58 +138,86 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
             entered.dst, entered.dport, now.dst, now.dport
         ));
     }
-    let Some(w) = walked.filter(|w| w.outcome.verdict != RuleVerdict::Accept) else {
-        // The kernel dropped in netfilter but the iptables rules do not explain it.
-        let hook = observed_hook.map_or("a netfilter hook".to_owned(), |h| h.name().to_owned());
-        if ruleset.is_none() {
-            evidence.push(format!("no iptables or nft rules could be read in netns {ns} (iptables-save, nft -j list ruleset)"));
-        } else {
-            evidence.push("evaluating the iptables and nft tables against the packet does not drop it: look for rules with matches pathtrace cannot evaluate (nft list ruleset)".into());
-        }
-        return Some(Diagnosis {
-            code: NETFILTER_DROP.code,
-            summary: format!(
-                "{} was dropped by netfilter at {hook} in netns {ns}, by a rule pathtrace could not pin down.",
-                case.packet_name()
-            ),
-            evidence,
-            fix: Some(in_netns(facts, netns, "nft list ruleset")),
-            confidence: Confidence::Low,
-            rule: None,
-        });
-    };
-    let by = w.outcome.by.clone()?;
-    let hook = w.outcome.hook.name();
-    // Counters read around the drop: the first reading in this namespace (before the drop,
-    // when pathtrace read it early enough) against this one.
-    let delta = facts
+    evidence
+}
+
+/// The kernel dropped in netfilter but the rules read do not explain it.
+fn unexplained(
+    case: &Case<'_>,
+    facts: &mut dyn HostFacts,
+    netns: u32,
+    ns: &str,
+    observed_hook: Option<Hook>,
+    ruleset_read: bool,
+    mut evidence: Vec<String>,
+) -> Diagnosis {
+    let hook = observed_hook.map_or("a netfilter hook".to_owned(), |h| h.name().to_owned());
+    if ruleset_read {
+        evidence.push("evaluating the iptables and nft tables against the packet does not drop it: look for rules with matches pathtrace cannot evaluate (nft list ruleset)".into());
+    } else {
+        evidence.push(format!("no iptables or nft rules could be read in netns {ns} (iptables-save, nft -j list ruleset)"));
+    }
+    Diagnosis {
+        code: NETFILTER_DROP.code,
+        summary: format!(
+            "{} was dropped by netfilter at {hook} in netns {ns}, by a rule pathtrace could not pin down.",
+            case.packet_name()
+        ),
+        evidence,
+        fix: Some(in_netns(facts, netns, "nft list ruleset")),
+        confidence: Confidence::Low,
+        rule: None,
+    }
+}
+
+/// How much the rule's counter rose since pathtrace first read the namespace's ruleset (before
+/// the drop, when it read early enough), and how long ago that was.
+fn counter_delta(
+    facts: &mut dyn HostFacts,
+    netns: u32,
+    now: Option<&Arc<Ruleset>>,
+    by: &RuleRef,
+) -> Option<(u64, Duration)> {
+    facts
         .ruleset_baseline(netns)
-        .filter(|(base, _)| ruleset.as_ref().is_none_or(|now| !Arc::ptr_eq(base, now)))
+        .filter(|(base, _)| now.is_none_or(|now| !Arc::ptr_eq(base, now)))
         .and_then(|(base, ago)| {
-            let before = base.packets_of(&by)?;
+            let before = base.packets_of(by)?;
             Some((by.packets?.saturating_sub(before), ago))
-        });
+        })
+}
+
+/// High when every match could be evaluated and the rule's counter agrees.
+fn confidence(w: &Walked, by: &RuleRef, delta: Option<(u64, Duration)>) -> Confidence {
     let counted = match delta {
         Some((moved, _)) => moved > 0,
         None => by.packets.is_some_and(|p| p > 0),
     };
-    let confidence = match (
+    match (
         w.outcome.unknown_matches.is_empty(),
         counted || by.packets.is_none(),
-        w.observed,
     ) {
-        (true, true, true) => Confidence::High,
-        (true, true, false) => Confidence::High,
-        (true, false, _) | (false, true, _) => Confidence::Medium,
-        (false, false, _) => Confidence::Low,
-    };
-    evidence.push(format!(
+        (true, true) => Confidence::High,
+        (true, false) | (false, true) => Confidence::Medium,
+        (false, false) => Confidence::Low,
+    }
+}
+
+/// The walk that found the rule, how the hook was known, and what its counter says.
+fn rule_evidence(
+    case: &Case<'_>,
+    w: &Walked,
+    by: &RuleRef,
+    delta: Option<(u64, Duration)>,
+) -> Vec<String> {
+    let hook = w.outcome.hook.name();
+    let mut evidence = vec![format!(
         "evaluating the ruleset against the packet at {hook} (in {}, out {}): {} → {}",
         w.in_if.as_deref().unwrap_or("-"),
         w.out_if.as_deref().unwrap_or("-"),
         w.outcome.path.join(" → "),
-        describe_rule(&by)
-    ));
+        describe_rule(by)
+    )];
     if !w.observed {
         evidence.push(match case.hooks {
             HookSet::Path | HookSet::Receive => format!("hook inferred from the hops and the ruleset walk (tracepoint backend); {hook} is the first hook whose rules drop this packet"),
@@ -174,24 +236,33 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         None if by.packets == Some(0) => evidence.push("its counter is 0: the kernel counted no packet for this rule, so another rule or table may be dropping".into()),
         None => {}
     }
-    if let Some(rs) = &ruleset {
-        let has = |b: Flavor| rs.tables.iter().any(|t| t.source == Source::Iptables(b));
-        let by_source = Source::of_label(&by.table).0;
-        if has(Flavor::Nft) && has(Flavor::Legacy) && matches!(by_source, Source::Iptables(_)) {
-            let other = match by_source {
-                Source::Iptables(Flavor::Legacy) => "iptables-nft",
-                _ => "iptables-legacy",
-            };
-            evidence.push(format!(
-                "netns {ns} has iptables rules in both nf_tables (iptables-nft) and x_tables (iptables-legacy); the kernel runs both, but each `iptables` lists only its own: this rule does not show in `{other} -S`"
-            ));
-        }
+    evidence
+}
+
+/// Rules in both iptables backends: the one that dropped does not show in the other's listing.
+fn hidden_backend(rs: &Ruleset, by: &RuleRef, ns: &str) -> Option<String> {
+    let has = |b: Flavor| rs.tables.iter().any(|t| t.source == Source::Iptables(b));
+    let by_source = Source::of_label(&by.table).0;
+    if !(has(Flavor::Nft) && has(Flavor::Legacy) && matches!(by_source, Source::Iptables(_))) {
+        return None;
     }
-    for u in &w.outcome.unknown_matches {
-        evidence.push(format!(
-            "pathtrace cannot evaluate a match of {u}; assumed not to match"
-        ));
-    }
+    let other = match by_source {
+        Source::Iptables(Flavor::Legacy) => "iptables-nft",
+        _ => "iptables-legacy",
+    };
+    Some(format!(
+        "netns {ns} has iptables rules in both nf_tables (iptables-nft) and x_tables (iptables-legacy); the kernel runs both, but each `iptables` lists only its own: this rule does not show in `{other} -S`"
+    ))
+}
+
+/// The code (a drop on a bridge or in the IP hooks), the summary in words, and the fix.
+fn summary_and_fix(
+    case: &Case<'_>,
+    w: &Walked,
+    by: &RuleRef,
+    ns: &str,
+) -> (&'static str, String, String) {
+    let hook = w.outcome.hook.name();
     let target = case
         .target
         .map(|t| format!(" for container {}", t.container.name))
@@ -201,515 +272,60 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         .and_then(|h| h.tuple)
         .or(case.input_hop().and_then(|h| h.tuple));
     let what = tuple.map(|t| format!(" ({t})")).unwrap_or_default();
-    let (code, summary, fix) = match &w.bridged {
+    let fix = fix_for(by, tuple, &w.place());
+    let name = case.packet_name();
+    match &w.bridged {
         Some(bridge) if w.bridge_family => (
             "bridge_netfilter_drop",
             format!(
-                "{}{target}{what} was bridged on {bridge}, and {} dropped it: {}.",
-                case.packet_name(),
-                match ebtables_table(&by) {
+                "{name}{target}{what} was bridged on {bridge}, and {} dropped it: {}.",
+                match ebtables_table(by) {
                     Some((cmd, table)) => format!("{cmd} (table {table})"),
                     None => format!(
                         "the bridge-family nft table {} (where ebtables rules live today)",
                         by.table
                     ),
                 },
-                rule_words(&by)
+                rule_words(by)
             ),
-            fix_for(&by, tuple, &w.place()),
+            fix,
         ),
         Some(bridge) => (
             "bridge_netfilter_drop",
             format!(
-                "{}{target}{what} was bridged on {bridge}, and because br_netfilter hands bridged IPv4 to iptables (net.bridge.bridge-nf-call-iptables = 1) the {} chain {} dropped it.",
-                case.packet_name(),
+                "{name}{target}{what} was bridged on {bridge}, and because br_netfilter hands bridged IPv4 to iptables (net.bridge.bridge-nf-call-iptables = 1) the {} chain {} dropped it.",
                 by.chain,
-                rule_words(&by)
+                rule_words(by)
             ),
-            fix_for(&by, tuple, &w.place()),
+            fix,
         ),
         None => (
             NETFILTER_DROP.code,
             format!(
-                "{}{target}{what} was dropped by netfilter at {hook} in netns {ns}: {} {}.",
-                case.packet_name(),
+                "{name}{target}{what} was dropped by netfilter at {hook} in netns {ns}: {} {}.",
                 by.table,
-                rule_words(&by)
+                rule_words(by)
             ),
-            fix_for(&by, tuple, &w.place()),
+            fix,
         ),
-    };
+    }
+}
+
+/// Where on the bridge the frame was when it was dropped there.
+fn bridge_evidence(w: &Walked, ns: &str) -> Option<String> {
     match (&w.bridged, &w.in_if) {
-        (Some(bridge), Some(port)) if w.bridge_family => evidence.push(format!(
+        (Some(bridge), Some(port)) if w.bridge_family => Some(format!(
             "the frame came in on port {port} of bridge {bridge} and stays on it{}: the bridge family's FORWARD chains see it, with bridge ports as iifname/oifname",
-            w.out_if.as_ref().map(|o| format!(" (headed out of port {o}, the device at the drop)")).unwrap_or_default()
+            w.out_if
+                .as_ref()
+                .map(|o| format!(" (headed out of port {o}, the device at the drop)"))
+                .unwrap_or_default()
         )),
-        (Some(bridge), _) => evidence.push(format!(
+        (Some(bridge), _) => Some(format!(
             "the packet came in on a port of bridge {bridge} and stays on it: bridge-nf-call-iptables = 1 in netns {ns}"
         )),
-        _ => {}
-    }
-    Some(Diagnosis {
-        code,
-        summary,
-        evidence,
-        fix: Some(in_netns(facts, netns, &fix)),
-        confidence,
-        rule: Some(by),
-    })
-}
-
-fn rule_words(by: &crate::ruleset::RuleRef) -> String {
-    match (by.index, by.handle) {
-        (Some(i), Some(h)) => format!("chain {} rule {i}, handle {h} (`{}`)", by.chain, by.text),
-        (Some(i), None) => format!("chain {} rule {i} (`{}`)", by.chain, by.text),
-        (None, _) => format!("chain {} policy DROP (no rule accepted it)", by.chain),
-    }
-}
-
-/// Where a flow met the rule a fix is for: its interfaces there and the chains it walked.
-struct Where<'a> {
-    pub in_if: Option<&'a str>,
-    pub out_if: Option<&'a str>,
-    pub path: &'a [String],
-}
-
-/// firewalld owns its nft table: a rule deleted by hand comes back on reload, so the fix is
-/// to give the Docker-side interface a zone (Docker >= 20.10 adds a `docker` zone itself).
-fn firewalld_fix(at: &Where<'_>) -> String {
-    let container_side = [at.out_if, at.in_if]
-        .into_iter()
-        .flatten()
-        .find(|i| i.starts_with("docker") || i.starts_with("br-") || i.starts_with("veth"))
-        .or(at.out_if)
-        .unwrap_or("docker0");
-    format!(
-        "firewall-cmd --permanent --zone=trusted --change-interface={container_side} && firewall-cmd --reload   # firewalld forwards only between interfaces that are in zones; Docker >= 20.10 puts its bridges in a `docker` zone itself"
-    )
-}
-
-/// A native nft rule or policy: delete or narrow the rule by handle, or accept ahead of the
-/// policy.
-fn nft_fix(by: &crate::ruleset::RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -> String {
-    if by.table.ends_with(" firewalld") {
-        return firewalld_fix(at);
-    }
-    match by.handle {
-        Some(h) => format!(
-            "nft delete rule {} {} handle {h}   # remove or narrow: {}",
-            by.table, by.chain, by.text
-        ),
-        None => format!(
-            "nft insert rule {} {}{} accept",
-            by.table,
-            by.chain,
-            flow_match(at, tuple, Syntax::Nft)
-        ),
-    }
-}
-
-/// (command, table) for a rule read from ebtables (`ebtables filter`, `ebtables-legacy nat`).
-fn ebtables_table(by: &crate::ruleset::RuleRef) -> Option<(&'static str, &str)> {
-    match Source::of_label(&by.table) {
-        (source @ Source::Ebtables(_), table) => Some((source.command(), table)),
         _ => None,
     }
-}
-
-/// An ebtables rule: delete it by number, or accept the flow ahead of a DROP policy.
-fn ebtables_fix(
-    cmd: &str,
-    table: &str,
-    by: &crate::ruleset::RuleRef,
-    tuple: Option<Tuple>,
-    at: &Where<'_>,
-) -> String {
-    if let Some(i) = by.index {
-        return format!(
-            "{cmd} -t {table} -D {} {i}   # remove or narrow: {}",
-            by.chain, by.text
-        );
-    }
-    format!(
-        "{cmd} -t {table} -I {} 1{} -j ACCEPT",
-        by.chain,
-        flow_match(at, tuple, Syntax::Ebtables)
-    )
-}
-
-fn fix_for(by: &crate::ruleset::RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -> String {
-    let (source, table) = Source::of_label(&by.table);
-    let cmd = source.command();
-    match source {
-        Source::Ebtables(_) => return ebtables_fix(cmd, table, by, tuple, at),
-        Source::Nft => return nft_fix(by, tuple, at),
-        Source::Iptables(_) => {}
-    }
-    match by.index {
-        Some(i) => format!(
-            "{cmd} -t {table} -D {} {i}   # remove or narrow: {}",
-            by.chain, by.text
-        ),
-        None => format!(
-            "{cmd} -t {table} -I {}{} -j ACCEPT",
-            // Docker's hook for user rules, where this table has it.
-            if by.chain == "FORWARD"
-                && at
-                    .path
-                    .iter()
-                    .any(|p| p == &format!("{}/DOCKER-USER", by.table))
-            {
-                "DOCKER-USER"
-            } else {
-                &by.chain
-            },
-            flow_match(at, tuple, Syntax::Iptables)
-        ),
-    }
-}
-
-/// Whose rule syntax a fix is written in.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Syntax {
-    Iptables,
-    Nft,
-    Ebtables,
-}
-
-/// The interfaces and destination of the dropped flow as rule matches: what an accept ahead of
-/// a drop policy needs. ebtables sees frames, so it also names IPv4 and the destination address.
-fn flow_match(at: &Where<'_>, tuple: Option<Tuple>, syntax: Syntax) -> String {
-    let mut m = String::new();
-    let (iif, oif) = match syntax {
-        Syntax::Nft => ("iifname", "oifname"),
-        Syntax::Iptables | Syntax::Ebtables => ("-i", "-o"),
-    };
-    let name = |s: &str| match syntax {
-        Syntax::Nft => format!("\"{s}\""),
-        Syntax::Iptables | Syntax::Ebtables => s.to_owned(),
-    };
-    if syntax == Syntax::Ebtables {
-        m.push_str(" -p IPv4");
-    }
-    if let Some(i) = at.in_if {
-        m.push_str(&format!(" {iif} {}", name(i)));
-    }
-    if let Some(o) = at.out_if {
-        m.push_str(&format!(" {oif} {}", name(o)));
-    }
-    if let (Syntax::Ebtables, Some(t)) = (syntax, tuple) {
-        m.push_str(&format!(" --ip-dst {}", t.dst));
-    }
-    if let Some(t) = tuple.filter(|t| t.proto.has_ports()) {
-        let p = t.proto.name();
-        m.push_str(&match syntax {
-            Syntax::Nft => format!(" {p} dport {}", t.dport),
-            Syntax::Iptables => format!(" -p {p} --dport {}", t.dport),
-            Syntax::Ebtables => format!(" --ip-proto {p} --ip-dport {}", t.dport),
-        });
-    }
-    m
-}
-
-/// Walks the packet through the hooks of `netns` until a hook drops it.
-fn walk(
-    case: &Case<'_>,
-    facts: &mut dyn HostFacts,
-    rs: &crate::ruleset::Ruleset,
-    netns: u32,
-    observed: Option<Hook>,
-) -> Option<Walked> {
-    let input = case.input_hop().filter(|h| h.netns == netns);
-    // The header as it entered the namespace: at its first hop there, or, when the drop is
-    // the only one (`--hooks drops`), as conntrack recorded it before any NAT.
-    let first = case
-        .packet
-        .hops
-        .iter()
-        .filter(|h| h.netns == netns)
-        .find_map(Hop::entered_tuple)?;
-    let at_drop = case.drop_hop().and_then(|h| h.tuple).unwrap_or(first);
-    // Input side: a bridge port hands the packet to iptables as the bridge itself.
-    let (in_if, physdev_in, bridge, bridge_index) = match input {
-        Some(h) => {
-            let link = facts.interface(h.netns, h.ifindex);
-            let master_index = link.as_ref().and_then(|l| l.master);
-            let master = master_index.and_then(|m| facts.interface(h.netns, m));
-            match (link, master) {
-                (Some(l), Some(m)) if m.kind == "bridge" => (
-                    Some(m.name.clone()),
-                    Some(l.name),
-                    Some(m.name),
-                    master_index,
-                ),
-                (Some(l), _) => (Some(l.name), None, None, None),
-                _ => (None, None, None, None),
-            }
-        }
-        None => (None, None, None, None),
-    };
-    // The bridge sets skb->dev to the egress port before its FORWARD hook (__br_forward), so a
-    // drop there names the port the frame was headed for: what `oifname`/`--physdev-out`
-    // match. Any other device at the drop says nothing about a port.
-    let out_port = case
-        .drop_hop()
-        .filter(|h| h.netns == netns && input.is_some_and(|i| i.ifindex != h.ifindex))
-        .filter(|_| bridge_index.is_some())
-        .and_then(|h| facts.interface(netns, h.ifindex))
-        .filter(|l| l.master == bridge_index)
-        .map(|l| l.name);
-    let bridged_on = |facts: &mut dyn HostFacts, out: &Option<String>| -> Option<String> {
-        let b = bridge.clone()?;
-        (out.as_deref() == Some(b.as_str())
-            && facts
-                .sysctl(netns, "net.bridge.bridge-nf-call-iptables")
-                .as_deref()
-                == Some("1"))
-        .then_some(b)
-    };
-    let at = |facts: &mut dyn HostFacts, hook: Hook, t: Tuple, out_if: Option<String>| {
-        let mut p = case.at_hook(facts, netns, t, in_if.clone(), out_if.clone());
-        if hook != Hook::Output {
-            p.physdev_in = physdev_in.clone();
-        } else {
-            p.in_if = None;
-        }
-        if physdev_in.is_some() && out_if.is_some() && out_if == bridge {
-            p.physdev_out = out_port.clone();
-        }
-        (rs.evaluate(hook, &p), out_if)
-    };
-    let route =
-        |facts: &mut dyn HostFacts, t: Tuple| facts.connected_route(netns, t.dst).map(|l| l.name);
-
-    let result = |outcome: HookOutcome,
-                  out_if: Option<String>,
-                  bridged: Option<String>,
-                  observed: bool| Walked {
-        outcome,
-        in_if: in_if.clone(),
-        out_if,
-        observed,
-        bridged,
-        bridge_family: false,
-    };
-
-    // A frame bridged between two ports of one bridge meets the bridge family's chains first
-    // (ebtables' successor, at priority -200), with the ports as its interfaces.
-    if let (Some(b), Some(port)) = (&bridge, &physdev_in)
-        && observed.is_none_or(|h| h == Hook::Forward)
-        && route(facts, at_drop).as_deref() == Some(b.as_str())
-    {
-        let mut p = case.at_hook(facts, netns, at_drop, Some(port.clone()), out_port.clone());
-        p.physdev_in = Some(port.clone());
-        p.physdev_out = out_port.clone();
-        let outcome = rs.evaluate_bridge(Hook::Forward, &p);
-        if outcome.verdict != RuleVerdict::Accept {
-            return Some(Walked {
-                outcome,
-                in_if: Some(port.clone()),
-                out_if: out_port.clone(),
-                observed: observed.is_some(),
-                bridged: Some(b.clone()),
-                bridge_family: true,
-            });
-        }
-    }
-
-    if let Some(hook) = observed {
-        // The backend saw the hook: evaluate just that one, with the header at the drop.
-        let t = if hook == Hook::Prerouting || hook == Hook::Output {
-            first
-        } else {
-            at_drop
-        };
-        let out_if = if matches!(hook, Hook::Forward | Hook::Postrouting | Hook::Output) {
-            route(facts, t)
-        } else {
-            None
-        };
-        let (o, out_if) = at(facts, hook, t, out_if);
-        let bridged = if hook == Hook::Forward {
-            bridged_on(facts, &out_if)
-        } else {
-            None
-        };
-        return Some(result(o, out_if, bridged, true));
-    }
-    if input.is_none() {
-        // Locally generated: OUTPUT, then POSTROUTING.
-        let out_if = route(facts, first);
-        let (o, out_if) = at(facts, Hook::Output, first, out_if);
-        if o.verdict != RuleVerdict::Accept {
-            return Some(result(o, out_if, None, false));
-        }
-        let (o, out_if) = at(facts, Hook::Postrouting, at_drop, out_if);
-        return Some(result(o, out_if, None, false));
-    }
-    let (pre, _) = at(facts, Hook::Prerouting, first, None);
-    if pre.verdict != RuleVerdict::Accept {
-        return Some(result(pre, None, None, false));
-    }
-    let mut t = first;
-    if let Some((addr, port)) = pre.dnat {
-        t.dst = addr;
-        if let Some(p) = port {
-            t.dport = p;
-        }
-    } else if at_drop != first {
-        t = at_drop; // a rewrite the ruleset walk did not model, seen by the kernel
-    }
-    let local = facts.is_local(netns, t.dst) == Some(true);
-    if local {
-        let (o, out_if) = at(facts, Hook::Input, t, None);
-        return Some(result(o, out_if, None, false));
-    }
-    let out_if = route(facts, t);
-    let (fwd, out_if) = at(facts, Hook::Forward, t, out_if);
-    if fwd.verdict != RuleVerdict::Accept {
-        let bridged = bridged_on(facts, &out_if);
-        return Some(result(fwd, out_if, bridged, false));
-    }
-    let (post, out_if) = at(facts, Hook::Postrouting, t, out_if);
-    Some(result(post, out_if, None, false))
-}
-
-/// The packet reached the host itself (a local socket, or a reset for want of one) although
-/// its port is published to a container or DNATed by a rule: something in nat PREROUTING ran
-/// first.
-fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
-    let input = case.input_hop()?;
-    let first = input.tuple?;
-    let ended_here = match &case.verdict.drop {
-        Some(d) => d.reason == "NO_SOCKET" && case.drop_netns() == Some(input.netns),
-        None => {
-            case.verdict.outcome == crate::verdict::Outcome::Delivered
-                && case
-                    .packet
-                    .hops
-                    .last()
-                    .is_some_and(|h| h.netns == input.netns || h.netns == 0)
-        }
-    };
-    if !ended_here || facts.is_local(input.netns, first.dst) != Some(true) {
-        tracing::debug!(ended_here, "dnat_skipped: not delivered locally");
-        return None;
-    }
-    // The packet kept its destination: no DNAT happened on the way.
-    if case
-        .packet
-        .hops
-        .iter()
-        .filter_map(|h| h.tuple)
-        .any(|t| t.dst != first.dst || t.dport != first.dport)
-    {
-        return None;
-    }
-    let rs = facts.ruleset(input.netns)?;
-    let dnats = rs.dnat_rules_for(first.proto, first.dport);
-    tracing::debug!(
-        dnats = dnats.len(),
-        tables = rs.tables.len(),
-        "dnat_skipped: ruleset read"
-    );
-    if dnats.is_empty() && case.target.is_none() {
-        return None;
-    }
-    let ns = facts.netns_label(input.netns);
-    let in_if = facts.interface(input.netns, input.ifindex).map(|l| l.name);
-    let pkt = case.at_hook(facts, input.netns, first, in_if.clone(), None);
-    let pre = rs.evaluate(Hook::Prerouting, &pkt);
-    tracing::debug!(?pre, "dnat_skipped: PREROUTING walk");
-    if pre.dnat.is_some() {
-        return None; // the ruleset would DNAT it: something else is going on
-    }
-    let shadow = pre.by.clone().filter(|r| r.in_iptables_nat());
-    let dnat = dnats.first().cloned();
-    let mut evidence = vec![format!(
-        "{} stayed addressed to {}:{} (local to netns {ns}) {}: no DNAT",
-        case.packet_name(),
-        first.dst,
-        first.dport,
-        match case.hooks {
-            HookSet::Path => "on every hop",
-            HookSet::Receive => "on every device it entered",
-            HookSet::Drops => "until it was dropped",
-        }
-    )];
-    match &case.verdict.drop {
-        Some(d) => evidence.push(format!(
-            "the host answered for itself: NO_SOCKET at {} (a RST), nothing on the host listens on {}",
-            d.location.as_ref().map_or_else(|| "tcp_v4_rcv".into(), |s| s.name.clone()),
-            first.dport
-        )),
-        None => evidence.push(format!("a socket on the host itself took it (port {})", first.dport)),
-    }
-    if let Some(d) = &dnat {
-        evidence.push(format!("the DNAT that never ran: {}", describe_rule(d)));
-    }
-    if let Some(t) = case.target {
-        evidence.push(format!(
-            "Docker publishes port {} to container {} ({}:{})",
-            t.published_port,
-            t.container.name,
-            t.address.as_deref().unwrap_or("?"),
-            t.port
-        ));
-    }
-    if let Some(s) = &shadow {
-        evidence.push(format!(
-            "nat PREROUTING accepted the packet first: {}",
-            describe_rule(s)
-        ));
-        evidence.push(format!("chains walked: {}", pre.path.join(" → ")));
-    }
-    let summary = match &shadow {
-        Some(s) => format!(
-            "{} to published port {} never reached its DNAT: {} `{}` accepted it in nat {} before the jump to {}, so it was delivered to the host itself{}.",
-            case.packet_name(),
-            first.dport,
-            s.index.map_or("the policy".into(), |i| format!("rule {i}")),
-            s.text,
-            s.chain,
-            dnat.as_ref().map_or("the DNAT chain", |d| d.chain.as_str()),
-            case.target
-                .map(|t| format!(" instead of container {}", t.container.name))
-                .unwrap_or_default()
-        ),
-        None => format!(
-            "{} to published port {} was delivered to the host itself: its DNAT did not run.",
-            case.packet_name(),
-            first.dport
-        ),
-    };
-    // The backend whose nat table holds the shadowing rule (or the DNAT).
-    let cmd = shadow
-        .as_ref()
-        .or(dnat.as_ref())
-        .map_or("iptables", |r| Source::of_label(&r.table).0.command());
-    let fix = match (&shadow, &dnat) {
-        (Some(_), Some(d)) if d.chain == "DOCKER" => {
-            format!("{cmd} -t nat -I PREROUTING 1 -m addrtype --dst-type LOCAL -j DOCKER")
-        }
-        (Some(s), _) => format!(
-            "{cmd} -t nat -D {} {}   # or move it after the DNAT jump",
-            s.chain,
-            s.index.unwrap_or(1)
-        ),
-        _ => format!("{cmd}-save -t nat   # find what keeps the DNAT from running"),
-    };
-    Some(Diagnosis {
-        code: DNAT_SKIPPED.code,
-        summary,
-        evidence,
-        fix: Some(in_netns(facts, input.netns, &fix)),
-        confidence: if shadow.is_some() {
-            Confidence::High
-        } else {
-            Confidence::Medium
-        },
-        rule: shadow,
-    })
 }
 
 #[cfg(test)]
@@ -730,7 +346,7 @@ mod tests {
 
     #[test]
     fn the_accept_for_a_dropped_flow_is_written_in_each_tools_syntax() {
-        use super::{Syntax, Where, flow_match};
+        use super::fix::{Syntax, Where, flow_match};
         let at = Where {
             in_if: Some("veth1"),
             out_if: Some("veth2"),
