@@ -8,7 +8,7 @@ use tracer_common::{Filter, config::filter_field};
 use crate::{
     net::Proto,
     probes::{
-        HookSet,
+        HookSet, NameError, ProbeError,
         loader::{self, BackendChoice, ProbeSizes},
     },
     trace::TraceConfig,
@@ -94,15 +94,32 @@ pub struct ProbeArgs {
     pub hooks: Option<HookSet>,
 }
 
+/// A flag's value, or flags together, that pathtrace cannot trace with.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgError {
+    #[error("`{0}` is not a whole number of MiB")]
+    NotMib(String),
+    #[error("{0} MiB: the ring must be a power of two from 1 to 1024 MiB")]
+    RingSize(u32),
+    #[error("`{0}` is not tcp, udp, icmp or a protocol number 0-255")]
+    Proto(String),
+    #[error("`{0}` is not a number of seconds")]
+    NotSeconds(String),
+    #[error("`{0}`: the duration must be positive (seconds)")]
+    Duration(String),
+    #[error("--sport/--dport need --proto tcp or udp, not {0}")]
+    PortsWithout(Proto),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+}
+
 /// A power of two from 1 to 1024: the kernel wants the ring a power-of-two number of pages.
-fn parse_ring_mib(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number of MiB"))?;
+fn parse_ring_mib(s: &str) -> Result<u32, ArgError> {
+    let n: u32 = s.parse().map_err(|_| ArgError::NotMib(s.to_owned()))?;
     if !(1..=1024).contains(&n) || !n.is_power_of_two() {
-        return Err(format!(
-            "{n} MiB: the ring must be a power of two from 1 to 1024 MiB"
-        ));
+        return Err(ArgError::RingSize(n));
     }
     Ok(n)
 }
@@ -152,24 +169,21 @@ pub struct StopArgs {
     pub idle_ms: u64,
 }
 
-pub fn parse_proto(s: &str) -> Result<Proto, String> {
-    Proto::parse(&s.to_ascii_lowercase())
-        .ok_or_else(|| format!("`{s}` is not tcp, udp, icmp or a protocol number 0-255"))
+pub fn parse_proto(s: &str) -> Result<Proto, ArgError> {
+    Proto::parse(&s.to_ascii_lowercase()).ok_or_else(|| ArgError::Proto(s.to_owned()))
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+fn parse_secs(s: &str) -> Result<Duration, ArgError> {
+    let secs: f64 = s.parse().map_err(|_| ArgError::NotSeconds(s.to_owned()))?;
     if !(secs > 0.0 && secs <= 365.0 * 86400.0) {
-        return Err(format!("`{s}`: the duration must be positive (seconds)"));
+        return Err(ArgError::Duration(s.to_owned()));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
 impl FilterArgs {
     /// The kernel filter and its description for the header. Ports need TCP or UDP.
-    pub fn to_filter(&self) -> Result<(Filter, String), String> {
+    pub fn to_filter(&self) -> Result<(Filter, String), ArgError> {
         let mut f = Filter::any();
         let mut words = Vec::new();
         if let Some(p) = self.proto {
@@ -177,7 +191,7 @@ impl FilterArgs {
             f.fields |= filter_field::PROTO;
             words.push(p.name().to_owned());
             if (self.dport.is_some() || self.sport.is_some()) && !p.has_ports() {
-                return Err(format!("--sport/--dport need --proto tcp or udp, not {p}"));
+                return Err(ArgError::PortsWithout(p));
             }
         }
         if let Some(h) = self.host {
@@ -205,11 +219,11 @@ impl FilterArgs {
 }
 
 impl Cli {
-    pub fn trace_config(&self) -> Result<TraceConfig, String> {
+    pub fn trace_config(&self) -> Result<TraceConfig, ArgError> {
         let (filter, filter_text) = self.filter.to_filter()?;
         let hooks = self.probes.hooks;
         if let Some(hooks) = hooks {
-            loader::compatible(hooks, self.probes.backend).map_err(|e| e.to_string())?;
+            loader::compatible(hooks, self.probes.backend)?;
         }
         Ok(TraceConfig {
             filter,
@@ -235,11 +249,12 @@ mod tests {
 
     #[test]
     fn ring_size_must_be_a_power_of_two() {
-        assert_eq!(parse_ring_mib("16"), Ok(16));
-        assert!(parse_ring_mib("12").unwrap_err().contains("power of two"));
+        assert_eq!(parse_ring_mib("16").ok(), Some(16));
+        let err = |s| parse_ring_mib(s).unwrap_err().to_string();
+        assert!(err("12").contains("power of two"));
         assert!(parse_ring_mib("0").is_err());
         assert!(parse_ring_mib("2048").is_err());
-        assert!(parse_ring_mib("lots").unwrap_err().contains("whole number"));
+        assert!(err("lots").contains("whole number"));
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -287,6 +302,7 @@ mod tests {
         assert!(
             cli.trace_config()
                 .unwrap_err()
+                .to_string()
                 .contains("need --proto tcp or udp")
         );
     }
@@ -301,7 +317,8 @@ mod tests {
         let err = parse(&["--hooks", "receive", "--backend", "kprobe"])
             .unwrap()
             .trace_config()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(
                 "--backend kprobe chooses how function hooks attach, and --hooks receive has none"
@@ -320,7 +337,8 @@ mod tests {
         let err = parse(&["--hooks", "drops", "--backend", "fentry"])
             .unwrap()
             .trace_config()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--backend fentry"), "{err}");
         assert!(
             parse(&["--hooks", "drops", "--backend", "tracepoint"])

@@ -36,10 +36,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Daemon(args)) => return daemon(args),
         None => {}
     }
-    let cfg = cli
-        .trace_config()
-        .map_err(anyhow::Error::msg)
-        .context("invalid arguments")?;
+    let cfg = cli.trace_config().context("invalid arguments")?;
     let runtime = runtime()?;
     let mut out: Box<dyn Output> = if cli.output.json {
         Box::new(JsonOutput::new(std::io::BufWriter::with_capacity(

@@ -7,9 +7,10 @@ use std::{
 };
 
 use serde::Deserialize;
+use tracer_common::Filter;
 
 use crate::{
-    cli::{DaemonArgs, FilterArgs},
+    cli::{ArgError, DaemonArgs, FilterArgs},
     probes::{
         Backend, HookSet,
         loader::{self, BackendChoice},
@@ -26,8 +27,11 @@ pub enum ConfigError {
     /// toml's message names the line, column and field.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("{path}: filter: {message}")]
-    Filter { path: String, message: String },
+    #[error("{path}: filter: {source}")]
+    Filter { path: String, source: ArgError },
+    /// The backend and hook set, unknown or not usable together.
+    #[error("{path}: {source}")]
+    Probes { path: String, source: ArgError },
     #[error("--container is not supported by the daemon yet: use --dport/--host")]
     ContainerFilter,
 }
@@ -164,17 +168,19 @@ impl DaemonConfig {
             path: path.to_owned(),
             message: e.to_string().trim().to_owned(),
         })?;
-        cfg.filter_args()
-            .to_filter()
-            .map_err(|message| ConfigError::Filter {
-                path: path.to_owned(),
-                message,
-            })?;
-        cfg.probes().map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
+        cfg.filter(path)?;
+        cfg.probes(path)?;
         Ok(cfg)
+    }
+
+    /// The kernel filter and its text; `path` names where it came from in an error.
+    pub fn filter(&self, path: &str) -> Result<(Filter, String), ConfigError> {
+        self.filter_args()
+            .to_filter()
+            .map_err(|source| ConfigError::Filter {
+                path: path.to_owned(),
+                source,
+            })
     }
 
     /// `backend` and `hooks`, parsed and checked against each other. Without `hooks`, a
@@ -182,7 +188,14 @@ impl DaemonConfig {
     /// flows nothing (the path set traces every packet its filter matches, and an empty filter
     /// matches all of them); a backend named outright asks for function hooks, which only the
     /// path set has.
-    pub fn probes(&self) -> Result<(BackendChoice, HookSet), String> {
+    pub fn probes(&self, path: &str) -> Result<(BackendChoice, HookSet), ConfigError> {
+        self.probe_choice().map_err(|source| ConfigError::Probes {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    fn probe_choice(&self) -> Result<(BackendChoice, HookSet), ArgError> {
         let backend: BackendChoice = self.backend.parse()?;
         let hooks = match &self.hooks {
             Some(set) => set.parse()?,
@@ -191,7 +204,7 @@ impl DaemonConfig {
                 BackendChoice::Auto | BackendChoice::Only(Backend::Tracepoint) => HookSet::Drops,
             },
         };
-        loader::compatible(hooks, backend).map_err(|e| e.to_string())?;
+        loader::compatible(hooks, backend)?;
         Ok((backend, hooks))
     }
 
@@ -258,24 +271,32 @@ mod tests {
             .to_string();
         assert!(err.contains("unknown hook set `all`"), "{err}");
         let cfg = DaemonConfig::parse("hooks = \"receive\"\n", "p.toml").expect("valid");
-        assert_eq!(cfg.probes(), Ok((BackendChoice::Auto, HookSet::Receive)));
+        assert_eq!(
+            cfg.probes("p.toml").ok(),
+            Some((BackendChoice::Auto, HookSet::Receive))
+        );
     }
 
     #[test]
     fn left_running_it_attaches_drops_unless_a_function_backend_is_named() {
-        let probes = |text: &str| DaemonConfig::parse(text, "p.toml").unwrap().probes();
-        assert_eq!(probes(""), Ok((BackendChoice::Auto, HookSet::Drops)));
+        let probes = |text: &str| {
+            DaemonConfig::parse(text, "p.toml")
+                .unwrap()
+                .probes("p.toml")
+                .ok()
+        };
+        assert_eq!(probes(""), Some((BackendChoice::Auto, HookSet::Drops)));
         assert_eq!(
             probes("backend = \"tracepoint\"\n"),
-            Ok((BackendChoice::Only(Backend::Tracepoint), HookSet::Drops))
+            Some((BackendChoice::Only(Backend::Tracepoint), HookSet::Drops))
         );
         assert_eq!(
             probes("backend = \"fentry\"\n"),
-            Ok((BackendChoice::Only(Backend::Fentry), HookSet::Path))
+            Some((BackendChoice::Only(Backend::Fentry), HookSet::Path))
         );
         assert_eq!(
             probes("hooks = \"path\"\n"),
-            Ok((BackendChoice::Auto, HookSet::Path))
+            Some((BackendChoice::Auto, HookSet::Path))
         );
     }
 }

@@ -45,6 +45,17 @@ pub enum DaemonError {
     Trace(#[from] TraceError),
 }
 
+/// Why `/healthz` answers 503.
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("probes are not attached")]
+    Detached,
+    #[error("the ring buffer reader stalled {0:.0?} ago")]
+    Stalled(Duration),
+    #[error("the reader has not started")]
+    NotStarted,
+}
+
 /// A reader that has not ticked for this long is stalled.
 const STALL: Duration = Duration::from_secs(10);
 
@@ -57,17 +68,14 @@ pub struct State {
 
 impl State {
     /// `/healthz`: fails when probes are not attached or the reader stopped ticking.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), Unhealthy> {
         if !self.attached {
-            return Err("probes are not attached".into());
+            return Err(Unhealthy::Detached);
         }
         match self.last_tick {
             Some(t) if t.elapsed() < STALL => Ok(()),
-            Some(t) => Err(format!(
-                "the ring buffer reader stalled {:.0?} ago",
-                t.elapsed()
-            )),
-            None => Err("the reader has not started".into()),
+            Some(t) => Err(Unhealthy::Stalled(t.elapsed())),
+            None => Err(Unhealthy::NotStarted),
         }
     }
 }
@@ -173,18 +181,8 @@ impl Output for DaemonOutput {
 
 /// Runs until SIGINT/SIGTERM. `config_path` is re-read on SIGHUP.
 pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
-    let (filter, filter_text) =
-        cfg.filter_args()
-            .to_filter()
-            .map_err(|message| config::ConfigError::Filter {
-                path: "flags".into(),
-                message,
-            })?;
-    // Flags may pair what the file did not: checked, like the filter, before anything is bound.
-    let (backend, hooks) = cfg.probes().map_err(|message| config::ConfigError::Parse {
-        path: "flags".into(),
-        message,
-    })?;
+    // Flags may pair what the file did not: checked before anything is bound.
+    let trace_cfg = trace_config(&cfg)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -207,39 +205,23 @@ pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), 
         last_tick: None,
     }));
     let server = tokio::spawn(http::serve(listener, state.clone()));
-
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let reloader = config_path.map(|path| {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                match DaemonConfig::load(&path).and_then(|c| {
-                    c.filter_args()
-                        .to_filter()
-                        .map_err(|message| config::ConfigError::Filter {
-                            path: path.display().to_string(),
-                            message,
-                        })
-                }) {
-                    Ok((filter, text)) => {
-                        tracing::info!(filter = %text, "SIGHUP: applying the new filter");
-                        if let Ok(mut s) = state.lock() {
-                            s.metrics.filter_reloads += 1;
-                        }
-                        let _ = control_tx.send(Control::SetFilter(filter));
-                    }
-                    Err(e) => tracing::error!("SIGHUP: keeping the current filter: {e}"),
-                }
-            }
-        })
-    });
+    let reloader =
+        config_path.map(|path| tokio::spawn(reload_on_hangup(path, state.clone(), control_tx)));
+    let mut out = DaemonOutput { state, sink };
+    let result = crate::trace::run_controlled(trace_cfg, &mut out, Some(control_rx)).await;
+    server.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
+    result.map(drop).map_err(DaemonError::from)
+}
 
-    let trace_cfg = TraceConfig {
+/// The trace the daemon runs: its filter, probes and limits.
+fn trace_config(cfg: &DaemonConfig) -> Result<TraceConfig, DaemonError> {
+    let (filter, filter_text) = cfg.filter("flags")?;
+    let (backend, hooks) = cfg.probes("flags")?;
+    Ok(TraceConfig {
         filter,
         filter_text,
         backend,
@@ -251,12 +233,30 @@ pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), 
             tracked_skbs: cfg.limits.tracked_skbs,
         },
         ..TraceConfig::default()
+    })
+}
+
+/// On SIGHUP, re-reads `path` and swaps in its filter; a file that does not parse leaves the
+/// running filter as it is.
+async fn reload_on_hangup(
+    path: PathBuf,
+    state: Arc<Mutex<State>>,
+    control: mpsc::UnboundedSender<Control>,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
     };
-    let mut out = DaemonOutput { state, sink };
-    let result = crate::trace::run_controlled(trace_cfg, &mut out, Some(control_rx)).await;
-    server.abort();
-    if let Some(r) = reloader {
-        r.abort();
+    while hup.recv().await.is_some() {
+        let shown = path.display().to_string();
+        match DaemonConfig::load(&path).and_then(|c| c.filter(&shown)) {
+            Ok((filter, text)) => {
+                tracing::info!(filter = %text, "SIGHUP: applying the new filter");
+                if let Ok(mut s) = state.lock() {
+                    s.metrics.filter_reloads += 1;
+                }
+                let _ = control.send(Control::SetFilter(filter));
+            }
+            Err(e) => tracing::error!("SIGHUP: keeping the current filter: {e}"),
+        }
     }
-    result.map(drop).map_err(DaemonError::from)
 }

@@ -85,8 +85,8 @@ pub enum BackendChoice {
 }
 
 impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = super::NameError;
+    fn from_str(s: &str) -> Result<Self, super::NameError> {
         if s == "auto" {
             Ok(Self::Auto)
         } else {

@@ -47,16 +47,25 @@ impl fmt::Display for Backend {
     }
 }
 
+/// A backend or hook set name that is not one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("unknown backend `{0}`: auto, fentry, kprobe or tracepoint")]
+    Backend(String),
+    #[error(
+        "unknown hook set `{0}`: path (every hop), receive (every device a packet enters, no transmits) or drops (kfree_skb only)"
+    )]
+    HookSet(String),
+}
+
 impl std::str::FromStr for Backend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
         match s {
             "fentry" => Ok(Self::Fentry),
             "kprobe" => Ok(Self::Kprobe),
             "tracepoint" => Ok(Self::Tracepoint),
-            other => Err(format!(
-                "unknown backend `{other}`: auto, fentry, kprobe or tracepoint"
-            )),
+            other => Err(NameError::Backend(other.to_owned())),
         }
     }
 }
@@ -125,15 +134,13 @@ impl fmt::Display for HookSet {
 }
 
 impl std::str::FromStr for HookSet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
         match s {
             "path" => Ok(Self::Path),
             "receive" => Ok(Self::Receive),
             "drops" => Ok(Self::Drops),
-            other => Err(format!(
-                "unknown hook set `{other}`: path (every hop), receive (every device a packet enters, no transmits) or drops (kfree_skb only)"
-            )),
+            other => Err(NameError::HookSet(other.to_owned())),
         }
     }
 }
@@ -364,6 +371,7 @@ mod tests {
             "drop"
                 .parse::<HookSet>()
                 .unwrap_err()
+                .to_string()
                 .contains("path (every hop")
         );
     }

@@ -10,21 +10,69 @@ use super::{
     kfunc::Kfuncs,
 };
 
-/// (struct, member path, expected size in bytes) for each field in [`KernelOffsets`], in order.
-/// The size check catches a kernel that changed a field's type under the same name.
-const FIELDS: [(&str, &str, u32); 11] = [
-    ("sk_buff", "head", 8),
-    ("sk_buff", "data", 8),
-    ("sk_buff", "len", 4),
-    ("sk_buff", "dev", 8),
-    ("sk_buff", "protocol", 2),
-    ("sk_buff", "network_header", 2),
-    ("sk_buff", "transport_header", 2),
-    ("sk_buff", "skb_iif", 4),
-    ("net_device", "ifindex", 4),
-    ("net_device", "nd_net.net", 8),
-    ("net", "ns.inum", 4),
+/// A field the programs read: where BTF has it, its expected size in bytes (a kernel that
+/// changed the field's type under the same name is caught), and where it goes.
+struct Field {
+    ty: &'static str,
+    member: &'static str,
+    size: u32,
+    set: fn(&mut KernelOffsets, u32),
+}
+
+impl Field {
+    const fn new(
+        ty: &'static str,
+        member: &'static str,
+        size: u32,
+        set: fn(&mut KernelOffsets, u32),
+    ) -> Self {
+        Self {
+            ty,
+            member,
+            size,
+            set,
+        }
+    }
+}
+
+/// Every program needs these.
+const REQUIRED: [Field; 11] = [
+    Field::new("sk_buff", "head", 8, |o, v| o.skb_head = v),
+    Field::new("sk_buff", "data", 8, |o, v| o.skb_data = v),
+    Field::new("sk_buff", "len", 4, |o, v| o.skb_len = v),
+    Field::new("sk_buff", "dev", 8, |o, v| o.skb_dev = v),
+    Field::new("sk_buff", "protocol", 2, |o, v| o.skb_protocol = v),
+    Field::new("sk_buff", "network_header", 2, |o, v| {
+        o.skb_network_header = v
+    }),
+    Field::new("sk_buff", "transport_header", 2, |o, v| {
+        o.skb_transport_header = v
+    }),
+    Field::new("sk_buff", "skb_iif", 4, |o, v| o.skb_iif = v),
+    Field::new("net_device", "ifindex", 4, |o, v| o.dev_ifindex = v),
+    Field::new("net_device", "nd_net.net", 8, |o, v| o.dev_nd_net = v),
+    Field::new("net", "ns.inum", 4, |o, v| o.net_ns_inum = v),
 ];
+
+/// `nf_hook_slow`'s state: without it, no netfilter hook hops.
+const NF_HOOK_STATE: [Field; 4] = [
+    Field::new("nf_hook_state", "hook", 1, |o, v| o.nf_state_hook = v),
+    Field::new("nf_hook_state", "pf", 1, |o, v| o.nf_state_pf = v),
+    Field::new("nf_hook_state", "in", 8, |o, v| o.nf_state_in = v),
+    Field::new("nf_hook_state", "out", 8, |o, v| o.nf_state_out = v),
+];
+
+/// Looks every field of `table` up in `btf`; all or none are set.
+fn fill(btf: &mut Btf, table: &[Field], off: &mut KernelOffsets) -> Result<(), OffsetError> {
+    let mut found = Vec::with_capacity(table.len());
+    for f in table {
+        found.push(field(btf, f.ty, f.member, f.size)?);
+    }
+    for (f, v) in table.iter().zip(found) {
+        (f.set)(off, v);
+    }
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
@@ -43,58 +91,16 @@ pub enum OffsetError {
 /// (netfilter hook state, bridge port, veth peer) are filled when their BTF is present; their
 /// hooks are not attached otherwise.
 pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
-    let mut v = [0u32; FIELDS.len()];
-    for (slot, (ty, member, expected)) in v.iter_mut().zip(FIELDS) {
-        *slot = field(btf, ty, member, expected)?;
-    }
-    let [
-        skb_head,
-        skb_data,
-        skb_len,
-        skb_dev,
-        skb_protocol,
-        skb_network_header,
-        skb_transport_header,
-        skb_iif,
-        dev_ifindex,
-        dev_nd_net,
-        net_ns_inum,
-    ] = v;
-    let mut off = KernelOffsets {
-        skb_head,
-        skb_data,
-        skb_len,
-        skb_dev,
-        skb_protocol,
-        skb_network_header,
-        skb_transport_header,
-        skb_iif,
-        dev_ifindex,
-        dev_nd_net,
-        net_ns_inum,
-        ..KernelOffsets::unset()
-    };
-    let nf = (|| -> Result<[u32; 4], OffsetError> {
-        Ok([
-            field(btf, "nf_hook_state", "hook", 1)?,
-            field(btf, "nf_hook_state", "pf", 1)?,
-            field(btf, "nf_hook_state", "in", 8)?,
-            field(btf, "nf_hook_state", "out", 8)?,
-        ])
-    })();
+    let mut off = KernelOffsets::unset();
+    fill(btf, &REQUIRED, &mut off)?;
+    let mut nf = off;
+    let found = fill(btf, &NF_HOOK_STATE, &mut nf);
     optional(
         &mut off,
         have::NF_HOOK_STATE,
         "netfilter hook state",
-        nf,
-        |o, v| {
-            [
-                o.nf_state_hook,
-                o.nf_state_pf,
-                o.nf_state_in,
-                o.nf_state_out,
-            ] = v;
-        },
+        found.map(|()| nf),
+        |o, nf| *o = nf,
     );
     let bridge = btf
         .with_module("bridge")
@@ -182,6 +188,23 @@ fn conntrack(btf: &mut Btf) -> Result<[u32; 4], OffsetError> {
     Ok([nfct, table.offset + addr, table.offset + port, stride])
 }
 
+/// Why packet headers cannot be cast to their BTF types on this kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderTypesError {
+    #[error("the kernel has no bpf_rdonly_cast kfunc")]
+    NoRdonlyCast,
+    #[error("no struct {0} in kernel BTF")]
+    Missing(&'static str),
+    #[error("struct {name} is {size} bytes, fewer than {min}")]
+    TooSmall {
+        name: &'static str,
+        size: u32,
+        min: u32,
+    },
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+}
+
 /// Lets the programs load packet headers directly: sets the BTF ids of the header types packet
 /// bytes are cast to, when the kernel has `bpf_rdonly_cast` (6.2+) and the structs are as
 /// large as the programs read (20 and 16 bytes). Says why not otherwise.
@@ -189,7 +212,7 @@ pub fn use_header_types(
     off: &mut KernelOffsets,
     btf: &mut Btf,
     kfuncs: &Kfuncs,
-) -> Result<(), String> {
+) -> Result<(), HeaderTypesError> {
     let (iphdr, tcphdr) = header_types(btf, kfuncs)?;
     off.btf_iphdr = iphdr;
     off.btf_tcphdr = tcphdr;
@@ -197,18 +220,15 @@ pub fn use_header_types(
     Ok(())
 }
 
-fn header_types(btf: &mut Btf, kfuncs: &Kfuncs) -> Result<(u32, u32), String> {
+fn header_types(btf: &mut Btf, kfuncs: &Kfuncs) -> Result<(u32, u32), HeaderTypesError> {
     if !kfuncs.has(kfunc::RDONLY_CAST) {
-        return Err("the kernel has no bpf_rdonly_cast kfunc".into());
+        return Err(HeaderTypesError::NoRdonlyCast);
     }
-    let mut id = |name: &str, min: u32| -> Result<u32, String> {
-        let id = btf
-            .struct_id(name)
-            .ok_or_else(|| format!("no struct {name} in kernel BTF"))?;
-        match btf.struct_size(name) {
-            Ok(size) if size >= min => Ok(id),
-            Ok(size) => Err(format!("struct {name} is {size} bytes, fewer than {min}")),
-            Err(e) => Err(e.to_string()),
+    let mut id = |name: &'static str, min: u32| -> Result<u32, HeaderTypesError> {
+        let id = btf.struct_id(name).ok_or(HeaderTypesError::Missing(name))?;
+        match btf.struct_size(name)? {
+            size if size >= min => Ok(id),
+            size => Err(HeaderTypesError::TooSmall { name, size, min }),
         }
     };
     Ok((id("iphdr", 20)?, id("tcphdr", 16)?))
@@ -392,7 +412,9 @@ mod tests {
         let mut without = without;
         let mut off = from_btf(&mut without).expect("offsets");
         let kfuncs = Kfuncs::from_btf(&mut without);
-        let why = use_header_types(&mut off, &mut without, &kfuncs).unwrap_err();
+        let why = use_header_types(&mut off, &mut without, &kfuncs)
+            .unwrap_err()
+            .to_string();
         assert!(why.contains("no bpf_rdonly_cast"), "{why}");
         assert_eq!(off.have & have::RDONLY_CAST, 0);
         assert_eq!((off.btf_iphdr, off.btf_tcphdr), (0, 0));

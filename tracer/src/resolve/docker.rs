@@ -218,26 +218,38 @@ pub fn socket_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
-async fn connect(socket: &Path) -> Result<Docker, String> {
+/// Why Docker could not be asked: the status line says it, and names stay interface names.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("no Docker socket at {}", .0.display())]
+    NoSocket(PathBuf),
+    #[error("{}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        source: bollard::errors::Error,
+    },
+    #[error(transparent)]
+    Api(#[from] bollard::errors::Error),
+}
+
+async fn connect(socket: &Path) -> Result<Docker, DockerError> {
     if !socket.exists() {
-        return Err(format!("no Docker socket at {}", socket.display()));
+        return Err(DockerError::NoSocket(socket.to_owned()));
     }
+    let failed = |source| DockerError::Connect {
+        socket: socket.to_owned(),
+        source,
+    };
     let path = socket.to_string_lossy();
-    let docker = Docker::connect_with_unix(&path, 10, bollard::API_DEFAULT_VERSION)
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
-    docker
-        .negotiate_version()
-        .await
-        .map_err(|e| format!("{}: {e}", socket.display()))
+    let docker =
+        Docker::connect_with_unix(&path, 10, bollard::API_DEFAULT_VERSION).map_err(failed)?;
+    docker.negotiate_version().await.map_err(failed)
 }
 
 /// Lists and inspects running containers.
-async fn snapshot(docker: &Docker) -> Result<ContainerIndex, String> {
+async fn snapshot(docker: &Docker) -> Result<ContainerIndex, DockerError> {
     let opts = ListContainersOptionsBuilder::default().all(false).build();
-    let list = docker
-        .list_containers(Some(opts))
-        .await
-        .map_err(|e| e.to_string())?;
+    let list = docker.list_containers(Some(opts)).await?;
     let mut inspected = Vec::with_capacity(list.len());
     for c in list {
         let Some(id) = c.id else { continue };
@@ -282,7 +294,7 @@ pub async fn initial(shared: &SharedIndex, socket: &Path) -> DockerStatus {
             store(shared, index);
             status
         }
-        Ok(Err(e)) => DockerStatus::Unavailable(e),
+        Ok(Err(e)) => DockerStatus::Unavailable(e.to_string()),
         Err(_) => {
             DockerStatus::Unavailable(format!("{} did not answer within 3 s", socket.display()))
         }
@@ -299,7 +311,7 @@ pub async fn watch(shared: SharedIndex, socket: PathBuf) {
         let docker = match connect(&socket).await {
             Ok(d) => d,
             Err(e) => {
-                set_status(&shared, DockerStatus::Unavailable(e));
+                set_status(&shared, DockerStatus::Unavailable(e.to_string()));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -317,7 +329,7 @@ pub async fn watch(shared: SharedIndex, socket: PathBuf) {
                 backoff = Duration::from_millis(100);
             }
             Err(e) => {
-                set_status(&shared, DockerStatus::Unavailable(e));
+                set_status(&shared, DockerStatus::Unavailable(e.to_string()));
                 tokio::time::sleep(backoff).await;
                 continue;
             }
