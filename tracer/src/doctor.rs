@@ -5,7 +5,7 @@
 
 use crate::{
     diagnose::{Diagnosis, PortCheck, Premises, examine},
-    host::{HostFacts, LinkTable},
+    host::{HostFacts, LinkTable, Unreadable},
     net::Proto,
     resolve::{Resolver, SharedIndex, docker, netns},
 };
@@ -24,8 +24,8 @@ pub struct Checkup {
     pub ports: Vec<PortCheck>,
     /// How Docker answered, or why it was not asked.
     pub docker: String,
-    /// A ruleset was found to evaluate (iptables, ebtables or nft).
-    pub ruleset: bool,
+    /// A ruleset was found to evaluate (iptables, ebtables or nft), or why none could be read.
+    pub ruleset: Result<bool, Unreadable>,
     pub findings: Vec<Diagnosis>,
 }
 
@@ -57,7 +57,7 @@ pub async fn run(port: Option<(u16, Proto)>) -> Result<Checkup, DoctorError> {
     };
     let findings = examine(&premises, &mut facts);
     Ok(Checkup {
-        ruleset: facts.ruleset(netns).is_some(),
+        ruleset: facts.ruleset(netns).map(|rs| rs.is_some()),
         ports: premises.ports,
         docker,
         findings,

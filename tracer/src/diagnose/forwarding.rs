@@ -4,7 +4,7 @@
 //! `forwarding` off and installs `ip_error`, which frees the skb with IP_INADDRERRORS and —
 //! because forwarding is off — sends no ICMP error. The client just times out.
 
-use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns};
+use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns, sysctl_is};
 use crate::host::HostFacts;
 
 pub const RULE: Rule = Rule {
@@ -36,11 +36,16 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let input = case.input_hop()?;
     let ifname = facts.interface(input.netns, input.ifindex)?.name;
     let key = format!("net.ipv4.conf.{ifname}.forwarding");
-    let value = facts.sysctl(input.netns, &key)?;
-    if value != "0" {
-        return None;
-    }
-    let all = facts.sysctl(input.netns, "net.ipv4.conf.all.forwarding");
+    // Unreadable, the switch is not confirmed off, but the drop is the one it makes: say both.
+    let unread = match facts.sysctl(input.netns, &key) {
+        Ok(Some(value)) if value == "0" => None,
+        Ok(_) => return None,
+        Err(u) => Some(u),
+    };
+    let all = facts
+        .sysctl(input.netns, "net.ipv4.conf.all.forwarding")
+        .ok()
+        .flatten();
     let ns = facts.netns_label(input.netns);
     let at_drop = case.drop_hop().and_then(|h| h.tuple).or(input.tuple);
     let arrived = input
@@ -62,7 +67,10 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         format!(
             "kfree_skb: reason IP_INADDRERRORS at {location} on {ifname}, the interface it came in on"
         ),
-        format!("{key} = 0 in netns {ns}"),
+        match &unread {
+            None => format!("{key} = 0 in netns {ns}"),
+            Some(u) => format!("{u}: the drop is the one forwarding off makes, not confirmed"),
+        },
     ];
     if let Some(all) = &all {
         evidence.push(format!(
@@ -80,6 +88,8 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let globally_off = all.as_deref() == Some("0");
     let summary_cause = if globally_off {
         "IP forwarding is off in this namespace (net.ipv4.ip_forward = 0)".to_owned()
+    } else if unread.is_some() {
+        format!("forwarding is most likely disabled on {ifname} ({key} could not be read)")
     } else {
         format!("forwarding is disabled on {ifname} ({key} = 0) although it is on elsewhere")
     };
@@ -99,7 +109,11 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         summary,
         evidence,
         fix: Some(in_netns(facts, input.netns, &fix_cmd)),
-        confidence: Confidence::High,
+        confidence: if unread.is_some() {
+            Confidence::Medium
+        } else {
+            Confidence::High
+        },
         rule: None,
     })
 }
@@ -115,7 +129,7 @@ fn examine(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
         confidence: Confidence::High,
         rule: None,
     };
-    if facts.sysctl(p.netns, "net.ipv4.ip_forward").as_deref() == Some("0") {
+    if sysctl_is(facts, p.netns, "net.ipv4.ip_forward", "0") {
         if p.ports.is_empty() && !p.has_bridge() {
             return Vec::new();
         }
@@ -128,7 +142,7 @@ fn examine(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
     let mut out = Vec::new();
     for l in p.interfaces() {
         let key = format!("net.ipv4.conf.{}.forwarding", l.name);
-        if facts.sysctl(p.netns, &key).as_deref() == Some("0") {
+        if sysctl_is(facts, p.netns, &key, "0") {
             out.push(finding(
                 format!(
                     "Forwarding is disabled on {} although net.ipv4.ip_forward = 1: packets arriving on {} for containers are dropped at ip_error, without an ICMP error.",
@@ -208,6 +222,44 @@ mod tests {
             "{:?}",
             d.evidence
         );
+    }
+
+    /// The namespace could not be entered to read the switch: the drop is still the one
+    /// forwarding off makes, said with less confidence and why.
+    #[test]
+    fn an_unreadable_switch_is_said_not_taken_for_on() {
+        let mut host = FakeHost::lab();
+        host.unreadable.insert(
+            (HOST_NS, "net.ipv4.conf.eth0.forwarding".into()),
+            "setns: Operation not permitted".into(),
+        );
+        let d = run(&mut host).expect("diagnosed from the drop");
+        assert_eq!(d.code, "forwarding_disabled");
+        assert_eq!(d.confidence, crate::diagnose::Confidence::Medium);
+        assert!(
+            d.evidence.iter().any(|e| e.starts_with(&format!(
+                "cannot read net.ipv4.conf.eth0.forwarding in netns {HOST_NS}: setns: Operation not permitted"
+            ))),
+            "{:?}",
+            d.evidence
+        );
+        assert!(
+            d.summary.contains("most likely disabled on eth0"),
+            "{}",
+            d.summary
+        );
+        assert_eq!(
+            d.fix.as_deref(),
+            Some("ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1")
+        );
+    }
+
+    /// Read and on: not this fault.
+    #[test]
+    fn a_switch_read_on_is_not_this_fault() {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "1");
+        assert_eq!(run(&mut host).map(|d| d.code), None);
     }
 
     #[test]

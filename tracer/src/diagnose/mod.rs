@@ -148,6 +148,11 @@ pub fn diagnose(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis>
         .find_map(|rule| (rule.check)(case, facts))
 }
 
+/// Whether sysctl `key` reads `value` in `netns`; unreadable is not (the resolver has said why).
+pub fn sysctl_is(facts: &mut dyn HostFacts, netns: u32, key: &str, value: &str) -> bool {
+    facts.sysctl(netns, key).ok().flatten().as_deref() == Some(value)
+}
+
 /// `cmd` as a person would run it in namespace `netns` from the tracer's shell.
 pub fn in_netns(facts: &mut dyn HostFacts, netns: u32, cmd: &str) -> String {
     if facts.own_netns() == Some(netns) {

@@ -1,7 +1,7 @@
 //! Routing: reverse path filtering, no route, neighbour resolution.
 
 use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns};
-use crate::host::HostFacts;
+use crate::host::{HostFacts, Lookup};
 
 pub const RP_FILTER: Rule = Rule {
     code: "rp_filter",
@@ -42,8 +42,8 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         ),
         format!(
             "net.ipv4.conf.all.rp_filter = {}, net.ipv4.conf.{ifname}.rp_filter = {}: the kernel uses the larger",
-            rp_filter_mode(all.as_deref()),
-            rp_filter_mode(iface.as_deref())
+            rp_filter_mode(&all),
+            rp_filter_mode(&iface)
         ),
     ];
     evidence.push(match &back {
@@ -74,12 +74,13 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
 }
 
 /// An rp_filter value as the kernel means it.
-fn rp_filter_mode(value: Option<&str>) -> &'static str {
+fn rp_filter_mode(value: &Lookup<String>) -> String {
     match value {
-        Some("1") => "1 (strict)",
-        Some("2") => "2 (loose)",
-        Some("0") => "0 (off)",
-        _ => "?",
+        Ok(Some(v)) if v == "1" => "1 (strict)".into(),
+        Ok(Some(v)) if v == "2" => "2 (loose)".into(),
+        Ok(Some(v)) if v == "0" => "0 (off)".into(),
+        Ok(_) => "?".into(),
+        Err(u) => format!("? ({u})"),
     }
 }
 
@@ -91,7 +92,8 @@ fn strict_rp_filter(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
     for l in p.interfaces() {
         let key = format!("net.ipv4.conf.{}.rp_filter", l.name);
         let own = facts.sysctl(p.netns, &key);
-        if all.as_deref() != Some("1") && own.as_deref() != Some("1") {
+        let strict = |v: &Lookup<String>| matches!(v, Ok(Some(v)) if v == "1");
+        if !strict(&all) && !strict(&own) {
             continue;
         }
         out.push(Diagnosis {
@@ -102,8 +104,8 @@ fn strict_rp_filter(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
             ),
             evidence: vec![format!(
                 "net.ipv4.conf.all.rp_filter = {}, {key} = {}: the kernel uses the larger",
-                rp_filter_mode(all.as_deref()),
-                rp_filter_mode(own.as_deref())
+                rp_filter_mode(&all),
+                rp_filter_mode(&own)
             )],
             fix: Some(in_netns(
                 facts,

@@ -19,6 +19,10 @@ pub struct FakeHost {
     pub subnets: Vec<(u32, Ipv4Addr, u8, u32)>,
     /// (netns, other) → the nsid `netns` gives `other`; empty: nobody can be asked.
     pub nsids: HashMap<(u32, u32), i32>,
+    /// Sysctls that exist but cannot be read (netns, key) → why.
+    pub unreadable: HashMap<(u32, String), String>,
+    /// Namespaces whose ruleset cannot be read → why.
+    pub unreadable_rulesets: HashMap<u32, String>,
 }
 
 impl FakeHost {
@@ -107,8 +111,14 @@ impl HostFacts for FakeHost {
             ip_netns_name: Some((*n).into()),
         })
     }
-    fn sysctl(&mut self, netns: u32, key: &str) -> Option<String> {
-        self.sysctls.get(&(netns, key.to_owned())).cloned()
+    fn sysctl(&mut self, netns: u32, key: &str) -> Lookup<String> {
+        if let Some(why) = self.unreadable.get(&(netns, key.to_owned())) {
+            return Err(Unreadable {
+                what: format!("{key} in netns {netns}"),
+                why: why.clone(),
+            });
+        }
+        Ok(self.sysctls.get(&(netns, key.to_owned())).cloned())
     }
     fn is_local(&mut self, netns: u32, addr: Ipv4Addr) -> Option<bool> {
         Some(self.local.contains(&(netns, addr)))
@@ -143,8 +153,14 @@ impl HostFacts for FakeHost {
             .find(|p| p.leads_to(addr, port, proto))
             .cloned()
     }
-    fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
-        self.rulesets.get(&netns).cloned()
+    fn ruleset(&mut self, netns: u32) -> Lookup<Arc<Ruleset>> {
+        if let Some(why) = self.unreadable_rulesets.get(&netns) {
+            return Err(Unreadable {
+                what: format!("the ruleset of netns {netns}"),
+                why: why.clone(),
+            });
+        }
+        Ok(self.rulesets.get(&netns).cloned())
     }
     fn ruleset_baseline(&mut self, netns: u32) -> Option<(Arc<Ruleset>, Duration)> {
         self.baselines

@@ -12,12 +12,28 @@ use serde::Serialize;
 
 use crate::{net::Proto, ruleset::Ruleset};
 
-/// Questions the later stages ask about the host. Every answer is optional: a namespace may be
-/// gone by the time a packet is reported.
+/// A fact the host has but would not give: a namespace that could not be entered, a tool that
+/// failed. Unlike a fact that is not there, it proves nothing either way; the resolver says it
+/// once at warn level, and a diagnosis names it where it changed what could be concluded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read {what}: {why}")]
+pub struct Unreadable {
+    /// `net.ipv4.conf.eth0.forwarding in netns root`, `the ruleset of netns root`.
+    pub what: String,
+    pub why: String,
+}
+
+/// `Ok(None)`: not there. `Err`: there may be an answer, but it could not be read.
+pub type Lookup<T> = Result<Option<T>, Unreadable>;
+
+/// Questions the later stages ask about the host. Every answer may be missing: a namespace may
+/// be gone by the time a packet is reported. The look-ups that can fail for other reasons
+/// (entering a namespace, running a tool) say which it was ([`Lookup`]).
 pub trait HostFacts {
     fn interface(&mut self, netns: u32, ifindex: u32) -> Option<Link>;
     fn netns(&mut self, netns: u32) -> Option<NetnsEntry>;
-    fn sysctl(&mut self, netns: u32, key: &str) -> Option<String>;
+    /// A sysctl as read inside `netns` (`net.ipv4.conf.eth0.forwarding`).
+    fn sysctl(&mut self, netns: u32, key: &str) -> Lookup<String>;
     fn is_local(&mut self, netns: u32, addr: Ipv4Addr) -> Option<bool>;
     fn symbol(&self, addr: u64) -> Option<Symbol>;
     /// The namespace pathtrace itself runs in.
@@ -40,8 +56,8 @@ pub trait HostFacts {
     }
 
     /// The namespace's ruleset (iptables-nft or legacy, and native nft) with counters.
-    fn ruleset(&mut self, _netns: u32) -> Option<Arc<Ruleset>> {
-        None
+    fn ruleset(&mut self, _netns: u32) -> Lookup<Arc<Ruleset>> {
+        Ok(None)
     }
 
     /// The first ruleset read in the namespace and how long ago: rule counters now minus

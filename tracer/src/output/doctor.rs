@@ -14,13 +14,16 @@ fn ports(c: &Checkup) -> Vec<String> {
 
 /// `{"kind":"doctor","ports":[...],"docker":"...","iptables":bool,"findings":[...]}`.
 pub fn json(c: &Checkup, mut w: impl Write) -> std::io::Result<()> {
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "kind": "doctor",
         "ports": ports(c),
         "docker": c.docker,
-        "iptables": c.ruleset,
+        "iptables": c.ruleset == Ok(true),
         "findings": c.findings,
     });
+    if let Err(u) = &c.ruleset {
+        v["ruleset_unreadable"] = serde_json::Value::String(u.to_string());
+    }
     writeln!(w, "{v}")
 }
 
@@ -30,10 +33,10 @@ pub fn human(c: &Checkup, mut w: impl Write) -> std::io::Result<()> {
     writeln!(
         w,
         "pathtrace doctor: checked forwarding, rp_filter, br_netfilter{}; ports: {}; Docker {}",
-        if c.ruleset {
-            ", iptables"
-        } else {
-            " (no iptables rules found)"
+        match &c.ruleset {
+            Ok(true) => ", iptables".to_owned(),
+            Ok(false) => " (no iptables rules found)".to_owned(),
+            Err(u) => format!(" (iptables not checked: {u})"),
         },
         if checked.is_empty() {
             "none".to_owned()

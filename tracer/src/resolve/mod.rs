@@ -4,13 +4,15 @@
 //! [`Resolver`] answers [`HostFacts`] (defined on the ground floor, [`crate::host`]) from the
 //! live host and caches what it learns. Only the places that build a session import this.
 
+mod containers;
 pub mod docker;
+mod facts;
 pub mod kallsyms;
 pub mod links;
 pub mod netns;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     sync::Arc,
     time::{Duration, Instant},
@@ -18,11 +20,11 @@ use std::{
 
 use crate::{
     host::{
-        ContainerDevice, ContainerRef, HostFacts, Link, LinkTable, NetnsEntry, Published, Symbol,
-        Wiring, wire,
+        ContainerDevice, HostFacts, Link, LinkTable, Lookup, NetnsEntry, Published, Symbol, Wiring,
+        wire,
     },
     net::Proto,
-    ruleset::{Ruleset, read_ruleset},
+    ruleset::Ruleset,
 };
 
 pub use docker::SharedIndex;
@@ -46,10 +48,12 @@ pub struct Resolver {
     wiring: HashMap<(u32, u32), (Wiring, Instant)>,
     /// Sysctls and rulesets read recently: a flood of drops must not run `iptables-save` or
     /// enter a namespace once per packet.
-    sysctls: HashMap<(u32, String), (Option<String>, Instant)>,
-    rulesets: HashMap<u32, (Option<Arc<Ruleset>>, Instant)>,
+    sysctls: HashMap<(u32, String), (Lookup<String>, Instant)>,
+    rulesets: HashMap<u32, (Lookup<Arc<Ruleset>>, Instant)>,
     /// The first ruleset read per namespace, kept for counter deltas.
     baselines: HashMap<u32, (Arc<Ruleset>, Instant)>,
+    /// Facts already said to be unreadable: each is warned about once.
+    warned: HashSet<String>,
 }
 
 /// How long a sysctl or ruleset read stays fresh.
@@ -84,6 +88,7 @@ impl Resolver {
             sysctls: HashMap::new(),
             rulesets: HashMap::new(),
             baselines: HashMap::new(),
+            warned: HashSet::new(),
         }
     }
 
@@ -101,30 +106,35 @@ impl Resolver {
         self
     }
 
-    /// The index generation and the container whose namespace `netns` is, without copying
-    /// the list: this runs for every hop. `None` when no container runs.
-    fn container_in(&self, netns: u32) -> Option<(u64, Option<ContainerRef>)> {
-        let index = self.containers.as_ref()?.read().ok()?;
-        if index.containers.is_empty() {
-            return None; // no Docker, or nothing running: the common fast path per hop
+    /// A namespace already scanned, or found by scanning again (at most every
+    /// `REFRESH_EVERY`).
+    fn known_namespace(&mut self, netns: u32) -> Option<&NetnsEntry> {
+        if !self.namespaces.contains_key(&netns) {
+            self.refresh_namespaces();
         }
-        Some((
-            index.generation,
-            index.by_netns(netns).map(|c| c.container.clone()),
-        ))
+        self.namespaces.get(&netns)
     }
 
-    /// (netns, container) of every running container, copied so the lock is not held while
-    /// links are dumped.
-    fn container_namespaces(&self) -> Vec<(u32, ContainerRef)> {
-        let Some(Ok(index)) = self.containers.as_ref().map(|i| i.read()) else {
-            return Vec::new();
-        };
-        index
-            .containers
-            .iter()
-            .filter_map(|c| Some((c.netns?, c.container.clone())))
-            .collect()
+    /// A device's wiring, trusted for `WIRING_TTL`, then checked in the cached tables.
+    fn cached_wiring(&mut self, netns: u32, ifindex: u32) -> Option<Wiring> {
+        if let Some(&(w, at)) = self.wiring.get(&(netns, ifindex)) {
+            if at.elapsed() < WIRING_TTL {
+                return Some(w);
+            }
+            // Past its time, a found pair is checked in the cached tables rather than found
+            // again: finding asks every namespace.
+            if self.still_paired(netns, ifindex, w) {
+                self.wiring.insert((netns, ifindex), (w, Instant::now()));
+                return Some(w);
+            }
+        }
+        let w = wire(self, netns, ifindex)?;
+        if self.wiring.len() >= MAX_WIRED {
+            // Containers come and go under a daemon: forget devices not asked about lately.
+            self.wiring.retain(|_, (_, at)| at.elapsed() < WIRING_TTL);
+        }
+        self.wiring.insert((netns, ifindex), (w, Instant::now()));
+        Some(w)
     }
 
     fn refresh_namespaces(&mut self) {
@@ -164,7 +174,10 @@ impl Resolver {
                 Ok(t) => {
                     self.links.insert(netns, (t, Instant::now()));
                 }
-                Err(e) => tracing::debug!(netns, "rtnetlink dump failed: {e}"),
+                // Devices are then shown by ifindex.
+                Err(e) => {
+                    self.unreadable(format!("the interfaces of netns {}", entry.label), &e);
+                }
             }
         }
         self.links.get(&netns).map(|(t, _)| t)
@@ -199,38 +212,22 @@ impl HostFacts for Resolver {
         if netns == 0 {
             return "-".into();
         }
-        let container = self.containers.as_ref().and_then(|idx| {
-            let idx = idx.read().ok()?;
-            idx.by_netns(netns).map(|c| c.container.name.clone())
-        });
-        if let Some(name) = container {
+        if let Some((name, _)) = self.container_of_netns(netns) {
             return name;
         }
-        if !self.namespaces.contains_key(&netns) {
-            self.refresh_namespaces();
-        }
-        self.namespaces
-            .get(&netns)
+        self.known_namespace(netns)
             .map_or_else(|| format!("netns:{netns}"), |e| e.label.clone())
     }
 
     fn netns(&mut self, netns: u32) -> Option<NetnsEntry> {
-        let container = self.containers.as_ref().and_then(|idx| {
-            let idx = idx.read().ok()?;
-            idx.by_netns(netns)
-                .map(|c| (c.container.name.clone(), c.pid))
-        });
-        if let Some((name, pid)) = container {
+        if let Some((name, pid)) = self.container_of_netns(netns) {
             return Some(NetnsEntry {
                 path: format!("/proc/{pid}/ns/net").into(),
                 label: name,
                 ip_netns_name: None,
             });
         }
-        if !self.namespaces.contains_key(&netns) {
-            self.refresh_namespaces();
-        }
-        self.namespaces.get(&netns).cloned()
+        self.known_namespace(netns).cloned()
     }
 
     fn namespaces(&mut self) -> Vec<u32> {
@@ -255,43 +252,11 @@ impl HostFacts for Resolver {
     }
 
     fn wiring(&mut self, netns: u32, ifindex: u32) -> Option<Wiring> {
-        if let Some(&(w, at)) = self.wiring.get(&(netns, ifindex)) {
-            if at.elapsed() < WIRING_TTL {
-                return Some(w);
-            }
-            // Past its time, a found pair is checked in the cached tables rather than found
-            // again: finding asks every namespace.
-            if self.still_paired(netns, ifindex, w) {
-                self.wiring.insert((netns, ifindex), (w, Instant::now()));
-                return Some(w);
-            }
-        }
-        let w = wire(self, netns, ifindex)?;
-        if self.wiring.len() >= MAX_WIRED {
-            // Containers come and go under a daemon: forget devices not asked about lately.
-            self.wiring.retain(|_, (_, at)| at.elapsed() < WIRING_TTL);
-        }
-        self.wiring.insert((netns, ifindex), (w, Instant::now()));
-        Some(w)
+        self.cached_wiring(netns, ifindex)
     }
 
-    fn sysctl(&mut self, netns: u32, key: &str) -> Option<String> {
-        if let Some((v, at)) = self.sysctls.get(&(netns, key.to_owned()))
-            && at.elapsed() < FACT_TTL
-        {
-            return v.clone();
-        }
-        let entry = self.netns(netns)?;
-        let value = match netns::sysctl(&entry.path, key) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::debug!(netns, key, "sysctl read failed: {e}");
-                None
-            }
-        };
-        self.sysctls
-            .insert((netns, key.to_owned()), (value.clone(), Instant::now()));
-        value
+    fn sysctl(&mut self, netns: u32, key: &str) -> Lookup<String> {
+        self.read_sysctl(netns, key)
     }
 
     fn is_local(&mut self, netns: u32, addr: Ipv4Addr) -> Option<bool> {
@@ -307,81 +272,19 @@ impl HostFacts for Resolver {
     }
 
     fn container_device(&mut self, netns: u32, ifindex: u32) -> Option<ContainerDevice> {
-        let (generation, in_netns) = self.container_in(netns)?;
-        if let Some(container) = in_netns {
-            let ifname = self.ifname(netns, ifindex);
-            return Some(ContainerDevice {
-                container,
-                ifname,
-                host_side: false,
-            });
-        }
-        if generation != self.veths_generation {
-            self.veths.clear();
-            self.veths_generation = generation;
-        }
-        if let Some(known) = self.veths.get(&(netns, ifindex)) {
-            return known.clone();
-        }
-        // A host-side veth: the container whose namespace holds its other end.
-        let found = match self.wiring(netns, ifindex)?.peer {
-            Some((ns, peer)) if ns != netns => {
-                self.container_in(ns)
-                    .and_then(|(_, c)| c)
-                    .map(|container| ContainerDevice {
-                        container,
-                        ifname: self.ifname(ns, peer),
-                        host_side: true,
-                    })
-            }
-            _ => None,
-        };
-        self.veths.insert((netns, ifindex), found.clone());
-        found
+        self.device_of_container(netns, ifindex)
     }
 
     fn published(&mut self, port: u16, proto: Proto) -> Option<Published> {
-        self.containers
-            .as_ref()?
-            .read()
-            .ok()?
-            .published(port, proto)
-            .cloned()
+        self.publication(port, proto, None)
     }
 
     fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<Published> {
-        self.containers
-            .as_ref()?
-            .read()
-            .ok()?
-            .published_to(addr, port, proto)
-            .cloned()
+        self.publication(port, proto, Some(addr))
     }
 
-    fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
-        if let Some((rs, at)) = self.rulesets.get(&netns)
-            && at.elapsed() < FACT_TTL
-        {
-            return rs.clone();
-        }
-        let entry = self.netns(netns)?;
-        let bridges = self
-            .table(netns, |_| true)
-            .is_some_and(|t| t.links.values().any(|l| l.kind == "bridge"));
-        let rs = match netns::run_in(&entry.path, move || read_ruleset(bridges)) {
-            Ok(rs) => rs.map(Arc::new),
-            Err(e) => {
-                tracing::debug!(netns, "reading the ruleset failed: {e}");
-                None
-            }
-        };
-        if let Some(rs) = &rs {
-            self.baselines
-                .entry(netns)
-                .or_insert_with(|| (rs.clone(), Instant::now()));
-        }
-        self.rulesets.insert(netns, (rs.clone(), Instant::now()));
-        rs
+    fn ruleset(&mut self, netns: u32) -> Lookup<Arc<Ruleset>> {
+        self.read_ruleset(netns)
     }
 
     fn ruleset_baseline(&mut self, netns: u32) -> Option<(Arc<Ruleset>, Duration)> {

@@ -14,7 +14,7 @@ pub mod read;
 pub use crate::net::Hook;
 use crate::net::{Proto, TcpFlags};
 pub use model::Ruleset;
-pub use read::read_ruleset;
+pub use read::{ReadError, read_ruleset};
 
 use std::net::Ipv4Addr;
 

@@ -8,31 +8,42 @@ use super::{
     nft,
 };
 
-/// `iptables-save -c` in the calling thread's namespace: the nft-backed tables first, then
-/// legacy; whichever has rules (a host uses one or the other).
+/// Why no ruleset could be read: every iptables or nft listing that exists failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ReadError(pub Vec<String>);
+
+/// What one listing tool said.
+enum Listing {
+    /// The tool is not installed.
+    Missing,
+    /// It ran and failed, or printed what does not parse.
+    Failed(String),
+    /// It ran; the namespace has no rules of its kind.
+    Empty,
+    Rules(Ruleset),
+}
+
+/// Every ruleset of the calling thread's namespace: both iptables backends, ebtables and
+/// native nft. `Ok(None)`: no rules anywhere; `Err`: nothing could be read and an iptables
+/// or nft listing failed (a namespace with rules pathtrace cannot see is not one without).
 ///
 /// `bridges`: the namespace has a bridge, so ebtables rules can matter there. Legacy ebtables
 /// cannot list a table without the kernel creating it (empty, ACCEPT) in that namespace, so
 /// it is only asked where a bridge exists and its module is already loaded.
-pub fn read_ruleset(bridges: bool) -> Option<Ruleset> {
+pub fn read_ruleset(bridges: bool) -> Result<Option<Ruleset>, ReadError> {
     let mut rs = Ruleset::default();
+    let mut failed = Vec::new();
     let mut read_elsewhere = Vec::new();
-    // Both iptables backends: a host can hold rules in each (Docker on one, a firewall script
-    // on the other), and each `iptables` lists only its own.
-    let ran: Vec<Option<Ruleset>> = ["iptables-nft-save", "iptables-legacy-save"]
-        .into_iter()
-        .filter_map(read_iptables)
-        .collect();
-    let saves: Vec<Ruleset> = if ran.is_empty() {
-        // Neither split binary exists: the one `iptables-save` says which backend it is.
-        read_iptables("iptables-save")
-            .flatten()
-            .into_iter()
-            .collect()
-    } else {
-        ran.into_iter().flatten().collect()
-    };
-    for save in saves {
+    for listing in iptables_listings() {
+        let save = match listing {
+            Listing::Rules(save) => save,
+            Listing::Failed(why) => {
+                failed.push(why);
+                continue;
+            }
+            Listing::Missing | Listing::Empty => continue,
+        };
         if save
             .tables
             .iter()
@@ -58,21 +69,52 @@ pub fn read_ruleset(bridges: bool) -> Option<Ruleset> {
         rs.merge(eb);
     }
     // Native nft tables (firewalld, hand-written) run at the same hooks.
-    if let Some(nft) = read_nft(&read_elsewhere) {
-        rs.merge(nft);
+    match read_nft(&read_elsewhere) {
+        Listing::Rules(nft) => rs.merge(nft),
+        Listing::Failed(why) => failed.push(why),
+        Listing::Missing | Listing::Empty => {}
     }
-    (!rs.is_empty()).then_some(rs)
+    if !rs.is_empty() {
+        for why in &failed {
+            tracing::debug!("read the rest of the ruleset, but {why}");
+        }
+        return Ok(Some(rs));
+    }
+    if failed.is_empty() {
+        Ok(None)
+    } else {
+        Err(ReadError(failed))
+    }
 }
 
-/// `<cmd> -c` (an iptables-save): `None` when the command does not exist, `Some(None)` when it
-/// ran but had no rules (or failed). The backend comes from the header it writes
-/// (`(nf_tables)` or `(legacy)`). iptables-legacy-save lists only the tables the namespace
-/// already has (`/proc/net/ip_tables_names`): nothing is created.
-fn read_iptables(cmd: &str) -> Option<Option<Ruleset>> {
-    let out = std::process::Command::new(cmd).arg("-c").output().ok()?;
+/// Both iptables backends: a host can hold rules in each (Docker on one, a firewall script on
+/// the other), and each `iptables` lists only its own. Without either split binary, the one
+/// `iptables-save` says which backend it is.
+fn iptables_listings() -> Vec<Listing> {
+    let split: Vec<Listing> = ["iptables-nft-save", "iptables-legacy-save"]
+        .into_iter()
+        .map(read_iptables)
+        .filter(|l| !matches!(l, Listing::Missing))
+        .collect();
+    if split.is_empty() {
+        vec![read_iptables("iptables-save")]
+    } else {
+        split
+    }
+}
+
+/// `<cmd> -c` (an iptables-save). The backend comes from the header it writes (`(nf_tables)`
+/// or `(legacy)`). iptables-legacy-save lists only the tables the namespace already has
+/// (`/proc/net/ip_tables_names`): nothing is created.
+fn read_iptables(cmd: &str) -> Listing {
+    let Ok(out) = std::process::Command::new(cmd).arg("-c").output() else {
+        return Listing::Missing;
+    };
     if !out.status.success() {
-        tracing::debug!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
-        return Some(None);
+        return Listing::Failed(format!(
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let backend =
@@ -81,14 +123,11 @@ fn read_iptables(cmd: &str) -> Option<Option<Ruleset>> {
         } else {
             Flavor::Nft
         };
-    Some(match Ruleset::parse_from(&text, backend) {
-        Ok(rs) if !rs.is_empty() => Some(rs),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::debug!("{cmd}: {e}");
-            None
-        }
-    })
+    match Ruleset::parse_from(&text, backend) {
+        Ok(rs) if !rs.is_empty() => Listing::Rules(rs),
+        Ok(_) => Listing::Empty,
+        Err(e) => Listing::Failed(format!("{cmd}: {e}")),
+    }
 }
 
 /// `ebtables-nft-save -c`, keeping the tables that hold rules ebtables-nft can read (it
@@ -136,23 +175,22 @@ fn read_ebtables_legacy() -> Option<Ruleset> {
 }
 
 /// `nft -j list ruleset`, IPv4 families only, without the tables read elsewhere.
-fn read_nft(read_elsewhere: &[(String, String)]) -> Option<Ruleset> {
-    let out = std::process::Command::new("nft")
+fn read_nft(read_elsewhere: &[(String, String)]) -> Listing {
+    let Ok(out) = std::process::Command::new("nft")
         .args(["-j", "list", "ruleset"])
         .output()
-        .ok()?;
+    else {
+        return Listing::Missing;
+    };
     if !out.status.success() {
-        tracing::debug!(
+        return Listing::Failed(format!(
             "nft -j list ruleset: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
+        ));
     }
     match nft::parse(&String::from_utf8_lossy(&out.stdout), read_elsewhere) {
-        Ok(rs) => Some(rs),
-        Err(e) => {
-            tracing::debug!("nft -j list ruleset: {e}");
-            None
-        }
+        Ok(rs) if rs.is_empty() => Listing::Empty,
+        Ok(rs) => Listing::Rules(rs),
+        Err(e) => Listing::Failed(format!("nft -j list ruleset: {e}")),
     }
 }

@@ -10,7 +10,7 @@ use super::{
     fix::{Where, fix_for},
 };
 use crate::{
-    diagnose::{Confidence, Diagnosis, PortCheck, Premises, describe_rule},
+    diagnose::{Confidence, Diagnosis, PortCheck, Premises, describe_rule, sysctl_is},
     events::Tuple,
     host::HostFacts,
     net::{Proto, TcpFlags},
@@ -56,7 +56,7 @@ fn arrivals<'p>(
 
 /// A published port whose DNAT exists but would not run for a client on an uplink.
 pub(super) fn dnat_skipped(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
-    let Some(rs) = facts.ruleset(p.netns) else {
+    let Ok(Some(rs)) = facts.ruleset(p.netns) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -112,7 +112,7 @@ pub(super) fn dnat_skipped(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagn
 /// A published port that is DNATed but dropped in FORWARD, and same-bridge traffic dropped
 /// in FORWARD through br_netfilter.
 pub(super) fn netfilter_drop(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
-    let Some(rs) = facts.ruleset(p.netns) else {
+    let Ok(Some(rs)) = facts.ruleset(p.netns) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -162,11 +162,7 @@ pub(super) fn netfilter_drop(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Dia
             rule: Some(by),
         });
     }
-    if facts
-        .sysctl(p.netns, "net.bridge.bridge-nf-call-iptables")
-        .as_deref()
-        == Some("1")
-    {
+    if sysctl_is(facts, p.netns, "net.bridge.bridge-nf-call-iptables", "1") {
         out.extend(bridged_drops(p, &rs));
     }
     out

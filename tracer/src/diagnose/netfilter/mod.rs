@@ -65,23 +65,28 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         .find_map(|h| h.netfilter.filter(|nf| nf.verdict == NfVerdict::Drop));
     let observed_hook = nf_hop.and_then(|nf| nf.hook);
     let ruleset = facts.ruleset(netns);
-    let walked = ruleset
-        .as_ref()
-        .and_then(|rs| walk(case, facts, rs, netns, observed_hook));
+    let walked = match &ruleset {
+        Ok(Some(rs)) => walk(case, facts, rs, netns, observed_hook),
+        _ => None,
+    };
     let mut evidence = drop_evidence(case, drop, nf_hop, &ns);
     let Some(w) = walked.filter(|w| w.outcome.verdict != RuleVerdict::Accept) else {
-        let read = ruleset.is_some();
+        evidence.push(match &ruleset {
+            Ok(Some(_)) => "evaluating the iptables and nft tables against the packet does not drop it: look for rules with matches pathtrace cannot evaluate (nft list ruleset)".into(),
+            Ok(None) => format!("no iptables or nft rules could be read in netns {ns} (iptables-save, nft -j list ruleset)"),
+            Err(u) => format!("{u}: the rule that dropped it cannot be named"),
+        });
         return Some(unexplained(
             case,
             facts,
             netns,
             &ns,
             observed_hook,
-            read,
             evidence,
         ));
     };
     let by = w.outcome.by.clone()?;
+    let ruleset = ruleset.ok().flatten();
     let delta = counter_delta(facts, netns, ruleset.as_ref(), &by);
     let confidence = confidence(&w, &by, delta);
     evidence.extend(rule_evidence(case, &w, &by, delta));
@@ -141,22 +146,16 @@ fn drop_evidence(
     evidence
 }
 
-/// The kernel dropped in netfilter but the rules read do not explain it.
+/// The kernel dropped in netfilter but the rules read do not explain it (`evidence` says why).
 fn unexplained(
     case: &Case<'_>,
     facts: &mut dyn HostFacts,
     netns: u32,
     ns: &str,
     observed_hook: Option<Hook>,
-    ruleset_read: bool,
-    mut evidence: Vec<String>,
+    evidence: Vec<String>,
 ) -> Diagnosis {
     let hook = observed_hook.map_or("a netfilter hook".to_owned(), |h| h.name().to_owned());
-    if ruleset_read {
-        evidence.push("evaluating the iptables and nft tables against the packet does not drop it: look for rules with matches pathtrace cannot evaluate (nft list ruleset)".into());
-    } else {
-        evidence.push(format!("no iptables or nft rules could be read in netns {ns} (iptables-save, nft -j list ruleset)"));
-    }
     Diagnosis {
         code: NETFILTER_DROP.code,
         summary: format!(
@@ -591,6 +590,24 @@ mod tests {
         assert_eq!(d.code, "netfilter_drop");
         let rule = d.rule.clone().expect("rule");
         (d, rule)
+    }
+
+    /// A ruleset that could not be read is said as such, not as a namespace without rules.
+    #[test]
+    fn an_unreadable_ruleset_is_named_in_the_evidence() {
+        let mut host = FakeHost::lab_with_docker();
+        host.unreadable_rulesets
+            .insert(HOST_NS, "iptables-nft-save: Permission denied".into());
+        let r = report(&mut host, dropped_at(12, true, HOST_NS, 2));
+        let d = r.diagnosis.expect("diagnosed");
+        assert_eq!(d.code, "netfilter_drop");
+        assert_eq!(d.confidence, crate::diagnose::Confidence::Low);
+        assert!(
+            d.evidence.iter().any(|e| e
+                == &format!("cannot read the ruleset of netns {HOST_NS}: iptables-nft-save: Permission denied: the rule that dropped it cannot be named")),
+            "{:?}",
+            d.evidence
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::fix::Where;
 use crate::{
-    diagnose::Case,
+    diagnose::{Case, sysctl_is},
     events::{Hop, Tuple},
     host::HostFacts,
     ruleset::{Hook, HookOutcome, RuleVerdict, Ruleset},
@@ -258,10 +258,7 @@ impl<'w> Walker<'w> {
     fn bridged_on(&self, facts: &mut dyn HostFacts, out: &Option<String>) -> Option<String> {
         let b = self.bridge.clone()?;
         (out.as_deref() == Some(b.as_str())
-            && facts
-                .sysctl(self.netns, "net.bridge.bridge-nf-call-iptables")
-                .as_deref()
-                == Some("1"))
+            && sysctl_is(facts, self.netns, "net.bridge.bridge-nf-call-iptables", "1"))
         .then_some(b)
     }
 
