@@ -5,7 +5,10 @@
 //! because forwarding is off — sends no ICMP error. The client just times out.
 
 use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns, sysctl_is};
-use crate::host::HostFacts;
+use crate::{
+    events::Hop,
+    host::{HostFacts, Unreadable},
+};
 
 pub const RULE: Rule = Rule {
     code: "forwarding_disabled",
@@ -42,80 +45,121 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         Ok(_) => return None,
         Err(u) => Some(u),
     };
-    let all = facts
-        .sysctl(input.netns, "net.ipv4.conf.all.forwarding")
-        .ok()
-        .flatten();
-    let ns = facts.netns_label(input.netns);
-    let at_drop = case.drop_hop().and_then(|h| h.tuple).or(input.tuple);
-    let arrived = input
-        .tuple
-        .map(|t| format!(" for {}:{}", t.dst, t.dport))
-        .unwrap_or_default();
-    let nat = match (input.tuple, at_drop) {
-        (Some(before), Some(after)) if before.dst != after.dst || before.dport != after.dport => {
-            format!(", was DNATed to {}:{}", after.dst, after.dport)
-        }
-        _ => String::new(),
+    let seen = Seen {
+        netns: input.netns,
+        ns: facts.netns_label(input.netns),
+        ifname,
+        key,
+        unread,
+        all: facts
+            .sysctl(input.netns, "net.ipv4.conf.all.forwarding")
+            .ok()
+            .flatten(),
+        location: drop
+            .location
+            .as_ref()
+            .map_or_else(|| "ip_error".to_owned(), ToString::to_string),
     };
-    let location = drop
-        .location
-        .as_ref()
-        .map_or_else(|| "ip_error".to_owned(), ToString::to_string);
-
-    let mut evidence = vec![
-        format!(
-            "kfree_skb: reason IP_INADDRERRORS at {location} on {ifname}, the interface it came in on"
-        ),
-        match &unread {
-            None => format!("{key} = 0 in netns {ns}"),
-            Some(u) => format!("{u}: the drop is the one forwarding off makes, not confirmed"),
-        },
-    ];
-    if let Some(all) = &all {
-        evidence.push(format!(
-            "net.ipv4.conf.all.forwarding = {all} in netns {ns}"
-        ));
-    }
-    if let Some(t) = at_drop.filter(|t| facts.is_local(input.netns, t.dst) == Some(false)) {
-        evidence.push(format!(
-            "destination {} is not a local address of netns {ns}: the packet had to be forwarded",
-            t.dst
-        ));
-    }
-    evidence.push("ip_error sends no ICMP error when the input interface does not forward: the client sees a timeout".into());
-
-    let globally_off = all.as_deref() == Some("0");
-    let summary_cause = if globally_off {
-        "IP forwarding is off in this namespace (net.ipv4.ip_forward = 0)".to_owned()
-    } else if unread.is_some() {
-        format!("forwarding is most likely disabled on {ifname} ({key} could not be read)")
-    } else {
-        format!("forwarding is disabled on {ifname} ({key} = 0) although it is on elsewhere")
-    };
-    let fix_cmd = fix_command(globally_off, &key);
-    let meant_for = case
-        .target
-        .map(|t| format!(" for container {}", t.container.name))
-        .unwrap_or_default();
-    let summary = format!(
-        "{}{meant_for} arrived on {ifname} (netns {ns}){arrived}{nat} and had to be forwarded, \
-         but {summary_cause}: routing drops it at ip_error without telling the sender. Make \
-         the fix persistent in /etc/sysctl.d/.",
-        case.packet_name(),
-    );
+    let globally_off = seen.all.as_deref() == Some("0");
     Some(Diagnosis {
         code: RULE.code,
-        summary,
-        evidence,
-        fix: Some(in_netns(facts, input.netns, &fix_cmd)),
-        confidence: if unread.is_some() {
+        summary: seen.summary(case, &input, globally_off),
+        evidence: seen.evidence(case, &input, facts),
+        fix: Some(in_netns(
+            facts,
+            input.netns,
+            &fix_command(globally_off, &seen.key),
+        )),
+        confidence: if seen.unread.is_some() {
             Confidence::Medium
         } else {
             Confidence::High
         },
         rule: None,
     })
+}
+
+/// What the rule read about the interface the packet came in on.
+struct Seen {
+    netns: u32,
+    ns: String,
+    ifname: String,
+    /// `net.ipv4.conf.IFNAME.forwarding`
+    key: String,
+    /// Why the switch could not be read, when it could not.
+    unread: Option<Unreadable>,
+    /// `net.ipv4.conf.all.forwarding`.
+    all: Option<String>,
+    /// Where the kernel freed it.
+    location: String,
+}
+
+impl Seen {
+    fn evidence(&self, case: &Case<'_>, input: &Hop, facts: &mut dyn HostFacts) -> Vec<String> {
+        let Self {
+            ns, ifname, key, ..
+        } = self;
+        let mut evidence = vec![
+            format!(
+                "kfree_skb: reason IP_INADDRERRORS at {} on {ifname}, the interface it came in on",
+                self.location
+            ),
+            match &self.unread {
+                None => format!("{key} = 0 in netns {ns}"),
+                Some(u) => format!("{u}: the drop is the one forwarding off makes, not confirmed"),
+            },
+        ];
+        if let Some(all) = &self.all {
+            evidence.push(format!(
+                "net.ipv4.conf.all.forwarding = {all} in netns {ns}"
+            ));
+        }
+        let at_drop = case.drop_hop().and_then(|h| h.tuple).or(input.tuple);
+        if let Some(t) = at_drop.filter(|t| facts.is_local(self.netns, t.dst) == Some(false)) {
+            evidence.push(format!(
+                "destination {} is not a local address of netns {ns}: the packet had to be forwarded",
+                t.dst
+            ));
+        }
+        evidence.push("ip_error sends no ICMP error when the input interface does not forward: the client sees a timeout".into());
+        evidence
+    }
+
+    fn summary(&self, case: &Case<'_>, input: &Hop, globally_off: bool) -> String {
+        let Self {
+            ns, ifname, key, ..
+        } = self;
+        let at_drop = case.drop_hop().and_then(|h| h.tuple).or(input.tuple);
+        let arrived = input
+            .tuple
+            .map(|t| format!(" for {}:{}", t.dst, t.dport))
+            .unwrap_or_default();
+        let nat = match (input.tuple, at_drop) {
+            (Some(before), Some(after))
+                if before.dst != after.dst || before.dport != after.dport =>
+            {
+                format!(", was DNATed to {}:{}", after.dst, after.dport)
+            }
+            _ => String::new(),
+        };
+        let cause = if globally_off {
+            "IP forwarding is off in this namespace (net.ipv4.ip_forward = 0)".to_owned()
+        } else if self.unread.is_some() {
+            format!("forwarding is most likely disabled on {ifname} ({key} could not be read)")
+        } else {
+            format!("forwarding is disabled on {ifname} ({key} = 0) although it is on elsewhere")
+        };
+        let meant_for = case
+            .target
+            .map(|t| format!(" for container {}", t.container.name))
+            .unwrap_or_default();
+        format!(
+            "{}{meant_for} arrived on {ifname} (netns {ns}){arrived}{nat} and had to be forwarded, \
+             but {cause}: routing drops it at ip_error without telling the sender. Make \
+             the fix persistent in /etc/sysctl.d/.",
+            case.packet_name(),
+        )
+    }
 }
 
 /// Forwarding off globally while something needs it (a published port, a bridge), or off

@@ -221,38 +221,49 @@ pub(super) fn parse_save(text: &str, dialect: &Dialect) -> Result<Ruleset, Parse
             .tables
             .last_mut()
             .ok_or_else(|| err("rule before any *table"))?;
-        let tokens = tokenize(rule_text);
-        if tokens.first().map(String::as_str) != Some("-A") || tokens.len() < 2 {
-            return Err(err("expected -A CHAIN"));
-        }
-        let (conds, target) = (dialect.rule)(&tokens[2..], &|name: &str| {
-            table.chains.iter().any(|c| c.name == name)
-        });
-        let at = match table.chains.iter().position(|c| c.name == tokens[1]) {
-            Some(i) => i,
-            None if dialect.strict_chains => return Err(err("rule for an undeclared chain")),
-            None => {
-                table.chains.push(Chain {
-                    name: tokens[1].clone(),
-                    base: None,
-                    policy: None,
-                    policy_packets: None,
-                    rules: Vec::new(),
-                });
-                table.chains.len() - 1
-            }
-        };
-        let chain = &mut table.chains[at];
-        chain.rules.push(ChainRule {
-            index: chain.rules.len() + 1,
-            handle: None,
-            text: rule_text.to_owned(),
-            packets,
-            conds,
-            target,
-        });
+        add_rule(table, rule_text, packets, dialect).map_err(err)?;
     }
     Ok(rs)
+}
+
+/// Appends `-A CHAIN ...` to its chain (created unless the dialect declares every chain).
+fn add_rule(
+    table: &mut Table,
+    rule_text: &str,
+    packets: Option<u64>,
+    dialect: &Dialect,
+) -> Result<(), &'static str> {
+    let tokens = tokenize(rule_text);
+    if tokens.first().map(String::as_str) != Some("-A") || tokens.len() < 2 {
+        return Err("expected -A CHAIN");
+    }
+    let (conds, target) = (dialect.rule)(&tokens[2..], &|name: &str| {
+        table.chains.iter().any(|c| c.name == name)
+    });
+    let at = match table.chains.iter().position(|c| c.name == tokens[1]) {
+        Some(i) => i,
+        None if dialect.strict_chains => return Err("rule for an undeclared chain"),
+        None => {
+            table.chains.push(Chain {
+                name: tokens[1].clone(),
+                base: None,
+                policy: None,
+                policy_packets: None,
+                rules: Vec::new(),
+            });
+            table.chains.len() - 1
+        }
+    };
+    let chain = &mut table.chains[at];
+    chain.rules.push(ChainRule {
+        index: chain.rules.len() + 1,
+        handle: None,
+        text: rule_text.to_owned(),
+        packets,
+        conds,
+        target,
+    });
+    Ok(())
 }
 
 impl Ruleset {
@@ -278,124 +289,42 @@ impl Ruleset {
     }
 }
 
-/// Parses the words after `-A CHAIN`.
+/// Parses the words after `-A CHAIN`: matches until `-j`/`-g`, whose target ends the rule
+/// (the words after it are the target's options).
 fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond)>, Action) {
     let mut conds = Vec::new();
-    let mut target = Action::None;
     let mut neg = false;
     let mut i = 0;
     let mut module = String::new();
     let arg = |i: usize| t.get(i + 1).cloned().unwrap_or_default();
     while i < t.len() {
         let w = t[i].as_str();
-        let mut push = |c: Cond, neg: &mut bool| {
-            conds.push((*neg, c));
-            *neg = false;
-        };
-        match w {
+        let flag = match w {
             "!" => {
                 neg = true;
                 i += 1;
                 continue;
             }
-            "-i" => push(Cond::InIface(arg(i)), &mut neg),
-            "-o" => push(Cond::OutIface(arg(i)), &mut neg),
-            "-s" => match Net::parse(&arg(i)) {
-                Some(n) => push(Cond::Src(n), &mut neg),
-                None => push(Cond::Unknown(format!("-s {}", arg(i))), &mut neg),
-            },
-            "-d" => match Net::parse(&arg(i)) {
-                Some(n) => push(Cond::Dst(n), &mut neg),
-                None => push(Cond::Unknown(format!("-d {}", arg(i))), &mut neg),
-            },
-            "-p" => match proto_number(&arg(i)) {
-                Some(ALL) => {}
-                Some(p) => push(Cond::Proto(p), &mut neg),
-                None => push(Cond::Unknown(format!("-p {}", arg(i))), &mut neg),
-            },
             "-m" => {
                 module = arg(i);
                 i += 2;
                 continue;
             }
-            "--dport" | "--destination-port" => match port_range(&arg(i)) {
-                Some((a, b)) => push(Cond::Dport(a, b), &mut neg),
-                None => push(Cond::Unknown(format!("--dport {}", arg(i))), &mut neg),
-            },
-            "--sport" | "--source-port" => match port_range(&arg(i)) {
-                Some((a, b)) => push(Cond::Sport(a, b), &mut neg),
-                None => push(Cond::Unknown(format!("--sport {}", arg(i))), &mut neg),
-            },
-            "--dports" | "--sports" | "--ports" if module == "multiport" => {
-                let ranges: Vec<(u16, u16)> = arg(i).split(',').filter_map(port_range).collect();
-                let (d, s) = match w {
-                    "--dports" => (true, false),
-                    "--sports" => (false, true),
-                    _ => (true, true),
-                };
-                push(Cond::Multiport(d, s, ranges), &mut neg);
-            }
-            "--ctstate" | "--state" => push(Cond::CtState(ct_states(&arg(i))), &mut neg),
-            "--dst-type" if arg(i) == "LOCAL" => push(Cond::DstTypeLocal, &mut neg),
-            "--src-type" if arg(i) == "LOCAL" => push(Cond::SrcTypeLocal, &mut neg),
-            "--physdev-in" => push(Cond::PhysdevIn(arg(i)), &mut neg),
-            "--physdev-out" => push(Cond::PhysdevOut(arg(i)), &mut neg),
-            "--physdev-is-bridged" => {
-                push(Cond::PhysdevIsBridged, &mut neg);
-                i += 1;
-                continue;
-            }
-            "--syn" => {
-                push(Cond::Syn, &mut neg);
-                i += 1;
-                continue;
-            }
-            "--comment" => {}
-            "-j" | "-g" => {
-                let name = arg(i);
-                target = match (w, name.as_str()) {
-                    ("-g", _) => Action::Goto(name),
-                    (_, "ACCEPT") => Action::Accept,
-                    (_, "DROP") => Action::Drop,
-                    (_, "REJECT") => Action::Reject,
-                    (_, "RETURN") => Action::Return,
-                    (_, "MASQUERADE" | "SNAT") => Action::SourceNat,
-                    (_, "DNAT") => {
-                        let to = t
-                            .iter()
-                            .position(|x| x == "--to-destination")
-                            .and_then(|p| t.get(p + 1))
-                            .cloned()
-                            .unwrap_or_default();
-                        let (a, p) = to
-                            .split_once(':')
-                            .map_or((to.as_str(), None), |(a, p)| (a, Some(p)));
-                        match a.parse() {
-                            Ok(addr) => Action::Dnat(
-                                addr,
-                                p.and_then(|p| p.split('-').next()?.parse().ok()),
-                            ),
-                            Err(_) => Action::Continue(format!("DNAT {to}")),
-                        }
-                    }
-                    (_, n) if is_chain(n) => Action::Jump(name),
-                    (_, n) => Action::Continue(n.to_owned()),
-                };
-                // The rest are target options.
-                break;
-            }
-            other if other.starts_with("--") => {
-                // A module option we do not model: the whole match is unknown.
-                let mut text = format!("-m {module} {other}");
-                if t.get(i + 1).is_some_and(|v| !v.starts_with('-')) {
-                    text.push(' ');
-                    text.push_str(&arg(i));
-                }
-                if module != "comment" && module != "tcp" && module != "udp" {
-                    push(Cond::Unknown(text), &mut neg);
-                }
-            }
-            _ => {}
+            "-j" | "-g" => return (conds, target(w, arg(i), t, is_chain)),
+            "--physdev-is-bridged" => Some(Cond::PhysdevIsBridged),
+            "--syn" => Some(Cond::Syn),
+            _ => None,
+        };
+        if let Some(c) = flag {
+            conds.push((neg, c));
+            neg = false;
+            i += 1;
+            continue;
+        }
+        let has_value = t.get(i + 1).is_some_and(|v| !v.starts_with('-'));
+        if let Some(c) = condition(w, &module, &arg(i), has_value) {
+            conds.push((neg, c));
+            neg = false;
         }
         // Options with one argument.
         i += if t
@@ -407,7 +336,90 @@ fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond
             1
         };
     }
-    (conds, target)
+    (conds, Action::None)
+}
+
+/// The match an option with its argument makes; `None` for words that decide nothing here
+/// (`--comment`, `-p all`, the options of modules already read as matches).
+fn condition(w: &str, module: &str, arg: &str, has_value: bool) -> Option<Cond> {
+    let unknown = |opt: &str| Cond::Unknown(format!("{opt} {arg}"));
+    Some(match w {
+        "-i" => Cond::InIface(arg.to_owned()),
+        "-o" => Cond::OutIface(arg.to_owned()),
+        "-s" => Net::parse(arg).map_or_else(|| unknown("-s"), Cond::Src),
+        "-d" => Net::parse(arg).map_or_else(|| unknown("-d"), Cond::Dst),
+        "-p" => match proto_number(arg) {
+            Some(ALL) => return None,
+            Some(p) => Cond::Proto(p),
+            None => unknown("-p"),
+        },
+        "--dport" | "--destination-port" => {
+            port_range(arg).map_or_else(|| unknown("--dport"), |(a, b)| Cond::Dport(a, b))
+        }
+        "--sport" | "--source-port" => {
+            port_range(arg).map_or_else(|| unknown("--sport"), |(a, b)| Cond::Sport(a, b))
+        }
+        "--dports" | "--sports" | "--ports" if module == "multiport" => {
+            let ranges: Vec<(u16, u16)> = arg.split(',').filter_map(port_range).collect();
+            let (d, s) = match w {
+                "--dports" => (true, false),
+                "--sports" => (false, true),
+                _ => (true, true),
+            };
+            Cond::Multiport(d, s, ranges)
+        }
+        "--ctstate" | "--state" => Cond::CtState(ct_states(arg)),
+        "--dst-type" if arg == "LOCAL" => Cond::DstTypeLocal,
+        "--src-type" if arg == "LOCAL" => Cond::SrcTypeLocal,
+        "--physdev-in" => Cond::PhysdevIn(arg.to_owned()),
+        "--physdev-out" => Cond::PhysdevOut(arg.to_owned()),
+        "--comment" => return None,
+        other if other.starts_with("--") => {
+            if matches!(module, "comment" | "tcp" | "udp") {
+                return None;
+            }
+            // A module option we do not model: the whole match is unknown.
+            let mut text = format!("-m {module} {other}");
+            if has_value {
+                text.push(' ');
+                text.push_str(arg);
+            }
+            Cond::Unknown(text)
+        }
+        _ => return None,
+    })
+}
+
+/// What `-j NAME` (or `-g NAME`) does; `t` holds the target's options (`--to-destination`).
+fn target(w: &str, name: String, t: &[String], is_chain: &dyn Fn(&str) -> bool) -> Action {
+    match (w, name.as_str()) {
+        ("-g", _) => Action::Goto(name),
+        (_, "ACCEPT") => Action::Accept,
+        (_, "DROP") => Action::Drop,
+        (_, "REJECT") => Action::Reject,
+        (_, "RETURN") => Action::Return,
+        (_, "MASQUERADE" | "SNAT") => Action::SourceNat,
+        (_, "DNAT") => dnat(t),
+        (_, n) if is_chain(n) => Action::Jump(name),
+        (_, n) => Action::Continue(n.to_owned()),
+    }
+}
+
+/// `-j DNAT --to-destination ADDR[:PORT[-PORT]]`.
+fn dnat(t: &[String]) -> Action {
+    let to = t
+        .iter()
+        .position(|x| x == "--to-destination")
+        .and_then(|p| t.get(p + 1))
+        .cloned()
+        .unwrap_or_default();
+    let (a, p) = to
+        .split_once(':')
+        .map_or((to.as_str(), None), |(a, p)| (a, Some(p)));
+    match a.parse() {
+        Ok(addr) => Action::Dnat(addr, p.and_then(|p| p.split('-').next()?.parse().ok())),
+        Err(_) => Action::Continue(format!("DNAT {to}")),
+    }
 }
 
 #[cfg(test)]
