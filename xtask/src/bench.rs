@@ -1049,29 +1049,46 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
 fn write_doc(args: &BenchArgs, table: &str) -> Result<()> {
     let tcp_port = LabConfig::default().published_port;
     let doc = format!(
-        "# Performance\n\nMeasured with `cargo xtask bench --rounds {} --seconds {}` on {} ({} cores), kernel {}, tracepoint backend.\n\
-             The lab topology: 18-byte UDP datagrams from the outside namespace to published port {UDP_PORT}, DNATed through the bridge into the\n\
-             container namespace, counted by a sink there. Runs interleave untraced and traced measurements; medians are shown.\n\n{table}\n\
-             How to read it: the ratios are the forwarding throughput kept while pathtrace is attached; \"matching\" means every flood\n\
-             packet produces ~2 events with a trace's default set (the receives on the uplink and in the container; the bridge and veth transmits\n\
-             between them are inferred in userspace), ~4 with `--hooks path`, which traces those transmits. BPF run time is\n\
-             the kernel's own accounting (`BPF_ENABLE_STATS`, on for three extra runs, off when its descriptor closes).\n\
-             Ratios pair each traced run with the untraced runs around it; a ratio's interval is the distribution-free 95 % confidence\n\
-             interval of its median (order statistics of the pairs). \"Per busy CPU-second\" divides arrivals by the CPU time the whole\n\
-             machine spent (pathtrace included, hypervisor steal excluded). The CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n\
-             The SYN flood sends raw-socket SYNs (source ports cycling) to the published TCP port {tcp_port}; its rate is TCP segments the\n\
-             container's stack received (each SYN, and the RST the client's kernel sends for the SYN-ACK), BPF costs are from UDP runs unless marked SYN.\n\
-             The `--hooks path` rows trace with that set (the transmit tracepoint too) in the same rounds, paired with the untraced runs around them;\n\
-             so do the `pathtrace daemon` rows: the daemon started with no configuration file and no flags but `--listen`, as a host leaves it running.\n",
-        args.rounds,
-        args.seconds,
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
+        "# Performance\n\n\
+         What tracing costs the traffic it watches. Measured with `cargo xtask bench --rounds {rounds} --seconds {seconds}` on {host}\n\
+         ({cores} cores), kernel {kernel}, tracepoint backend, in the lab topology: floods from the outside namespace to a published\n\
+         port, DNATed through the bridge into the container namespace. Medians; each ratio pairs a traced run with the untraced\n\
+         runs around it, with the distribution-free 95 % interval of its median.\n\n\
+         Reproduce (root, a fresh clone; `cargo xtask setup` installs what is missing):\n\n\
+         ```sh\n\
+         cargo xtask bench --rounds {rounds} --seconds {seconds}   # this table, written here\n\
+         cargo xtask bench --only syn --rounds 20    # one ratio, printed: non-matching SYN (or udp; --hooks drops|path)\n\
+         cargo xtask bench --vm --rounds 2           # fentry and kprobe in the kernel lab's VM, printed\n\
+         cargo bench -p tracer --bench pipeline      # userspace decode + correlation alone\n\
+         ```\n\n{table}\n\
+         What the rows mean:\n\
+         - *untraced*: the floods' rates with nothing attached. UDP: 18-byte datagrams to published port {UDP_PORT}, counted by a\n  \
+         sink in the container. SYN: raw-socket SYNs (source ports cycling) to published TCP port {tcp_port}, counted as TCP\n  \
+         segments the container received (each SYN, and the RST the client's kernel sends for the SYN-ACK).\n\
+         - *filter matching nothing / untraced*: throughput kept with probes attached and a filter no flood packet passes: the\n  \
+         cost every packet on a host pays while a trace for something else runs. Goal ≥ 0.95.\n\
+         - *every packet matching / untraced*, *events lost*: every flood packet followed, ~2 events each with a trace's default\n  \
+         set (`--hooks receive`: the receives; the bridge and veth transmits are inferred in userspace), ~4 with `--hooks path`.\n  \
+         Goal ≥ 0.60 with 0 lost. The CLI's JSON goes to a file, as `pathtrace --json > trace.jsonl`.\n\
+         - *`--hooks path`* and *`pathtrace daemon` as shipped* rows: measured in the same rounds; the daemon is started with\n  \
+         nothing but `--listen` (its default set, `--hooks drops`, and no filter), as a host leaves it running.\n\
+         - *per busy CPU-second*: arrivals divided by the CPU time the whole machine spent (pathtrace included, hypervisor\n  \
+         steal excluded): what tracing costs when the CPU, not the wire, is the limit.\n\
+         - *CPU per million events*, *peak RSS*, *idle*: pathtrace's own process (idle: no traffic, filter matching nothing).\n\
+         - *BPF run time*: the kernel's own accounting (`BPF_ENABLE_STATS`, on for three extra runs), per program call; UDP runs\n  \
+         unless marked SYN.\n\
+         - *decode + correlate*: `cargo bench -p tracer --bench pipeline`, recorded events on one core. Goal ≥ 2 M events/s.\n",
+        rounds = args.rounds,
+        seconds = args.seconds,
+        host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()
-            .trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .trim()
+            .to_owned(),
+        cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
-            .trim(),
+            .trim()
+            .to_owned(),
     );
     // The analysis below the generated table is written by people: keep it.
     let path = root().join("docs/performance.md");
