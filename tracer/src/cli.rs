@@ -111,8 +111,15 @@ pub enum ArgError {
     PortsWithout(Proto),
     #[error(transparent)]
     Name(#[from] NameError),
+    /// Boxed: a loader error is large, and this one travels in config errors too.
     #[error(transparent)]
-    Probes(#[from] ProbeError),
+    Probes(Box<ProbeError>),
+}
+
+impl From<ProbeError> for ArgError {
+    fn from(e: ProbeError) -> Self {
+        Self::Probes(Box::new(e))
+    }
 }
 
 /// A power of two from 1 to 1024: the kernel wants the ring a power-of-two number of pages.

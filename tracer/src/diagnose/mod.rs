@@ -123,11 +123,17 @@ pub struct Rule {
     /// drop event (its namespace, header, input interface, and the header the packet entered
     /// the namespace with, from conntrack). False for a rule that needs hops before the drop.
     pub from_drop_alone: bool,
-    pub check: fn(&Case<'_>, &mut dyn HostFacts) -> Option<Diagnosis>,
+    pub check: Check,
     /// The same fault judged from configuration alone, with no packet (`pathtrace doctor`);
     /// `None` for a rule that needs a packet to say anything.
-    pub examine: Option<fn(&Premises, &mut dyn HostFacts) -> Vec<Diagnosis>>,
+    pub examine: Option<Examine>,
 }
+
+/// A rule's judgement of a traced packet.
+pub type Check = fn(&Case<'_>, &mut dyn HostFacts) -> Option<Diagnosis>;
+
+/// A rule's judgement of a namespace's configuration, no packet: every finding.
+pub type Examine = fn(&Premises, &mut dyn HostFacts) -> Vec<Diagnosis>;
 
 /// Every rule, most specific first; the first that recognises the case wins.
 pub const RULES: &[Rule] = &[

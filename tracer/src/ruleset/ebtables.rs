@@ -8,7 +8,7 @@
 //! text and reported as not evaluated.
 
 use super::{
-    iptables::{Dialect, ParseError, parse_save, port_range, proto_number},
+    iptables::{Dialect, SaveTextError, parse_save, port_range, proto_number},
     model::{Action, BaseChain, Cond, Flavor, Net, Ruleset, Source},
 };
 
@@ -42,7 +42,7 @@ impl BaseChain {
 
 /// Parses `ebtables-save [-c]` text (counters as a `[packets:bytes]` prefix, or a trailing
 /// `-c packets bytes` as older ebtables-save writes them).
-pub fn parse(text: &str, backend: Flavor) -> Result<Ruleset, ParseError> {
+pub fn parse(text: &str, backend: Flavor) -> Result<Ruleset, SaveTextError> {
     parse_save(
         text,
         &Dialect {
@@ -59,7 +59,7 @@ pub fn parse(text: &str, backend: Flavor) -> Result<Ruleset, ParseError> {
 
 /// Parses `ebtables-nft-save -c`, without the tables it marks as holding native nft chains it
 /// cannot show (`# Table `filter' contains incompatible base-chains...`): those are nft's.
-pub fn parse_nft_save(text: &str) -> Result<Ruleset, ParseError> {
+pub fn parse_nft_save(text: &str) -> Result<Ruleset, SaveTextError> {
     let incompatible: Vec<&str> = text
         .lines()
         .filter_map(|l| {

@@ -11,7 +11,7 @@ use super::{
 use crate::net::Proto;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ParseError {
+pub enum SaveTextError {
     #[error("line {line}: {why}")]
     Line { line: usize, why: String },
 }
@@ -110,11 +110,11 @@ pub(super) enum SaveLine<'a> {
 }
 
 /// Splits save text into numbered lines, without comments and COMMITs.
-pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, ParseError> {
+pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, SaveTextError> {
     let mut out = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
-        let err = |why: &str| ParseError::Line {
+        let err = |why: &str| SaveTextError::Line {
             line: n + 1,
             why: why.to_owned(),
         };
@@ -172,10 +172,10 @@ pub(super) struct Dialect {
 }
 
 /// Parses save text in `dialect` into tables, chains and rules.
-pub(super) fn parse_save(text: &str, dialect: &Dialect) -> Result<Ruleset, ParseError> {
+pub(super) fn parse_save(text: &str, dialect: &Dialect) -> Result<Ruleset, SaveTextError> {
     let mut rs = Ruleset::default();
     for (line, parsed) in save_lines(text)? {
-        let err = |why: &str| ParseError::Line {
+        let err = |why: &str| SaveTextError::Line {
             line,
             why: why.to_owned(),
         };
@@ -268,12 +268,12 @@ fn add_rule(
 
 impl Ruleset {
     /// Parses `iptables-save` output (iptables-nft's), with or without `-c` counters.
-    pub fn parse(text: &str) -> Result<Self, ParseError> {
+    pub fn parse(text: &str) -> Result<Self, SaveTextError> {
         Self::parse_from(text, Flavor::Nft)
     }
 
     /// Parses `iptables-save` output of the given backend.
-    pub fn parse_from(text: &str, backend: Flavor) -> Result<Self, ParseError> {
+    pub fn parse_from(text: &str, backend: Flavor) -> Result<Self, SaveTextError> {
         parse_save(
             text,
             &Dialect {

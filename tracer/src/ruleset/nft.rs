@@ -16,7 +16,7 @@ use super::{
 use crate::net::Proto;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ParseError {
+pub enum NftJsonError {
     #[error("not nft JSON: {0}")]
     Json(String),
     #[error("no `nftables` array at the top level")]
@@ -39,12 +39,12 @@ pub fn iptables_nft_tables() -> Vec<(String, String)> {
 /// Parses `nft -j list ruleset`, leaving out the tables in `read_elsewhere` (family, name):
 /// iptables-nft's and ebtables-nft's tables are read from their `-save` output, with their
 /// rule numbers and text (nft shows their `xt` matches only as opaque names).
-pub fn parse(json: &str, read_elsewhere: &[(String, String)]) -> Result<Ruleset, ParseError> {
-    let doc: Value = serde_json::from_str(json).map_err(|e| ParseError::Json(e.to_string()))?;
+pub fn parse(json: &str, read_elsewhere: &[(String, String)]) -> Result<Ruleset, NftJsonError> {
+    let doc: Value = serde_json::from_str(json).map_err(|e| NftJsonError::Json(e.to_string()))?;
     let items = doc
         .get("nftables")
         .and_then(Value::as_array)
-        .ok_or(ParseError::Shape)?;
+        .ok_or(NftJsonError::Shape)?;
     let mut rs = Ruleset::default();
     let keep = |family: &str, table: &str| {
         ipv4_family(family)
@@ -659,8 +659,8 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(parse("not json", &[]), Err(ParseError::Json(_))));
-        assert_eq!(parse("{}", &[]), Err(ParseError::Shape));
+        assert!(matches!(parse("not json", &[]), Err(NftJsonError::Json(_))));
+        assert_eq!(parse("{}", &[]), Err(NftJsonError::Shape));
     }
 
     #[test]

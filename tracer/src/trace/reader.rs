@@ -62,7 +62,7 @@ impl Session {
         let poll = tokio::time::sleep(DRAIN_EVERY);
         tokio::pin!(poll);
         let mut verdicts = 0u64;
-        while !count.is_some_and(|c| verdicts >= c) {
+        while count.is_none_or(|c| verdicts < c) {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     self.woken(&mut guard?, poll.as_mut(), tick.as_mut())?;
