@@ -49,7 +49,7 @@ pub async fn run(port: Option<(u16, Proto)>) -> Result<Checkup, DoctorError> {
             (published_ports(&index), status.to_string())
         }
     };
-    let mut facts = Resolver::new().with_containers(index);
+    let mut facts = Resolver::without_symbols().with_containers(index);
     let premises = Premises {
         netns,
         links,

@@ -24,10 +24,27 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pathtrace: error: {e:#}");
+            eprintln!("pathtrace: error: {}", chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `: `-joined; a cause the message before it already quotes (as a
+/// library error that wraps another usually does) is not said twice.
+fn chain(e: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if said.contains(&text) {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(": ");
+        }
+        said.push_str(&text);
+    }
+    said
 }
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {

@@ -67,6 +67,7 @@ const WIRING_TTL: Duration = Duration::from_secs(10);
 const MAX_WIRED: usize = 4096;
 
 impl Resolver {
+    /// For a trace: kernel locations are named from /proc/kallsyms, read now.
     pub fn new() -> Self {
         let kallsyms = match Kallsyms::from_proc() {
             Ok(k) => Some(k),
@@ -76,11 +77,20 @@ impl Resolver {
             }
         };
         Self {
+            kallsyms,
+            ..Self::without_symbols()
+        }
+    }
+
+    /// For static checks (`pathtrace doctor`): no packet, so no kernel location to name and
+    /// /proc/kallsyms is not read.
+    pub fn without_symbols() -> Self {
+        Self {
             own_netns: netns::own_inode(),
             namespaces: HashMap::new(),
             namespaces_at: None,
             links: HashMap::new(),
-            kallsyms,
+            kallsyms: None,
             containers: None,
             veths: HashMap::new(),
             veths_generation: 0,
