@@ -176,7 +176,7 @@ impl DaemonConfig {
     /// The kernel filter and its text; `path` names where it came from in an error.
     pub fn filter(&self, path: &str) -> Result<(Filter, String), ConfigError> {
         self.filter_args()
-            .to_filter()
+            .and_then(|f| f.to_filter())
             .map_err(|source| ConfigError::Filter {
                 path: path.to_owned(),
                 source,
@@ -208,9 +208,10 @@ impl DaemonConfig {
         Ok((backend, hooks))
     }
 
-    /// The filter section as the trace flags, so both are validated by one piece of code.
-    pub fn filter_args(&self) -> FilterArgs {
-        FilterArgs {
+    /// The filter section as the trace flags, so both are validated by one piece of code. A
+    /// protocol that is not one is an error, not a filter without it.
+    pub fn filter_args(&self) -> Result<FilterArgs, ArgError> {
+        Ok(FilterArgs {
             dport: self.filter.dport,
             sport: self.filter.sport,
             host: self.filter.host,
@@ -218,9 +219,10 @@ impl DaemonConfig {
                 .filter
                 .proto
                 .as_deref()
-                .and_then(|p| crate::cli::parse_proto(p).ok()),
+                .map(crate::cli::parse_proto)
+                .transpose()?,
             container: None,
-        }
+        })
     }
 }
 
@@ -240,7 +242,7 @@ mod tests {
         assert_eq!(cfg.json.max_bytes, 1 << 20);
         assert_eq!(cfg.json.keep, 5, "defaults fill the rest");
         assert_eq!(cfg.limits.top_n, 20);
-        let (f, text) = cfg.filter_args().to_filter().unwrap();
+        let (f, text) = cfg.filter_args().unwrap().to_filter().unwrap();
         assert_eq!(
             (f.dport, f.proto, text.as_str()),
             (10001, 6, "tcp dport 10001")
@@ -266,6 +268,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("p.toml: --backend kprobe"), "{err}");
+        let err = DaemonConfig::parse("[filter]\nproto = \"gre\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("p.toml: filter: `gre` is not tcp, udp, icmp"),
+            "{err}"
+        );
         let err = DaemonConfig::parse("hooks = \"all\"\n", "p.toml")
             .unwrap_err()
             .to_string();
