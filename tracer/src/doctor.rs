@@ -134,7 +134,7 @@ mod tests {
     fn port() -> Vec<PortCheck> {
         vec![PortCheck {
             port: 10001,
-            proto: Proto::Tcp,
+            proto: Proto::TCP,
             published: None,
         }]
     }

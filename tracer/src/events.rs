@@ -101,6 +101,7 @@ impl Hop {
         Self::from_event(&ev)
     }
 
+    #[inline]
     pub fn from_event(ev: &HopEvent) -> Result<Self, DecodeError> {
         let kind = HopKind::from_raw(ev.kind).ok_or(DecodeError::UnknownKind(ev.kind))?;
         let tuple = (ev.flags & FLAG_IPV4 != 0).then(|| {
@@ -138,15 +139,7 @@ impl Hop {
             peer_ifindex: ev.peer_ifindex,
             peer_netns: ev.peer_netns,
             fingerprint: ev.fingerprint,
-            netfilter: (kind == HopKind::NetfilterHook).then(|| Netfilter {
-                hook: Hook::from_number(ev.nf_hook),
-                family: Family::from_number(ev.nf_family),
-                verdict: match ev.nf_verdict {
-                    nf_verdict::ACCEPT => NfVerdict::Accept,
-                    nf_verdict::DROP => NfVerdict::Drop,
-                    _ => NfVerdict::Stolen,
-                },
-            }),
+            netfilter: (kind == HopKind::NetfilterHook).then(|| netfilter(ev)),
             in_ifindex: ev.in_ifindex,
             entered,
             inferred: false,
@@ -156,6 +149,22 @@ impl Hop {
     /// Whether the skb ends its life at this hop.
     pub fn frees(&self) -> bool {
         matches!(self.kind, HopKind::Drop | HopKind::Consume)
+    }
+}
+
+/// A netfilter hop's hook, family and verdict. Out of line: only function backends report
+/// such hops, and every other event decodes past it.
+#[cold]
+#[inline(never)]
+fn netfilter(ev: &HopEvent) -> Netfilter {
+    Netfilter {
+        hook: Hook::from_number(ev.nf_hook),
+        family: Family::from_number(ev.nf_family),
+        verdict: match ev.nf_verdict {
+            nf_verdict::ACCEPT => NfVerdict::Accept,
+            nf_verdict::DROP => NfVerdict::Drop,
+            _ => NfVerdict::Stolen,
+        },
     }
 }
 

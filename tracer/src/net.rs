@@ -7,62 +7,60 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-/// An IP protocol. Numbers pathtrace has nothing to say about keep their number.
+/// An IP protocol: its number, with names for the ones pathtrace reasons about. One byte, as
+/// the kernel has it: every tuple holds one and the flow table hashes it per packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Proto {
-    Icmp,
-    Tcp,
-    Udp,
-    Sctp,
-    Other(u8),
-}
+pub struct Proto(u8);
 
 impl Proto {
+    pub const ICMP: Self = Self(1);
+    pub const TCP: Self = Self(6);
+    pub const UDP: Self = Self(17);
+    pub const SCTP: Self = Self(132);
+
+    /// The protocols with a name, in one table.
+    const NAMES: [(Self, &'static str); 4] = [
+        (Self::ICMP, "icmp"),
+        (Self::TCP, "tcp"),
+        (Self::UDP, "udp"),
+        (Self::SCTP, "sctp"),
+    ];
+
     pub const fn from_number(n: u8) -> Self {
-        match n {
-            1 => Self::Icmp,
-            6 => Self::Tcp,
-            17 => Self::Udp,
-            132 => Self::Sctp,
-            n => Self::Other(n),
-        }
+        Self(n)
     }
 
     /// The IANA protocol number, as the kernel and iptables' `-p` use it.
     pub const fn number(self) -> u8 {
-        match self {
-            Self::Icmp => 1,
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Sctp => 132,
-            Self::Other(n) => n,
-        }
+        self.0
     }
 
     /// Lowercase name for display (`ip` for protocols shown without one).
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Icmp => "icmp",
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp | Self::Other(_) => "ip",
+            Self::ICMP => "icmp",
+            Self::TCP => "tcp",
+            Self::UDP => "udp",
+            _ => "ip",
         }
+    }
+
+    /// One of the protocols with a name (`tcp`, `udp`, `icmp`, `sctp`).
+    pub fn is_named(self) -> bool {
+        Self::NAMES.iter().any(|(p, _)| *p == self)
     }
 
     /// TCP or UDP: the protocols whose ports pathtrace reads and filters on.
     pub const fn has_ports(self) -> bool {
-        matches!(self, Self::Tcp | Self::Udp)
+        matches!(self, Self::TCP | Self::UDP)
     }
 
     /// What `-p tcp` / `-p 6` and nft's `l4proto` name: a name iptables knows or a number.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "icmp" => Self::Icmp,
-            "tcp" => Self::Tcp,
-            "udp" => Self::Udp,
-            "sctp" => Self::Sctp,
-            _ => Self::from_number(s.parse().ok()?),
-        })
+        match Self::NAMES.iter().find(|(_, name)| *name == s) {
+            Some((p, _)) => Some(*p),
+            None => s.parse().ok().map(Self),
+        }
     }
 }
 
@@ -304,8 +302,10 @@ mod tests {
         for n in 0..=255u8 {
             assert_eq!(Proto::from_number(n).number(), n);
         }
-        assert_eq!(Proto::parse("udp"), Some(Proto::Udp));
-        assert_eq!(Proto::parse("47"), Some(Proto::Other(47)));
-        assert_eq!(serde_json::to_string(&Proto::Tcp).expect("json"), "6");
+        assert_eq!(Proto::parse("udp"), Some(Proto::UDP));
+        assert_eq!(Proto::parse("47"), Some(Proto::from_number(47)));
+        assert_eq!(Proto::parse("sctp").map(Proto::number), Some(132));
+        assert!(!Proto::from_number(47).is_named());
+        assert_eq!(serde_json::to_string(&Proto::TCP).expect("json"), "6");
     }
 }

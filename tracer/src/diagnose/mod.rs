@@ -183,7 +183,7 @@ impl Case<'_> {
             .hops
             .iter()
             .find_map(|h| h.tuple)
-            .is_some_and(|t| t.proto == Proto::Tcp);
+            .is_some_and(|t| t.proto == Proto::TCP);
         match self.flow {
             Some(f) if f.direction == Direction::Reply => CtState::Established,
             _ if tcp && self.tcp_flags().opens() => CtState::New,

@@ -50,10 +50,10 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
             p.host_port, t.dst, t.dport, p.container.name, p.host_port
         ));
     }
-    if t.proto == Proto::Tcp {
+    if t.proto == Proto::TCP {
         evidence.push("TCP answered with a RST: the client sees \"connection refused\"".into());
     }
-    let ss = if t.proto == Proto::Tcp {
+    let ss = if t.proto == Proto::TCP {
         "ss -ltnp"
     } else {
         "ss -lunp"

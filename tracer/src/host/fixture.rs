@@ -208,7 +208,7 @@ impl FakeHost {
         h.published.push(Published {
             container: web,
             host_port: 10001,
-            proto: Proto::Tcp,
+            proto: Proto::TCP,
             container_addr: Some(Ipv4Addr::new(172, 17, 0, 2)),
             container_port: 80,
         });

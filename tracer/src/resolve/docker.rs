@@ -207,7 +207,7 @@ impl ContainerIndex {
 
 /// The protocol of a `80/tcp` port key: Docker publishes TCP, UDP and SCTP.
 fn proto_number(name: &str) -> Option<Proto> {
-    Proto::parse(name).filter(|p| matches!(p, Proto::Tcp | Proto::Udp | Proto::Sctp))
+    Proto::parse(name).filter(|p| matches!(*p, Proto::TCP | Proto::UDP | Proto::SCTP))
 }
 
 /// The socket to use: `DOCKER_HOST=unix://...` or the default.
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(c.container.id, "75e048d0b2ee");
         assert_eq!(c.container.image, "pathtrace-busybox:test");
         assert_eq!(c.addresses, vec![Ipv4Addr::new(172, 17, 0, 2)]);
-        let p = index.published(10001, Proto::Tcp).expect("published port");
+        let p = index.published(10001, Proto::TCP).expect("published port");
         assert_eq!(
             (p.container_addr, p.container_port),
             (Some(Ipv4Addr::new(172, 17, 0, 2)), 80)
@@ -391,7 +391,7 @@ mod tests {
             1,
             "IPv4 and IPv6 bindings fold into one"
         );
-        assert!(index.published(10001, Proto::Udp).is_none());
+        assert!(index.published(10001, Proto::UDP).is_none());
     }
 
     #[test]

@@ -235,7 +235,7 @@ mod tests {
         PacketAtHook {
             src: Ipv4Addr::new(172, 17, 0, 3),
             dst: Ipv4Addr::from(dst),
-            proto: Proto::Tcp,
+            proto: Proto::TCP,
             sport: 40000,
             dport,
             tcp_flags: TcpFlags::SYN,

@@ -80,7 +80,7 @@ pub(super) fn proto_number(s: &str) -> Option<Proto> {
 }
 
 /// `-p all`.
-const ALL: Proto = Proto::Other(0);
+const ALL: Proto = Proto::from_number(0);
 
 fn ct_states(s: &str) -> Vec<CtState> {
     s.split(',')
@@ -436,7 +436,7 @@ mod tests {
         PacketAtHook {
             src: Ipv4Addr::new(203, 0, 113, 2),
             dst: Ipv4Addr::from(dst),
-            proto: Proto::Tcp,
+            proto: Proto::TCP,
             sport: 40000,
             dport,
             tcp_flags: TcpFlags::SYN,
@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(pre.dnat, None);
         let by = pre.by.expect("the shadowing ACCEPT");
         assert_eq!((by.chain.as_str(), by.index), ("PREROUTING", Some(1)));
-        let dnats = rs.dnat_rules_for(Proto::Tcp, 10001);
+        let dnats = rs.dnat_rules_for(Proto::TCP, 10001);
         assert_eq!(dnats.len(), 1);
         assert_eq!(dnats[0].chain, "DOCKER");
     }

@@ -113,7 +113,7 @@ pub(crate) mod ruleset_fixtures {
         PacketAtHook {
             src,
             dst: Ipv4Addr::new(172, 17, 0, 2),
-            proto: Proto::Tcp,
+            proto: Proto::TCP,
             sport: 40000,
             dport: 80,
             tcp_flags: TcpFlags::SYN,

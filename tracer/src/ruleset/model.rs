@@ -271,7 +271,7 @@ fn iface_matches(pattern: &str, name: Option<&str>) -> Option<bool> {
 /// `Some(true/false)` when decidable for this packet, `None` when it is not.
 fn cond_holds(c: &Cond, p: &PacketAtHook) -> Option<bool> {
     let in_range = |v: u16, (a, b): (u16, u16)| a <= v && v <= b;
-    let has_ports = p.proto.has_ports() || p.proto == Proto::Sctp;
+    let has_ports = p.proto.has_ports() || p.proto == Proto::SCTP;
     Some(match c {
         Cond::InIface(n) => iface_matches(n, p.in_if.as_deref())?,
         Cond::OutIface(n) => iface_matches(n, p.out_if.as_deref())?,
@@ -292,7 +292,7 @@ fn cond_holds(c: &Cond, p: &PacketAtHook) -> Option<bool> {
         Cond::PhysdevIn(n) => iface_matches(n, p.physdev_in.as_deref()).unwrap_or(false),
         Cond::PhysdevOut(n) => iface_matches(n, p.physdev_out.as_deref()).unwrap_or(false),
         Cond::PhysdevIsBridged => p.physdev_in.is_some() && p.physdev_out.is_some(),
-        Cond::Syn => p.proto == Proto::Tcp && p.tcp_flags.handshake() == TcpFlags::SYN,
+        Cond::Syn => p.proto == Proto::TCP && p.tcp_flags.handshake() == TcpFlags::SYN,
         Cond::AnyOf(any) => {
             let mut undecided = false;
             for c in any {

@@ -349,10 +349,10 @@ fn field_of(left: &Value) -> Option<Field> {
             ("ip", "saddr") => Some(Field::Saddr),
             ("ip", "daddr") => Some(Field::Daddr),
             ("ip", "protocol") => Some(Field::L4proto),
-            ("tcp", "dport") => Some(Field::Dport(Proto::Tcp)),
-            ("tcp", "sport") => Some(Field::Sport(Proto::Tcp)),
-            ("udp", "dport") => Some(Field::Dport(Proto::Udp)),
-            ("udp", "sport") => Some(Field::Sport(Proto::Udp)),
+            ("tcp", "dport") => Some(Field::Dport(Proto::TCP)),
+            ("tcp", "sport") => Some(Field::Sport(Proto::TCP)),
+            ("udp", "dport") => Some(Field::Dport(Proto::UDP)),
+            ("udp", "sport") => Some(Field::Sport(Proto::UDP)),
             ("th", "dport") => None,
             _ => None,
         };
@@ -417,7 +417,7 @@ fn proto_number(v: &Value) -> Option<Proto> {
     match v {
         Value::Number(n) => u8::try_from(n.as_u64()?).ok().map(Proto::from_number),
         // Names only: `ip` or `th` as a payload's protocol is no IP protocol.
-        Value::String(s) => Proto::parse(s).filter(|p| !matches!(p, Proto::Other(_))),
+        Value::String(s) => Proto::parse(s).filter(|p| p.is_named()),
         _ => None,
     }
 }

@@ -46,7 +46,7 @@ pub fn widen(given: &Filter, facts: &mut dyn HostFacts, conntrack: bool) -> Wide
     let protos: &[Proto] = if given.fields & filter_field::PROTO != 0 {
         &[Proto::from_number(given.proto)]
     } else {
-        &[Proto::Tcp, Proto::Udp]
+        &[Proto::TCP, Proto::UDP]
     };
     let mut targets: Vec<_> = protos
         .iter()

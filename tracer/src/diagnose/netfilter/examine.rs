@@ -179,7 +179,7 @@ fn bridged_drops(p: &Premises, rs: &Ruleset) -> Vec<Diagnosis> {
         let pkt = PacketAtHook {
             src: Ipv4Addr::from(base + 2),
             dst: Ipv4Addr::from(base + 3),
-            proto: Proto::Tcp,
+            proto: Proto::TCP,
             sport: CLIENT.1,
             dport: 80,
             tcp_flags: TcpFlags::SYN,

@@ -356,7 +356,7 @@ mod tests {
             sport: 40000,
             dst: "172.17.0.2".parse().expect("addr"),
             dport: 80,
-            proto: Proto::Tcp,
+            proto: Proto::TCP,
         });
         assert_eq!(
             flow_match(&at, tuple, Syntax::Iptables),
@@ -372,7 +372,7 @@ mod tests {
         );
         // ICMP: no port to name.
         let icmp = tuple.map(|t| crate::events::Tuple {
-            proto: Proto::Icmp,
+            proto: Proto::ICMP,
             ..t
         });
         assert_eq!(
