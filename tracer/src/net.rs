@@ -35,19 +35,21 @@ impl Proto {
         self.0
     }
 
-    /// Lowercase name for display (`ip` for protocols shown without one).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::ICMP => "icmp",
-            Self::TCP => "tcp",
-            Self::UDP => "udp",
-            _ => "ip",
-        }
+    /// Lowercase name for display; `ip` for a protocol without one.
+    pub fn name(self) -> &'static str {
+        self.named().unwrap_or("ip")
     }
 
     /// One of the protocols with a name (`tcp`, `udp`, `icmp`, `sctp`).
     pub fn is_named(self) -> bool {
-        Self::NAMES.iter().any(|(p, _)| *p == self)
+        self.named().is_some()
+    }
+
+    fn named(self) -> Option<&'static str> {
+        Self::NAMES
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map(|(_, name)| *name)
     }
 
     /// TCP or UDP: the protocols whose ports pathtrace reads and filters on.
@@ -306,6 +308,8 @@ mod tests {
         assert_eq!(Proto::parse("47"), Some(Proto::from_number(47)));
         assert_eq!(Proto::parse("sctp").map(Proto::number), Some(132));
         assert!(!Proto::from_number(47).is_named());
+        assert_eq!(Proto::from_number(47).name(), "ip");
+        assert_eq!(Proto::SCTP.name(), "sctp");
         assert_eq!(serde_json::to_string(&Proto::TCP).expect("json"), "6");
     }
 }
