@@ -105,7 +105,7 @@ pub async fn run_controlled(
     control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
 ) -> Result<Stats, TraceError> {
     let started = Instant::now();
-    let docker = Docker::connect(&mut cfg).await?;
+    let docker = DockerSession::connect(&mut cfg).await?;
     let (mut session, mut ring) = attach(&mut cfg, docker.index.clone())?;
     // Signals are caught before anyone is told to start traffic (and so to stop it).
     let until = stop(cfg.duration)?;
@@ -125,14 +125,14 @@ pub async fn run_controlled(
 
 /// Docker, asked first: `--container` becomes part of the kernel filter, and the first packets
 /// should already resolve to names.
-struct Docker {
+struct DockerSession {
     index: SharedIndex,
     status: DockerStatus,
     /// Keeps the index current from the events stream.
     watcher: JoinHandle<()>,
 }
 
-impl Docker {
+impl DockerSession {
     async fn connect(cfg: &mut TraceConfig) -> Result<Self, TraceError> {
         let index = SharedIndex::default();
         let socket = docker::socket_path();
