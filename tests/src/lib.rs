@@ -705,6 +705,22 @@ impl Lab {
         SocketAddrV4::new(self.config.host_addr, self.config.published_port)
     }
 
+    /// Connects from the outside namespace to the published port and keeps the connection
+    /// open for `hold` before closing it: the container's listener closes first, so the
+    /// client's FIN|ACK reaches a socket that is already closing (as most short requests end).
+    pub fn connect_and_hold(&self, timeout: Duration, hold: Duration) -> Result<bool> {
+        let to = self.published().into();
+        self.outside
+            .run_in(move || match TcpStream::connect_timeout(&to, timeout) {
+                Ok(stream) => {
+                    std::thread::sleep(hold);
+                    drop(stream);
+                    true
+                }
+                Err(_) => false,
+            })
+    }
+
     /// Connects from the outside namespace to the published port; `Ok(true)` when the TCP
     /// handshake completed within `timeout`.
     pub fn connect(&self, timeout: Duration) -> Result<bool> {

@@ -2,7 +2,12 @@
 //! must say why it chose them). Needs root. The VM lab runs the same scenarios with fentry and
 //! kprobe.
 
-use lab::scenario::{self, Observed, Scenario};
+use std::time::Duration;
+
+use lab::{
+    scenario::{self, Observed, Scenario},
+    tracer::Tracer,
+};
 use serde_json::Value;
 
 fn run(name: &str) -> (lab::Lab, Observed, Scenario) {
@@ -61,6 +66,38 @@ fn healthy_connect_is_delivered_through_bridge_and_veth() {
         "{}",
         seen.stats
     );
+}
+
+/// The client's FIN|ACK after the server closed first, freed by the stack once taken: the
+/// connection's end, not a drop; `--all-drops` shows it as one. On a topology that is not
+/// Docker's.
+#[test]
+fn a_normal_close_is_not_a_drop() {
+    let config = lab::LabConfig::unusual();
+    let lab = lab::Lab::new(config.clone()).expect("lab");
+    let port = config.published_port.to_string();
+    let hold = Duration::from_millis(300);
+    let closed = |extra: &[&str]| {
+        let mut args = vec!["--dport", &port, "--proto", "tcp"];
+        args.extend(extra);
+        let mut t = Tracer::start(&args).expect("pathtrace starts");
+        assert!(lab.connect_and_hold(Duration::from_secs(3), hold).expect("connect"));
+        let fin = t
+            .wait_for(Duration::from_secs(10), |v| {
+                v["kind"] == "verdict" && v["last_hop"]["tcp_flags"].as_str() == Some("ACK|FIN")
+            })
+            .expect("a verdict on the client's FIN|ACK");
+        (fin, t.stop().expect("stats"))
+    };
+    let (fin, stats) = closed(&[]);
+    assert_eq!(fin["outcome"], "ended", "{fin:#}");
+    assert!(fin["diagnosis"].is_null(), "{fin:#}");
+    assert_eq!(fin["last_hop"]["netns_name"], lab.container.name.as_str());
+    assert_eq!(stats["dropped"], 0, "{stats}");
+    assert!(stats["ended"].as_u64() >= Some(1), "{stats}");
+    let (fin, stats) = closed(&["--all-drops"]);
+    assert_eq!(fin["outcome"], "dropped", "{fin:#}");
+    assert!(stats["dropped"].as_u64() >= Some(1), "{stats}");
 }
 
 #[test]

@@ -152,6 +152,10 @@ pub struct FilterArgs {
     /// published to it (before DNAT). Needs the Docker socket.
     #[arg(long, value_name = "NAME|ID", conflicts_with = "host")]
     pub container: Option<String>,
+    /// Also count as drops the frees that are the stack's housekeeping (a socket's queues
+    /// purged as it closes: QUEUE_PURGE, SOCKET_CLOSE), shown otherwise as the packet's end.
+    #[arg(long)]
+    pub all_drops: bool,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +245,7 @@ impl Cli {
             backend: self.probes.backend,
             hooks,
             container: self.filter.container.clone(),
+            all_drops: self.filter.all_drops,
             sizes: ProbeSizes {
                 ring_bytes: self.probes.ring_mib << 20,
                 ..ProbeSizes::default()

@@ -204,7 +204,8 @@ impl Report {
 
     /// The verdict as the JSON object of docs/json.md.
     pub fn verdict_json(&self) -> VerdictJson<'_> {
-        let drop = self.verdict.drop.as_ref();
+        // A housekeeping free says its reason and place too; `outcome` tells it from a drop.
+        let drop = (self.verdict.drop.as_ref()).or(self.verdict.freed.as_ref().map(|(d, _)| d));
         VerdictJson {
             kind: "verdict",
             skb: SkbAddr(self.packet.skb),

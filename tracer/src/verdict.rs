@@ -18,6 +18,9 @@ pub enum Outcome {
     Delivered,
     /// Freed with a drop reason.
     Dropped,
+    /// Freed by the stack's housekeeping (a socket's queue purged as it closed): its end, not
+    /// a loss. `--all-drops` counts these as drops.
+    Ended,
     /// Its end was not observed.
     Unknown,
 }
@@ -50,6 +53,9 @@ pub struct Verdict {
     pub outcome: Outcome,
     pub delivery: Option<Delivery>,
     pub drop: Option<DropSite>,
+    /// [`Outcome::Ended`]: the free that ended it, its reason one of the housekeeping ones, and
+    /// why that is not a drop.
+    pub freed: Option<(DropSite, &'static str)>,
     /// Index of the last hop where the packet was on a device (receive or transmit, or the
     /// consume on the device that sent it when its transmit was not traced).
     pub last_hop: Option<usize>,
@@ -74,15 +80,23 @@ pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons)
     let last_device_hop = last_hop.and_then(|i| packet.hops.get(i));
 
     if let Some(drop) = packet.hops.iter().find(|h| h.kind == HopKind::Drop) {
+        let site = DropSite {
+            reason_code: drop.drop_reason,
+            reason: reasons.name(drop.drop_reason),
+            location: facts.symbol(drop.location),
+            location_addr: drop.location,
+        };
+        let at = site.location.as_ref().map(|s| s.name.as_str());
+        let (outcome, drop, freed) =
+            match reasons.housekeeping(drop.drop_reason, at, drop.tcp_flags) {
+                Some(why) => (Outcome::Ended, None, Some((site, why))),
+                None => (Outcome::Dropped, Some(site), None),
+            };
         return Verdict {
-            outcome: Outcome::Dropped,
+            outcome,
             delivery: None,
-            drop: Some(DropSite {
-                reason_code: drop.drop_reason,
-                reason: reasons.name(drop.drop_reason),
-                location: facts.symbol(drop.location),
-                location_addr: drop.location,
-            }),
+            drop,
+            freed,
             last_hop,
         };
     }
@@ -112,6 +126,7 @@ pub fn decide(packet: &Packet, facts: &mut dyn HostFacts, reasons: &DropReasons)
         },
         delivery,
         drop: None,
+        freed: None,
         last_hop,
     }
 }
@@ -158,6 +173,35 @@ mod tests {
         assert_eq!(drop.reason, "IP_INADDRERRORS");
         assert_eq!(drop.location.map(|s| s.name), Some("ip_error".into()));
         assert_eq!(v.last_hop, Some(1), "the receive on eth0");
+    }
+
+    #[test]
+    fn a_purge_at_close_ends_the_packet_and_all_drops_makes_it_a_drop() {
+        // The FIN|ACK of a healthy connection, freed from the container socket's queue as it
+        // closed.
+        let mut hops = healthy_syn();
+        let mut purge = dnat(ev(HopKind::Drop, 9_000, CTR_NS, 2));
+        purge.drop_reason = 61;
+        purge.location = 0xffff_ffff_81fe_d3a0;
+        *hops.last_mut().expect("hops") = hop(purge);
+        let p = Packet {
+            skb: SKB,
+            hops,
+            freed: true,
+        };
+        let reasons = DropReasons::from_pairs([
+            ("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87),
+            ("SKB_DROP_REASON_QUEUE_PURGE".to_owned(), 61),
+        ]);
+        let v = decide(&p, &mut FakeHost::lab(), &reasons);
+        assert_eq!(v.outcome, Outcome::Ended);
+        assert_eq!(v.drop, None, "no drop for the rules to diagnose");
+        let (site, why) = v.freed.expect("the free that ended it");
+        assert_eq!(site.reason, "QUEUE_PURGE");
+        assert!(why.contains("closed"), "{why}");
+        let v = decide(&p, &mut FakeHost::lab(), &reasons.counting_all());
+        assert_eq!(v.outcome, Outcome::Dropped);
+        assert_eq!(v.drop.map(|d| d.reason), Some("QUEUE_PURGE".into()));
     }
 
     #[test]

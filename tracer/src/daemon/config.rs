@@ -44,6 +44,9 @@ pub struct FilterConfig {
     pub sport: Option<u16>,
     pub host: Option<std::net::Ipv4Addr>,
     pub proto: Option<String>,
+    /// `--all-drops`.
+    #[serde(default)]
+    pub all_drops: bool,
 }
 
 /// `[json]`: where drop events go.
@@ -142,6 +145,7 @@ impl DaemonConfig {
         cfg.filter.dport = f.dport.or(cfg.filter.dport);
         cfg.filter.sport = f.sport.or(cfg.filter.sport);
         cfg.filter.host = f.host.or(cfg.filter.host);
+        cfg.filter.all_drops |= f.all_drops;
         if let Some(p) = f.proto {
             cfg.filter.proto = Some(p.number().to_string());
         }
@@ -222,6 +226,7 @@ impl DaemonConfig {
                 .map(crate::cli::parse_proto)
                 .transpose()?,
             container: None,
+            all_drops: self.filter.all_drops,
         })
     }
 }

@@ -226,6 +226,7 @@ fn trace_config(cfg: &DaemonConfig) -> Result<TraceConfig, DaemonError> {
         filter_text,
         backend,
         hooks: Some(hooks),
+        all_drops: cfg.filter.all_drops,
         max_packets: cfg.limits.max_packets,
         max_flows: cfg.limits.max_flows,
         sizes: crate::probes::loader::ProbeSizes {

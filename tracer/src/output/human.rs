@@ -172,6 +172,18 @@ fn verdict_line(report: &Report) -> String {
             };
             format!("DELIVERED: {how} {}", last.unwrap_or_default())
         }
+        Outcome::Ended => {
+            let freed = report.verdict.freed.as_ref();
+            format!(
+                "ENDED{}: {} at {} — {} (the stack's housekeeping, not a drop; --all-drops counts it)",
+                last.map(|l| format!(" after {l}")).unwrap_or_default(),
+                freed.map_or("?", |(d, _)| d.reason.as_str()),
+                freed
+                    .and_then(|(d, _)| d.location.as_ref())
+                    .map_or_else(|| "an unknown location".into(), |s| s.name.clone()),
+                freed.map_or("", |(_, why)| why),
+            )
+        }
         Outcome::Unknown => format!(
             "UNKNOWN: last seen at {}; its end was not observed",
             last.unwrap_or_else(|| "?".into())
@@ -242,10 +254,15 @@ impl<W: Write> Output for HumanOutput<W> {
     fn stats(&mut self, s: &Stats) -> std::io::Result<()> {
         writeln!(
             self.out,
-            "\npathtrace: {} ({} delivered, {} dropped, {} unknown) in {}; {} read, {} lost in the kernel{}",
+            "\npathtrace: {} ({} delivered, {} dropped, {}{} unknown) in {}; {} read, {} lost in the kernel{}",
             counted(s.packets, "packet"),
             s.delivered,
             s.dropped,
+            if s.ended > 0 {
+                format!("{} ended at a close, ", s.ended)
+            } else {
+                String::new()
+            },
             s.unknown,
             counted(s.flows, "flow"),
             counted(s.events, "event"),

@@ -56,6 +56,8 @@ pub struct Stats {
     pub packets: u64,
     pub delivered: u64,
     pub dropped: u64,
+    /// Freed by the stack's housekeeping: not drops.
+    pub ended: u64,
     pub unknown: u64,
     pub flows: u64,
     pub duration_ms: u64,

@@ -66,6 +66,8 @@ pub struct TraceConfig {
     pub max_flows: usize,
     /// `--container`: resolved through Docker into the kernel filter before attaching.
     pub container: Option<String>,
+    /// `--all-drops`: housekeeping frees are drops too.
+    pub all_drops: bool,
 }
 
 impl Default for TraceConfig {
@@ -82,6 +84,7 @@ impl Default for TraceConfig {
             max_packets: 65536,
             max_flows: 65536,
             container: None,
+            all_drops: false,
         }
     }
 }

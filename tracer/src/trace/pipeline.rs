@@ -50,7 +50,11 @@ impl Pipeline {
             packets: PacketTracker::new(cfg.idle.as_nanos() as u64, cfg.max_packets),
             flows: FlowTable::new(cfg.max_flows),
             resolver: Resolver::new().with_containers(containers),
-            drop_reasons,
+            drop_reasons: if cfg.all_drops {
+                drop_reasons.counting_all()
+            } else {
+                drop_reasons
+            },
             hooks,
             finished: Vec::new(),
             stats: Stats::default(),
@@ -99,6 +103,7 @@ impl Pipeline {
             match report.verdict.outcome {
                 Outcome::Delivered => self.stats.delivered += 1,
                 Outcome::Dropped => self.stats.dropped += 1,
+                Outcome::Ended => self.stats.ended += 1,
                 Outcome::Unknown => self.stats.unknown += 1,
             }
             out.report(&report)?;
