@@ -174,20 +174,16 @@ impl Docker {
 
     /// Runs a container publishing `host_port` to its `container_port` (httpd listens on 80).
     pub fn run_to(&self, name: &str, host_port: u16, container_port: u16) -> Result<Container> {
+        self.run_publishing(name, &format!("{host_port}:{container_port}"))
+    }
+
+    /// Runs a container with `-p <publish>` (`198.51.100.1:6443:80`); httpd listens on 80.
+    pub fn run_publishing(&self, name: &str, publish: &str) -> Result<Container> {
         let image = self.image()?;
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
         run(
             "docker",
-            &[
-                "run",
-                "-d",
-                "--init",
-                "--name",
-                name,
-                "-p",
-                &format!("{host_port}:{container_port}"),
-                image,
-            ],
+            &["run", "-d", "--init", "--name", name, "-p", publish, image],
         )?;
         let ip = run(
             "docker",
@@ -313,6 +309,20 @@ impl OutsideHost {
             .join(&self.host_if)
             .join("forwarding");
         std::fs::write(&path, "0").with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// A TCP listener on this client's own address (`198.51.100.2:port`), accepting for as
+    /// long as the value lives: a server the host and its containers connect out to.
+    pub fn serve(&self, port: u16) -> Result<crate::Worker> {
+        let addr = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), port);
+        let sock = self
+            .ns
+            .run_in(move || std::net::TcpListener::bind(addr))??;
+        sock.set_nonblocking(true)?;
+        Ok(crate::Worker::spawn(move || match sock.accept() {
+            Ok((conn, _)) => drop(conn),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }))
     }
 
     /// Connects to the host's `port`; `Ok(true)` when the handshake completed.

@@ -250,7 +250,7 @@ impl Drop for Netns {
 
 /// A thread repeating one step until dropped (the lab's listener, the bench's sink). Each
 /// step must return within a short time (a nonblocking call or a read timeout).
-pub(crate) struct Worker {
+pub struct Worker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }

@@ -183,9 +183,59 @@ fn container_filter_follows_its_published_port_and_address() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no running container"),
+        String::from_utf8_lossy(&out.stderr).contains("Docker runs no container by that name or id"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--container` traces that container's traffic, not every packet sharing its port: a port
+/// published on one host address only, which the host itself also connects out to (a server
+/// on the client's namespace listens on it). The host's own connection must not match; the
+/// client's, to the published address, must.
+#[test]
+fn container_filter_matches_its_published_address_not_its_port_number() {
+    let Some(docker) = docker() else { return };
+    let client = OutsideHost::new().expect("client namespace");
+    let port = 6443;
+    let web = docker
+        .run_publishing(&name("hip"), &format!("{}:{port}:80", client.host_addr))
+        .expect("container");
+    let _server = client.serve(port).expect("a server on the client's side");
+    let mut tracer = Tracer::start(&["--container", &web.name]).expect("pathtrace");
+    let filter = tracer.seen[0]["filter"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        filter.contains(&format!("published {}:{port}", client.host_addr)),
+        "{filter}"
+    );
+    // The host connects out to 198.51.100.2:6443: not the container's traffic.
+    let out = std::net::SocketAddr::from(([198, 51, 100, 2], port));
+    assert!(
+        std::net::TcpStream::connect_timeout(&out, Duration::from_secs(5)).is_ok(),
+        "the host reaches the client's server"
+    );
+    assert!(
+        client
+            .connect(port, Duration::from_secs(5))
+            .expect("connect web")
+    );
+    let v = tracer
+        .wait_for(Duration::from_secs(10), syn_verdict)
+        .expect("verdict");
+    assert_eq!(
+        v["tuple"]["dst"],
+        client.host_addr.to_string(),
+        "the first SYN traced is the client's to the published address, not the host's own: {v:#}"
+    );
+    assert_eq!(v["target"]["container"]["name"], web.name.as_str());
+    let host_own = |e: &Value| e["dst"] == "198.51.100.2" && e["dport"] == port;
+    assert!(
+        !tracer.seen.iter().any(host_own),
+        "the host's own connection to port {port} was traced:\n{}",
+        lab::tracer::transcript(&tracer.seen, tracer.seen.len())
     );
 }
 

@@ -81,7 +81,10 @@ fn a_normal_close_is_not_a_drop() {
         let mut args = vec!["--dport", &port, "--proto", "tcp"];
         args.extend(extra);
         let mut t = Tracer::start(&args).expect("pathtrace starts");
-        assert!(lab.connect_and_hold(Duration::from_secs(3), hold).expect("connect"));
+        assert!(
+            lab.connect_and_hold(Duration::from_secs(3), hold)
+                .expect("connect")
+        );
         let fin = t
             .wait_for(Duration::from_secs(10), |v| {
                 v["kind"] == "verdict" && v["last_hop"]["tcp_flags"].as_str() == Some("ACK|FIN")

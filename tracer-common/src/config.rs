@@ -4,21 +4,35 @@
 pub mod filter_field {
     /// `Filter::proto` is set.
     pub const PROTO: u8 = 1 << 0;
-    /// `Filter::host` is set: matches source or destination address.
+    /// `Filter::host` is set: matches source or destination address (or any of `hosts`).
     pub const HOST: u8 = 1 << 1;
     /// `Filter::sport` is set.
     pub const SPORT: u8 = 1 << 2;
     /// `Filter::dport` is set.
     pub const DPORT: u8 = 1 << 3;
-    /// With `HOST`: the address must be the destination (a DNAT's target), not either end.
-    pub const HOST_IS_DST: u8 = 1 << 4;
+}
+
+/// One destination a packet may be sent to: an address, a port, a protocol. `addr` zero means
+/// any of the host's own addresses (`Filter::locals`): a port Docker publishes on 0.0.0.0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dest {
+    /// Network byte order; zero: any of `Filter::locals`.
+    pub addr: [u8; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
 }
 
 /// The packet filter evaluated in the kernel before anything is written to the ring buffer.
 ///
-/// A zero `fields` matches every IPv4 packet.
+/// A packet passes when its protocol matches (if set) and either the fields match (all that
+/// are set) or it is sent to one of `dests`. A zero `fields` with no `dests` matches every
+/// IPv4 packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
     /// IPv4 address in network byte order; matches source or destination.
     pub host: [u8; 4],
@@ -30,23 +44,39 @@ pub struct Filter {
     pub proto: u8,
     /// `filter_field::*` bits.
     pub fields: u8,
-    /// How many of `or_dports` are set.
-    pub n_or_dports: u8,
+    /// How many of `hosts`, `locals` and `dests` are set.
+    pub n_hosts: u8,
+    pub n_locals: u8,
+    pub n_dests: u8,
     /// Explicit padding; always zero.
-    pub _pad: u8,
-    /// A packet that fails the fields above still matches when its destination port is one of
-    /// these (and `proto`, if set, matches): `--container` traces traffic to the container's
-    /// address *or* to the ports published to it, before DNAT has rewritten them.
-    pub or_dports: [u16; MAX_OR_DPORTS],
+    pub _pad: [u8; 3],
+    /// More values of `host`: a container on several networks has an address on each.
+    pub hosts: [[u8; 4]; MAX_HOSTS],
+    /// The host namespace's own addresses, for `dests` published on all of them.
+    pub locals: [[u8; 4]; MAX_LOCALS],
+    /// A packet that fails the fields still passes when sent to one of these: `--container`
+    /// traces traffic to the host addresses and ports published to it, before DNAT rewrote
+    /// them; a drops-only trace on a published port also matches its DNAT target.
+    pub dests: [Dest; MAX_DESTS],
 }
 
-/// Size of `Filter::or_dports`.
-pub const MAX_OR_DPORTS: usize = 8;
+/// Size of `Filter::hosts`.
+pub const MAX_HOSTS: usize = 8;
+/// Size of `Filter::locals`.
+pub const MAX_LOCALS: usize = 16;
+/// Size of `Filter::dests`.
+pub const MAX_DESTS: usize = 32;
+
+impl Default for Filter {
+    fn default() -> Self {
+        Self::any()
+    }
+}
 
 impl Filter {
-    /// Whether it matches everything: no field set and no alternative port.
+    /// Whether it matches everything: no field set and no destination.
     pub const fn is_any(&self) -> bool {
-        self.fields == 0 && self.n_or_dports == 0
+        self.fields == 0 && self.n_dests == 0
     }
 
     /// Matches everything.
@@ -57,9 +87,18 @@ impl Filter {
             dport: 0,
             proto: 0,
             fields: 0,
-            n_or_dports: 0,
-            _pad: 0,
-            or_dports: [0; MAX_OR_DPORTS],
+            n_hosts: 0,
+            n_locals: 0,
+            n_dests: 0,
+            _pad: [0; 3],
+            hosts: [[0; 4]; MAX_HOSTS],
+            locals: [[0; 4]; MAX_LOCALS],
+            dests: [Dest {
+                addr: [0; 4],
+                port: 0,
+                proto: 0,
+                _pad: 0,
+            }; MAX_DESTS],
         }
     }
 
@@ -94,27 +133,14 @@ impl Filter {
     #[inline(always)]
     pub fn accepts(&self, p: &impl HeaderFields) -> bool {
         let f = self.fields;
-        // Both ways to match (the fields, the alternative ports) require the protocol.
+        // Both ways to match (the fields, the destinations) require the protocol.
         if f & filter_field::PROTO != 0 && p.proto() != self.proto {
             return false;
         }
         if self.fields_match(p) {
             return true;
         }
-        if self.n_or_dports == 0 {
-            return false;
-        }
-        let Some((_, dport)) = p.ports() else {
-            return false;
-        };
-        let mut i = 0;
-        while i < MAX_OR_DPORTS {
-            if i < self.n_or_dports as usize && self.or_dports[i] == dport {
-                return true;
-            }
-            i += 1;
-        }
-        false
+        self.n_dests != 0 && self.sent_to_a_dest(p)
     }
 
     /// The AND of the set fields but the protocol (checked before).
@@ -123,10 +149,7 @@ impl Filter {
         let f = self.fields;
         if f & filter_field::HOST != 0 {
             let (saddr, daddr) = p.addrs();
-            let host = u32::from_ne_bytes(self.host);
-            if u32::from_ne_bytes(daddr) != host
-                && (f & filter_field::HOST_IS_DST != 0 || u32::from_ne_bytes(saddr) != host)
-            {
+            if !self.is_host(saddr) && !self.is_host(daddr) {
                 return false;
             }
         }
@@ -142,6 +165,114 @@ impl Filter {
             }
         }
         true
+    }
+
+    /// `host`, or one of `hosts`.
+    #[inline(always)]
+    fn is_host(&self, addr: [u8; 4]) -> bool {
+        let a = u32::from_ne_bytes(addr);
+        if a == u32::from_ne_bytes(self.host) {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_HOSTS && i < self.n_hosts as usize {
+            if a == u32::from_ne_bytes(self.hosts[i]) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Its destination address, port and protocol are one of `dests`.
+    #[inline(always)]
+    fn sent_to_a_dest(&self, p: &impl HeaderFields) -> bool {
+        let Some((_, dport)) = p.ports() else {
+            return false;
+        };
+        let proto = p.proto();
+        let (_, daddr) = p.addrs();
+        let d = u32::from_ne_bytes(daddr);
+        let mut local = false;
+        let mut i = 0;
+        while i < MAX_LOCALS && i < self.n_locals as usize {
+            if d == u32::from_ne_bytes(self.locals[i]) {
+                local = true;
+            }
+            i += 1;
+        }
+        let mut i = 0;
+        while i < MAX_DESTS && i < self.n_dests as usize {
+            let dest = &self.dests[i];
+            let addr = u32::from_ne_bytes(dest.addr);
+            if dest.port == dport && dest.proto == proto && (addr == d || (addr == 0 && local)) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// A filter's lists are full: said with the limit, never cut silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooMany {
+    pub what: &'static str,
+    pub limit: usize,
+}
+
+impl Filter {
+    /// Adds another value of `host`.
+    pub fn add_host(&mut self, addr: [u8; 4]) -> Result<(), TooMany> {
+        if self.fields & filter_field::HOST == 0 {
+            self.host = addr;
+            self.fields |= filter_field::HOST;
+            return Ok(());
+        }
+        if self.host == addr || self.hosts[..self.n_hosts as usize].contains(&addr) {
+            return Ok(());
+        }
+        let slot = self.hosts.get_mut(self.n_hosts as usize).ok_or(TooMany {
+            what: "addresses",
+            limit: MAX_HOSTS + 1,
+        })?;
+        *slot = addr;
+        self.n_hosts += 1;
+        Ok(())
+    }
+
+    /// Adds a host address for destinations published on all of them.
+    pub fn add_local(&mut self, addr: [u8; 4]) -> Result<(), TooMany> {
+        if self.locals[..self.n_locals as usize].contains(&addr) {
+            return Ok(());
+        }
+        let slot = self.locals.get_mut(self.n_locals as usize).ok_or(TooMany {
+            what: "host addresses",
+            limit: MAX_LOCALS,
+        })?;
+        *slot = addr;
+        self.n_locals += 1;
+        Ok(())
+    }
+
+    /// Adds a destination.
+    pub fn add_dest(&mut self, addr: [u8; 4], port: u16, proto: u8) -> Result<(), TooMany> {
+        let dest = Dest {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        };
+        if self.dests[..self.n_dests as usize].contains(&dest) {
+            return Ok(());
+        }
+        let slot = self.dests.get_mut(self.n_dests as usize).ok_or(TooMany {
+            what: "published ports",
+            limit: MAX_DESTS,
+        })?;
+        *slot = dest;
+        self.n_dests += 1;
+        Ok(())
     }
 }
 
@@ -322,29 +453,57 @@ mod tests {
     }
 
     #[test]
-    fn container_filter_matches_its_address_or_its_published_ports() {
-        let mut flt = f(filter_field::HOST | filter_field::PROTO);
-        flt.host = [172, 17, 0, 2];
-        flt.or_dports[0] = 10001;
-        flt.or_dports[1] = 8443;
-        flt.n_or_dports = 2;
-        // Before DNAT: to the host's published port.
-        assert!(flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 6, true, 40000, 8443));
-        // After DNAT, and replies: the container's address.
-        assert!(flt.matches([172, 17, 0, 2], [203, 0, 113, 2], 6, true, 80, 40000));
-        // Another port, another protocol: no.
-        assert!(!flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 6, true, 40000, 22));
-        assert!(!flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 17, true, 40000, 8443));
+    fn container_filter_matches_its_addresses_or_its_published_destinations() {
+        // A container on two networks, 8443 published on 198.51.100.1 only, 10001 on every
+        // host address (192.0.2.10, 10.9.0.1).
+        let mut flt = f(filter_field::PROTO);
+        flt.add_host([172, 17, 0, 2]).unwrap();
+        flt.add_host([172, 18, 0, 5]).unwrap();
+        flt.add_dest([198, 51, 100, 1], 8443, 6).unwrap();
+        flt.add_dest([0; 4], 10001, 6).unwrap();
+        flt.add_local([192, 0, 2, 10]).unwrap();
+        flt.add_local([10, 9, 0, 1]).unwrap();
+        let client = [203, 0, 113, 2];
+        // Before DNAT: to a published address and port.
+        assert!(flt.matches(client, [198, 51, 100, 1], 6, true, 40000, 8443));
+        assert!(flt.matches(client, [10, 9, 0, 1], 6, true, 40000, 10001));
+        // After DNAT, and replies: either of the container's addresses.
+        assert!(flt.matches([172, 17, 0, 2], client, 6, true, 80, 40000));
+        assert!(flt.matches(client, [172, 18, 0, 5], 6, true, 40000, 80));
+        // The same port on an address it is not published on, or elsewhere: no. The host's
+        // own HTTPS to some server is not the container's traffic.
+        assert!(!flt.matches(client, [192, 0, 2, 10], 6, true, 40000, 8443));
+        assert!(!flt.matches([192, 0, 2, 10], [93, 184, 216, 34], 6, true, 40000, 8443));
+        assert!(!flt.matches([192, 0, 2, 10], [93, 184, 216, 34], 6, true, 40000, 10001));
+        // Another protocol: no.
+        assert!(!flt.matches(client, [198, 51, 100, 1], 17, true, 40000, 8443));
+    }
+
+    #[test]
+    fn lists_refuse_past_their_limit_and_ignore_repeats() {
+        let mut flt = Filter::any();
+        for i in 0..MAX_DESTS {
+            flt.add_dest([10, 0, 0, 1], i as u16 + 1, 6).unwrap();
+        }
+        flt.add_dest([10, 0, 0, 1], 1, 6).unwrap();
+        assert_eq!(
+            flt.add_dest([10, 0, 0, 1], 9999, 6),
+            Err(TooMany {
+                what: "published ports",
+                limit: MAX_DESTS
+            })
+        );
+        for i in 0..=MAX_HOSTS {
+            flt.add_host([10, 1, 0, i as u8]).unwrap();
+        }
+        assert!(flt.add_host([10, 2, 0, 0]).is_err());
     }
 
     #[test]
     fn a_published_port_widened_to_its_dnat_target_matches_only_traffic_to_it() {
         // --dport 10001, published to 172.17.0.2:80.
-        let mut flt = f(filter_field::HOST | filter_field::HOST_IS_DST | filter_field::DPORT);
-        flt.host = [172, 17, 0, 2];
-        flt.dport = 80;
-        flt.or_dports[0] = 10001;
-        flt.n_or_dports = 1;
+        let mut flt = f(filter_field::DPORT);
+        flt.add_dest([172, 17, 0, 2], 80, 6).unwrap();
         // Before DNAT, and after it.
         assert!(flt.matches([203, 0, 113, 2], [203, 0, 113, 1], 6, true, 40000, 10001));
         assert!(flt.matches([203, 0, 113, 2], [172, 17, 0, 2], 6, true, 40000, 80));

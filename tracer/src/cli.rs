@@ -148,8 +148,10 @@ pub struct FilterArgs {
     /// Protocol: tcp, udp, icmp, or a protocol number.
     #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
     pub proto: Option<Proto>,
-    /// Traffic to and from a Docker container (name or id): its address, and the host ports
-    /// published to it (before DNAT). Needs the Docker socket.
+    /// Traffic to and from a Docker container (name or id): its addresses, and the host
+    /// addresses and ports published to it (before DNAT; a port published on 0.0.0.0 on each
+    /// of this namespace's addresses). Up to 32 published ports and 16 host addresses; more
+    /// is an error. Needs the Docker socket.
     #[arg(long, value_name = "NAME|ID", conflicts_with = "host")]
     pub container: Option<String>,
     /// Also count as drops the frees that are the stack's housekeeping (a socket's queues

@@ -61,7 +61,7 @@ pub fn judge(
         .hops
         .iter()
         .find_map(Hop::entered_tuple)
-        .and_then(|t| facts.published(t.dport, t.proto))
+        .and_then(|t| facts.published(Some(t.dst), t.dport, t.proto))
         .map(Target::of);
     let case = Case {
         packet: &packet,

@@ -141,10 +141,10 @@ impl HostFacts for FakeHost {
     fn container_device(&mut self, netns: u32, ifindex: u32) -> Option<ContainerDevice> {
         self.containers.get(&(netns, ifindex)).cloned()
     }
-    fn published(&mut self, port: u16, proto: Proto) -> Option<Published> {
+    fn published(&mut self, dst: Option<Ipv4Addr>, port: u16, proto: Proto) -> Option<Published> {
         self.published
             .iter()
-            .find(|p| p.from_host_port(port, proto))
+            .find(|p| p.from_host_port(dst, port, proto))
             .cloned()
     }
     fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<Published> {
@@ -206,6 +206,7 @@ impl FakeHost {
             },
         );
         h.published.push(Published {
+            host_ip: None,
             container: web,
             host_port: 10001,
             proto: Proto::TCP,

@@ -45,8 +45,13 @@ pub trait HostFacts {
         None
     }
 
-    /// The container a host port is published to.
-    fn published(&mut self, _port: u16, _proto: Proto) -> Option<Published> {
+    /// The container a host port is published to, on `dst` (`None`: on any address).
+    fn published(
+        &mut self,
+        _dst: Option<Ipv4Addr>,
+        _port: u16,
+        _proto: Proto,
+    ) -> Option<Published> {
         None
     }
 
@@ -282,6 +287,9 @@ pub struct ContainerRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Published {
     pub container: ContainerRef,
+    /// The host address it is published on (`-p 198.51.100.1:7790:8080`); `None`: every
+    /// address of the host (0.0.0.0, the default).
+    pub host_ip: Option<Ipv4Addr>,
     pub host_port: u16,
     pub proto: Proto,
     pub container_addr: Option<Ipv4Addr>,
@@ -289,9 +297,20 @@ pub struct Published {
 }
 
 impl Published {
-    /// Traffic to host port `port` of `proto` is what this publishes.
-    pub fn from_host_port(&self, port: u16, proto: Proto) -> bool {
-        self.host_port == port && self.proto == proto
+    /// Traffic to host port `port` of `proto`, at `dst` (`None`: any address), is what this
+    /// publishes: Docker DNATs only the address it publishes on.
+    pub fn from_host_port(&self, dst: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool {
+        self.host_port == port
+            && self.proto == proto
+            && (self.host_ip.is_none() || dst.is_none() || self.host_ip == dst)
+    }
+
+    /// `198.51.100.1:7790`, or `*:7790` on every address.
+    pub fn host_side(&self) -> String {
+        match self.host_ip {
+            Some(ip) => format!("{ip}:{}", self.host_port),
+            None => format!("*:{}", self.host_port),
+        }
     }
 
     /// Its DNAT leads to `addr:port` of `proto` (the container's side).

@@ -581,6 +581,28 @@ mod container_tests {
     }
 
     #[test]
+    fn a_port_published_on_one_address_targets_its_container_at_that_address_only() {
+        let mut host = FakeHost::lab_with_docker();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
+        let target = |host: &mut FakeHost| {
+            let packet = Packet {
+                skb: SKB,
+                hops: forwarding_off_syn(),
+                freed: true,
+            };
+            Report::build(packet, None, host, &reasons, HookSet::Path)
+                .target
+                .map(|t| t.container.name)
+        };
+        // The SYN is sent to 203.0.113.1; the port is published on another address only.
+        host.published[0].host_ip = Some(std::net::Ipv4Addr::new(192, 0, 2, 44));
+        assert_eq!(target(&mut host), None, "not published where it was sent");
+        host.published[0].host_ip = Some(std::net::Ipv4Addr::new(203, 0, 113, 1));
+        assert_eq!(target(&mut host).as_deref(), Some("web-1"));
+    }
+
+    #[test]
     fn a_syn_dropped_past_dnat_names_its_container_from_the_drop_alone() {
         // --hooks drops (the daemon's default): the one hop is addressed to the container
         // already; conntrack's header says it was sent to the published port.

@@ -1,13 +1,8 @@
 //! Container answers from the Docker index: whose namespace a device is in, which container a
 //! host-side veth leads to, and which ports are published where.
 
-use std::net::Ipv4Addr;
-
-use super::Resolver;
-use crate::{
-    host::{ContainerDevice, ContainerRef, HostFacts, Published},
-    net::Proto,
-};
+use super::{Resolver, docker::ContainerIndex};
+use crate::host::{ContainerDevice, ContainerRef, HostFacts, Published};
 
 impl Resolver {
     /// The index generation and the container whose namespace `netns` is, without copying
@@ -83,19 +78,11 @@ impl Resolver {
         found
     }
 
-    /// The container a host port is published to, or whose `addr:port` a published port
-    /// leads to (`to`).
+    /// A question about published ports, asked of the container index.
     pub(super) fn publication(
         &self,
-        port: u16,
-        proto: Proto,
-        to: Option<Ipv4Addr>,
+        ask: impl FnOnce(&ContainerIndex) -> Option<Published>,
     ) -> Option<Published> {
-        let index = self.containers.as_ref()?.read().ok()?;
-        match to {
-            Some(addr) => index.published_to(addr, port, proto),
-            None => index.published(port, proto),
-        }
-        .cloned()
+        ask(&*self.containers.as_ref()?.read().ok()?)
     }
 }

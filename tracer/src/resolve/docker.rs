@@ -135,8 +135,19 @@ impl ContainerIndex {
                         else {
                             continue;
                         };
+                        // "" and 0.0.0.0 (and "::", its IPv6 twin) are every address; an IPv6
+                        // address publishes nothing to IPv4 clients.
+                        let host_ip = match b.host_ip.as_deref().unwrap_or("") {
+                            "" | "::" => None,
+                            ip => match ip.parse::<Ipv4Addr>() {
+                                Ok(ip) if ip.is_unspecified() => None,
+                                Ok(ip) => Some(ip),
+                                Err(_) => continue,
+                            },
+                        };
                         let p = Published {
                             container: container.clone(),
+                            host_ip,
                             host_port,
                             proto,
                             container_addr: addresses.first().copied(),
@@ -167,10 +178,16 @@ impl ContainerIndex {
         self.containers.iter().find(|c| c.netns == Some(netns))
     }
 
-    pub fn published(&self, host_port: u16, proto: Proto) -> Option<&Published> {
+    /// What `dst:host_port` (`dst` `None`: any address) is published to.
+    pub fn published(
+        &self,
+        dst: Option<Ipv4Addr>,
+        host_port: u16,
+        proto: Proto,
+    ) -> Option<&Published> {
         self.published
             .iter()
-            .find(|p| p.from_host_port(host_port, proto))
+            .find(|p| p.from_host_port(dst, host_port, proto))
     }
 
     /// The published port whose DNAT leads to `addr:port` (the container's side).
@@ -381,7 +398,10 @@ mod tests {
         assert_eq!(c.container.id, "75e048d0b2ee");
         assert_eq!(c.container.image, "pathtrace-busybox:test");
         assert_eq!(c.addresses, vec![Ipv4Addr::new(172, 17, 0, 2)]);
-        let p = index.published(10001, Proto::TCP).expect("published port");
+        let p = index
+            .published(Some(Ipv4Addr::new(192, 0, 2, 77)), 10001, Proto::TCP)
+            .expect("published on every address");
+        assert_eq!(p.host_ip, None);
         assert_eq!(
             (p.container_addr, p.container_port),
             (Some(Ipv4Addr::new(172, 17, 0, 2)), 80)
@@ -391,7 +411,33 @@ mod tests {
             1,
             "IPv4 and IPv6 bindings fold into one"
         );
-        assert!(index.published(10001, Proto::UDP).is_none());
+        assert!(index.published(None, 10001, Proto::UDP).is_none());
+    }
+
+    #[test]
+    fn a_port_published_on_one_address_is_published_there_only() {
+        let text = include_str!("../../test_data/docker_inspect_web.json")
+            .replace("\"0.0.0.0\"", "\"198.51.100.1\"")
+            .replace("\"::\"", "\"2001:db8::1\"");
+        let list: Vec<ContainerInspectResponse> = serde_json::from_str(&text).expect("parses");
+        let index = ContainerIndex::from_inspections(&list, |_| None);
+        assert_eq!(
+            index.published.len(),
+            1,
+            "the IPv6 binding publishes nothing to IPv4"
+        );
+        let on = Ipv4Addr::new(198, 51, 100, 1);
+        let p = index
+            .published(Some(on), 10001, Proto::TCP)
+            .expect("published on 198.51.100.1");
+        assert_eq!(p.host_ip, Some(on));
+        assert_eq!(p.host_side(), "198.51.100.1:10001");
+        assert!(
+            index
+                .published(Some(Ipv4Addr::new(198, 51, 100, 99)), 10001, Proto::TCP)
+                .is_none(),
+            "not on another address"
+        );
     }
 
     #[test]

@@ -285,12 +285,12 @@ impl HostFacts for Resolver {
         self.device_of_container(netns, ifindex)
     }
 
-    fn published(&mut self, port: u16, proto: Proto) -> Option<Published> {
-        self.publication(port, proto, None)
+    fn published(&mut self, dst: Option<Ipv4Addr>, port: u16, proto: Proto) -> Option<Published> {
+        self.publication(|i| i.published(dst, port, proto).cloned())
     }
 
     fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<Published> {
-        self.publication(port, proto, Some(addr))
+        self.publication(|i| i.published_to(addr, port, proto).cloned())
     }
 
     fn ruleset(&mut self, netns: u32) -> Lookup<Arc<Ruleset>> {

@@ -13,7 +13,7 @@ use tokio::{
 };
 use tracer_common::{
     Filter,
-    config::{MAX_OR_DPORTS, filter_field, have},
+    config::{filter_field, have},
 };
 
 mod pipeline;
@@ -26,6 +26,7 @@ pub use reader::DRAIN_EVERY;
 use reader::{BATCH, Ring, Session, drain_ring};
 
 use crate::{
+    host::LinkTable,
     output::{Output, Ready, Stats},
     probes::{
         HookSet, ProbeError, Probes,
@@ -241,7 +242,8 @@ fn finish(
     Ok(stats.clone())
 }
 
-/// Narrows the kernel filter to one container: its address, or a port published to it.
+/// Narrows the kernel filter to one container: its addresses, or the host addresses and
+/// ports published to it (a port published on every address: on each of this namespace's).
 fn container_filter(
     cfg: &mut TraceConfig,
     name: &str,
@@ -253,18 +255,27 @@ fn container_filter(
         why,
     };
     if let DockerStatus::Unavailable(why) = status {
-        return Err(err(format!("Docker is {why}")));
+        return Err(err(format!(
+            "Docker is needed to find the container, and it is {why}"
+        )));
     }
     let index = containers
         .read()
-        .map_err(|_| err("container index poisoned".into()))?;
+        .map_err(|_| err("the container index is poisoned".into()))?;
     let info = index
         .find(name)
-        .ok_or_else(|| err("no running container by that name or id".into()))?;
-    let addr = *info
-        .addresses
-        .first()
-        .ok_or_else(|| err("the container has no IPv4 address (host network?)".into()))?;
+        .ok_or_else(|| err("Docker runs no container by that name or id".into()))?;
+    if info.addresses.is_empty() {
+        return Err(err(
+            "the container has no IPv4 address (host network, or none attached)".into(),
+        ));
+    }
+    let full = |e: tracer_common::config::TooMany| {
+        err(format!(
+            "the kernel filter holds at most {} {}: trace one port with --dport instead",
+            e.limit, e.what
+        ))
+    };
     // What was asked besides the container, said after it.
     let also = if cfg.filter.is_any() {
         String::new()
@@ -272,25 +283,36 @@ fn container_filter(
         format!(" {}", cfg.filter_text)
     };
     let f = &mut cfg.filter;
-    f.host = addr.octets();
-    f.fields |= filter_field::HOST;
-    let ports = index.ports_of(&info.container);
-    for p in ports
-        .iter()
-        .filter(|p| f.fields & filter_field::PROTO == 0 || p.proto.number() == f.proto)
-        .take(MAX_OR_DPORTS)
-    {
-        f.or_dports[f.n_or_dports as usize] = p.host_port;
-        f.n_or_dports += 1;
+    for addr in &info.addresses {
+        f.add_host(addr.octets()).map_err(full)?;
     }
-    let published: Vec<String> = ports.iter().map(|p| p.host_port.to_string()).collect();
+    let ports: Vec<_> = index
+        .ports_of(&info.container)
+        .into_iter()
+        .filter(|p| f.fields & filter_field::PROTO == 0 || p.proto.number() == f.proto)
+        .collect();
+    for p in &ports {
+        let on = p.host_ip.map_or([0; 4], |ip| ip.octets());
+        f.add_dest(on, p.host_port, p.proto.number())
+            .map_err(full)?;
+    }
+    if ports.iter().any(|p| p.host_ip.is_none()) {
+        let here = LinkTable::dump_here()
+            .map_err(|e| err(format!("reading this namespace's addresses: {e}")))?;
+        for (_, addr, _) in &here.addrs {
+            f.add_local(addr.octets()).map_err(full)?;
+        }
+    }
+    let addrs: Vec<String> = info.addresses.iter().map(ToString::to_string).collect();
+    let published: Vec<String> = ports.iter().map(|p| p.host_side()).collect();
     cfg.filter_text = format!(
-        "container {} ({addr}{}){}",
+        "container {} ({}{}){}",
         info.container.name,
+        addrs.join(", "),
         if published.is_empty() {
             String::new()
         } else {
-            format!(", published {}", published.join(","))
+            format!("; published {}", published.join(", "))
         },
         also
     );

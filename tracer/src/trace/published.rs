@@ -4,10 +4,7 @@
 //! container's veth. So the kernel filter also matches the DNAT's target, and follows the
 //! container as it restarts, changes address or goes away.
 
-use tracer_common::{
-    Filter,
-    config::{MAX_OR_DPORTS, filter_field},
-};
+use tracer_common::{Filter, config::filter_field};
 
 use crate::{host::HostFacts, net::Proto};
 
@@ -40,7 +37,7 @@ impl Widening {
 /// Decides how `given` is widened while the host publishes its port. `conntrack`: the kernel
 /// programs can read conntrack's header, so drops on the host after the DNAT match anyway.
 pub fn widen(given: &Filter, facts: &mut dyn HostFacts, conntrack: bool) -> Widening {
-    if given.fields & filter_field::DPORT == 0 || given.n_or_dports != 0 {
+    if given.fields & filter_field::DPORT == 0 || given.n_dests != 0 {
         return Widening::AsGiven;
     }
     let protos: &[Proto] = if given.fields & filter_field::PROTO != 0 {
@@ -50,7 +47,7 @@ pub fn widen(given: &Filter, facts: &mut dyn HostFacts, conntrack: bool) -> Wide
     };
     let mut targets: Vec<_> = protos
         .iter()
-        .filter_map(|&proto| facts.published(given.dport, proto))
+        .filter_map(|&proto| facts.published(None, given.dport, proto))
         .collect();
     targets.dedup_by(|a, b| {
         (a.container_addr, a.container_port, &a.container.name)
@@ -73,15 +70,14 @@ pub fn widen(given: &Filter, facts: &mut dyn HostFacts, conntrack: bool) -> Wide
     match addr {
         Ok(addr) => {
             let mut filter = *given;
-            filter.host = addr.octets();
-            filter.dport = port;
-            filter.fields |= filter_field::HOST | filter_field::HOST_IS_DST;
-            filter.or_dports = [0; MAX_OR_DPORTS];
-            filter.or_dports[0] = dport;
-            filter.n_or_dports = 1;
-            Widening::Widened {
-                filter,
-                target: format!("{addr}:{port} (container {name})"),
+            let proto = first.proto.number();
+            match filter.add_dest(addr.octets(), port, proto) {
+                Ok(()) => Widening::Widened {
+                    filter,
+                    target: format!("{addr}:{port} (container {name})"),
+                },
+                // The filter as given has no destinations: impossible.
+                Err(_) => Widening::AsGiven,
             }
         }
         Err(why) => {
@@ -215,13 +211,16 @@ mod tests {
         let given = dport(10001);
         let mut d = DropsFilter::new(given, true);
         let widened = d.refresh(&mut host).expect("widened at start");
-        assert_eq!(widened.host, [172, 17, 0, 2]);
+        assert_eq!(widened.dests[0].addr, [172, 17, 0, 2]);
         assert_eq!(d.refresh(&mut host), None, "nothing changed");
         // The container restarts with another address.
         for p in &mut host.published {
             p.container_addr = Some(Ipv4Addr::new(172, 17, 0, 9));
         }
-        assert_eq!(d.refresh(&mut host).map(|f| f.host), Some([172, 17, 0, 9]));
+        assert_eq!(
+            d.refresh(&mut host).map(|f| f.dests[0].addr),
+            Some([172, 17, 0, 9])
+        );
         assert_eq!(d.target(), Some("172.17.0.9:80 (container web-1)"));
         // It goes away: back to the filter as given.
         host.published.clear();
