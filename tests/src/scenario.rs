@@ -156,6 +156,26 @@ pub fn all() -> Vec<Scenario> {
             Some(Fault::FirewalldForward),
             dropped("NETFILTER_DROP", "netfilter_drop"),
         ),
+        Scenario {
+            config: LabConfig {
+                uplink: "ens5".into(),
+                bridge: "virbr1".into(),
+                outside_addr: std::net::Ipv4Addr::new(192, 0, 2, 130),
+                host_addr: std::net::Ipv4Addr::new(192, 0, 2, 129),
+                uplink_prefix: 25,
+                bridge_addr: std::net::Ipv4Addr::new(10, 77, 3, 1),
+                container_addr: std::net::Ipv4Addr::new(10, 77, 3, 40),
+                bridge_prefix: 24,
+                published_port: 5601,
+                container_port: 3000,
+            },
+            ..Scenario::new(
+                "firewalld-virbr",
+                "field note 001 on a libvirt-style bridge: the fix names the bridge the container is routed through, whatever its name",
+                Some(Fault::FirewalldForward),
+                dropped("NETFILTER_DROP", "netfilter_drop"),
+            )
+        },
         Scenario::new(
             "iptables-legacy-drop",
             "Docker's rules in iptables-nft, a FORWARD DROP added with iptables-legacy (which `iptables -S` does not show)",

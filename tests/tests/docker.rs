@@ -183,7 +183,8 @@ fn container_filter_follows_its_published_port_and_address() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Docker runs no container by that name or id"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Docker runs no container by that name or id"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

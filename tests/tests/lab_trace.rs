@@ -258,11 +258,18 @@ fn firewalld_nft_reject_is_named_by_table_chain_and_handle() {
     assert_eq!(d["rule"]["chain"], "filter_FORWARD");
     assert_eq!(d["rule"]["text"], "reject with icmpx admin-prohibited");
     assert!(d["rule"]["handle"].as_u64().is_some(), "{d:#}");
-    let fix = fix(&seen);
+    let fixed = fix(&seen);
     assert!(
-        fix.contains("firewall-cmd --permanent --zone=trusted --change-interface=docker0"),
-        "{fix}"
+        fixed.contains("firewall-cmd --permanent --zone=trusted --change-interface=docker0"),
+        "{fixed}"
     );
+    let (lab, virbr, _) = run("firewalld-virbr");
+    let fixed = fix(&virbr);
+    assert!(
+        fixed.contains("firewall-cmd --permanent --zone=trusted --change-interface=virbr1 "),
+        "{fixed}"
+    );
+    assert!(!fixed.contains(&lab.config.uplink), "{fixed}");
     let evidence = evidence(&seen.verdict).join("\n");
     // Docker's iptables FORWARD accepted the published port first; firewalld runs after it.
     assert!(

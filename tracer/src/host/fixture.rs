@@ -23,6 +23,8 @@ pub struct FakeHost {
     pub unreadable: HashMap<(u32, String), String>,
     /// Namespaces whose ruleset cannot be read → why.
     pub unreadable_rulesets: HashMap<u32, String>,
+    /// Containers by address, besides those of `published`.
+    pub addressed: HashMap<Ipv4Addr, ContainerRef>,
 }
 
 impl FakeHost {
@@ -146,6 +148,13 @@ impl HostFacts for FakeHost {
             .iter()
             .find(|p| p.from_host_port(dst, port, proto))
             .cloned()
+    }
+    fn container_at(&mut self, addr: Ipv4Addr) -> Option<ContainerRef> {
+        self.published
+            .iter()
+            .find(|p| p.container_addr == Some(addr))
+            .map(|p| p.container.clone())
+            .or_else(|| self.addressed.get(&addr).cloned())
     }
     fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<Published> {
         self.published

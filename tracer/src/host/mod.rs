@@ -55,6 +55,11 @@ pub trait HostFacts {
         None
     }
 
+    /// The container that has this address (on any of its networks).
+    fn container_at(&mut self, _addr: Ipv4Addr) -> Option<ContainerRef> {
+        None
+    }
+
     /// The host port published to a container's `addr:port`: the other end of its DNAT.
     fn published_to(&mut self, _addr: Ipv4Addr, _port: u16, _proto: Proto) -> Option<Published> {
         None

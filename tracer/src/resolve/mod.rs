@@ -20,8 +20,8 @@ use std::{
 
 use crate::{
     host::{
-        ContainerDevice, HostFacts, Link, LinkTable, Lookup, NetnsEntry, Published, Symbol, Wiring,
-        wire,
+        ContainerDevice, ContainerRef, HostFacts, Link, LinkTable, Lookup, NetnsEntry, Published,
+        Symbol, Wiring, wire,
     },
     net::Proto,
     ruleset::Ruleset,
@@ -291,6 +291,15 @@ impl HostFacts for Resolver {
 
     fn published_to(&mut self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<Published> {
         self.publication(|i| i.published_to(addr, port, proto).cloned())
+    }
+
+    fn container_at(&mut self, addr: Ipv4Addr) -> Option<ContainerRef> {
+        let index = self.containers.as_ref()?.read().ok()?;
+        index
+            .containers
+            .iter()
+            .find(|c| c.addresses.contains(&addr))
+            .map(|c| c.container.clone())
     }
 
     fn ruleset(&mut self, netns: u32) -> Lookup<Arc<Ruleset>> {

@@ -143,6 +143,9 @@ pub(super) fn netfilter_drop(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Dia
             in_if: Some(&uplink),
             out_if: out_if.as_deref(),
             path: &fwd.path,
+            // The route to the DNAT's target is the container's side.
+            container_side: out_if.as_deref(),
+            ..Where::default()
         };
         out.push(Diagnosis {
             code: NETFILTER_DROP.code,
@@ -199,6 +202,8 @@ fn bridged_drops(p: &Premises, rs: &Ruleset) -> Vec<Diagnosis> {
             in_if: Some(&bridge.name),
             out_if: Some(&bridge.name),
             path: &fwd.path,
+            container_side: Some(&bridge.name),
+            ..Where::default()
         };
         out.push(Diagnosis {
             code: "bridge_netfilter_drop",

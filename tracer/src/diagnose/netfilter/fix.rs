@@ -15,25 +15,60 @@ pub(super) fn rule_words(by: &RuleRef) -> String {
     }
 }
 
-/// Where a flow met the rule a fix is for: its interfaces there and the chains it walked.
+/// Where a flow met the rule a fix is for: its interfaces there, the chains it walked, and
+/// what the host says of its ends.
+#[derive(Default)]
 pub(super) struct Where<'a> {
     pub in_if: Option<&'a str>,
     pub out_if: Option<&'a str>,
     pub path: &'a [String],
+    /// The interface that leads to the flow's container: the connected route to the
+    /// container's address (its bridge, or its veth). Never guessed from a name.
+    pub container_side: Option<&'a str>,
+    /// The containers at the flow's source and destination, by name.
+    pub src_container: Option<&'a str>,
+    pub dst_container: Option<&'a str>,
 }
 
+/// Said in a fix where pathtrace cannot tell the container-side interface.
+const CONTAINER_SIDE: &str = "<the bridge or veth of the container's network>";
+
 /// firewalld owns its nft table: a rule deleted by hand comes back on reload, so the fix is
-/// to give the Docker-side interface a zone (Docker >= 20.10 adds a `docker` zone itself).
+/// to give the container-side interface a zone (Docker >= 20.10 adds a `docker` zone itself).
+/// Only an interface the container's address is routed through is named: a name picked
+/// otherwise could be the uplink, and the fix would open the host to the world.
 fn firewalld_fix(at: &Where<'_>) -> String {
-    let container_side = [at.out_if, at.in_if]
-        .into_iter()
-        .flatten()
-        .find(|i| i.starts_with("docker") || i.starts_with("br-") || i.starts_with("veth"))
-        .or(at.out_if)
-        .unwrap_or("docker0");
-    format!(
-        "firewall-cmd --permanent --zone=trusted --change-interface={container_side} && firewall-cmd --reload   # firewalld forwards only between interfaces that are in zones; Docker >= 20.10 puts its bridges in a `docker` zone itself"
-    )
+    let why = "firewalld forwards only between interfaces that are in zones; Docker >= 20.10 puts its bridges in a `docker` zone itself";
+    match at.container_side {
+        Some(side) => format!(
+            "firewall-cmd --permanent --zone=trusted --change-interface={side} && firewall-cmd --reload   # {why}"
+        ),
+        None => format!(
+            "firewall-cmd --permanent --zone=trusted --change-interface={CONTAINER_SIDE} && firewall-cmd --reload   # pathtrace could not tell which interface leads to the container (no container address with a route here): name its bridge, never the uplink; {why}"
+        ),
+    }
+}
+
+/// Docker's own chains are its design: it re-creates a deleted rule, and the isolation
+/// between its networks is on purpose. The fix is at Docker's level.
+fn docker_fix(by: &RuleRef, at: &Where<'_>) -> Option<String> {
+    if by.chain.starts_with("DOCKER-ISOLATION") {
+        let network = match at.out_if {
+            Some("docker0") => "bridge".to_owned(),
+            Some(b) if b.starts_with("br-") => b.trim_start_matches("br-").to_owned(),
+            _ => "<the destination's network>".to_owned(),
+        };
+        let from = at.src_container.unwrap_or("<the source container>");
+        let to = at
+            .dst_container
+            .map(|d| format!(" ({from} to reach {d})"))
+            .unwrap_or_default();
+        return Some(format!(
+            "docker network connect {network} {from}   # Docker isolates its networks from each other on purpose ({}, re-created if deleted): connect the client to the server's network{to}, or put both on one user-defined network",
+            by.chain
+        ));
+    }
+    None
 }
 
 /// A native nft rule or policy: delete or narrow the rule by handle, or accept ahead of the
@@ -86,6 +121,9 @@ fn ebtables_fix(
 }
 
 pub(super) fn fix_for(by: &RuleRef, tuple: Option<Tuple>, at: &Where<'_>) -> String {
+    if let Some(fix) = docker_fix(by, at) {
+        return fix;
+    }
     let (source, table) = Source::of_label(&by.table);
     let cmd = source.command();
     match source {

@@ -15,11 +15,12 @@ mod walk;
 use std::{sync::Arc, time::Duration};
 
 use self::{
-    fix::{ebtables_table, fix_for, rule_words},
+    fix::{Where, ebtables_table, fix_for, rule_words},
     walk::{Walked, walk},
 };
 use super::{Case, Confidence, Diagnosis, Rule, describe_rule, in_netns};
 use crate::{
+    events::Tuple,
     host::HostFacts,
     net::{Hook, Netfilter, NfVerdict},
     probes::HookSet,
@@ -98,13 +99,18 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
             "pathtrace cannot evaluate a match of {u}; assumed not to match"
         ));
     }
-    let (code, summary, fix) = summary_and_fix(case, &w, &by, &ns);
+    let (code, summary, fix) = summary_and_fix(case, facts, netns, &w, &by, &ns);
     evidence.extend(bridge_evidence(&w, &ns));
     Some(Diagnosis {
         code,
         summary,
         evidence,
-        fix: Some(in_netns(facts, netns, &fix)),
+        // Docker's CLI talks to dockerd, wherever it runs: never inside a namespace.
+        fix: Some(if fix.starts_with("docker ") {
+            fix
+        } else {
+            in_netns(facts, netns, &fix)
+        }),
         confidence,
         rule: Some(by),
     })
@@ -257,6 +263,8 @@ fn hidden_backend(rs: &Ruleset, by: &RuleRef, ns: &str) -> Option<String> {
 /// The code (a drop on a bridge or in the IP hooks), the summary in words, and the fix.
 fn summary_and_fix(
     case: &Case<'_>,
+    facts: &mut dyn HostFacts,
+    netns: u32,
     w: &Walked,
     by: &RuleRef,
     ns: &str,
@@ -271,7 +279,17 @@ fn summary_and_fix(
         .and_then(|h| h.tuple)
         .or(case.input_hop().and_then(|h| h.tuple));
     let what = tuple.map(|t| format!(" ({t})")).unwrap_or_default();
-    let fix = fix_for(by, tuple, &w.place());
+    let ends = Ends::of(case, facts, netns, tuple);
+    let fix = fix_for(
+        by,
+        tuple,
+        &Where {
+            container_side: ends.container_side.as_deref(),
+            src_container: ends.src.as_deref(),
+            dst_container: ends.dst.as_deref(),
+            ..w.place()
+        },
+    );
     let name = case.packet_name();
     match &w.bridged {
         Some(bridge) if w.bridge_family => (
@@ -307,6 +325,59 @@ fn summary_and_fix(
             ),
             fix,
         ),
+    }
+}
+
+/// What the host says of a dropped flow's ends: the containers at either end, and the
+/// interface the container's address is routed through in the namespace of the drop.
+struct Ends {
+    src: Option<String>,
+    dst: Option<String>,
+    container_side: Option<String>,
+}
+
+impl Ends {
+    fn of(case: &Case<'_>, facts: &mut dyn HostFacts, netns: u32, tuple: Option<Tuple>) -> Self {
+        let src = tuple.and_then(|t| facts.container_at(t.src));
+        let dst = tuple.and_then(|t| facts.container_at(t.dst));
+        // The target's address first (the packet may have died before its DNAT), then the
+        // flow's DNAT target (a server behind a published port, Docker's or not), then
+        // whichever end is a container's.
+        let target = case
+            .target
+            .and_then(|t| t.address.as_deref()?.parse::<std::net::Ipv4Addr>().ok());
+        let dnat_to = case
+            .flow
+            .filter(|f| f.original.dst != f.translated.dst)
+            .map(|f| f.translated.dst)
+            .or_else(|| {
+                let d = case.drop_hop()?;
+                let (entered, now) = (d.entered?, d.tuple?);
+                (entered.dst != now.dst).then_some(now.dst)
+            });
+        let container_addrs = target
+            .into_iter()
+            .chain(dnat_to)
+            .chain(tuple.into_iter().flat_map(|t| {
+                [dst.as_ref().map(|_| t.dst), src.as_ref().map(|_| t.src)]
+                    .into_iter()
+                    .flatten()
+            }));
+        let mut container_side = None;
+        for addr in container_addrs.collect::<Vec<_>>() {
+            if let Some(link) = facts
+                .connected_route(netns, addr)
+                .filter(|l| !l.is_loopback())
+            {
+                container_side = Some(link.name);
+                break;
+            }
+        }
+        Self {
+            src: src.map(|c| c.name),
+            dst: dst.map(|c| c.name),
+            container_side,
+        }
     }
 }
 
@@ -349,7 +420,7 @@ mod tests {
         let at = Where {
             in_if: Some("veth1"),
             out_if: Some("veth2"),
-            path: &[],
+            ..Where::default()
         };
         let tuple = Some(crate::events::Tuple {
             src: "172.17.0.3".parse().expect("addr"),
@@ -700,6 +771,117 @@ mod tests {
             still.evidence
         );
         assert_eq!(still.confidence, crate::diagnose::Confidence::Medium);
+    }
+
+    /// A container's outbound SYN (to a database on the uplink's subnet) rejected by firewalld,
+    /// its bridge named like nothing Docker makes: the fix puts the bridge the container's
+    /// address is routed through in the trusted zone, never the uplink it was leaving by.
+    #[test]
+    fn a_firewalld_fix_names_the_containers_bridge_never_the_uplink() {
+        const FIREWALLD: &str = include_str!("../../../test_data/nft_firewalld.json");
+        let mut host = FakeHost::lab_with_docker();
+        if let Some(l) = host.links.get_mut(&(HOST_NS, 3)) {
+            l.name = "virbr7".into();
+        }
+        let rs = crate::ruleset::nft::parse(FIREWALLD, &[]).expect("parses");
+        host.rulesets.insert(HOST_NS, Arc::new(rs));
+        let outbound = |kind, ts| {
+            let mut e = ev(kind, ts, HOST_NS, 3);
+            e.saddr = [172, 17, 0, 2];
+            e.daddr = [203, 0, 113, 50];
+            e.dport = 5432;
+            e
+        };
+        let mut drop = outbound(HopKind::Drop, 3_000);
+        drop.drop_reason = 12;
+        let hops = vec![hop(outbound(HopKind::Receive, 2_000)), hop(drop)];
+        let fix = |host: &mut FakeHost| {
+            let r = report(host, hops.clone());
+            let d = r.diagnosis.expect("diagnosed");
+            assert_eq!(
+                d.rule.as_ref().map(|r| r.table.as_str()),
+                Some("inet firewalld")
+            );
+            d.fix.unwrap_or_default()
+        };
+        let f = fix(&mut host);
+        assert!(
+            f.contains("firewall-cmd --permanent --zone=trusted --change-interface=virbr7 "),
+            "{f}"
+        );
+        assert!(!f.contains("=eth0"), "{f}");
+        // Nobody knows the address: a placeholder, said as such, not a guess.
+        host.published.clear();
+        let f = fix(&mut host);
+        assert!(
+            f.contains("--change-interface=<the bridge or veth of the container's network>"),
+            "{f}"
+        );
+        assert!(f.contains("could not tell"), "{f}");
+        assert!(!f.contains("=eth0"), "{f}");
+    }
+
+    /// A SYN from a container on a user-defined network to one on Docker's default bridge,
+    /// dropped by Docker's isolation: named as isolation, and fixed at Docker's level.
+    #[test]
+    fn dockers_network_isolation_is_fixed_with_docker_not_by_deleting_its_rule() {
+        let mut host = FakeHost::lab_with_docker();
+        host.links.insert(
+            (HOST_NS, 9),
+            crate::host::Link {
+                ifindex: 9,
+                name: "br-5e1f0a9c2d3b".into(),
+                kind: "bridge".into(),
+                ..Default::default()
+            },
+        );
+        host.subnets
+            .push((HOST_NS, std::net::Ipv4Addr::new(172, 23, 0, 0), 16, 9));
+        host.addressed.insert(
+            std::net::Ipv4Addr::new(172, 23, 0, 4),
+            crate::host::ContainerRef {
+                id: "abcdefabcdef".into(),
+                name: "api".into(),
+                image: "api:3".into(),
+            },
+        );
+        let text = DOCKER
+            .replace(
+                "[2:120] -A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2",
+                "[2:120] -A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2\n[1:60] -A DOCKER-ISOLATION-STAGE-1 -i br-5e1f0a9c2d3b ! -o br-5e1f0a9c2d3b -j DOCKER-ISOLATION-STAGE-2",
+            );
+        host.rulesets
+            .insert(HOST_NS, Arc::new(Ruleset::parse(&text).unwrap()));
+        let from_api = |kind, ts| {
+            let mut e = ev(kind, ts, HOST_NS, 9);
+            e.saddr = [172, 23, 0, 4];
+            e.daddr = [172, 17, 0, 2];
+            e.dport = 80;
+            e
+        };
+        let mut drop = from_api(HopKind::Drop, 3_000);
+        drop.drop_reason = 12;
+        let r = report(
+            &mut host,
+            vec![hop(from_api(HopKind::Receive, 2_000)), hop(drop)],
+        );
+        let d = r.diagnosis.expect("diagnosed");
+        let rule = d.rule.clone().expect("rule");
+        assert_eq!(
+            (rule.chain.as_str(), rule.index),
+            ("DOCKER-ISOLATION-STAGE-2", Some(1))
+        );
+        let fix = d.fix.unwrap_or_default();
+        assert!(
+            fix.starts_with("docker network connect bridge api "),
+            "{fix}"
+        );
+        assert!(fix.contains("isolates its networks"), "{fix}");
+        assert!(fix.contains("api to reach web-1"), "{fix}");
+        assert!(
+            !fix.contains(" -D "),
+            "Docker's own rule is not deleted: {fix}"
+        );
     }
 
     #[test]

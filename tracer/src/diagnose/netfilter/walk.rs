@@ -30,6 +30,7 @@ impl Walked {
             in_if: self.in_if.as_deref(),
             out_if: self.out_if.as_deref(),
             path: &self.outcome.path,
+            ..Where::default()
         }
     }
 }
