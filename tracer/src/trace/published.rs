@@ -15,7 +15,8 @@ pub enum Widening {
     AsGiven,
     /// Also matches traffic to the published port's DNAT target.
     Widened {
-        filter: Filter,
+        /// Boxed: the filter is larger than the other variants together.
+        filter: Box<Filter>,
         /// `172.17.0.2:80 (container web)`.
         target: String,
     },
@@ -28,7 +29,7 @@ impl Widening {
     /// The filter the kernel should use.
     pub fn filter(&self, given: &Filter) -> Filter {
         match self {
-            Self::Widened { filter, .. } => *filter,
+            Self::Widened { filter, .. } => **filter,
             Self::AsGiven | Self::Cannot(_) => *given,
         }
     }
@@ -73,7 +74,7 @@ pub fn widen(given: &Filter, facts: &mut dyn HostFacts, conntrack: bool) -> Wide
             let proto = first.proto.number();
             match filter.add_dest(addr.octets(), port, proto) {
                 Ok(()) => Widening::Widened {
-                    filter,
+                    filter: Box::new(filter),
                     target: format!("{addr}:{port} (container {name})"),
                 },
                 // The filter as given has no destinations: impossible.
