@@ -106,3 +106,64 @@ fn finds_the_static_faults() {
         }
     }
 }
+
+/// Without CAP_NET_ADMIN no ruleset can be listed: a clear error and exit 2, never "no
+/// problems found".
+#[test]
+fn refuses_to_run_without_the_privilege_to_look() {
+    let lab = Lab::new(LabConfig::unusual()).expect("lab");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.host.name])
+        .args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(pathtrace_bin().expect("binary"))
+        .arg("doctor")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("needs CAP_NET_ADMIN"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("no problems found"));
+}
+
+/// A listing that fails (here nft, made to fail as it does without privileges) is said as
+/// `could not check`, the rest is still judged, and the exit is 3, not 0. The packet judged is
+/// named, from the client given.
+#[test]
+fn a_failing_listing_is_reported_and_the_rest_still_checked() {
+    let lab = Lab::new(LabConfig::unusual()).expect("lab");
+    let dir = std::env::temp_dir().join(format!("ptdoctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let nft = dir.join("nft");
+    std::fs::write(
+        &nft,
+        "#!/bin/sh\necho 'netlink: Error: cache initialization failed: Operation not permitted' >&2\nexit 1\n",
+    )
+    .expect("fake nft");
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let port = lab.config.published_port.to_string();
+    let out = Command::new("/usr/sbin/ip")
+        .env("PATH", &path)
+        .args(["netns", "exec", &lab.host.name])
+        .arg(pathtrace_bin().expect("binary"))
+        .args(["doctor", "--dport", &port, "--host", "192.0.2.61", "--sport", "33333"])
+        .output()
+        .expect("runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("could not check: nft -j list ruleset: netlink: Error: cache initialization failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "judged: tcp 192.0.2.61:33333 → {}:{port} in on {}",
+            lab.config.host_addr, lab.config.uplink
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the checkup is incomplete"), "{stdout}");
+}

@@ -35,6 +35,10 @@ pub enum Command {
     /// Check this host's configuration without tracing: forwarding, rp_filter, br_netfilter,
     /// nat chain order and FORWARD rules for every published Docker port (or --dport). Exits
     /// 1 when it finds a problem.
+    ///
+    /// Exits 0 when everything was checked and nothing found, 1 when it finds a problem, 2
+    /// when it cannot run (no privileges), 3 when part of the configuration could not be
+    /// checked (said as `could not check: ...`) and nothing was found in the rest.
     Doctor(DoctorArgs),
     /// Run continuously, exporting drops to Prometheus (--listen) and as JSON lines. SIGHUP
     /// re-reads --config and swaps the filter in place; SIGTERM stops and flushes.
@@ -66,6 +70,13 @@ pub struct DoctorArgs {
     /// Protocol of --dport: tcp or udp.
     #[arg(long, value_name = "PROTO", default_value = "tcp", value_parser = parse_proto)]
     pub proto: Proto,
+    /// The client whose first packet is judged (default 198.51.100.200, a documentation
+    /// address): a firewall that lets some sources in judges yours.
+    #[arg(long, value_name = "IPV4")]
+    pub host: Option<Ipv4Addr>,
+    /// The client's source port (default 40000).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub sport: Option<u16>,
     /// One JSON object with every finding.
     #[arg(long)]
     pub json: bool,

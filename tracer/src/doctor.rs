@@ -3,6 +3,8 @@
 //! FORWARD rules that drop a published port, br_netfilter. The findings are the same
 //! [`Diagnosis`] values, from the same [`crate::diagnose::RULES`], as a trace gives.
 
+use std::net::Ipv4Addr;
+
 use crate::{
     diagnose::{Diagnosis, PortCheck, Premises, examine},
     host::{HostFacts, LinkTable, Unreadable},
@@ -12,6 +14,10 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
+    #[error(
+        "pathtrace doctor reads the iptables and nft rulesets, which needs CAP_NET_ADMIN (root): run it with sudo"
+    )]
+    Privileges,
     #[error("cannot tell which network namespace pathtrace runs in (/proc/self/ns/net)")]
     OwnNamespace,
     #[error("listing interfaces (rtnetlink): {0}")]
@@ -26,12 +32,40 @@ pub struct Checkup {
     pub docker: String,
     /// A ruleset was found to evaluate (iptables, ebtables or nft), or why none could be read.
     pub ruleset: Result<bool, Unreadable>,
+    /// The packets judged: `tcp 198.51.100.200:40000 → 203.0.113.1:10001 in on eth0`.
+    pub judged: Vec<String>,
+    /// What could not be checked, and why: a listing that failed or is missing, a line that
+    /// did not parse. Not empty: the checkup is incomplete.
+    pub unchecked: Vec<String>,
     pub findings: Vec<Diagnosis>,
 }
 
+/// Whether this process may read rulesets: CAP_NET_ADMIN in its effective set.
+fn may_read_rulesets() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
 /// Examines the namespace pathtrace runs in: `port` (a port number and IP protocol) when
-/// given, else every port Docker publishes.
-pub async fn run(port: Option<(u16, Proto)>) -> Result<Checkup, DoctorError> {
+/// given, else every port Docker publishes, each judged for a first packet from `client`.
+pub async fn run(
+    port: Option<(u16, Proto)>,
+    client: (Ipv4Addr, u16),
+) -> Result<Checkup, DoctorError> {
+    // Without it every listing fails and the checkup would find nothing for want of looking.
+    if !may_read_rulesets() {
+        return Err(DoctorError::Privileges);
+    }
     let netns = netns::own_inode().ok_or(DoctorError::OwnNamespace)?;
     let links = LinkTable::dump_here().map_err(DoctorError::Links)?;
     let index = SharedIndex::default();
@@ -54,12 +88,21 @@ pub async fn run(port: Option<(u16, Proto)>) -> Result<Checkup, DoctorError> {
         netns,
         links,
         ports,
+        client,
     };
     let findings = examine(&premises, &mut facts);
+    let ruleset = facts.ruleset(netns);
+    let unchecked = match &ruleset {
+        Ok(Some(rs)) => rs.unread.clone(),
+        Ok(None) => Vec::new(),
+        Err(u) => vec![u.to_string()],
+    };
     Ok(Checkup {
-        ruleset: facts.ruleset(netns).map(|rs| rs.is_some()),
+        ruleset: ruleset.map(|rs| rs.is_some()),
+        judged: premises.judged(),
         ports: premises.ports,
         docker,
+        unchecked,
         findings,
     })
 }
@@ -127,6 +170,7 @@ mod tests {
             netns: NS,
             links: LinkTable { links, addrs },
             ports: port(),
+            client: crate::diagnose::CLIENT,
         };
         (premises, h)
     }
@@ -195,6 +239,50 @@ mod tests {
                 "iptables -t filter -I DOCKER-USER -i eth0 -o docker0 -p tcp --dport 80 -j ACCEPT"
             )
         );
+    }
+
+    /// `-p 192.0.2.9:7790:80`: Docker DNATs only that address. The doctor judges the port
+    /// there (and says so), not at the uplink's other address, where no DNAT is meant to run.
+    #[test]
+    fn a_port_published_on_one_address_is_judged_there_only() {
+        let rules = DOCKER.replace(
+            "[3:180] -A DOCKER ! -i docker0 -p tcp -m tcp --dport 10001 -j DNAT --to-destination 172.17.0.2:80",
+            "[3:180] -A DOCKER -d 192.0.2.9/32 ! -i docker0 -p tcp -m tcp --dport 7790 -j DNAT --to-destination 172.17.0.2:80",
+        );
+        let (mut premises, facts) = host(&rules, &[("net.ipv4.ip_forward", "1")]);
+        premises
+            .links
+            .addrs
+            .push((2, Ipv4Addr::new(192, 0, 2, 9), 24));
+        let web = crate::host::ContainerRef {
+            id: "0123456789ab".into(),
+            name: "web".into(),
+            image: "httpd".into(),
+        };
+        let published = |host_ip| crate::host::Published {
+            container: web.clone(),
+            host_ip,
+            host_port: 7790,
+            proto: Proto::TCP,
+            container_addr: Some(Ipv4Addr::new(172, 17, 0, 2)),
+            container_port: 80,
+        };
+        premises.ports = vec![PortCheck {
+            port: 7790,
+            proto: Proto::TCP,
+            published: Some(published(Some(Ipv4Addr::new(192, 0, 2, 9)))),
+        }];
+        premises.client = (Ipv4Addr::new(192, 0, 2, 77), 51000);
+        assert_eq!(
+            premises.judged(),
+            ["tcp 192.0.2.77:51000 → 192.0.2.9:7790 in on eth0 (published to container web)"]
+        );
+        let mut facts = facts;
+        assert_eq!(examine(&premises, &mut facts), vec![]);
+        // Judged on every address, the uplink's own would wrongly look skipped.
+        premises.ports[0].published = Some(published(None));
+        let f = examine(&premises, &mut facts);
+        assert_eq!(f.first().map(|d| d.code), Some("dnat_skipped"), "{f:#?}");
     }
 
     #[test]

@@ -87,7 +87,18 @@ fn daemon(args: &DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
 /// `pathtrace doctor`: static checks of this namespace; exit status 1 when anything is found.
 fn doctor(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
     let port = args.dport.map(|p| (p, args.proto));
-    let checkup = runtime()?.block_on(pathtrace::doctor::run(port))?;
+    let default = pathtrace::diagnose::CLIENT;
+    let client = (
+        args.host.unwrap_or(default.0),
+        args.sport.unwrap_or(default.1),
+    );
+    let checkup = match runtime()?.block_on(pathtrace::doctor::run(port, client)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pathtrace: error: {}", chain(&e.into()));
+            return Ok(std::process::ExitCode::from(2));
+        }
+    };
     let out = stdout().lock();
     if args.json {
         output::doctor::json(&checkup, out)
@@ -95,9 +106,11 @@ fn doctor(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
         output::doctor::human(&checkup, out)
     }
     .context("writing the findings")?;
-    Ok(if checkup.findings.is_empty() {
-        std::process::ExitCode::SUCCESS
-    } else {
+    Ok(if !checkup.findings.is_empty() {
         std::process::ExitCode::from(1)
+    } else if !checkup.unchecked.is_empty() {
+        std::process::ExitCode::from(3)
+    } else {
+        std::process::ExitCode::SUCCESS
     })
 }

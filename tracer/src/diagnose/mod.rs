@@ -16,7 +16,7 @@ mod routing;
 mod socket;
 
 pub use judge::{Judged, Target, judge};
-pub use premises::{PortCheck, Premises, examine};
+pub use premises::{CLIENT, PortCheck, Premises, examine};
 
 use serde::Serialize;
 use tracer_common::HopKind;

@@ -19,6 +19,8 @@ pub fn json(c: &Checkup, mut w: impl Write) -> std::io::Result<()> {
         "ports": ports(c),
         "docker": c.docker,
         "iptables": c.ruleset == Ok(true),
+        "judged": c.judged,
+        "unchecked": c.unchecked,
         "findings": c.findings,
     });
     if let Err(u) = &c.ruleset {
@@ -45,8 +47,19 @@ pub fn human(c: &Checkup, mut w: impl Write) -> std::io::Result<()> {
         },
         c.docker
     )?;
-    if c.findings.is_empty() {
-        writeln!(w, "no problems found")?;
+    for j in &c.judged {
+        writeln!(w, "judged: {j}")?;
+    }
+    for u in &c.unchecked {
+        writeln!(w, "could not check: {u}")?;
+    }
+    match (c.findings.is_empty(), c.unchecked.is_empty()) {
+        (true, true) => writeln!(w, "no problems found")?,
+        (true, false) => writeln!(
+            w,
+            "no problems found in what could be checked; the checkup is incomplete"
+        )?,
+        _ => {}
     }
     for f in &c.findings {
         writeln!(w, "\n[{}] ({:?}) {}", f.code, f.confidence, f.summary)?;

@@ -360,7 +360,12 @@ mod tests {
     #[test]
     fn bad_text_is_an_error_not_a_panic() {
         assert!(parse("-A FORWARD -j DROP", Flavor::Nft).is_err());
-        assert!(parse("*filter\n-A NOPE -j DROP", Flavor::Nft).is_err());
-        assert!(parse("*filter\n[1:2 -A FORWARD", Flavor::Nft).is_err());
+        let rs = parse("*filter\n-A NOPE -j DROP", Flavor::Nft).unwrap();
+        assert_eq!(
+            rs.unread,
+            ["line 2: rule for an undeclared chain: `-A NOPE -j DROP`"]
+        );
+        let rs = parse("*filter\n[1:2 -A FORWARD", Flavor::Nft).unwrap();
+        assert_eq!(rs.unread.len(), 1, "{:?}", rs.unread);
     }
 }

@@ -109,48 +109,51 @@ pub(super) enum SaveLine<'a> {
     ChainRule { packets: Option<u64>, text: &'a str },
 }
 
-/// Splits save text into numbered lines, without comments and COMMITs.
-pub(super) fn save_lines(text: &str) -> Result<Vec<(usize, SaveLine<'_>)>, SaveTextError> {
+/// Splits save text into numbered lines, without comments and COMMITs; a line that is none
+/// of them is returned as an error with its number, and the rest still split.
+pub(super) fn save_lines(text: &str) -> Vec<Result<(usize, SaveLine<'_>), SaveTextError>> {
     let mut out = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         let err = |why: &str| SaveTextError::Line {
             line: n + 1,
-            why: why.to_owned(),
+            why: format!("{why}: `{line}`"),
         };
         if line.is_empty() || line.starts_with('#') || line == "COMMIT" {
             continue;
         }
-        let parsed = if let Some(name) = line.strip_prefix('*') {
-            SaveLine::Table(name)
-        } else if let Some(decl) = line.strip_prefix(':') {
-            let mut parts = decl.split_whitespace();
-            SaveLine::Chain {
-                name: parts.next().ok_or_else(|| err("chain without a name"))?,
-                policy: match parts.next() {
-                    Some("ACCEPT") => Some(RuleVerdict::Accept),
-                    Some("DROP") => Some(RuleVerdict::Drop),
-                    _ => None,
-                },
-                packets: parts.next().and_then(counters),
-            }
-        } else if line.starts_with('[') {
-            let (c, rest) = line
-                .split_once(' ')
-                .ok_or_else(|| err("counters without a rule"))?;
-            SaveLine::ChainRule {
-                packets: counters(c),
-                text: rest.trim(),
-            }
-        } else {
-            SaveLine::ChainRule {
-                packets: None,
-                text: line,
-            }
-        };
-        out.push((n + 1, parsed));
+        let parsed = (|| {
+            Ok(if let Some(name) = line.strip_prefix('*') {
+                SaveLine::Table(name)
+            } else if let Some(decl) = line.strip_prefix(':') {
+                let mut parts = decl.split_whitespace();
+                SaveLine::Chain {
+                    name: parts.next().ok_or_else(|| err("chain without a name"))?,
+                    policy: match parts.next() {
+                        Some("ACCEPT") => Some(RuleVerdict::Accept),
+                        Some("DROP") => Some(RuleVerdict::Drop),
+                        _ => None,
+                    },
+                    packets: parts.next().and_then(counters),
+                }
+            } else if line.starts_with('[') {
+                let (c, rest) = line
+                    .split_once(' ')
+                    .ok_or_else(|| err("counters without a rule"))?;
+                SaveLine::ChainRule {
+                    packets: counters(c),
+                    text: rest.trim(),
+                }
+            } else {
+                SaveLine::ChainRule {
+                    packets: None,
+                    text: line,
+                }
+            })
+        })();
+        out.push(parsed.map(|p| (n + 1, p)));
     }
-    Ok(out)
+    out
 }
 
 /// A rule's conditions and target, from the words after `-A CHAIN` and which names are
@@ -171,59 +174,76 @@ pub(super) struct Dialect {
     pub strict_chains: bool,
 }
 
-/// Parses save text in `dialect` into tables, chains and rules.
+/// Parses save text in `dialect` into tables, chains and rules. A line that does not parse
+/// is kept in [`Ruleset::unread`] and the rest is read: one rule pathtrace does not follow
+/// must not hide every other. Text with no table at all is not save text: an error.
 pub(super) fn parse_save(text: &str, dialect: &Dialect) -> Result<Ruleset, SaveTextError> {
     let mut rs = Ruleset::default();
-    for (line, parsed) in save_lines(text)? {
-        let err = |why: &str| SaveTextError::Line {
-            line,
-            why: why.to_owned(),
-        };
-        let (mut packets, mut rule_text) = match parsed {
-            SaveLine::Table(name) => {
-                rs.tables.push(Table {
-                    name: name.to_owned(),
-                    family: dialect.family.into(),
-                    source: dialect.source,
-                    chains: Vec::new(),
-                });
-                continue;
-            }
-            SaveLine::Chain {
-                name,
-                policy,
-                packets,
-            } => {
-                let table = rs
-                    .tables
-                    .last_mut()
-                    .ok_or_else(|| err("chain before any *table"))?;
-                table.chains.push(Chain {
-                    name: name.to_owned(),
-                    base: (dialect.base)(&table.name, name, policy),
-                    policy,
-                    policy_packets: packets,
-                    rules: Vec::new(),
-                });
-                continue;
-            }
-            SaveLine::ChainRule { packets, text } => (packets, text),
-        };
-        if dialect.trailing_counters
-            && let Some((rule, counts)) = rule_text.rsplit_once(" -c ")
-            && let Some((p, _bytes)) = counts.split_once(' ')
-            && let Ok(p) = p.parse()
-        {
-            packets = Some(p);
-            rule_text = rule;
+    let mut first_error = None;
+    for parsed in save_lines(text) {
+        let parsed = parsed.and_then(|(line, parsed)| {
+            parse_line(&mut rs, parsed, dialect).map_err(|why| SaveTextError::Line {
+                line,
+                why: format!(
+                    "{why}: `{}`",
+                    text.lines().nth(line - 1).unwrap_or("").trim()
+                ),
+            })
+        });
+        if let Err(e) = parsed {
+            rs.unread.push(e.to_string());
+            first_error.get_or_insert(e);
         }
-        let table = rs
-            .tables
-            .last_mut()
-            .ok_or_else(|| err("rule before any *table"))?;
-        add_rule(table, rule_text, packets, dialect).map_err(err)?;
     }
-    Ok(rs)
+    match first_error {
+        Some(e) if rs.tables.is_empty() => Err(e),
+        _ => Ok(rs),
+    }
+}
+
+/// Adds one line's table, chain or rule to `rs`.
+fn parse_line(
+    rs: &mut Ruleset,
+    parsed: SaveLine<'_>,
+    dialect: &Dialect,
+) -> Result<(), &'static str> {
+    let (mut packets, mut rule_text) = match parsed {
+        SaveLine::Table(name) => {
+            rs.tables.push(Table {
+                name: name.to_owned(),
+                family: dialect.family.into(),
+                source: dialect.source,
+                chains: Vec::new(),
+            });
+            return Ok(());
+        }
+        SaveLine::Chain {
+            name,
+            policy,
+            packets,
+        } => {
+            let table = rs.tables.last_mut().ok_or("chain before any *table")?;
+            table.chains.push(Chain {
+                name: name.to_owned(),
+                base: (dialect.base)(&table.name, name, policy),
+                policy,
+                policy_packets: packets,
+                rules: Vec::new(),
+            });
+            return Ok(());
+        }
+        SaveLine::ChainRule { packets, text } => (packets, text),
+    };
+    if dialect.trailing_counters
+        && let Some((rule, counts)) = rule_text.rsplit_once(" -c ")
+        && let Some((p, _bytes)) = counts.split_once(' ')
+        && let Ok(p) = p.parse()
+    {
+        packets = Some(p);
+        rule_text = rule;
+    }
+    let table = rs.tables.last_mut().ok_or("rule before any *table")?;
+    add_rule(table, rule_text, packets, dialect)
 }
 
 /// Appends `-A CHAIN ...` to its chain (created unless the dialect declares every chain).
@@ -565,7 +585,21 @@ mod tests {
 
     #[test]
     fn rejects_malformed_input() {
-        assert!(Ruleset::parse("-A FORWARD -j DROP\n").is_err());
-        assert!(Ruleset::parse("*filter\n-X FORWARD\n").is_err());
+        assert!(
+            Ruleset::parse("-A FORWARD -j DROP\n").is_err(),
+            "no table: not save text"
+        );
+    }
+
+    /// One line pathtrace cannot read is reported with its number and text, and every other
+    /// rule is still read, in place (the rule after it keeps its number).
+    #[test]
+    fn a_line_that_does_not_parse_is_reported_and_the_rest_is_read() {
+        let text = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j ACCEPT\n-X FORWARD\n-A FORWARD -p tcp -m tcp --dport 80 -j DROP\nCOMMIT\n";
+        let rs = Ruleset::parse(text).unwrap();
+        assert_eq!(rs.unread, ["line 4: expected -A CHAIN: `-X FORWARD`"]);
+        let fwd = rs.table("filter").unwrap().chain("FORWARD").unwrap();
+        assert_eq!(fwd.rules.len(), 2);
+        assert_eq!(fwd.rules[1].index, 2);
     }
 }

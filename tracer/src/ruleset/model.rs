@@ -220,6 +220,10 @@ impl Table {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub tables: Vec<Table>,
+    /// What could not be read and so is not evaluated: a listing that failed or is not
+    /// installed, a line that did not parse (`iptables-legacy-save line 12: expected -A
+    /// CHAIN: ...`). Said wherever the ruleset is judged, never dropped.
+    pub unread: Vec<String>,
 }
 
 impl Ruleset {
@@ -257,6 +261,7 @@ impl Ruleset {
     /// Adds another source's tables (nft next to iptables).
     pub fn merge(&mut self, other: Ruleset) {
         self.tables.extend(other.tables);
+        self.unread.extend(other.unread);
     }
 }
 

@@ -35,7 +35,11 @@ pub fn read_ruleset(bridges: bool) -> Result<Option<Ruleset>, ReadError> {
     let mut rs = Ruleset::default();
     let mut failed = Vec::new();
     let mut read_elsewhere = Vec::new();
-    for listing in iptables_listings() {
+    let iptables = iptables_listings();
+    if iptables.iter().all(|l| matches!(l, Listing::Missing)) {
+        failed.push("iptables-save is not installed: iptables rules not checked".to_owned());
+    }
+    for listing in iptables {
         let save = match listing {
             Listing::Rules(save) => save,
             Listing::Failed(why) => {
@@ -72,19 +76,19 @@ pub fn read_ruleset(bridges: bool) -> Result<Option<Ruleset>, ReadError> {
     match read_nft(&read_elsewhere) {
         Listing::Rules(nft) => rs.merge(nft),
         Listing::Failed(why) => failed.push(why),
-        Listing::Missing | Listing::Empty => {}
+        Listing::Missing => failed
+            .push("nft is not installed: native nft tables (firewalld) not checked".to_owned()),
+        Listing::Empty => {}
     }
+    // What was read is evaluated; what was not is said with it.
     if !rs.is_empty() {
-        for why in &failed {
-            tracing::debug!("read the rest of the ruleset, but {why}");
-        }
+        rs.unread.extend(failed);
         return Ok(Some(rs));
     }
-    if failed.is_empty() {
-        Ok(None)
-    } else {
-        Err(ReadError(failed))
+    if !failed.is_empty() {
+        return Err(ReadError(failed));
     }
+    Ok((!rs.unread.is_empty()).then_some(rs))
 }
 
 /// Both iptables backends: a host can hold rules in each (Docker on one, a firewall script on
@@ -124,8 +128,7 @@ fn read_iptables(cmd: &str) -> Listing {
             Flavor::Nft
         };
     match Ruleset::parse_from(&text, backend) {
-        Ok(rs) if !rs.is_empty() => Listing::Rules(rs),
-        Ok(_) => Listing::Empty,
+        Ok(rs) => said_by(cmd, rs).map_or(Listing::Empty, Listing::Rules),
         Err(e) => Listing::Failed(format!("{cmd}: {e}")),
     }
 }
@@ -141,7 +144,7 @@ fn read_ebtables_nft() -> Option<Ruleset> {
     let rs = ebtables::parse_nft_save(&String::from_utf8_lossy(&out.stdout))
         .inspect_err(|e| tracing::debug!("ebtables-nft-save: {e}"))
         .ok()?;
-    (!rs.is_empty()).then_some(rs)
+    said_by("ebtables-nft-save", rs)
 }
 
 /// `ebtables-legacy -L --Lc` for each ebtables table whose module is loaded (no module is ever
@@ -171,7 +174,15 @@ fn read_ebtables_legacy() -> Option<Ruleset> {
     let rs = ebtables::parse(&text, Flavor::Legacy)
         .inspect_err(|e| tracing::debug!("ebtables-legacy: {e}"))
         .ok()?;
-    (!rs.is_empty()).then_some(rs)
+    said_by("ebtables-legacy", rs)
+}
+
+/// The ruleset, when it holds rules or lines that could not be read (named by `cmd`).
+fn said_by(cmd: &str, mut rs: Ruleset) -> Option<Ruleset> {
+    for line in &mut rs.unread {
+        *line = format!("{cmd} {line}");
+    }
+    (!rs.is_empty() || !rs.unread.is_empty()).then_some(rs)
 }
 
 /// `nft -j list ruleset`, IPv4 families only, without the tables read elsewhere.

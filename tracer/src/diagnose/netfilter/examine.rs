@@ -17,16 +17,14 @@ use crate::{
     ruleset::{CtState, Hook, HookOutcome, PacketAtHook, RuleVerdict, Ruleset},
 };
 
-/// A client outside: an address from TEST-NET-2, a high source port.
-const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 51, 100, 200), 40000);
-
-/// A new TCP SYN (or first UDP datagram) from `CLIENT` to `addr:port`, arriving on `uplink`.
+/// A new TCP SYN (or first UDP datagram) from the premises' client to `addr:port`, arriving
+/// on `uplink`.
 fn first_packet(p: &Premises, port: &PortCheck, uplink: &str, addr: Ipv4Addr) -> PacketAtHook {
     PacketAtHook {
-        src: CLIENT.0,
+        src: p.client.0,
         dst: addr,
         proto: port.proto,
-        sport: CLIENT.1,
+        sport: p.client.1,
         dport: port.port,
         tcp_flags: TcpFlags::SYN,
         in_if: Some(uplink.to_owned()),
@@ -44,12 +42,10 @@ fn arrivals<'p>(
     rs: &Ruleset,
 ) -> Vec<(&'p PortCheck, String, Ipv4Addr, PacketAtHook, HookOutcome)> {
     let mut out = Vec::new();
-    for port in &p.ports {
-        for (uplink, addr) in p.uplinks() {
-            let pkt = first_packet(p, port, &uplink, addr);
-            let pre = rs.evaluate(Hook::Prerouting, &pkt);
-            out.push((port, uplink, addr, pkt, pre));
-        }
+    for a in p.arrivals() {
+        let pkt = first_packet(p, a.port, &a.uplink, a.addr);
+        let pre = rs.evaluate(Hook::Prerouting, &pkt);
+        out.push((a.port, a.uplink, a.addr, pkt, pre));
     }
     out
 }
@@ -183,7 +179,7 @@ fn bridged_drops(p: &Premises, rs: &Ruleset) -> Vec<Diagnosis> {
             src: Ipv4Addr::from(base + 2),
             dst: Ipv4Addr::from(base + 3),
             proto: Proto::TCP,
-            sport: CLIENT.1,
+            sport: p.client.1,
             dport: 80,
             tcp_flags: TcpFlags::SYN,
             in_if: Some(bridge.name.clone()),

@@ -71,6 +71,9 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         _ => None,
     };
     let mut evidence = drop_evidence(case, drop, nf_hop, &ns);
+    if let Ok(Some(rs)) = &ruleset {
+        evidence.extend(unread_evidence(rs));
+    }
     let Some(w) = walked.filter(|w| w.outcome.verdict != RuleVerdict::Accept) else {
         evidence.push(match &ruleset {
             Ok(Some(_)) => "evaluating the iptables and nft tables against the packet does not drop it: look for rules with matches pathtrace cannot evaluate (nft list ruleset)".into(),
@@ -242,6 +245,23 @@ fn rule_evidence(
         None => {}
     }
     evidence
+}
+
+/// What the evaluation went without: the verdict holds only for the rules that were read.
+fn unread_evidence(rs: &Ruleset) -> Option<String> {
+    const SHOWN: usize = 3;
+    let (first, rest) = rs.unread.split_at(rs.unread.len().min(SHOWN));
+    (!first.is_empty()).then(|| {
+        format!(
+            "the ruleset was evaluated without what pathtrace could not read: {}{}",
+            first.join("; "),
+            if rest.is_empty() {
+                String::new()
+            } else {
+                format!(" (and {} more)", rest.len())
+            }
+        )
+    })
 }
 
 /// Rules in both iptables backends: the one that dropped does not show in the other's listing.
