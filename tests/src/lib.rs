@@ -307,6 +307,31 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
+/// Where `cargo xtask test` collects skips, to count and print them after the summaries.
+pub const SKIPS_ENV: &str = "PATHTRACE_SKIPS";
+
+/// A test that cannot run here. Under CI (`CI=true`) a missing prerequisite is a failure: this
+/// panics with `why`. Elsewhere it prints `SKIPPED: test: why` and appends that line to the
+/// file `PATHTRACE_SKIPS` names, so the run counts it instead of calling it passed. The
+/// caller returns right after.
+pub fn skip(test: &str, why: &str) {
+    let line = format!("SKIPPED: {test}: {why}");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{line} (a missing prerequisite fails the run under CI=true)");
+    }
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(SKIPS_ENV) {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
 /// Removes namespaces left by lab processes that died without cleaning up.
 fn sweep_stale() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {

@@ -16,21 +16,28 @@ fn syn_verdict(v: &Value) -> bool {
     v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
 }
 
-/// Skips (with the reason) only where Docker cannot be installed.
+/// The name of the test calling, from its thread (libtest names the thread after it).
+fn this_test() -> String {
+    std::thread::current().name().unwrap_or("docker").to_owned()
+}
+
+/// Skips (counted, and a failure under CI) only where Docker cannot be installed.
 fn docker() -> Option<Docker> {
     if let Some(why) = unavailable() {
-        eprintln!("SKIPPED: {why}");
+        lab::skip(&this_test(), &why);
         return None;
     }
     Some(Docker::start().expect("dockerd starts"))
 }
 
-/// A dockerd this test started and may restart; `None` (with the reason) otherwise.
+/// A dockerd this test started and may restart; `None` (skipped, and a failure under CI)
+/// otherwise.
 fn owned_docker() -> Option<Docker> {
     let docker = docker()?;
     if !docker.owned() {
-        eprintln!(
-            "SKIPPED: dockerd was already running; this test only restarts a dockerd it started"
+        lab::skip(
+            &this_test(),
+            "dockerd was already running; this test only restarts a dockerd it started",
         );
         return None;
     }

@@ -114,7 +114,12 @@ fn refuses_to_run_without_the_privilege_to_look() {
     let lab = Lab::new(LabConfig::unusual()).expect("lab");
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.host.name])
-        .args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
         .args(["--inh-caps=-all", "--bounding-set=-all"])
         .arg(pathtrace_bin().expect("binary"))
         .arg("doctor")
@@ -142,20 +147,39 @@ fn a_failing_listing_is_reported_and_the_rest_still_checked() {
     .expect("fake nft");
     std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let port = lab.config.published_port.to_string();
     let out = Command::new("/usr/sbin/ip")
         .env("PATH", &path)
         .args(["netns", "exec", &lab.host.name])
         .arg(pathtrace_bin().expect("binary"))
-        .args(["doctor", "--dport", &port, "--host", "192.0.2.61", "--sport", "33333"])
+        .args([
+            "doctor",
+            "--dport",
+            &port,
+            "--host",
+            "192.0.2.61",
+            "--sport",
+            "33333",
+        ])
         .output()
         .expect("runs");
     let _ = std::fs::remove_dir_all(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
-        stdout.contains("could not check: nft -j list ruleset: netlink: Error: cache initialization failed"),
+        stdout.contains(
+            "could not check: nft -j list ruleset: netlink: Error: cache initialization failed"
+        ),
         "{stdout}"
     );
     assert!(

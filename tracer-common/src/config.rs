@@ -513,6 +513,33 @@ mod tests {
         assert!(!flt.matches([203, 0, 113, 2], [172, 17, 0, 2], 6, true, 40000, 22));
     }
 
+    /// The kernel programs read these structs at the offsets their own build of this crate
+    /// gives; a field moved by accident must fail here, not as a filter that matches wrongly.
+    #[test]
+    fn layouts_shared_with_the_kernel_stay_put() {
+        use core::mem::{align_of, offset_of, size_of};
+        assert_eq!((size_of::<Dest>(), align_of::<Dest>()), (8, 2));
+        assert_eq!(offset_of!(Dest, port), 4);
+        assert_eq!(offset_of!(Dest, proto), 6);
+        assert_eq!((size_of::<Filter>(), align_of::<Filter>()), (368, 2));
+        assert_eq!(offset_of!(Filter, sport), 4);
+        assert_eq!(offset_of!(Filter, dport), 6);
+        assert_eq!(offset_of!(Filter, proto), 8);
+        assert_eq!(offset_of!(Filter, fields), 9);
+        assert_eq!(offset_of!(Filter, n_hosts), 10);
+        assert_eq!(offset_of!(Filter, n_dests), 12);
+        assert_eq!(offset_of!(Filter, hosts), 16);
+        assert_eq!(offset_of!(Filter, locals), 48);
+        assert_eq!(offset_of!(Filter, dests), 112);
+        assert_eq!(
+            (size_of::<KernelOffsets>(), align_of::<KernelOffsets>()),
+            (100, 4)
+        );
+        assert_eq!(offset_of!(KernelOffsets, nf_state_hook), 40);
+        assert_eq!(offset_of!(KernelOffsets, btf_iphdr), 68);
+        assert_eq!(offset_of!(KernelOffsets, have), 96);
+    }
+
     #[test]
     fn empty_filter_matches_all() {
         assert!(Filter::any().matches([1, 1, 1, 1], [2, 2, 2, 2], 17, false, 0, 0));

@@ -56,21 +56,18 @@ pub fn run(args: LabArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let console = guest.run(
             &format!("run-{backend}.sh"),
-            &format!("ptlab run --backend {backend} {}", args.scenarios.join(" ")),
+            &format!(
+                "ptlab run --backend {backend} {}; echo \"PTLAB-EXIT $?\"",
+                args.scenarios.join(" ")
+            ),
             Duration::from_secs(1200),
         )?;
         eprintln!(
             "xtask lab: {backend}: VM run took {:.0?}",
             started.elapsed()
         );
-        let results: Vec<Value> = console
-            .lines()
-            .filter_map(|l| l.split_once("PTLAB-RESULT ").map(|(_, j)| j))
-            .filter_map(|j| serde_json::from_str(j).ok())
-            .collect();
-        if results.is_empty() {
-            bail!("the {backend} run reported no results; console:\n{console}");
-        }
+        let results = whole_run(&console, backend)
+            .with_context(|| format!("the {backend} run is not whole; console:\n{console}"))?;
         rows.extend(results.into_iter().map(|r| (backend.clone(), r)));
     }
     print_table(&rows);
@@ -85,11 +82,64 @@ pub fn run(args: LabArgs) -> Result<()> {
     Ok(())
 }
 
+/// The result rows of one guest run, only when the run is whole: the plan was printed, every
+/// planned scenario has a row, every result line parses, the run reached its end and
+/// `ptlab` exited 0. A guest that died after N scenarios is a failure, not N passes.
+fn whole_run(console: &str, backend: &str) -> Result<Vec<Value>> {
+    let marked = |marker: &str| -> Vec<&str> {
+        console
+            .lines()
+            .filter_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim()))
+            .collect()
+    };
+    let plan: Value = marked("PTLAB-PLAN ")
+        .first()
+        .and_then(|j| serde_json::from_str(j).ok())
+        .context("no PTLAB-PLAN line: ptlab did not start")?;
+    let planned: Vec<&str> = plan["scenarios"]
+        .as_array()
+        .context("PTLAB-PLAN without scenarios")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut results = Vec::new();
+    for line in marked("PTLAB-RESULT ") {
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("a result line does not parse: {line}"))?;
+        results.push(v);
+    }
+    let missing: Vec<&str> = planned
+        .iter()
+        .copied()
+        .filter(|name| {
+            !results
+                .iter()
+                .any(|r| r["scenario"] == *name && r["backend"] == backend)
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} of {} scenarios have no result: {}",
+            missing.len(),
+            planned.len(),
+            missing.join(", ")
+        );
+    }
+    if marked("PTLAB-END ").is_empty() {
+        bail!("ptlab did not reach its end");
+    }
+    match marked("PTLAB-EXIT ").first() {
+        Some(&"0") => Ok(results),
+        Some(code) => bail!("ptlab exited with {code}"),
+        None => bail!("the guest did not report ptlab's exit"),
+    }
+}
+
 /// A row passes when the verdict matches, the requested backend was the one used, and the
-/// function backends showed netfilter hooks.
+/// function backends showed netfilter hooks. A row the guest skipped is not a pass.
 fn row_passes(backend: &str, r: &Value) -> bool {
     if r["skipped"].is_string() {
-        return true;
+        return false;
     }
     let netfilter = r["netfilter"].as_array().is_some_and(|a| !a.is_empty());
     r["pass"] == true && r["backend"] == backend && (backend == "tracepoint" || netfilter)
@@ -133,5 +183,54 @@ fn print_table(rows: &[(String, Value)]) {
             let hooks: Vec<&str> = nf.iter().filter_map(Value::as_str).collect();
             println!("{:<24}   netfilter: {}", "", hooks.join(", "));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAN: &str = r#"PTLAB-PLAN {"backend":"kprobe","scenarios":["healthy","rp-filter"]}"#;
+
+    fn result(name: &str) -> String {
+        format!(r#"PTLAB-RESULT {{"scenario":"{name}","backend":"kprobe","pass":true}}"#)
+    }
+
+    fn console(lines: &[&str]) -> String {
+        lines.join("\n")
+    }
+
+    #[test]
+    fn a_run_is_whole_only_with_every_row_its_end_and_a_clean_exit() {
+        let (a, b) = (result("healthy"), result("rp-filter"));
+        let end = r#"PTLAB-END {"backend":"kprobe","ran":2}"#;
+        let whole = console(&["boot noise", PLAN, &a, &b, end, "PTLAB-EXIT 0"]);
+        assert_eq!(whole_run(&whole, "kprobe").expect("whole").len(), 2);
+
+        let err = |c: &str| format!("{:#}", whole_run(c, "kprobe").expect_err("not whole"));
+        // The guest died after one scenario.
+        let died = console(&[PLAN, &a]);
+        assert!(err(&died).contains("1 of 2 scenarios have no result: rp-filter"));
+        // A line cut in half by the console.
+        let cut = console(&[
+            PLAN,
+            &a,
+            r#"PTLAB-RESULT {"scenario":"rp-fil"#,
+            end,
+            "PTLAB-EXIT 0",
+        ]);
+        assert!(err(&cut).contains("does not parse"));
+        // Every row, but ptlab failed.
+        let failed = console(&[PLAN, &a, &b, end, "PTLAB-EXIT 1"]);
+        assert!(err(&failed).contains("exited with 1"));
+        assert!(err("kernel panic").contains("no PTLAB-PLAN"));
+    }
+
+    #[test]
+    fn a_skipped_row_is_not_a_pass() {
+        let skipped: Value =
+            serde_json::from_str(r#"{"scenario":"x","backend":"kprobe","skipped":"why"}"#)
+                .expect("json");
+        assert!(!row_passes("kprobe", &skipped));
     }
 }

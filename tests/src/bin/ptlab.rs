@@ -49,6 +49,16 @@ fn run(args: Vec<String>) -> Result<()> {
                     .collect::<Result<_>>()?
             };
             let in_vm = std::env::var_os("PTLAB_IN_VM").is_some();
+            // What will be run, so a reader can tell a run that stopped short from a whole one.
+            let names: Vec<&str> = scenarios
+                .iter()
+                .map(|s: &scenario::Scenario| s.name)
+                .collect();
+            println!(
+                "PTLAB-PLAN {}",
+                serde_json::json!({"backend": backend, "scenarios": names})
+            );
+            let planned = names.len();
             for s in scenarios {
                 if let (true, Some(why)) = (in_vm, s.vm_skip) {
                     let line =
@@ -64,6 +74,10 @@ fn run(args: Vec<String>) -> Result<()> {
                 };
                 println!("PTLAB-RESULT {line}");
             }
+            println!(
+                "PTLAB-END {}",
+                serde_json::json!({"backend": backend, "ran": planned})
+            );
             Ok(())
         }
         Some("shell") => {
