@@ -85,6 +85,14 @@ pub enum OffsetError {
         found: u32,
         expected: u32,
     },
+    #[error(
+        "struct {ty} is not in vmlinux BTF and the {module} module's BTF cannot be read ({why}): the module is not loaded yet (it loads with the first {module} device; restart pathtrace after that)"
+    )]
+    Module {
+        module: String,
+        ty: String,
+        why: String,
+    },
 }
 
 /// Looks every field up; fails naming the first one the kernel does not have. Optional groups
@@ -102,29 +110,27 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
         found.map(|()| nf),
         |o, nf| *o = nf,
     );
-    let bridge = btf
-        .with_module("bridge")
-        .map_err(OffsetError::from)
-        .and_then(|mut b| field(&mut b, "net_bridge_port", "dev", 8));
+    let bridge = built_in_or_module(btf, "bridge", "net_bridge_port")
+        .and_then(|mut b| field(b.get(), "net_bridge_port", "dev", 8));
     optional(
         &mut off,
         have::BRIDGE_PORT,
-        "bridge port (bridge module not loaded?)",
+        "bridge egress port (the port br_forward sends a frame to is not shown)",
         bridge,
         |o, v| {
             o.brport_dev = v;
         },
     );
-    let veth = (|| -> Result<(u32, u32), OffsetError> {
-        let mut b = btf.with_module("veth")?;
-        let peer = field(&mut b, "veth_priv", "peer", 8)?;
+    let veth = built_in_or_module(btf, "veth", "veth_priv").and_then(|mut b| {
+        let b = b.get();
+        let peer = field(b, "veth_priv", "peer", 8)?;
         let dev_size = b.struct_size("net_device")?;
         Ok((peer, netdev_priv_offset(dev_size)))
-    })();
+    });
     optional(
         &mut off,
         have::VETH_PEER,
-        "veth peer (veth module not loaded?)",
+        "veth peer (a veth transmit does not name the device it leads to)",
         veth,
         |o, v| {
             (o.veth_priv_peer, o.netdev_priv) = v;
@@ -143,8 +149,42 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
     Ok(off)
 }
 
+/// Where a driver's types are: in vmlinux when it is built in (`CONFIG_BRIDGE=y`), else in
+/// its module's BTF, which exists only while the module is loaded (the bridge module loads with
+/// the first bridge, so on a host that has none yet the group is missing until a restart).
+enum Types<'a> {
+    Vmlinux(&'a mut Btf),
+    Module(Btf),
+}
+
+impl Types<'_> {
+    fn get(&mut self) -> &mut Btf {
+        match self {
+            Self::Vmlinux(b) => b,
+            Self::Module(b) => b,
+        }
+    }
+}
+
+fn built_in_or_module<'a>(
+    btf: &'a mut Btf,
+    module: &str,
+    ty: &str,
+) -> Result<Types<'a>, OffsetError> {
+    if btf.struct_id(ty).is_some() {
+        return Ok(Types::Vmlinux(btf));
+    }
+    btf.with_module(module)
+        .map(Types::Module)
+        .map_err(|e| OffsetError::Module {
+            module: module.to_owned(),
+            ty: ty.to_owned(),
+            why: e.to_string(),
+        })
+}
+
 /// Fills an optional group of offsets and sets its `have` bit; without it, its hooks or reads
-/// are left out, and a debug line says why.
+/// are left out, and a warning says what detail is missing and why.
 fn optional<T>(
     off: &mut KernelOffsets,
     bit: u32,
@@ -157,7 +197,7 @@ fn optional<T>(
             fill(off, v);
             off.have |= bit;
         }
-        Err(e) => tracing::debug!("no {group} offsets: {e}"),
+        Err(e) => tracing::warn!("no {group} offsets: {e}"),
     }
 }
 
@@ -333,6 +373,30 @@ mod tests {
             0,
             "fixture has no nf_hook_state and no conntrack"
         );
+    }
+
+    /// `CONFIG_BRIDGE=y`, `CONFIG_VETH=y`: their types are in vmlinux, and no module BTF is
+    /// needed for the bridge port and the veth peer.
+    #[test]
+    fn built_in_bridge_and_veth_are_read_from_vmlinux() {
+        let mut b = kernel_like_types(2);
+        let ptr = b.ptr(0);
+        b.composite(
+            false,
+            "net_bridge_port",
+            64,
+            &[("br", ptr, 0, 0), ("dev", ptr, 64, 0)],
+        );
+        b.composite(false, "veth_priv", 32, &[("peer", ptr, 0, 0)]);
+        let mut btf = Btf::parse(b.build()).expect("fixture");
+        let off = from_btf(&mut btf).expect("all fields present");
+        assert_eq!(
+            off.have & (have::BRIDGE_PORT | have::VETH_PEER),
+            have::BRIDGE_PORT | have::VETH_PEER
+        );
+        assert_eq!(off.brport_dev, 8);
+        assert_eq!(off.veth_priv_peer, 0);
+        assert_eq!(off.netdev_priv, 512, "sizeof(net_device) aligned to 32");
     }
 
     /// `nf_conn.tuplehash[2]`, each a list node and a tuple whose destination is an address
