@@ -20,16 +20,22 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &str, port: u16) -> Self {
+        Self::start_logging_to(config, port, None)
+    }
+
+    /// [`Daemon::start`] with the JSON log at `json_log` instead of `dir/drops.json`.
+    pub fn start_logging_to(config: &str, port: u16, json_log: Option<&std::path::Path>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("pathtrace-daemon-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("pathtrace.toml"), config).unwrap();
+        let log = json_log.map_or_else(|| dir.join("drops.json"), std::path::Path::to_owned);
         let child = Command::new(pathtrace_bin().unwrap())
             .args(["daemon", "--config"])
             .arg(dir.join("pathtrace.toml"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--json-log"])
-            .arg(dir.join("drops.json"))
+            .arg(log)
             .stdout(Stdio::null())
             .spawn()
             .expect("daemon starts");

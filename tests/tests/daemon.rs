@@ -235,3 +235,62 @@ fn a_flood_is_counted_not_hidden_and_memory_stays_bounded() {
         "healthy through the flood"
     );
 }
+
+/// A JSON log that cannot take more (a 16 KiB tmpfs, filled by a few hundred drops) does not
+/// stop the daemon: the failures are counted, the drops still are.
+#[test]
+fn a_full_json_log_is_counted_and_the_daemon_goes_on() {
+    let lab =
+        Lab::with_fault(LabConfig::unusual(), Fault::ForwardingOff("wan0".into())).expect("lab");
+    let mnt = std::env::temp_dir().join(format!("pathtrace-full-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "pt-full"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let port = lab.config.published_port;
+    let d = Daemon::start_logging_to(
+        &format!("[filter]\ndport = {port}\nproto = \"udp\"\n"),
+        19471,
+        Some(&mnt.join("drops.json")),
+    );
+    let to = SocketAddrV4::new(lab.config.host_addr, port);
+    let send = |n: u32| {
+        lab.outside
+            .run_in(move || {
+                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                for _ in 0..n {
+                    let _ = s.send_to(b"pathtrace-full", to);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+            .unwrap();
+    };
+    let value = |m: &str, name: &str| -> u64 {
+        m.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    };
+    send(400);
+    let m = d.wait_for_metric(|m| value(m, "pathtrace_json_log_errors_total") > 0);
+    let dropped = value(&m, "pathtrace_drops_total{");
+    assert!(dropped > 0, "{m}");
+    send(50);
+    d.wait_for_metric(|m| value(m, "pathtrace_drops_total{") > dropped);
+    let mut child = d;
+    assert!(
+        child.child.try_wait().expect("status").is_none(),
+        "the daemon must still run"
+    );
+}

@@ -43,6 +43,8 @@ pub struct Metrics {
     /// `path` or `drops`: which hooks are attached.
     pub hooks: String,
     pub filter_reloads: u64,
+    /// Drop events the JSON log could not take (disk full, directory gone, permissions).
+    pub json_log_errors: u64,
 }
 
 fn escape(v: &str) -> String {
@@ -120,6 +122,12 @@ impl Metrics {
                 "Filters applied from SIGHUP reloads.",
                 "counter",
                 self.filter_reloads,
+            ),
+            (
+                "pathtrace_json_log_errors_total",
+                "Drop events the JSON log could not be written with (they are still counted here).",
+                "counter",
+                self.json_log_errors,
             ),
             (
                 "pathtrace_tracked_packets",

@@ -84,6 +84,24 @@ impl State {
 struct DaemonOutput {
     state: Arc<Mutex<State>>,
     sink: Option<Sink>,
+    /// The JSON log is failing: said once per streak, retried at every event.
+    sink_failing: bool,
+}
+
+impl DaemonOutput {
+    /// A drop event the JSON log could not take: counted and said, never the daemon's end
+    /// (the counters go on; the log takes lines again once it can).
+    fn sink_failed(&mut self, e: &std::io::Error) {
+        if let Ok(mut s) = self.state.lock() {
+            s.metrics.json_log_errors += 1;
+        }
+        if !self.sink_failing {
+            tracing::error!(
+                "the JSON log cannot be written ({e}): drops are still counted (pathtrace_json_log_errors_total), and the log is retried at every drop"
+            );
+            self.sink_failing = true;
+        }
+    }
 }
 
 fn labels(report: &Report) -> DropLabels {
@@ -143,7 +161,14 @@ impl Output for DaemonOutput {
         if let Some(sink) = &mut self.sink {
             let line =
                 serde_json::to_string(&report.verdict_json()).map_err(std::io::Error::other)?;
-            sink.write_line(&line)?;
+            match sink.write_line(&line) {
+                Ok(()) if self.sink_failing => {
+                    tracing::info!("the JSON log is written again");
+                    self.sink_failing = false;
+                }
+                Ok(()) => {}
+                Err(e) => self.sink_failed(&e),
+            }
         }
         Ok(())
     }
@@ -163,8 +188,10 @@ impl Output for DaemonOutput {
     }
 
     fn stats(&mut self, stats: &Stats) -> std::io::Result<()> {
-        if let Some(sink) = &mut self.sink {
-            sink.flush()?;
+        if let Some(sink) = &mut self.sink
+            && let Err(e) = sink.flush()
+        {
+            tracing::error!("flushing the JSON log at exit: {e}");
         }
         if let Ok(mut s) = self.state.lock() {
             s.attached = false;
@@ -208,7 +235,11 @@ pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), 
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let reloader =
         config_path.map(|path| tokio::spawn(reload_on_hangup(path, state.clone(), control_tx)));
-    let mut out = DaemonOutput { state, sink };
+    let mut out = DaemonOutput {
+        state,
+        sink,
+        sink_failing: false,
+    };
     let result = crate::trace::run_controlled(trace_cfg, &mut out, Some(control_rx)).await;
     server.abort();
     if let Some(r) = reloader {

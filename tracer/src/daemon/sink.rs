@@ -11,7 +11,9 @@ pub enum Sink {
     Stdout,
     File {
         path: PathBuf,
-        file: File,
+        /// `None` after a failed write: opened again (the directory may be back, the disk
+        /// may have room) at the next line.
+        file: Option<File>,
         written: u64,
         max_bytes: u64,
         keep: u32,
@@ -27,7 +29,7 @@ impl Sink {
         let written = file.metadata()?.len();
         Ok(Self::File {
             path: path.to_owned(),
-            file,
+            file: Some(file),
             written,
             max_bytes: max_bytes.max(1024),
             keep,
@@ -49,12 +51,27 @@ impl Sink {
                 keep,
             } => {
                 if *written > 0 && *written + line.len() as u64 + 1 > *max_bytes {
+                    *file = None;
                     rotate(path, *keep)?;
-                    *file = OpenOptions::new().create(true).append(true).open(&*path)?;
                     *written = 0;
                 }
-                writeln!(file, "{line}")?;
-                *written += line.len() as u64 + 1;
+                let f = match file {
+                    Some(f) => f,
+                    None => {
+                        let f = OpenOptions::new().create(true).append(true).open(&*path)?;
+                        *written = f.metadata()?.len();
+                        file.insert(f)
+                    }
+                };
+                // One write per line: a short disk takes the whole line or none of it.
+                let mut buf = Vec::with_capacity(line.len() + 1);
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+                if let Err(e) = f.write_all(&buf) {
+                    *file = None;
+                    return Err(e);
+                }
+                *written += buf.len() as u64;
                 Ok(())
             }
         }
@@ -63,7 +80,7 @@ impl Sink {
     pub fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Self::Stdout => std::io::stdout().flush(),
-            Self::File { file, .. } => file.sync_data(),
+            Self::File { file, .. } => file.as_mut().map_or(Ok(()), |f| f.sync_data()),
         }
     }
 }
@@ -110,6 +127,30 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines");
             }
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The directory goes away under the log: the write fails (the caller counts it), and
+    /// once the directory is back the next line opens the file again.
+    #[test]
+    fn a_failed_write_is_retried_at_the_next_line() {
+        let dir = std::env::temp_dir().join(format!("pathtrace-sink-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("drops.json");
+        let mut sink = Sink::open(&path, 1 << 20, 2).unwrap();
+        sink.write_line("{\"n\":1}").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The open file still takes the line (its inode lives on); force the reopen a
+        // rotation would do, into the directory that is gone.
+        if let Sink::File { file, .. } = &mut sink {
+            *file = None;
+        }
+        assert!(sink.write_line("{\"n\":2}").is_err());
+        std::fs::create_dir_all(&dir).unwrap();
+        sink.write_line("{\"n\":3}").expect("written again");
+        sink.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":3}\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
