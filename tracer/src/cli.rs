@@ -144,7 +144,7 @@ fn parse_ring_mib(s: &str) -> Result<u32, ArgError> {
 
 /// Which packets to trace (all given filters must match; replies are not matched by
 /// `--dport`, the packet is followed across NAT once it matched).
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "Filter")]
 pub struct FilterArgs {
     /// Destination port (TCP/UDP), as the packet has it when first seen.

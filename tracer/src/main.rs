@@ -80,7 +80,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `pathtrace daemon`: the config file, then flags on top.
 fn daemon(args: &DaemonArgs) -> anyhow::Result<std::process::ExitCode> {
     let cfg = DaemonConfig::from_args(args)?;
-    runtime()?.block_on(pathtrace::daemon::run(cfg, args.config.clone()))?;
+    let reload = args.config.clone().map(|path| pathtrace::daemon::Reload {
+        path,
+        flags: args.filter.clone(),
+    });
+    runtime()?.block_on(pathtrace::daemon::run(cfg, reload))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

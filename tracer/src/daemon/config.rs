@@ -34,6 +34,34 @@ pub enum ConfigError {
     Probes { path: String, source: ArgError },
     #[error("--container is not supported by the daemon yet: use --dport/--host")]
     ContainerFilter,
+    /// A value the file may hold but pathtrace cannot run with; `at` is `path:line`.
+    #[error("{at}: {key} = {value}: {why}")]
+    Value {
+        at: String,
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// `path:line` of `key` in `[section]` (top level: `None`), or `path` when it is not written
+/// there (a default, or a flag).
+fn at(text: &str, path: &str, section: Option<&str>, key: &str) -> String {
+    let mut current: Option<String> = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = Some(name.trim().to_owned());
+            continue;
+        }
+        let is_key = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if is_key && current.as_deref() == section {
+            return format!("{path}:{}", n + 1);
+        }
+    }
+    path.to_owned()
 }
 
 /// `[filter]`: the same fields as the trace flags.
@@ -141,14 +169,7 @@ impl DaemonConfig {
         if let Some(path) = &args.json_log {
             cfg.json.path = Some(path.clone());
         }
-        let f = &args.filter;
-        cfg.filter.dport = f.dport.or(cfg.filter.dport);
-        cfg.filter.sport = f.sport.or(cfg.filter.sport);
-        cfg.filter.host = f.host.or(cfg.filter.host);
-        cfg.filter.all_drops |= f.all_drops;
-        if let Some(p) = f.proto {
-            cfg.filter.proto = Some(p.number().to_string());
-        }
+        cfg.apply_filter_flags(&args.filter);
         if let BackendChoice::Only(b) = args.probes.backend {
             cfg.backend = b.to_string();
         }
@@ -156,6 +177,18 @@ impl DaemonConfig {
             cfg.hooks = Some(hooks.to_string());
         }
         Ok(cfg)
+    }
+
+    /// The filter fields given as flags, over the file's: at start and at every SIGHUP, so a
+    /// reload never loses what the command line said.
+    pub fn apply_filter_flags(&mut self, f: &FilterArgs) {
+        self.filter.dport = f.dport.or(self.filter.dport);
+        self.filter.sport = f.sport.or(self.filter.sport);
+        self.filter.host = f.host.or(self.filter.host);
+        self.filter.all_drops |= f.all_drops;
+        if let Some(p) = f.proto {
+            self.filter.proto = Some(p.number().to_string());
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -172,9 +205,61 @@ impl DaemonConfig {
             path: path.to_owned(),
             message: e.to_string().trim().to_owned(),
         })?;
-        cfg.filter(path)?;
+        cfg.check(text, path)?;
+        cfg.filter(path).map_err(|e| match e {
+            ConfigError::Filter { source, .. } => ConfigError::Filter {
+                path: at(text, path, Some("filter"), "proto"),
+                source,
+            },
+            other => other,
+        })?;
         cfg.probes(path)?;
         Ok(cfg)
+    }
+
+    /// Values the flags' parsers would refuse, refused here too, with their line: a port 0,
+    /// a ring the kernel cannot map, a limit of nothing.
+    pub fn check(&self, text: &str, path: &str) -> Result<(), ConfigError> {
+        let bad = |section, key, value: String, why| ConfigError::Value {
+            at: at(text, path, section, key),
+            key,
+            value,
+            why,
+        };
+        for (key, port) in [("dport", self.filter.dport), ("sport", self.filter.sport)] {
+            if port == Some(0) {
+                return Err(bad(Some("filter"), key, "0".into(), "a port is 1 to 65535"));
+            }
+        }
+        let l = &self.limits;
+        let ring = l.ring_bytes;
+        if !ring.is_power_of_two() || !(4096..=1 << 30).contains(&ring) {
+            return Err(bad(
+                Some("limits"),
+                "ring_bytes",
+                ring.to_string(),
+                "the ring must be a power of two from 4096 (a page) to 1073741824 bytes",
+            ));
+        }
+        for (key, n) in [
+            ("max_packets", l.max_packets),
+            ("max_flows", l.max_flows),
+            ("tracked_skbs", l.tracked_skbs as usize),
+            ("top_n", l.top_n),
+        ] {
+            if n == 0 {
+                return Err(bad(Some("limits"), key, "0".into(), "at least 1"));
+            }
+        }
+        if self.json.max_bytes < 1024 {
+            return Err(bad(
+                Some("json"),
+                "max_bytes",
+                self.json.max_bytes.to_string(),
+                "at least 1024 bytes (one drop event is about 1 KiB)",
+            ));
+        }
+        Ok(())
     }
 
     /// The kernel filter and its text; `path` names where it came from in an error.
@@ -277,9 +362,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("p.toml: filter: `gre` is not tcp, udp, icmp"),
+            err.contains("p.toml:2: filter: `gre` is not tcp, udp, icmp"),
             "{err}"
         );
+        let err = DaemonConfig::parse("[filter]\nproto = \"tpc\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.toml:2: filter: `tpc` is not tcp"), "{err}");
+        let err = DaemonConfig::parse(
+            "listen = \"127.0.0.1:9\"\n[filter]\n\ndport = 0\n",
+            "p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "p.toml:4: dport = 0: a port is 1 to 65535");
+        let err = DaemonConfig::parse("[limits]\nring_bytes = 1000000\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml:2: ring_bytes = 1000000: the ring must be a power of two"),
+            "{err}"
+        );
+        let err = DaemonConfig::parse("[limits]\ntop_n = 0\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "p.toml:2: top_n = 0: at least 1");
         let err = DaemonConfig::parse("hooks = \"all\"\n", "p.toml")
             .unwrap_err()
             .to_string();
@@ -289,6 +396,29 @@ mod tests {
             cfg.probes("p.toml").ok(),
             Some((BackendChoice::Auto, HookSet::Receive))
         );
+    }
+
+    /// `pathtrace daemon --config f --dport 7000`: the flag holds at start and after every
+    /// SIGHUP, which reads the file again and puts the same flags on top.
+    #[test]
+    fn filter_flags_stay_on_top_of_a_reloaded_file() {
+        let flags = FilterArgs {
+            dport: Some(7000),
+            sport: None,
+            host: None,
+            proto: None,
+            container: None,
+            all_drops: false,
+        };
+        for file in [
+            "[filter]\nproto = \"udp\"\n",
+            "[filter]\nproto = \"udp\"\ndport = 53\n",
+        ] {
+            let mut cfg = DaemonConfig::parse(file, "p.toml").expect("valid");
+            cfg.apply_filter_flags(&flags);
+            let (f, text) = cfg.filter("p.toml").expect("filter");
+            assert_eq!((f.dport, f.proto), (7000, 17), "{text}");
+        }
     }
 
     #[test]

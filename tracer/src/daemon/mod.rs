@@ -21,6 +21,7 @@ use self::{
     sink::Sink,
 };
 use crate::{
+    cli::FilterArgs,
     output::{Output, Ready, Stats},
     report::Report,
     trace::{Control, TraceConfig, TraceError},
@@ -206,8 +207,14 @@ impl Output for DaemonOutput {
     }
 }
 
-/// Runs until SIGINT/SIGTERM. `config_path` is re-read on SIGHUP.
-pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+/// What SIGHUP re-reads: the file, with the filter flags given at start on top.
+pub struct Reload {
+    pub path: PathBuf,
+    pub flags: FilterArgs,
+}
+
+/// Runs until SIGINT/SIGTERM. `reload` says what SIGHUP re-reads.
+pub async fn run(cfg: DaemonConfig, reload: Option<Reload>) -> Result<(), DaemonError> {
     // Flags may pair what the file did not: checked before anything is bound.
     let trace_cfg = trace_config(&cfg)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -233,8 +240,7 @@ pub async fn run(cfg: DaemonConfig, config_path: Option<PathBuf>) -> Result<(), 
     }));
     let server = tokio::spawn(http::serve(listener, state.clone()));
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let reloader =
-        config_path.map(|path| tokio::spawn(reload_on_hangup(path, state.clone(), control_tx)));
+    let reloader = reload.map(|r| tokio::spawn(reload_on_hangup(r, state.clone(), control_tx)));
     let mut out = DaemonOutput {
         state,
         sink,
@@ -268,10 +274,10 @@ fn trace_config(cfg: &DaemonConfig) -> Result<TraceConfig, DaemonError> {
     })
 }
 
-/// On SIGHUP, re-reads `path` and swaps in its filter; a file that does not parse leaves the
-/// running filter as it is.
+/// On SIGHUP, re-reads the file and swaps in its filter, the flags' fields kept on top; a
+/// file that does not parse leaves the running filter as it is.
 async fn reload_on_hangup(
-    path: PathBuf,
+    Reload { path, flags }: Reload,
     state: Arc<Mutex<State>>,
     control: mpsc::UnboundedSender<Control>,
 ) {
@@ -280,7 +286,11 @@ async fn reload_on_hangup(
     };
     while hup.recv().await.is_some() {
         let shown = path.display().to_string();
-        match DaemonConfig::load(&path).and_then(|c| c.filter(&shown)) {
+        let loaded = DaemonConfig::load(&path).and_then(|mut c| {
+            c.apply_filter_flags(&flags);
+            c.filter(&shown)
+        });
+        match loaded {
             Ok((filter, text)) => {
                 tracing::info!(filter = %text, "SIGHUP: applying the new filter");
                 if let Ok(mut s) = state.lock() {
