@@ -64,6 +64,18 @@ fn drops_are_counted_with_labels_and_logged_as_json() {
         serde_json::from_str(log.lines().next().expect("a JSON line")).unwrap();
     assert_eq!(first["kind"], "verdict");
     assert!(first["hops"].as_u64().is_some_and(|n| n > 1), "{first}");
+    // The wall clock next to the monotonic one, in the format logs are read by.
+    let time = first["time"].as_str().unwrap_or_default();
+    let today = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%dT"])
+            .output()
+            .expect("date")
+            .stdout,
+    )
+    .expect("utf8");
+    assert!(time.starts_with(today.trim()), "{time} is not today ({today})");
+    assert!(time.ends_with('Z') && time.len() == 27, "{time}");
     assert_eq!(first["diagnosis"]["code"], "forwarding_disabled");
 }
 

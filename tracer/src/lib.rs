@@ -5,6 +5,7 @@
 //! [`resolve`] answers questions about the host along the way; [`trace`] runs a session.
 
 pub mod cli;
+pub mod clock;
 pub mod correlate;
 pub mod daemon;
 pub mod diagnose;

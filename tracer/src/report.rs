@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use crate::{
+    clock::WallTime,
     correlate::{FlowView, Packet, Rewrite, flow::Direction},
     diagnose::{Diagnosis, Judged, Target},
     events::{Hop, Tuple, kind_name},
@@ -20,6 +21,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HopView {
     pub ts_ns: u64,
+    /// `ts_ns` on the wall clock (RFC 3339 UTC, microseconds).
+    pub time: WallTime,
     /// Kernel address of the skb, hex (too large for JSON numbers to hold exactly).
     pub skb: SkbAddr,
     pub hop: &'static str,
@@ -120,6 +123,7 @@ impl HopView {
                 .map(|d| format!("{}:{}", d.container.name, d.ifname)),
             container: owner.map(|d| d.container),
             ts_ns: hop.ts_ns,
+            time: WallTime(hop.ts_ns),
             skb: SkbAddr(hop.skb),
             hop: kind_name(hop.kind),
             ifname: facts.ifname(hop.netns, hop.ifindex),
@@ -208,6 +212,7 @@ impl Report {
         let drop = (self.verdict.drop.as_ref()).or(self.verdict.freed.as_ref().map(|(d, _)| d));
         VerdictJson {
             kind: "verdict",
+            time: WallTime(self.packet.first_ts()),
             skb: SkbAddr(self.packet.skb),
             outcome: self.verdict.outcome,
             delivery: self.verdict.delivery,
@@ -250,6 +255,8 @@ impl Report {
 #[derive(Serialize)]
 pub struct VerdictJson<'a> {
     pub kind: &'static str,
+    /// When the packet was first seen, on the wall clock.
+    pub time: WallTime,
     pub skb: SkbAddr,
     pub outcome: Outcome,
     pub delivery: Option<Delivery>,

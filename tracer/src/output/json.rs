@@ -5,7 +5,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::{Output, Ready, Stats};
-use crate::report::Report;
+use crate::{clock::WallTime, report::Report};
 
 pub struct JsonOutput<W: Write> {
     out: W,
@@ -47,6 +47,9 @@ impl<W: Write> JsonOutput<W> {
 #[derive(Serialize)]
 struct Tagged<'a, T: Serialize> {
     kind: &'static str,
+    /// When the line was written (hops carry their own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<WallTime>,
     #[serde(flatten)]
     body: &'a T,
 }
@@ -55,6 +58,7 @@ impl<W: Write> Output for JsonOutput<W> {
     fn ready(&mut self, ready: &Ready) -> std::io::Result<()> {
         self.line(&Tagged {
             kind: "ready",
+            time: Some(WallTime::now()),
             body: ready,
         })?;
         self.out.flush()
@@ -74,6 +78,7 @@ impl<W: Write> Output for JsonOutput<W> {
     fn stats(&mut self, stats: &Stats) -> std::io::Result<()> {
         self.line(&Tagged {
             kind: "stats",
+            time: Some(WallTime::now()),
             body: stats,
         })?;
         self.out.flush()
@@ -98,7 +103,12 @@ mod tests {
         let mut fast = JsonOutput::new(Vec::new());
         fast.tagged_line("hop", body).expect("vec write");
         let mut slow = JsonOutput::new(Vec::new());
-        slow.line(&Tagged { kind: "hop", body }).expect("vec write");
+        slow.line(&Tagged {
+            kind: "hop",
+            time: None,
+            body,
+        })
+        .expect("vec write");
         (
             String::from_utf8(fast.out).expect("utf8"),
             String::from_utf8(slow.out).expect("utf8"),

@@ -13,12 +13,8 @@ use tokio::{
     time::Sleep,
 };
 
-use super::{
-    Control, TraceError,
-    pipeline::{Pipeline, monotonic_ns},
-    published::DropsFilter,
-};
-use crate::{output::Output, probes::Probes};
+use super::{Control, TraceError, pipeline::Pipeline, published::DropsFilter};
+use crate::{clock::monotonic_ns, output::Output, probes::Probes};
 
 /// The kernel's ring, registered with the runtime.
 pub(super) type Ring = AsyncFd<RingBuf<MapData>>;
