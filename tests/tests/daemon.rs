@@ -74,7 +74,10 @@ fn drops_are_counted_with_labels_and_logged_as_json() {
             .stdout,
     )
     .expect("utf8");
-    assert!(time.starts_with(today.trim()), "{time} is not today ({today})");
+    assert!(
+        time.starts_with(today.trim()),
+        "{time} is not today ({today})"
+    );
     assert!(time.ends_with('Z') && time.len() == 27, "{time}");
     assert_eq!(first["diagnosis"]["code"], "forwarding_disabled");
 }

@@ -195,6 +195,21 @@ fn container_filter_follows_its_published_port_and_address() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A remote Docker cannot say what runs here: refused in a sentence, not tried.
+    let out = std::process::Command::new(lab::tracer::pathtrace_bin().expect("bin"))
+        .args(["--container", &web.name, "--duration", "1"])
+        .env("DOCKER_HOST", "tcp://192.0.2.30:2375")
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--container {}: the container is found through Docker, which cannot be asked: DOCKER_HOST=tcp://192.0.2.30:2375 is not a unix socket",
+            web.name
+        )),
+        "{err}"
+    );
 }
 
 /// `--container` traces that container's traffic, not every packet sharing its port: a port

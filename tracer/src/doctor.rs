@@ -79,7 +79,10 @@ pub async fn run(
             "not used (--dport given)".to_owned(),
         ),
         None => {
-            let status = docker::initial(&index, &docker::socket_path()).await;
+            let status = match docker::socket_path() {
+                Ok(socket) => docker::initial(&index, &socket).await,
+                Err(e) => docker::DockerStatus::Unavailable(e.to_string()),
+            };
             (published_ports(&index), status.to_string())
         }
     };

@@ -227,12 +227,21 @@ fn proto_number(name: &str) -> Option<Proto> {
     Proto::parse(name).filter(|p| matches!(*p, Proto::TCP | Proto::UDP | Proto::SCTP))
 }
 
-/// The socket to use: `DOCKER_HOST=unix://...` or the default.
-pub fn socket_path() -> PathBuf {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+/// The socket to use: `DOCKER_HOST=unix://...`, or the default when it is unset. Any other
+/// scheme (`tcp://`, `ssh://`) is refused: pathtrace traces the kernel it runs on, so the
+/// Docker it asks must be that host's, through its socket.
+pub fn socket_path() -> Result<PathBuf, DockerError> {
+    socket_for(std::env::var("DOCKER_HOST").ok().as_deref())
+}
+
+fn socket_for(docker_host: Option<&str>) -> Result<PathBuf, DockerError> {
+    match docker_host.map(str::trim).filter(|h| !h.is_empty()) {
+        None => Ok(PathBuf::from(DEFAULT_SOCKET)),
+        Some(h) => match h.strip_prefix("unix://") {
+            Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+            _ => Err(DockerError::Host(h.to_owned())),
+        },
+    }
 }
 
 /// Why Docker could not be asked: the status line says it, and names stay interface names.
@@ -247,6 +256,10 @@ pub enum DockerError {
     },
     #[error(transparent)]
     Api(#[from] bollard::errors::Error),
+    #[error(
+        "DOCKER_HOST={0} is not a unix socket: pathtrace traces this host's kernel, so it asks this host's Docker through its socket; unset DOCKER_HOST or set it to unix:///var/run/docker.sock"
+    )]
+    Host(String),
 }
 
 async fn connect(socket: &Path) -> Result<Docker, DockerError> {
@@ -438,6 +451,24 @@ mod tests {
                 .is_none(),
             "not on another address"
         );
+    }
+
+    #[test]
+    fn docker_host_is_a_unix_socket_or_refused() {
+        assert_eq!(socket_for(None).unwrap(), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(socket_for(Some("")).unwrap(), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            socket_for(Some("unix:///run/podman/podman.sock")).unwrap(),
+            PathBuf::from("/run/podman/podman.sock")
+        );
+        let err = socket_for(Some("tcp://10.1.2.3:2375"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("DOCKER_HOST=tcp://10.1.2.3:2375 is not a unix socket"),
+            "{err}"
+        );
+        assert!(socket_for(Some("unix://")).is_err());
     }
 
     #[test]

@@ -117,7 +117,9 @@ pub async fn run_controlled(
     let verdicts = session
         .read(&mut ring, out, control, cfg.count, until)
         .await?;
-    docker.watcher.abort();
+    if let Some(w) = &docker.watcher {
+        w.abort();
+    }
     finish(
         session,
         &mut ring,
@@ -132,19 +134,21 @@ pub async fn run_controlled(
 struct DockerSession {
     index: SharedIndex,
     status: DockerStatus,
-    /// Keeps the index current from the events stream.
-    watcher: JoinHandle<()>,
+    /// Keeps the index current from the events stream (none when Docker cannot be named).
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl DockerSession {
     async fn connect(cfg: &mut TraceConfig) -> Result<Self, TraceError> {
         let index = SharedIndex::default();
-        let socket = docker::socket_path();
-        let status = docker::initial(&index, &socket).await;
+        let (status, socket) = match docker::socket_path() {
+            Ok(socket) => (docker::initial(&index, &socket).await, Some(socket)),
+            Err(e) => (DockerStatus::Unavailable(e.to_string()), None),
+        };
         if let Some(name) = cfg.container.clone() {
             container_filter(cfg, &name, &index, &status)?;
         }
-        let watcher = tokio::spawn(docker::watch(index.clone(), socket));
+        let watcher = socket.map(|s| tokio::spawn(docker::watch(index.clone(), s)));
         Ok(Self {
             index,
             status,
@@ -256,7 +260,7 @@ fn container_filter(
     };
     if let DockerStatus::Unavailable(why) = status {
         return Err(err(format!(
-            "Docker is needed to find the container, and it is {why}"
+            "the container is found through Docker, which cannot be asked: {why}"
         )));
     }
     let index = containers
