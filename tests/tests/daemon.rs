@@ -309,3 +309,75 @@ fn a_full_json_log_is_counted_and_the_daemon_goes_on() {
         "the daemon must still run"
     );
 }
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Out of descriptors (a low `ulimit -n` and idle clients holding connections), `accept`
+/// fails with EMFILE for as long as they stay: the endpoint backs off instead of spinning, and
+/// answers again once they go.
+#[test]
+fn accept_failing_with_emfile_does_not_spin() {
+    let port = 19472;
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=40:40", "--"])
+        .arg(lab::tracer::pathtrace_bin().expect("binary"))
+        .args([
+            "daemon",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--dport",
+            "9",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("daemon starts");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let _kill = Kill(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lab::daemon::http_get(port, "/healthz").map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "daemon never became healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Idle clients that never send a request: each holds a descriptor until the head timeout.
+    let idle: Vec<_> = (0..40)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_secs(pid) - before;
+    assert!(
+        spent < 0.5,
+        "{spent:.2} s of CPU in 2 s while accept fails: a busy loop"
+    );
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab::daemon::http_get(port, "/metrics").map(|(s, _)| s) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint never answered again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
