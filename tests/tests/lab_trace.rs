@@ -778,3 +778,43 @@ fn every_scenario_is_judged_alike_from_its_receives() {
     }
     assert!(compared.len() >= 15, "{compared:?}");
 }
+
+/// `-t raw -A PREROUTING -m conntrack --ctstate INVALID -j DROP`: conntrack has not run in
+/// raw, so every packet is INVALID there and the SYN dies at that rule, which the diagnosis
+/// names (the differential check against the kernel's counters found it unnamed before).
+#[test]
+fn a_raw_table_invalid_drop_is_named() {
+    let config = lab::LabConfig::unusual();
+    let lab = lab::Lab::new(config.clone()).expect("lab");
+    lab.host
+        .exec(
+            "iptables",
+            &[
+                "-t",
+                "raw",
+                "-A",
+                "PREROUTING",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "INVALID",
+                "-j",
+                "DROP",
+            ],
+        )
+        .expect("raw rule");
+    let port = config.published_port.to_string();
+    let mut t = Tracer::start(&["--dport", &port, "--proto", "tcp"]).expect("pathtrace starts");
+    assert!(!lab.connect(Duration::from_millis(1500)).expect("connect"));
+    let v = t
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
+        })
+        .expect("a verdict");
+    let _ = t.stop();
+    assert_eq!(v["drop_reason"], "NETFILTER_DROP", "{v:#}");
+    let rule = &v["diagnosis"]["rule"];
+    assert_eq!(rule["table"], "raw", "{v:#}");
+    assert_eq!(rule["chain"], "PREROUTING");
+    assert_eq!(rule["index"], 1);
+}

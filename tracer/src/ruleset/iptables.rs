@@ -469,6 +469,21 @@ mod tests {
         }
     }
 
+    /// In raw (before conntrack) a packet has no entry: `--ctstate INVALID` matches every
+    /// packet, a SYN included, and `--ctstate NEW` none; in filter, after conntrack, the SYN is
+    /// NEW. What the kernel does, found by comparing with its counters.
+    #[test]
+    fn before_conntrack_every_packet_is_invalid() {
+        let text = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -m conntrack --ctstate NEW -j ACCEPT\n-A PREROUTING -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A FORWARD -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n";
+        let rs = Ruleset::parse(text).unwrap();
+        let pre = rs.evaluate(Hook::Prerouting, &syn([172, 17, 0, 2], 80, "eth0"));
+        assert_eq!(pre.verdict, RuleVerdict::Drop);
+        let by = pre.by.expect("the rule");
+        assert_eq!((by.table.as_str(), by.index), ("raw", Some(2)));
+        let fwd = rs.evaluate(Hook::Forward, &syn([172, 17, 0, 2], 80, "eth0"));
+        assert_eq!(fwd.verdict, RuleVerdict::Accept, "NEW in filter: {fwd:?}");
+    }
+
     #[test]
     fn parses_docker_rules_with_counters() {
         let rs = Ruleset::parse(DOCKER).expect("parses");

@@ -102,6 +102,9 @@ pub struct Chain {
     pub rules: Vec<ChainRule>,
 }
 
+/// `NF_IP_PRI_CONNTRACK`: chains that run before it see packets without a conntrack entry.
+pub const PRIORITY_CONNTRACK: i32 = -200;
+
 /// A chain the kernel enters at a hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BaseChain {
@@ -445,13 +448,23 @@ impl Ruleset {
             })
             .collect();
         entries.sort_by_key(|(_, _, b)| b.priority);
+        // Before conntrack (priority -200) at PREROUTING and OUTPUT the packet has no entry
+        // yet, and a `ctstate`/`ct state` match sees INVALID: `-t raw ... --ctstate INVALID
+        // -j DROP` drops every packet, a SYN included.
+        let untracked = PacketAtHook {
+            ct_state: CtState::Invalid,
+            ..pkt.clone()
+        };
         for (table, chain, base) in entries {
             if base.nat && pkt.ct_state != CtState::New {
                 continue;
             }
+            let before_conntrack = !bridge
+                && matches!(hook, Hook::Prerouting | Hook::Output)
+                && base.priority < PRIORITY_CONNTRACK;
             let mut walk = Walk {
                 table,
-                pkt,
+                pkt: if before_conntrack { &untracked } else { pkt },
                 path: Vec::new(),
                 unknown: Vec::new(),
             };
