@@ -14,6 +14,7 @@ pub mod bench;
 pub mod daemon;
 pub mod debs;
 pub mod docker;
+pub mod rulefuzz;
 pub mod scenario;
 pub mod tracer;
 
@@ -833,10 +834,34 @@ fn socket2_connect(
     to: std::net::SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<()> {
-    use std::os::fd::FromRawFd as _;
     let std::net::SocketAddr::V4(to) = to else {
         return Err(std::io::Error::other("IPv4 only"));
     };
+    let stream = bound_nonblocking(src, 0, to)?;
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    if n <= 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        ));
+    }
+    stream.take_error()?.map_or(Ok(()), Err)
+}
+
+/// A TCP socket bound to `src:sport` (`sport` 0: any) whose connect to `to` has started: its
+/// SYN is on its way when this returns.
+pub(crate) fn bound_nonblocking(
+    src: Ipv4Addr,
+    sport: u16,
+    to: SocketAddrV4,
+) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
     // SAFETY: plain socket(2); owned by the TcpStream below on success.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -852,7 +877,18 @@ fn socket2_connect(
         },
         sin_zero: [0; 8],
     };
-    let local = sa(src, 0);
+    let one: libc::c_int = 1;
+    // SAFETY: a valid int option of its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let local = sa(src, sport);
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: valid sockaddr_in of the given length.
     if unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) } != 0 {
@@ -868,20 +904,7 @@ fn socket2_connect(
             return Err(err);
         }
     }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-    if n <= 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        ));
-    }
-    stream.take_error()?.map_or(Ok(()), Err)
+    Ok(stream)
 }
 
 #[cfg(test)]

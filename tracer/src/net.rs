@@ -130,6 +130,20 @@ impl TcpFlags {
         self.contains(Self::SYN) && !self.contains(Self::ACK)
     }
 
+    /// A comma list as iptables writes it (`FIN,SYN,RST,ACK`, `ALL`, `NONE`); `None` for a
+    /// word that is not a flag.
+    pub fn parse_list(s: &str) -> Option<Self> {
+        let mut bits = 0;
+        for word in s.split(',') {
+            bits |= match word {
+                "ALL" => 0xff,
+                "NONE" => 0,
+                w => Self::NAMES.iter().find(|(_, n)| *n == w)?.0.0,
+            };
+        }
+        Some(Self(bits))
+    }
+
     /// `SYN|ACK`, ...; empty for none. Every combination is spelled once, so a hop costs no
     /// allocation.
     pub fn name(self) -> &'static str {

@@ -1,7 +1,9 @@
-//! Project tasks. `cargo xtask setup | build | demo | test`; each is one file.
+//! Project tasks. `cargo xtask setup | build | demo | test | lab | bench | fuzz-rules`; each
+//! is one file.
 
 mod bench;
 mod demo;
+mod fuzz_rules;
 mod kernel_lab;
 mod setup;
 mod test;
@@ -40,6 +42,9 @@ enum Task {
     Lab(kernel_lab::LabArgs),
     /// What tracing costs on the container forwarding path; writes docs/performance.md.
     Bench(bench::BenchArgs),
+    /// The rule evaluator against the kernel: random rulesets, the kernel's counters against
+    /// pathtrace's verdicts (CI runs 200).
+    FuzzRules(fuzz_rules::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -53,6 +58,7 @@ fn main() -> Result<()> {
         Task::Test { no_vm } => test::run(no_vm),
         Task::Lab(args) => kernel_lab::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::FuzzRules(args) => fuzz_rules::run(args),
     }
 }
 

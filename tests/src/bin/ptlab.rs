@@ -111,6 +111,57 @@ fn run(args: Vec<String>) -> Result<()> {
             }
             Ok(())
         }
-        _ => bail!("usage: ptlab list | run [--backend B] [SCENARIO...] | shell SCENARIO"),
+        Some("fuzz-rules") => {
+            let mut count = 2000;
+            let mut seed = 0x5eed_2026;
+            let mut it = args[1..].iter();
+            let num = |v: Option<&String>, what: &str| -> Result<u64> {
+                let v = v.with_context(|| format!("{what} needs a value"))?;
+                v.strip_prefix("0x")
+                    .map_or_else(|| v.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+                    .with_context(|| format!("{what} {v}: not a number"))
+            };
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--count" => count = num(it.next(), "--count")?,
+                    "--seed" => seed = num(it.next(), "--seed")?,
+                    other => bail!("fuzz-rules: unknown argument {other}"),
+                }
+            }
+            let out = lab::rulefuzz::check(count, seed, |line| println!("{line}"))?;
+            for d in &out.disagreements {
+                println!("\nDISAGREEMENT {d}");
+            }
+            println!(
+                "\nrulefuzz: {} rulesets from seed {seed:#x}, {} packets ({} dropped by netfilter, {} by tied tables said as such), {} disagreements",
+                out.rulesets,
+                out.packets,
+                out.dropped,
+                out.ties,
+                out.disagreements.len()
+            );
+            if !out.disagreements.is_empty() {
+                bail!(
+                    "pathtrace and the kernel disagree on {} packets",
+                    out.disagreements.len()
+                );
+            }
+            Ok(())
+        }
+        Some("fuzz-case") => {
+            let seed = args.get(1).context("ptlab fuzz-case SEED")?;
+            let seed = seed
+                .strip_prefix("0x")
+                .map_or_else(|| seed.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+                .context("SEED: a number")?;
+            let case = lab::rulefuzz::generate(seed, &lab::rulefuzz::topology());
+            println!("--- iptables-nft\n{}", case.iptables);
+            println!("--- iptables-legacy\n{}", case.legacy);
+            println!("--- nft\n{}", case.nft);
+            Ok(())
+        }
+        _ => bail!(
+            "usage: ptlab list | run [--backend B] [SCENARIO...] | shell SCENARIO | fuzz-rules [--count N] [--seed S] | fuzz-case SEED"
+        ),
     }
 }

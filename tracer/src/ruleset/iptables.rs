@@ -8,7 +8,7 @@ use super::{
     CtState, RuleVerdict,
     model::{Action, BaseChain, Chain, ChainRule, Cond, Flavor, Net, Ruleset, Source, Table},
 };
-use crate::net::Proto;
+use crate::net::{Proto, TcpFlags};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SaveTextError {
@@ -333,6 +333,30 @@ fn parse_rule(t: &[String], is_chain: &dyn Fn(&str) -> bool) -> (Vec<(bool, Cond
             "-j" | "-g" => return (conds, target(w, arg(i), t, is_chain)),
             "--physdev-is-bridged" => Some(Cond::PhysdevIsBridged),
             "--syn" => Some(Cond::Syn),
+            // Options with two arguments: read whole, so neither is taken for an option.
+            "--tcp-flags" | "--match-set" => {
+                let second = t.get(i + 2).cloned().unwrap_or_default();
+                let c = match (
+                    w,
+                    TcpFlags::parse_list(&arg(i)),
+                    TcpFlags::parse_list(&second),
+                ) {
+                    ("--tcp-flags", Some(mask), Some(comp)) => Cond::TcpFlags(mask, comp),
+                    _ => Cond::Unknown(format!("-m {module} {w} {} {second}", arg(i))),
+                };
+                conds.push((neg, c));
+                neg = false;
+                i += 3;
+                continue;
+            }
+            // A word no option took: an option with more arguments than pathtrace reads.
+            // Kept as an unknown match rather than let it shift the words after it.
+            word if !word.starts_with('-') => {
+                conds.push((neg, Cond::Unknown(format!("-m {module} ... {word}"))));
+                neg = false;
+                i += 1;
+                continue;
+            }
             _ => None,
         };
         if let Some(c) = flag {
@@ -444,7 +468,6 @@ fn dnat(t: &[String]) -> Action {
 
 #[cfg(test)]
 mod tests {
-    use crate::net::TcpFlags;
     use std::net::Ipv4Addr;
 
     use super::*;
@@ -467,6 +490,86 @@ mod tests {
             ct_state: CtState::New,
             local_addrs: vec![Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(172, 17, 0, 1)],
         }
+    }
+
+    /// `--tcp-flags` takes two words: both read, so the target after them is still the rule's
+    /// (it was skipped, and the DROP read as no target at all); a two-word option pathtrace
+    /// does not model is an unknown match, never a shift of the words after it.
+    #[test]
+    fn options_of_two_words_keep_the_rule_whole() {
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j DROP\n-A INPUT -m set --match-set blocked src -j DROP\nCOMMIT\n";
+        let rs = Ruleset::parse(text).unwrap();
+        let input = rs.table("filter").unwrap().chain("INPUT").unwrap();
+        assert_eq!(input.rules[0].target, Action::Drop);
+        assert_eq!(input.rules[1].target, Action::Drop);
+        let out = rs.evaluate(Hook::Input, &syn([203, 0, 113, 1], 22, "eth0"));
+        assert_eq!(out.verdict, RuleVerdict::Drop);
+        assert_eq!(out.by.and_then(|b| b.index), Some(1));
+        let mut ack = syn([203, 0, 113, 1], 22, "eth0");
+        ack.tcp_flags = TcpFlags::ACK;
+        let out = rs.evaluate(Hook::Input, &ack);
+        assert_eq!(out.verdict, RuleVerdict::Accept, "{out:?}");
+        assert_eq!(
+            out.unknown_matches.len(),
+            1,
+            "the set: {:?}",
+            out.unknown_matches
+        );
+    }
+
+    /// iptables-nft's and iptables-legacy's filter INPUT both run at priority 0: when both
+    /// would drop the packet, which one did depends on registration order, which no listing
+    /// shows. Said, not guessed.
+    #[test]
+    fn two_tables_dropping_at_the_same_priority_are_a_tie() {
+        let mut rs = Ruleset::parse(
+            "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+        )
+        .unwrap();
+        let legacy = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -p tcp -j DROP\nCOMMIT\n";
+        rs.merge(Ruleset::parse_from(legacy, Flavor::Legacy).unwrap());
+        let out = rs.evaluate(Hook::Input, &syn([203, 0, 113, 1], 22, "eth0"));
+        assert_eq!(out.verdict, RuleVerdict::Drop);
+        let tied = out.tied.expect("a tie");
+        assert!(
+            tied.starts_with(
+                "iptables-legacy filter chain INPUT rule 1 drops it too, at the same priority (0)"
+            ),
+            "{tied}"
+        );
+        // Only one of them drops: no tie.
+        let mut rs = Ruleset::parse(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+        )
+        .unwrap();
+        rs.merge(Ruleset::parse_from(legacy, Flavor::Legacy).unwrap());
+        let out = rs.evaluate(Hook::Input, &syn([203, 0, 113, 1], 22, "eth0"));
+        assert_eq!(
+            out.by.map(|b| b.table),
+            Some("iptables-legacy filter".into())
+        );
+        assert_eq!(out.tied, None);
+    }
+
+    /// A chain after Docker's DNAT at PREROUTING (an nft chain at priority 100) sees the
+    /// rewritten destination, as the kernel shows it.
+    #[test]
+    fn chains_after_the_dnat_see_the_rewritten_destination() {
+        let mut rs = Ruleset::parse(DOCKER).unwrap();
+        let late = r#"{"nftables":[{"table":{"family":"ip","name":"late","handle":1}},
+            {"chain":{"family":"ip","table":"late","name":"c","handle":1,"type":"filter","hook":"prerouting","prio":100,"policy":"accept"}},
+            {"rule":{"family":"ip","table":"late","chain":"c","handle":2,"expr":[
+              {"match":{"op":"==","left":{"payload":{"protocol":"tcp","field":"dport"}},"right":10001}},{"drop":null}]}},
+            {"rule":{"family":"ip","table":"late","chain":"c","handle":3,"expr":[
+              {"match":{"op":"==","left":{"payload":{"protocol":"tcp","field":"dport"}},"right":80}},{"drop":null}]}}]}"#;
+        rs.merge(crate::ruleset::nft::parse(late, &[]).unwrap());
+        let out = rs.evaluate(Hook::Prerouting, &syn([203, 0, 113, 1], 10001, "eth0"));
+        assert_eq!(out.verdict, RuleVerdict::Drop, "{out:?}");
+        assert_eq!(
+            out.by.map(|b| b.index),
+            Some(Some(2)),
+            "port 80 after the DNAT"
+        );
     }
 
     /// In raw (before conntrack) a packet has no entry: `--ctstate INVALID` matches every

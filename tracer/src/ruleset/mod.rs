@@ -99,6 +99,9 @@ pub struct HookOutcome {
     pub dnat: Option<(Ipv4Addr, Option<u16>)>,
     /// Matches the evaluator could not decide and assumed false.
     pub unknown_matches: Vec<String>,
+    /// Another base chain at the deciding chain's priority drops the packet too: which of them
+    /// the kernel ran first cannot be read from any listing.
+    pub tied: Option<String>,
 }
 
 #[cfg(test)]

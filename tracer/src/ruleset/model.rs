@@ -51,6 +51,8 @@ pub enum Cond {
     PhysdevIsBridged,
     /// `--syn`: SYN set, ACK/RST/FIN clear.
     Syn,
+    /// `--tcp-flags MASK COMP`: of the flags in the mask, exactly those of comp are set.
+    TcpFlags(TcpFlags, TcpFlags),
     /// Any of these holds (an nft set: `tcp dport { 80, 443 }`).
     AnyOf(Vec<Cond>),
     /// Never holds for the packets pathtrace follows (`meta nfproto ipv6`).
@@ -268,6 +270,42 @@ impl Ruleset {
     }
 }
 
+/// The drop a chain's flow ends in: a DROP/REJECT rule, or its DROP policy when the packet
+/// fell through. `None` when the chain let it go on.
+fn dropped(
+    flow: Flow,
+    table: &Table,
+    chain: &Chain,
+    base: BaseChain,
+    hook: Hook,
+) -> Option<(RuleVerdict, RuleRef)> {
+    match flow {
+        Flow::Verdict(RuleVerdict::Accept, _) | Flow::Dnat(..) => None,
+        Flow::Verdict(v, by) => Some((v, by)),
+        Flow::Fallthrough if chain.policy == Some(RuleVerdict::Drop) => Some((
+            RuleVerdict::Drop,
+            RuleRef {
+                table: table.label(),
+                chain: chain.name.clone(),
+                index: None,
+                handle: None,
+                text: match table.source {
+                    Source::Iptables(_) | Source::Ebtables(_) => format!(":{} DROP", chain.name),
+                    Source::Nft => format!(
+                        "chain {} {{ type {} hook {} priority {}; policy drop; }}",
+                        chain.name,
+                        if base.nat { "nat" } else { "filter" },
+                        hook.name().to_lowercase(),
+                        base.priority
+                    ),
+                },
+                packets: chain.policy_packets,
+            },
+        )),
+        Flow::Fallthrough => None,
+    }
+}
+
 fn iface_matches(pattern: &str, name: Option<&str>) -> Option<bool> {
     let name = name?;
     Some(match pattern.strip_suffix('+') {
@@ -301,6 +339,9 @@ fn cond_holds(c: &Cond, p: &PacketAtHook) -> Option<bool> {
         Cond::PhysdevOut(n) => iface_matches(n, p.physdev_out.as_deref()).unwrap_or(false),
         Cond::PhysdevIsBridged => p.physdev_in.is_some() && p.physdev_out.is_some(),
         Cond::Syn => p.proto == Proto::TCP && p.tcp_flags.handshake() == TcpFlags::SYN,
+        Cond::TcpFlags(mask, comp) => {
+            p.proto == Proto::TCP && p.tcp_flags.bits() & mask.bits() == comp.bits()
+        }
         Cond::AnyOf(any) => {
             let mut undecided = false;
             for c in any {
@@ -433,6 +474,7 @@ impl Ruleset {
             path: Vec::new(),
             dnat: None,
             unknown_matches: Vec::new(),
+            tied: None,
         };
         // Every base chain of this hook, from every table and source, in the order the
         // kernel runs them: by priority, ties in registration (listing) order.
@@ -448,72 +490,107 @@ impl Ruleset {
             })
             .collect();
         entries.sort_by_key(|(_, _, b)| b.priority);
-        // Before conntrack (priority -200) at PREROUTING and OUTPUT the packet has no entry
-        // yet, and a `ctstate`/`ct state` match sees INVALID: `-t raw ... --ctstate INVALID
-        // -j DROP` drops every packet, a SYN included.
-        let untracked = PacketAtHook {
-            ct_state: CtState::Invalid,
-            ..pkt.clone()
-        };
-        for (table, chain, base) in entries {
+        // The packet as each chain sees it: rewritten by a DNAT for the chains after it.
+        let mut now = pkt.clone();
+        for (k, &(table, chain, base)) in entries.iter().enumerate() {
             if base.nat && pkt.ct_state != CtState::New {
                 continue;
             }
-            let before_conntrack = !bridge
-                && matches!(hook, Hook::Prerouting | Hook::Output)
-                && base.priority < PRIORITY_CONNTRACK;
-            let mut walk = Walk {
-                table,
-                pkt: if before_conntrack { &untracked } else { pkt },
-                path: Vec::new(),
-                unknown: Vec::new(),
-            };
-            let flow = walk.chain(&chain.name, 0);
-            out.path.extend(walk.path);
-            out.unknown_matches.extend(walk.unknown);
+            let (flow, path, unknown) = self.run_base(table, chain, base, hook, bridge, &now);
+            out.path.extend(path);
+            out.unknown_matches.extend(unknown);
             match flow {
                 Flow::Verdict(RuleVerdict::Accept, by) => {
                     // The accepting rule of the last chain that decided explicitly (in nat, an
                     // ACCEPT also means no DNAT for this connection).
                     out.by = Some(by);
                 }
-                Flow::Verdict(v, by) => {
-                    out.verdict = v;
-                    out.by = Some(by);
-                    return out;
-                }
                 Flow::Dnat(a, p, by) => {
                     out.dnat = Some((a, p));
                     out.by = Some(by);
-                }
-                Flow::Fallthrough => {
-                    if chain.policy == Some(RuleVerdict::Drop) {
-                        out.verdict = RuleVerdict::Drop;
-                        out.by = Some(RuleRef {
-                            table: table.label(),
-                            chain: chain.name.clone(),
-                            index: None,
-                            handle: None,
-                            text: match table.source {
-                                Source::Iptables(_) | Source::Ebtables(_) => {
-                                    format!(":{} DROP", chain.name)
-                                }
-                                Source::Nft => format!(
-                                    "chain {} {{ type {} hook {} priority {}; policy drop; }}",
-                                    chain.name,
-                                    if base.nat { "nat" } else { "filter" },
-                                    hook.name().to_lowercase(),
-                                    base.priority
-                                ),
-                            },
-                            packets: chain.policy_packets,
-                        });
-                        return out;
+                    now.dst = a;
+                    if let Some(p) = p {
+                        now.dport = p;
                     }
+                }
+                flow => {
+                    let Some((verdict, by)) = dropped(flow, table, chain, base, hook) else {
+                        continue;
+                    };
+                    out.verdict = verdict;
+                    out.by = Some(by);
+                    out.tied = self.tied_drop(&entries[k + 1..], base, hook, bridge, &now);
+                    return out;
                 }
             }
         }
         out
+    }
+
+    /// Walks one base chain; the packet has no conntrack entry yet before priority -200 at
+    /// PREROUTING and OUTPUT, where a `ctstate`/`ct state` match sees INVALID (`-t raw ...
+    /// --ctstate INVALID -j DROP` drops every packet, a SYN included).
+    fn run_base(
+        &self,
+        table: &Table,
+        chain: &Chain,
+        base: BaseChain,
+        hook: Hook,
+        bridge: bool,
+        pkt: &PacketAtHook,
+    ) -> (Flow, Vec<String>, Vec<String>) {
+        let before_conntrack = !bridge
+            && matches!(hook, Hook::Prerouting | Hook::Output)
+            && base.priority < PRIORITY_CONNTRACK;
+        let untracked;
+        let seen = if before_conntrack {
+            untracked = PacketAtHook {
+                ct_state: CtState::Invalid,
+                ..pkt.clone()
+            };
+            &untracked
+        } else {
+            pkt
+        };
+        let mut walk = Walk {
+            table,
+            pkt: seen,
+            path: Vec::new(),
+            unknown: Vec::new(),
+        };
+        let flow = walk.chain(&chain.name, 0);
+        (flow, walk.path, walk.unknown)
+    }
+
+    /// Another base chain at the same priority (of another table, or of the same one) that
+    /// would drop the packet too: the kernel runs equal priorities in the order their hooks
+    /// were registered, which no listing shows (nft's own chains of one table included), so
+    /// which one dropped it cannot be told.
+    fn tied_drop(
+        &self,
+        after: &[(&Table, &Chain, BaseChain)],
+        base: BaseChain,
+        hook: Hook,
+        bridge: bool,
+        pkt: &PacketAtHook,
+    ) -> Option<String> {
+        after
+            .iter()
+            .take_while(|(_, _, b)| b.priority == base.priority)
+            .filter(|(_, _, b)| !(b.nat && pkt.ct_state != CtState::New))
+            .find_map(|&(t, c, b)| {
+                let (flow, _, _) = self.run_base(t, c, b, hook, bridge, pkt);
+                let (_, by) = dropped(flow, t, c, b, hook)?;
+                Some(format!(
+                    "{} {} drops it too, at the same priority ({}): the kernel runs chains of equal priority in the order they were registered, which no listing shows, so either may have dropped it",
+                    by.table,
+                    match by.index {
+                        Some(i) => format!("chain {} rule {i}", by.chain),
+                        None => format!("chain {} policy", by.chain),
+                    },
+                    base.priority
+                ))
+            })
     }
 
     /// Every DNAT rule for `dport` (nat table), with the chain it sits in: what a packet to a

@@ -97,6 +97,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     if let Some(rs) = &ruleset {
         evidence.extend(hidden_backend(rs, &by, &ns));
     }
+    evidence.extend(w.outcome.tied.clone());
     for u in &w.outcome.unknown_matches {
         evidence.push(format!(
             "pathtrace cannot evaluate a match of {u}; assumed not to match"
@@ -195,8 +196,12 @@ fn counter_delta(
         })
 }
 
-/// High when every match could be evaluated and the rule's counter agrees.
+/// High when every match could be evaluated and the rule's counter agrees; low when another
+/// table drops the packet at the same priority (which ran first cannot be known).
 fn confidence(w: &Walked, by: &RuleRef, delta: Option<(u64, Duration)>) -> Confidence {
+    if w.outcome.tied.is_some() {
+        return Confidence::Low;
+    }
     let counted = match delta {
         Some((moved, _)) => moved > 0,
         None => by.packets.is_some_and(|p| p > 0),
