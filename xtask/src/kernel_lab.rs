@@ -66,6 +66,9 @@ pub fn run(args: LabArgs) -> Result<()> {
             "xtask lab: {backend}: VM run took {:.0?}",
             started.elapsed()
         );
+        if std::env::var_os("PTLAB_CONSOLE").is_some() {
+            eprintln!("{console}");
+        }
         let results = whole_run(&console, backend)
             .with_context(|| format!("the {backend} run is not whole; console:\n{console}"))?;
         rows.extend(results.into_iter().map(|r| (backend.clone(), r)));
@@ -136,12 +139,14 @@ fn whole_run(console: &str, backend: &str) -> Result<Vec<Value>> {
 }
 
 /// A row passes when the verdict matches, the requested backend was the one used, and the
-/// function backends showed netfilter hooks. A row the guest skipped is not a pass.
+/// function backends showed netfilter hooks (a scenario's row; `module-late` checks a re-attach,
+/// not a verdict). A row the guest skipped is not a pass.
 fn row_passes(backend: &str, r: &Value) -> bool {
     if r["skipped"].is_string() {
         return false;
     }
-    let netfilter = r["netfilter"].as_array().is_some_and(|a| !a.is_empty());
+    let netfilter =
+        r["netfilter"].as_array().is_some_and(|a| !a.is_empty()) || r["scenario"] == "module-late";
     r["pass"] == true && r["backend"] == backend && (backend == "tracepoint" || netfilter)
 }
 
@@ -178,6 +183,15 @@ fn print_table(rows: &[(String, Value)]) {
         }
         if let Some(rule) = r["rule"].as_str() {
             println!("{:<24}   rule: {rule}", "");
+        }
+        if let Some(detail) = r["detail"].as_str() {
+            println!("{:<24}   {detail}", "");
+        }
+        if !row_passes(backend, r)
+            && let Some(hops) = r["hops"].as_array()
+        {
+            let hops: Vec<&str> = hops.iter().filter_map(Value::as_str).collect();
+            println!("{:<24}   hops: {}", "", hops.join(", "));
         }
         if let Some(nf) = r["netfilter"].as_array().filter(|a| !a.is_empty()) {
             let hooks: Vec<&str> = nf.iter().filter_map(Value::as_str).collect();

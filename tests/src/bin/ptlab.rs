@@ -49,16 +49,25 @@ fn run(args: Vec<String>) -> Result<()> {
                     .collect::<Result<_>>()?
             };
             let in_vm = std::env::var_os("PTLAB_IN_VM").is_some();
+            // In a fresh guest with a function backend, first: a trace that starts before the
+            // bridge module loads picks its BTF up once it appears.
+            let module_late = in_vm && matches!(backend.as_str(), "fentry" | "kprobe");
             // What will be run, so a reader can tell a run that stopped short from a whole one.
-            let names: Vec<&str> = scenarios
+            let mut names: Vec<&str> = scenarios
                 .iter()
                 .map(|s: &scenario::Scenario| s.name)
                 .collect();
+            if module_late {
+                names.insert(0, scenario::MODULE_LATE);
+            }
             println!(
                 "PTLAB-PLAN {}",
                 serde_json::json!({"backend": backend, "scenarios": names})
             );
             let planned = names.len();
+            if module_late {
+                println!("PTLAB-RESULT {}", scenario::module_late(&backend));
+            }
             for s in scenarios {
                 if let (true, Some(why)) = (in_vm, s.vm_skip) {
                     let line =

@@ -86,7 +86,7 @@ pub enum OffsetError {
         expected: u32,
     },
     #[error(
-        "struct {ty} is not in vmlinux BTF and the {module} module's BTF cannot be read ({why}): the module is not loaded yet (it loads with the first {module} device; restart pathtrace after that)"
+        "struct {ty} is not in vmlinux BTF and the {module} module's BTF cannot be read ({why}): the module is not loaded yet (it loads with the first {module} device, and a running trace attaches again then)"
     )]
     Module {
         module: String,

@@ -161,22 +161,32 @@ impl DockerSession {
 /// filter on a published port to its DNAT target.
 fn attach(cfg: &mut TraceConfig, containers: SharedIndex) -> Result<(Session, Ring), TraceError> {
     let mut probes = Probes::attach(cfg.filter, cfg.sizes, cfg.backend, cfg.hooks)?;
-    let ring = probes.take_events()?;
-    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
-    let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+    let ring = open_ring(&mut probes)?;
     let mut pipeline = Pipeline::new(cfg, probes.hooks, probes.drop_reasons.clone(), containers);
     pipeline.resolver.prefetch_own_ruleset();
     let mut drops_filter = (probes.hooks == HookSet::Drops)
         .then(|| DropsFilter::new(cfg.filter, probes.offsets.have & have::CONNTRACK != 0));
+    let mut filter = cfg.filter;
     if let Some(d) = drops_filter.as_mut() {
         if let Some(f) = d.refresh(&mut pipeline.resolver) {
             probes.set_filter(f)?;
+            filter = f;
         }
         if let Some(target) = d.target() {
             cfg.filter_text = format!("{}, or past Docker's DNAT to {target}", cfg.filter_text);
         }
     }
-    Ok((Session::new(probes, pipeline, drops_filter), ring))
+    Ok((
+        Session::new(probes, pipeline, drops_filter, filter, cfg.sizes),
+        ring,
+    ))
+}
+
+/// The probes' ring buffer, registered with the runtime.
+fn open_ring(probes: &mut Probes) -> Result<Ring, TraceError> {
+    let ring = probes.take_events()?;
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
+    Ok(unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?)
 }
 
 /// The `ready` line: what is attached, how, and what is traced.

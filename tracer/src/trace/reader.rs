@@ -14,7 +14,16 @@ use tokio::{
 };
 
 use super::{Control, TraceError, pipeline::Pipeline, published::DropsFilter};
-use crate::{clock::monotonic_ns, output::Output, probes::Probes};
+use tracer_common::{Filter, config::have};
+
+use crate::{
+    clock::monotonic_ns,
+    output::Output,
+    probes::{
+        Probes,
+        loader::{BackendChoice, ProbeSizes},
+    },
+};
 
 /// The kernel's ring, registered with the runtime.
 pub(super) type Ring = AsyncFd<RingBuf<MapData>>;
@@ -25,20 +34,97 @@ pub(super) struct Session {
     pub pipeline: Pipeline,
     /// `--hooks drops` on a published port: the filter widened to its DNAT target.
     pub drops_filter: Option<DropsFilter>,
+    /// The filter the kernel has now, and the ring size: what a re-attach loads again.
+    filter: Filter,
+    sizes: ProbeSizes,
     reader: Reader,
     counters_read: Instant,
+    /// Set once a second: look for module BTF that appeared.
+    check_modules: bool,
+    /// Which of [`MODULES`] were loaded when the probes were attached.
+    loaded_at_attach: [bool; MODULES.len()],
 }
 
+/// Drivers that may be modules, loaded only with their first device: their types (module
+/// BTF) and functions (the hooks named with their prefix) appear then. A row: the offsets'
+/// `have` bit, the module, its hooks' prefix, the detail they give.
+const MODULES: [(u32, &str, &str, &str); 2] = [
+    (have::BRIDGE_PORT, "bridge", "br_", "bridge egress port"),
+    (have::VETH_PEER, "veth", "veth_", "veth peer"),
+];
+
 impl Session {
-    pub fn new(probes: Probes, pipeline: Pipeline, drops_filter: Option<DropsFilter>) -> Self {
+    pub fn new(
+        probes: Probes,
+        pipeline: Pipeline,
+        drops_filter: Option<DropsFilter>,
+        filter: Filter,
+        sizes: ProbeSizes,
+    ) -> Self {
         Self {
             probes,
             pipeline,
             drops_filter,
+            filter,
+            sizes,
             // Polling first: the first poll finds the ring empty and puts the reader to sleep.
             reader: Reader::Polling,
             counters_read: Instant::now(),
+            check_modules: false,
+            loaded_at_attach: loaded_modules(),
         }
+    }
+
+    /// Loads `f` into the kernel, remembered for a re-attach.
+    pub fn set_filter(&mut self, f: Filter) -> Result<(), TraceError> {
+        self.probes.set_filter(f)?;
+        self.filter = f;
+        Ok(())
+    }
+
+    /// Modules loaded since the probes were attached without their offsets or their hooks (a
+    /// daemon started before the first bridge or veth existed).
+    fn modules_appeared(&self) -> Vec<&'static str> {
+        let now = loaded_modules();
+        MODULES
+            .iter()
+            .zip(now.into_iter().zip(self.loaded_at_attach))
+            .filter(|&(&(bit, _, prefix, _), (loaded, was))| {
+                let lacking = self.probes.offsets.have & bit == 0
+                    || self
+                        .probes
+                        .skipped
+                        .iter()
+                        .any(|(hook, _)| hook.starts_with(prefix));
+                lacking && loaded && !was
+            })
+            .map(|(&(_, _, _, detail), _)| detail)
+            .collect()
+    }
+
+    /// Attaches the probes again, now with the detail the new module BTF gives: same
+    /// backend, hook set and filter. The old programs trace until the new ones are attached
+    /// (which can take seconds), and their ring is read to the end before they go; a packet in
+    /// flight across the swap may lose a hop or show one twice.
+    fn reattach(&mut self, ring: &mut Ring, details: &[&str]) -> Result<(), TraceError> {
+        let mut probes = Probes::attach(
+            self.filter,
+            self.sizes,
+            BackendChoice::Only(self.probes.backend),
+            Some(self.probes.hooks),
+        )?;
+        let fresh = super::open_ring(&mut probes)?;
+        // The old programs detach as their `Probes` goes; what they wrote until then is read.
+        self.probes = probes;
+        while drain_ring(ring.get_mut(), &mut self.pipeline, BATCH) {}
+        *ring = fresh;
+        self.loaded_at_attach = loaded_modules();
+        self.reader = Reader::Polling;
+        tracing::info!(
+            "attached again with the {} detail: its module's BTF appeared",
+            details.join(" and ")
+        );
+        Ok(())
     }
 
     /// Reads until `until` (the duration, a signal) resolves or `count` verdicts are out.
@@ -69,6 +155,12 @@ impl Session {
                 }
                 _ = &mut tick => {
                     verdicts += self.tick(ring.get_mut(), out, tick.as_mut()).await?;
+                    if std::mem::take(&mut self.check_modules) {
+                        let details = self.modules_appeared();
+                        if !details.is_empty() {
+                            self.reattach(ring, &details)?;
+                        }
+                    }
                 }
                 Some(change) = next_change(&mut control) => self.apply(change)?,
                 _ = &mut until => break,
@@ -148,11 +240,12 @@ impl Session {
         if self.counters_read.elapsed() >= TICK_IDLE {
             self.counters_read = Instant::now();
             self.read_counters();
+            self.check_modules = true;
             // Containers come and go: a published port's target with them.
             if let Some(d) = self.drops_filter.as_mut()
                 && let Some(f) = d.refresh(&mut self.pipeline.resolver)
             {
-                self.probes.set_filter(f)?;
+                self.set_filter(f)?;
             }
         }
         let live = self.pipeline.live_packets();
@@ -187,11 +280,16 @@ impl Session {
                     Some(d) => d.replace(f, &mut self.pipeline.resolver),
                     None => f,
                 };
-                self.probes.set_filter(f)?;
+                self.set_filter(f)?;
             }
         }
         Ok(())
     }
+}
+
+/// Whether each of [`MODULES`] is loaded (or built in) now.
+fn loaded_modules() -> [bool; MODULES.len()] {
+    MODULES.map(|(_, module, _, _)| std::path::Path::new("/sys/module").join(module).exists())
 }
 
 /// The next control message, or never when the session has no controller.
