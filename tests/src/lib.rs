@@ -50,6 +50,9 @@ pub struct LabConfig {
     pub published_port: u16,
     /// Port the container listens on.
     pub container_port: u16,
+    /// The host address the port is published on (`-p ADDR:PORT:PORT`, Docker's HostIp);
+    /// `None`: every address (`-m addrtype --dst-type LOCAL` only).
+    pub publish_on: Option<Ipv4Addr>,
 }
 
 impl Default for LabConfig {
@@ -65,6 +68,7 @@ impl Default for LabConfig {
             bridge_prefix: 16,
             published_port: 10001,
             container_port: 80,
+            publish_on: None,
         }
     }
 }
@@ -83,7 +87,39 @@ impl LabConfig {
             bridge_prefix: 24,
             published_port: 8443,
             container_port: 8080,
+            publish_on: None,
         }
+    }
+
+    /// A Docker user-defined network: its bridge `br-<12 hex>`, 172.18.0.0/16, the port
+    /// published on one host address only (`-p 192.168.77.10:8088:8080`).
+    pub fn user_network() -> Self {
+        Self {
+            uplink: "enp3s0".into(),
+            bridge: "br-3f9c2a7d1e40".into(),
+            outside_addr: Ipv4Addr::new(192, 168, 77, 20),
+            host_addr: Ipv4Addr::new(192, 168, 77, 10),
+            uplink_prefix: 24,
+            bridge_addr: Ipv4Addr::new(172, 18, 0, 1),
+            container_addr: Ipv4Addr::new(172, 18, 0, 3),
+            bridge_prefix: 16,
+            published_port: 8088,
+            container_port: 8080,
+            publish_on: Some(Ipv4Addr::new(192, 168, 77, 10)),
+        }
+    }
+
+    /// The three topologies every scenario holds on: Docker's default names, a user-defined
+    /// network published on one address, and one resembling neither.
+    pub fn topologies() -> [Self; 3] {
+        [Self::default(), Self::user_network(), Self::unusual()]
+    }
+
+    /// `-d ADDR/32 ` when the port is published on one address.
+    fn publish_match(&self) -> String {
+        self.publish_on
+            .map(|a| format!("-d {a}/32 "))
+            .unwrap_or_default()
     }
 
     fn bridge_subnet(&self) -> String {
@@ -98,6 +134,7 @@ impl LabConfig {
     pub fn docker_rules(&self) -> String {
         let (br, sub, ctr) = (&self.bridge, self.bridge_subnet(), self.container_addr);
         let (pp, cp) = (self.published_port, self.container_port);
+        let on = self.publish_match();
         format!(
             "*nat
 :PREROUTING ACCEPT [0:0]
@@ -110,7 +147,7 @@ impl LabConfig {
 -A POSTROUTING -s {sub} ! -o {br} -j MASQUERADE
 -A POSTROUTING -s {ctr}/32 -d {ctr}/32 -p tcp -m tcp --dport {cp} -j MASQUERADE
 -A DOCKER -i {br} -j RETURN
--A DOCKER ! -i {br} -p tcp -m tcp --dport {pp} -j DNAT --to-destination {ctr}:{cp}
+-A DOCKER {on}! -i {br} -p tcp -m tcp --dport {pp} -j DNAT --to-destination {ctr}:{cp}
 COMMIT
 *filter
 :INPUT ACCEPT [0:0]

@@ -60,6 +60,7 @@ pub fn topology() -> LabConfig {
         bridge_prefix: 24,
         published_port: 6380,
         container_port: 7000,
+        publish_on: None,
     }
 }
 

@@ -76,6 +76,21 @@ impl Scenario {
         }
     }
 
+    /// The same scenario on another topology: the fault's interface follows the uplink.
+    pub fn on(&self, config: &LabConfig) -> Self {
+        let fault = match &self.fault {
+            Some(Fault::ForwardingOff(i)) if *i == self.config.uplink => {
+                Some(Fault::ForwardingOff(config.uplink.clone()))
+            }
+            other => other.clone(),
+        };
+        Self {
+            config: config.clone(),
+            fault,
+            ..self.clone()
+        }
+    }
+
     /// pathtrace's filter for this scenario's packets.
     pub fn filter(&self) -> Vec<String> {
         let c = &self.config;
@@ -168,6 +183,7 @@ pub fn all() -> Vec<Scenario> {
                 bridge_prefix: 24,
                 published_port: 5601,
                 container_port: 3000,
+                publish_on: None,
             },
             ..Scenario::new(
                 "firewalld-virbr",

@@ -822,3 +822,51 @@ fn a_raw_table_invalid_drop_is_named() {
     assert_eq!(rule["chain"], "PREROUTING");
     assert_eq!(rule["index"], 1);
 }
+
+/// Every scenario on three topologies: Docker's default names, a user-defined network
+/// (`br-<12 hex>`, 172.18.0.0/16, the port published on one host address) and one resembling
+/// neither. Same verdict, reason and diagnosis code, and nothing in the diagnosis names a
+/// bridge or subnet of another topology.
+#[test]
+fn every_scenario_holds_on_three_topologies() {
+    let mut ran = Vec::new();
+    for s in scenario::all() {
+        for config in lab::LabConfig::topologies() {
+            if config.bridge == s.config.bridge {
+                continue; // the scenario's own topology: its own test ran it
+            }
+            let moved = s.on(&config);
+            let (_lab, seen) = scenario::observe(&moved, "auto").expect("scenario runs");
+            assert!(
+                seen.matches(&moved.expect),
+                "{} on bridge {}: expected {:?}, pathtrace said {:#}",
+                s.name,
+                config.bridge,
+                moved.expect,
+                seen.verdict
+            );
+            let said = seen.verdict["diagnosis"].to_string();
+            // The other topologies' bridges and container subnets (`172.17.0.`).
+            let foreign = lab::LabConfig::topologies()
+                .into_iter()
+                .filter(|t| t.bridge != config.bridge)
+                .flat_map(|t| {
+                    let ip = t.container_addr.to_string();
+                    let subnet = ip
+                        .rsplit_once('.')
+                        .map_or(ip.clone(), |(net, _)| format!("{net}."));
+                    [t.bridge, subnet]
+                });
+            for name in foreign {
+                assert!(
+                    !said.contains(&name),
+                    "{} on bridge {}: the diagnosis names `{name}` of another topology: {said}",
+                    s.name,
+                    config.bridge
+                );
+            }
+            ran.push(format!("{}@{}", s.name, config.bridge));
+        }
+    }
+    assert!(ran.len() >= 2 * 18, "{ran:?}");
+}
