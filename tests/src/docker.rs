@@ -179,15 +179,35 @@ impl Docker {
 
     /// Runs a container with `-p <publish>` (`198.51.100.1:6443:80`); httpd listens on 80.
     pub fn run_publishing(&self, name: &str, publish: &str) -> Result<Container> {
+        self.run_on(name, None, Some(publish))
+    }
+
+    /// Runs a container on `network` (Docker's `bridge` when `None`), publishing `publish`.
+    pub fn run_on(
+        &self,
+        name: &str,
+        network: Option<&Network>,
+        publish: Option<&str>,
+    ) -> Result<Container> {
         let image = self.image()?;
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
-        run(
-            "docker",
-            &["run", "-d", "--init", "--name", name, "-p", publish, image],
-        )?;
+        let mut args = vec!["run", "-d", "--init", "--name", name];
+        if let Some(n) = network {
+            args.extend(["--network", n.name.as_str()]);
+        }
+        if let Some(p) = publish {
+            args.extend(["-p", p]);
+        }
+        args.push(image);
+        run("docker", &args)?;
         let ip = run(
             "docker",
-            &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", name],
+            &[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                name,
+            ],
         )?;
         Ok(Container {
             name: name.to_owned(),
@@ -250,6 +270,40 @@ fn feed(cmd: &str, args: &[&str], input: &str) {
             let _ = stdin.write_all(input.as_bytes());
         }
         let _ = child.wait();
+    }
+}
+
+/// A user-defined Docker network (its bridge is `br-<first 12 hex of its id>`), removed on
+/// drop.
+pub struct Network {
+    pub name: String,
+    pub id: String,
+}
+
+impl Network {
+    /// `docker network create --subnet SUBNET NAME`.
+    pub fn create(name: &str, subnet: &str) -> Result<Self> {
+        let _ = Command::new("docker")
+            .args(["network", "rm", name])
+            .output();
+        let id = run("docker", &["network", "create", "--subnet", subnet, name])?;
+        Ok(Self {
+            name: name.to_owned(),
+            id: id.trim().to_owned(),
+        })
+    }
+
+    /// The Linux bridge Docker made for it.
+    pub fn bridge(&self) -> String {
+        format!("br-{}", &self.id[..12.min(self.id.len())])
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
     }
 }
 

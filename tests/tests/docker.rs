@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lab::{
     daemon::Daemon,
-    docker::{Docker, OutsideHost, unavailable},
+    docker::{Docker, Network, OutsideHost, unavailable},
     tracer::Tracer,
 };
 use serde_json::Value;
@@ -392,4 +392,102 @@ fn daemon_names_containers_created_after_a_dockerd_restart() {
     assert!(line.contains("code=\"forwarding_disabled\""), "{line}");
     assert!(m.contains("hooks=\"drops\""), "the default set: {m}");
     assert_eq!(d.get("/healthz").map(|(s, _)| s), Some(200));
+}
+
+/// A user-defined network (`br-<id>`, 172.29.0.0/16) with two containers, one of them
+/// publishing a port on one host address: its SYN is delivered through that network's bridge,
+/// the container named. A container on Docker's default bridge reaching it is dropped by
+/// Docker's network isolation, named as such, and the fix is Docker's: `docker network
+/// connect`, never deleting the rule Docker keeps.
+#[test]
+fn a_user_defined_network_is_traced_and_its_isolation_named() {
+    let Some(docker) = docker() else { return };
+    let client = OutsideHost::new().expect("client namespace");
+    let net = Network::create(&name("net"), "172.29.0.0/16").expect("network");
+    let web = docker
+        .run_on(
+            &name("uweb"),
+            Some(&net),
+            Some(&format!("{}:7443:80", client.host_addr)),
+        )
+        .expect("container on the network");
+    let _api = docker
+        .run_on(&name("uapi"), Some(&net), None)
+        .expect("a second one");
+    let outsider = docker
+        .run_on(&name("dflt"), None, None)
+        .expect("on the default bridge");
+    assert!(
+        web.address.to_string().starts_with("172.29."),
+        "{}",
+        web.address
+    );
+
+    let mut tracer = Tracer::start(&["--dport", "7443"]).expect("pathtrace");
+    assert!(
+        client
+            .connect(7443, Duration::from_secs(5))
+            .expect("connect")
+    );
+    let v = tracer
+        .wait_for(Duration::from_secs(10), syn_verdict)
+        .expect("verdict");
+    assert_eq!(v["outcome"], "delivered", "{v:#}");
+    assert_eq!(v["target"]["container"]["name"], web.name.as_str(), "{v:#}");
+    let skb = v["skb"].as_str().unwrap_or_default().to_owned();
+    let hops = tracer.hops_of(&skb);
+    assert!(
+        hops.iter().any(|h| h["ifname"] == net.bridge().as_str()),
+        "no hop on {}: {hops:#?}",
+        net.bridge()
+    );
+    tracer.stop().expect("stop");
+
+    let mut tracer =
+        Tracer::start(&["--host", &web.address.to_string(), "--dport", "80"]).expect("pathtrace");
+    let fetched = std::process::Command::new("docker")
+        .args(["exec", &outsider.name, "nc", "-w", "2"])
+        .arg(web.address.to_string())
+        .arg("80")
+        .output()
+        .expect("docker exec");
+    assert!(
+        !fetched.status.success(),
+        "isolated networks must not reach each other"
+    );
+    let v = tracer
+        .wait_for(Duration::from_secs(10), syn_verdict)
+        .unwrap_or_else(|e| {
+            let route = std::process::Command::new("docker")
+                .args(["exec", &outsider.name, "ip", "route"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!(
+                "no verdict for the isolated SYN ({e}); nc ({}) said {:?}, {:?}; {} routes: {route}",
+                fetched.status,
+                String::from_utf8_lossy(&fetched.stdout),
+                String::from_utf8_lossy(&fetched.stderr),
+                outsider.name
+            )
+        });
+    assert_eq!(v["drop_reason"], "NETFILTER_DROP", "{v:#}");
+    let d = &v["diagnosis"];
+    assert!(
+        d["rule"]["chain"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("DOCKER-ISOLATION-STAGE")),
+        "{d:#}"
+    );
+    let fix = d["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.starts_with(&format!(
+            "docker network connect {} {}",
+            &net.id[..12],
+            outsider.name
+        )),
+        "{fix}"
+    );
+    assert!(fix.contains("isolates its networks"), "{fix}");
+    tracer.stop().expect("stop");
 }
