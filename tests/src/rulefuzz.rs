@@ -502,13 +502,11 @@ fn iptables_counters(text: &str, label: &str, out: &mut Counters) {
                 continue;
             };
             if policy == "DROP" {
-                let packets = counts
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .split(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
-                out.push(((table.clone(), chain.to_owned(), None), packets, true));
+                out.push((
+                    (table.clone(), chain.to_owned(), None),
+                    packets(counts),
+                    true,
+                ));
             }
         } else if line.starts_with('[') {
             let Some((counts, rule)) = line.split_once(' ') else {
@@ -519,16 +517,24 @@ fn iptables_counters(text: &str, label: &str, out: &mut Counters) {
             };
             let i = index.entry(chain.to_owned()).or_insert(0);
             *i += 1;
-            let packets = counts
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
             let drops = rule.ends_with("-j DROP") || rule.contains("-j REJECT");
-            out.push(((table.clone(), chain.to_owned(), Some(*i)), packets, drops));
+            out.push((
+                (table.clone(), chain.to_owned(), Some(*i)),
+                packets(counts),
+                drops,
+            ));
         }
     }
+}
+
+/// The packets of a `[packets:bytes]` counter.
+fn packets(counts: &str) -> u64 {
+    counts
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `nft -j list ruleset`, tables `fuzz` only: rule counters in order, and for a base chain
