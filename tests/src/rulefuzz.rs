@@ -330,7 +330,10 @@ impl Gen<'_> {
     /// A native nft table: base chains at priorities around iptables' own, rules with a
     /// counter each, a trailing bare counter so a policy's decision can be seen.
     fn nft(&mut self) -> String {
-        let family = *self.rng.pick(&["ip", "inet"]);
+        let family = *self.rng.pick(&["ip", "inet", "inet", "ip", "bridge"]);
+        if family == "bridge" {
+            return self.nft_bridge();
+        }
         let mut t = format!("table {family} fuzz {{\n");
         let user = self.rng.chance(40);
         if user {
@@ -365,7 +368,50 @@ impl Gen<'_> {
                 };
                 let _ = writeln!(t, "    {r}");
             }
-            t.push_str("    counter\n  }\n");
+            // The policy's witness, TCP only (an `inet` table sees the host's IPv6 too).
+            t.push_str("    meta l4proto tcp counter\n  }\n");
+        }
+        t.push_str("}\n");
+        t
+    }
+
+    /// A `bridge` table (what ebtables-nft writes): it sees frames the bridge forwards, and
+    /// those the bridge device itself sends out (the routed SYN leaving towards the container
+    /// crosses its output and postrouting); its interfaces are bridge ports.
+    fn nft_bridge(&mut self) -> String {
+        let mut t = String::from("table bridge fuzz {\n");
+        for i in 0..1 + self.rng.below(2) {
+            let hook = *self
+                .rng
+                .pick(&["forward", "output", "postrouting", "prerouting"]);
+            let prio = *self.rng.pick(&[-300, -200, 0, 100]);
+            let policy = *self.rng.pick(&["accept", "accept", "drop"]);
+            let _ = writeln!(
+                t,
+                "  chain fz_br_{hook}_{i} {{\n    type filter hook {hook} priority {prio}; policy {policy};"
+            );
+            for _ in 0..self.rng.below(3) {
+                let mut m = String::new();
+                if self.rng.chance(40) {
+                    let _ = write!(m, "ip daddr {} ", self.addr());
+                }
+                if self.rng.chance(30) {
+                    let _ = write!(m, "ip saddr {} ", self.addr());
+                }
+                if self.rng.chance(30) {
+                    let name = *self.rng.pick(&["veth*", "eth9", "ext7"]);
+                    let _ = write!(m, "oifname \"{name}\" ");
+                }
+                if self.rng.chance(50) {
+                    let p = self.port();
+                    let _ = write!(m, "tcp dport {p} ");
+                }
+                let verdict = *self.rng.pick(&["accept", "drop", "drop"]);
+                // TCP only: the bridge also carries ARP and the container's other frames,
+                // whose counts would be taken for the SYN's.
+                let _ = writeln!(t, "    meta l4proto tcp {m}counter {verdict}");
+            }
+            t.push_str("    meta l4proto tcp counter\n  }\n");
         }
         t.push_str("}\n");
         t
@@ -538,7 +584,7 @@ fn packets(counts: &str) -> u64 {
 }
 
 /// `nft -j list ruleset`, tables `fuzz` only: rule counters in order, and for a base chain
-/// with a drop policy its trailing bare counter as the policy's.
+/// with a drop policy its trailing counter (a rule without a verdict) as the policy's.
 fn nft_counters(json: &str, out: &mut Counters) {
     let Ok(v) = serde_json::from_str::<Value>(json) else {
         return;
@@ -577,11 +623,13 @@ fn nft_counters(json: &str, out: &mut Counters) {
         let last_in_chain = rules
             .get(n + 1)
             .is_none_or(|next| next["chain"] != r["chain"] || next["family"] != r["family"]);
-        if last_in_chain
-            && exprs.len() == 1
-            && drop_policy.contains(&(family.clone(), chain.clone()))
-        {
-            // The bare counter at the end: reached means the policy decides.
+        let verdict = exprs.iter().any(|e| {
+            ["accept", "drop", "reject", "jump", "goto", "return"]
+                .iter()
+                .any(|v| e.get(*v).is_some())
+        });
+        if last_in_chain && !verdict && drop_policy.contains(&(family.clone(), chain.clone())) {
+            // The counter closing the chain: reached means the policy decides.
             out.push(((table, chain, None), packets, true));
         } else {
             out.push(((table, chain, Some(*i)), packets, drops));
@@ -731,7 +779,7 @@ fn apply(lab: &Lab, case: &Case) -> Result<()> {
         Some(legacy),
     )
     .with_context(|| format!("seed {:#x}: iptables-legacy-restore", case.seed))?;
-    for family in ["ip", "inet"] {
+    for family in ["ip", "inet", "bridge"] {
         let _ = lab.host.exec("nft", &["delete", "table", family, "fuzz"]);
     }
     if !case.nft.is_empty() {
@@ -780,7 +828,10 @@ pub fn check(count: u64, seed: u64, mut progress: impl FnMut(&str)) -> Result<Ou
         "auto",
     ])?;
     let mut out = Outcome::default();
-    let mut sport: u16 = 20000;
+    // Another run may trace the same addresses at once (CI beside an xtask run): its
+    // verdicts are told apart by the namespaces this lab named, and the source ports differ.
+    let ours = lab.host.name.trim_end_matches("-host").to_owned();
+    let mut sport: u16 = 20000 + (std::process::id() % 20000) as u16;
     for i in 0..count {
         let case = generate(seed.wrapping_add(i), &config);
         apply(&lab, &case)?;
@@ -801,6 +852,9 @@ pub fn check(count: u64, seed: u64, mut progress: impl FnMut(&str)) -> Result<Ou
                     v["kind"] == "verdict"
                         && v["tuple"]["sport"] == sport
                         && v["last_hop"]["tcp_flags"] == "SYN"
+                        && v["last_hop"]["netns_name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with(&ours))
                 })
                 .with_context(|| format!("seed {:#x}: no verdict for sport {sport}", case.seed))?;
             let pathtrace = pathtrace_fate(&verdict);
