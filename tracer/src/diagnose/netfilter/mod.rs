@@ -67,7 +67,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
     let observed_hook = nf_hop.and_then(|nf| nf.hook);
     let ruleset = facts.ruleset(netns);
     let walked = match &ruleset {
-        Ok(Some(rs)) => walk(case, facts, rs, netns, observed_hook),
+        Ok(Some(rs)) => walk(case, facts, rs, netns, nf_hop),
         _ => None,
     };
     let mut evidence = drop_evidence(case, drop, nf_hop, &ns);

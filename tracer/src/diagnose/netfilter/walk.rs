@@ -7,6 +7,7 @@ use crate::{
     diagnose::{Case, sysctl_is},
     events::{Hop, Tuple},
     host::HostFacts,
+    net::{Family, Netfilter},
     ruleset::{Hook, HookOutcome, RuleVerdict, Ruleset},
 };
 
@@ -35,16 +36,26 @@ impl Walked {
     }
 }
 
-/// Walks the packet through the hooks of `netns` until a hook drops it: only the `observed`
-/// hook when the backend saw it, else from PREROUTING (or OUTPUT for a packet made there).
+/// Walks the packet through the hooks of `netns` until a hook drops it: only the hook the
+/// backend saw return drop (`nf`), else from PREROUTING (or OUTPUT for a packet made there).
 pub(super) fn walk(
     case: &Case<'_>,
     facts: &mut dyn HostFacts,
     rs: &Ruleset,
     netns: u32,
-    observed: Option<Hook>,
+    nf: Option<Netfilter>,
 ) -> Option<Walked> {
+    let observed = nf.and_then(|n| n.hook);
     let w = Walker::new(case, facts, rs, netns)?;
+    // The bridge family's OUTPUT/POSTROUTING: a frame the bridge device sends to a port.
+    if let Some(n) = nf
+        && n.family == Family::Bridge
+        && matches!(n.hook, Some(Hook::Output | Hook::Postrouting))
+        && let Some(mut sent) = w.sent_by_bridge(facts, w.at_drop)
+    {
+        sent.observed = true;
+        return Some(sent);
+    }
     if let Some(bridged) = w.bridge_family(facts, observed) {
         return Some(bridged);
     }
@@ -224,7 +235,43 @@ impl<'w> Walker<'w> {
             return self.result(fwd, out_if, bridged, false);
         }
         let (post, out_if) = self.at(facts, Hook::Postrouting, t, out_if);
-        self.result(post, out_if, None, false)
+        if post.verdict != RuleVerdict::Accept {
+            return self.result(post, out_if, None, false);
+        }
+        self.sent_by_bridge(facts, t)
+            .unwrap_or_else(|| self.result(post, out_if, None, false))
+    }
+
+    /// Routed out of a bridge device: the bridge sends the frame to a port, through the bridge
+    /// family's OUTPUT and POSTROUTING (no input device; the port as the output), where an
+    /// nft `bridge` table (ebtables) may drop it. The port is the device at the drop.
+    fn sent_by_bridge(&self, facts: &mut dyn HostFacts, t: Tuple) -> Option<Walked> {
+        let bridge = facts
+            .connected_route(self.netns, t.dst)
+            .filter(|l| l.kind == "bridge")?;
+        let port = self
+            .case
+            .drop_hop()
+            .filter(|h| h.netns == self.netns)
+            .and_then(|h| facts.interface(self.netns, h.ifindex))
+            .filter(|l| l.master == Some(bridge.ifindex))
+            .map(|l| l.name);
+        let mut p = self.case.at_hook(facts, self.netns, t, None, port.clone());
+        p.physdev_out = port.clone();
+        for hook in [Hook::Output, Hook::Postrouting] {
+            let outcome = self.rs.evaluate_bridge(hook, &p);
+            if outcome.verdict != RuleVerdict::Accept {
+                return Some(Walked {
+                    outcome,
+                    in_if: None,
+                    out_if: port,
+                    observed: false,
+                    bridged: Some(bridge.name),
+                    bridge_family: true,
+                });
+            }
+        }
+        None
     }
 
     /// The packet at `hook` with header `t`, evaluated.
