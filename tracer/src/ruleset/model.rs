@@ -121,6 +121,12 @@ pub struct BaseChain {
 }
 
 impl BaseChain {
+    /// Whether the kernel runs this chain for `pkt`: a nat chain sees only a connection's
+    /// first packet.
+    fn sees(&self, pkt: &PacketAtHook) -> bool {
+        !self.nat || pkt.ct_state == CtState::New
+    }
+
     /// The built-in chains of iptables' tables, at the priorities the kernel registers them.
     pub fn iptables(table: &str, chain: &str) -> Option<Self> {
         let hook = Hook::from_name(chain)?;
@@ -493,7 +499,7 @@ impl Ruleset {
         // The packet as each chain sees it: rewritten by a DNAT for the chains after it.
         let mut now = pkt.clone();
         for (k, &(table, chain, base)) in entries.iter().enumerate() {
-            if base.nat && pkt.ct_state != CtState::New {
+            if !base.sees(pkt) {
                 continue;
             }
             let (flow, path, unknown) = self.run_base(table, chain, base, hook, bridge, &now);
@@ -577,7 +583,7 @@ impl Ruleset {
         after
             .iter()
             .take_while(|(_, _, b)| b.priority == base.priority)
-            .filter(|(_, _, b)| !(b.nat && pkt.ct_state != CtState::New))
+            .filter(|(_, _, b)| b.sees(pkt))
             .find_map(|&(t, c, b)| {
                 let (flow, _, _) = self.run_base(t, c, b, hook, bridge, pkt);
                 let (_, by) = dropped(flow, t, c, b, hook)?;

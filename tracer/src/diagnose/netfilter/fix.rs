@@ -49,10 +49,16 @@ fn firewalld_fix(at: &Where<'_>) -> String {
     }
 }
 
+/// A rule whose fix is Docker's own command, not a ruleset edit: Docker's CLI talks to dockerd
+/// wherever it runs, so the fix is never prefixed with a namespace.
+pub(super) fn fixed_by_docker(by: &RuleRef) -> bool {
+    by.chain.starts_with("DOCKER-ISOLATION")
+}
+
 /// Docker's own chains are its design: it re-creates a deleted rule, and the isolation
 /// between its networks is on purpose. The fix is at Docker's level.
 fn docker_fix(by: &RuleRef, at: &Where<'_>) -> Option<String> {
-    if by.chain.starts_with("DOCKER-ISOLATION") {
+    if fixed_by_docker(by) {
         let network = match at.out_if {
             Some("docker0") => "bridge".to_owned(),
             Some(b) if b.starts_with("br-") => b.trim_start_matches("br-").to_owned(),

@@ -15,7 +15,7 @@ mod walk;
 use std::{sync::Arc, time::Duration};
 
 use self::{
-    fix::{Where, ebtables_table, fix_for, rule_words},
+    fix::{Where, ebtables_table, fix_for, fixed_by_docker, rule_words},
     walk::{Walked, walk},
 };
 use super::{Case, Confidence, Diagnosis, Rule, describe_rule, in_netns};
@@ -109,8 +109,7 @@ fn netfilter_drop(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosi
         code,
         summary,
         evidence,
-        // Docker's CLI talks to dockerd, wherever it runs: never inside a namespace.
-        fix: Some(if fix.starts_with("docker ") {
+        fix: Some(if fixed_by_docker(&by) {
             fix
         } else {
             in_netns(facts, netns, &fix)
