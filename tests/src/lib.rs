@@ -202,6 +202,23 @@ pub enum Fault {
     BridgeIccDrop,
     /// The container's replies are dropped in FORWARD (the SYN gets through, the SYN-ACK dies).
     ReplyDropped,
+    /// The container's replies die in raw PREROUTING on the bridge, before conntrack has
+    /// seen them (so before their tuple is known to be a reply).
+    ReplyRawDrop,
+    /// The container's replies die in a mangle FORWARD rule.
+    ReplyMangleDrop,
+    /// The container's replies die in DOCKER-USER (a rule written for the other direction's
+    /// port, matching the reply's source port).
+    ReplyDockerUserDrop,
+    /// The container's replies die in a bridge-family nft rule on the bridge's input (the
+    /// frame is for the bridge itself: routed on, not bridged).
+    ReplyBridgeDrop,
+    /// The client's source address has no route back from the host, and rp_filter is off:
+    /// the SYN gets in, the SYN-ACK finds no way out.
+    ReplyNoRoute,
+    /// DOCKER-USER rejects the SYN with an ICMP port unreachable, which goes back to the
+    /// client.
+    ForwardReject,
     /// A second container on the bridge; a `bridge` family nft rule (what `ebtables-nft`
     /// writes) drops frames to the first container's port (field note 004).
     BridgeNftDrop,
@@ -514,16 +531,7 @@ impl Lab {
                 self.listener = None;
                 Ok(())
             }
-            Fault::DockerUserDrop => self.iptables(&[
-                "-I",
-                "DOCKER-USER",
-                "-p",
-                "tcp",
-                "--dport",
-                &cport,
-                "-j",
-                "DROP",
-            ]),
+            Fault::DockerUserDrop => self.docker_user(&["-p", "tcp", "--dport", &cport, "-j", "DROP"]),
             Fault::ForwardAcceptMissing => self.iptables(&[
                 "-D",
                 "DOCKER",
@@ -562,22 +570,47 @@ impl Lab {
                 "ACCEPT",
             ]),
             Fault::StrictRpFilter => {
-                self.outside.ip(&[
-                    "addr",
-                    "add",
-                    &format!("{UNROUTABLE_CLIENT}/32"),
-                    "dev",
-                    "eth0",
-                ])?;
-                // ARP from the subnet's own address, so only the TCP packets carry the
-                // unroutable source (the host filters ARP by rp_filter too).
-                self.outside.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
-                self.outside
-                    .sysctl("net.ipv4.conf.eth0.arp_announce", "2")?;
+                self.add_unroutable_client()?;
                 self.host.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
                 self.host
                     .sysctl(&format!("net.ipv4.conf.{}.rp_filter", c.uplink), "1")
             }
+            Fault::ReplyNoRoute => {
+                self.add_unroutable_client()?;
+                self.host.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+                self.host
+                    .sysctl(&format!("net.ipv4.conf.{}.rp_filter", c.uplink), "0")
+            }
+            Fault::ReplyRawDrop => self.iptables(&[
+                "-t", "raw", "-A", "PREROUTING", "-i", &c.bridge, "-p", "tcp", "--sport", &cport,
+                "-j", "DROP",
+            ]),
+            Fault::ReplyMangleDrop => self.iptables(&[
+                "-t", "mangle", "-A", "FORWARD", "-i", &c.bridge, "-p", "tcp", "--sport", &cport,
+                "-j", "DROP",
+            ]),
+            Fault::ReplyDockerUserDrop => self.docker_user(&[
+                "-i", &c.bridge, "-p", "tcp", "--sport", &cport, "-j", "DROP",
+            ]),
+            Fault::ReplyBridgeDrop => run_stdin(
+                "ip",
+                &["netns", "exec", &self.host.name, "nft", "-f", "-"],
+                &format!(
+                    "table bridge replies {{\n  chain input {{\n    type filter hook input priority -200; policy accept;\n    ip saddr {} tcp sport {cport} counter drop\n  }}\n}}\n",
+                    c.container_addr
+                ),
+            )
+            .context("loading a bridge-family nft table"),
+            Fault::ForwardReject => self.docker_user(&[
+                "-p",
+                "tcp",
+                "--dport",
+                &cport,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "icmp-port-unreachable",
+            ]),
             Fault::DnatUnroutable => self.dnat_first(&format!("10.250.0.9:{cport}")),
             Fault::DnatDeadNeighbor => {
                 let octets = c.container_addr.octets();
@@ -714,9 +747,32 @@ impl Lab {
         ])
     }
 
+    /// [`UNROUTABLE_CLIENT`] on the outside end, which ARPs from its subnet's own address so
+    /// only the TCP packets carry the unroutable source (the host filters ARP by rp_filter
+    /// too).
+    fn add_unroutable_client(&self) -> Result<()> {
+        self.outside.ip(&[
+            "addr",
+            "add",
+            &format!("{UNROUTABLE_CLIENT}/32"),
+            "dev",
+            "eth0",
+        ])?;
+        self.outside.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        self.outside.sysctl("net.ipv4.conf.eth0.arp_announce", "2")
+    }
+
     /// `iptables ARGS` in the host namespace.
     fn iptables(&self, args: &[&str]) -> Result<()> {
         self.host.exec("iptables", args).map(drop)
+    }
+
+    /// A rule (matches and target) inserted first in DOCKER-USER, where Docker tells users to
+    /// put theirs.
+    fn docker_user(&self, rule: &[&str]) -> Result<()> {
+        let mut args = vec!["-I", "DOCKER-USER"];
+        args.extend_from_slice(rule);
+        self.iptables(&args)
     }
 
     /// A second container (`.3` on the bridge) for same-bridge traffic.

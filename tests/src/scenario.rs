@@ -42,6 +42,14 @@ impl Judged {
             Self::SynAck => "SYN|ACK",
         }
     }
+
+    /// As a connection line names it.
+    pub fn step(self) -> &'static str {
+        match self {
+            Self::Syn => "SYN",
+            Self::SynAck => "SYN-ACK",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -91,12 +99,21 @@ impl Scenario {
         }
     }
 
-    /// pathtrace's filter for this scenario's packets.
+    /// The client's source address.
+    pub fn client_addr(&self) -> std::net::Ipv4Addr {
+        match self.client {
+            Client::OutsideUnroutable => crate::UNROUTABLE_CLIENT,
+            _ => self.config.outside_addr,
+        }
+    }
+
+    /// pathtrace's filter for this scenario's packets: the port the client connects to, as a
+    /// user types it. A reply scenario's SYN-ACK is found by the kernel following the SYN's
+    /// replies, not by a filter of its own.
     pub fn filter(&self) -> Vec<String> {
         let c = &self.config;
-        match (self.client, self.judged) {
-            (_, Judged::SynAck) => vec!["--host".into(), c.outside_addr.to_string()],
-            (Client::Peer, _) => vec!["--dport".into(), c.container_port.to_string()],
+        match self.client {
+            Client::Peer => vec!["--dport".into(), c.container_port.to_string()],
             _ => vec!["--dport".into(), c.published_port.to_string()],
         }
     }
@@ -262,6 +279,58 @@ pub fn all() -> Vec<Scenario> {
                 dropped("NETFILTER_DROP", "netfilter_drop"),
             )
         },
+        Scenario {
+            judged: Judged::SynAck,
+            ..Scenario::new(
+                "reply-raw-drop",
+                "field note 003: the container's SYN-ACK dies in raw PREROUTING on the bridge, before conntrack knows it for a reply",
+                Some(Fault::ReplyRawDrop),
+                dropped("NETFILTER_DROP", "netfilter_drop"),
+            )
+        },
+        Scenario {
+            judged: Judged::SynAck,
+            ..Scenario::new(
+                "reply-mangle-drop",
+                "field note 003: the container's SYN-ACK dies in a mangle FORWARD rule",
+                Some(Fault::ReplyMangleDrop),
+                dropped("NETFILTER_DROP", "netfilter_drop"),
+            )
+        },
+        Scenario {
+            judged: Judged::SynAck,
+            ..Scenario::new(
+                "reply-docker-user-drop",
+                "field note 003: a DOCKER-USER rule on the container's port as a source drops its SYN-ACK",
+                Some(Fault::ReplyDockerUserDrop),
+                dropped("NETFILTER_DROP", "netfilter_drop"),
+            )
+        },
+        Scenario {
+            judged: Judged::SynAck,
+            ..Scenario::new(
+                "reply-bridge-drop",
+                "field note 003/004: a bridge-family nft rule on the bridge's input drops the container's SYN-ACK",
+                Some(Fault::ReplyBridgeDrop),
+                dropped("NETFILTER_DROP", "bridge_netfilter_drop"),
+            )
+        },
+        Scenario {
+            judged: Judged::SynAck,
+            client: Client::OutsideUnroutable,
+            ..Scenario::new(
+                "reply-no-route",
+                "field note 003: the client's address has no route back from the host; the SYN gets in, the SYN-ACK has nowhere to go",
+                Some(Fault::ReplyNoRoute),
+                dropped("IP_INNOROUTES", "no_route"),
+            )
+        },
+        Scenario::new(
+            "forward-reject",
+            "a REJECT in DOCKER-USER: the SYN dies and an ICMP port unreachable goes back to the client, shown with its flow",
+            Some(Fault::ForwardReject),
+            dropped("NETFILTER_DROP", "netfilter_drop"),
+        ),
     ]
 }
 
@@ -277,6 +346,10 @@ pub struct Observed {
     /// The hop lines of the SYN's skb.
     pub hops: Vec<Value>,
     pub stats: Value,
+    /// The `flow` lines (one per connection), told as the trace stopped.
+    pub flows: Vec<Value>,
+    /// Every verdict line.
+    pub verdicts: Vec<Value>,
 }
 
 impl Observed {
@@ -298,6 +371,41 @@ impl Observed {
             && self.code() == e.code
             && self.netfilter_drop_seen(e)
             && (e.drop_reason != Some("NETFILTER_DROP") || self.rule().is_some())
+    }
+
+    /// The connection line of the judged packet's flow.
+    pub fn connection(&self) -> Option<&Value> {
+        let id = self.verdict["flow"].as_u64()?;
+        self.flows.iter().find(|f| f["id"] == id)
+    }
+
+    /// The connection line tells the judged packet's fate: its step with the expected outcome,
+    /// and for a drop, that step explains the connection with the expected diagnosis.
+    pub fn connection_tells(&self, s: &Scenario) -> bool {
+        let Some(c) = self.connection() else {
+            return false;
+        };
+        let steps = c["steps"].as_array().cloned().unwrap_or_default();
+        let judged = s.judged.step();
+        let step = steps
+            .iter()
+            .position(|st| st["packet"] == judged && st["outcome"] == s.expect.outcome);
+        let summary = c["summary"].as_str().unwrap_or_default();
+        match step {
+            None => false,
+            Some(i) if s.expect.outcome == "dropped" => {
+                c["explained_by"] == i
+                    && steps[i]["code"].as_str() == s.expect.code
+                    && summary.contains(&format!("{judged} dropped in netns"))
+                    && c["state"]
+                        == if s.judged == Judged::SynAck {
+                            "reply_dropped"
+                        } else {
+                            "dropped"
+                        }
+            }
+            Some(_) => summary.contains(&format!("{judged} delivered")),
+        }
     }
 
     /// The dropping rule or policy the diagnosis named: `table/chain rule N, counter C` or
@@ -369,7 +477,9 @@ impl Observed {
                 "code": self.code(),
             },
             "rule": self.rule(),
+            "connection": self.connection().map(|c| c["summary"].clone()),
             "pass": self.matches(&scenario.expect)
+                && self.connection_tells(scenario)
                 && (std::env::var_os("PTLAB_IN_VM").is_none()
                     || scenario.vm_rule_table.is_none_or(|t| {
                         self.rule().is_some_and(|r| r.starts_with(&format!("{t}/")))
@@ -432,7 +542,8 @@ pub fn observe_with(
         })?;
     let skb = verdict["skb"].as_str().unwrap_or_default().to_owned();
     let hops = tracer.hops_of(&skb).into_iter().cloned().collect();
-    let stats = tracer.stop()?;
+    let (stats, lines) = tracer.stop_with_lines()?;
+    let of_kind = |k: &str| lines.iter().filter(|v| v["kind"] == k).cloned().collect();
     Ok((
         lab,
         Observed {
@@ -440,6 +551,8 @@ pub fn observe_with(
             verdict,
             hops,
             stats,
+            flows: of_kind("flow"),
+            verdicts: of_kind("verdict"),
         },
     ))
 }

@@ -140,7 +140,13 @@ impl Tracer {
     }
 
     /// Sends SIGINT and returns the `stats` line.
-    pub fn stop(mut self) -> Result<Value> {
+    pub fn stop(self) -> Result<Value> {
+        self.stop_with_lines().map(|(stats, _)| stats)
+    }
+
+    /// Sends SIGINT and returns the `stats` line and every line seen, the connections told
+    /// at the end among them.
+    pub fn stop_with_lines(mut self) -> Result<(Value, Vec<Value>)> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let stats = self.wait_for(Duration::from_secs(10), |v| v["kind"] == "stats")?;
@@ -148,7 +154,7 @@ impl Tracer {
         if !status.success() {
             bail!("pathtrace exited with {status}");
         }
-        Ok(stats)
+        Ok((stats, std::mem::take(&mut self.seen)))
     }
 }
 

@@ -381,3 +381,51 @@ fn accept_failing_with_emfile_does_not_spin() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A daemon filtered on a published port counts the container's SYN-ACK dying in DOCKER-USER
+/// on its way back, with the same labels as the SYN's would have and `direction="reply"`: on
+/// the receive set the kernel follows the replies of the SYN it matched; on the default set
+/// (drops alone, nothing followed) the drop is matched by the connection conntrack says it
+/// answers. On a topology with other names, addresses and ports.
+#[test]
+fn a_reply_dropped_on_its_way_back_is_counted_with_its_direction() {
+    let config = LabConfig::unusual();
+    for (hooks, port) in [("hooks = \"receive\"\n", 19473), ("", 19474)] {
+        let lab = Lab::with_fault(config.clone(), Fault::ReplyDockerUserDrop).expect("lab");
+        let d = Daemon::start(
+            &format!(
+                "{hooks}[filter]\ndport = {}\nproto = \"tcp\"\n",
+                config.published_port
+            ),
+            port,
+        );
+        assert!(!lab.connect(Duration::from_millis(1500)).unwrap());
+        let m = d.wait_for_metric(|m| m.contains("direction=\"reply\""));
+        assert_prometheus_text(&m);
+        let line = m
+            .lines()
+            .find(|l| l.contains("direction=\"reply\""))
+            .unwrap()
+            .to_owned();
+        for label in [
+            "reason=\"NETFILTER_DROP\"".to_owned(),
+            "code=\"netfilter_drop\"".to_owned(),
+            format!("netns=\"{}\"", lab.host.name),
+            format!("ifname=\"{}\"", config.bridge),
+        ] {
+            assert!(line.contains(&label), "{hooks}: {label} in {line}");
+        }
+        assert!(
+            !m.contains("direction=\"original\""),
+            "{hooks}: the SYN was delivered: {m}"
+        );
+        let log = std::fs::read_to_string(d.dir.join("drops.json")).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(log.lines().next().expect("a JSON line")).unwrap();
+        assert_eq!(first["direction"], "reply", "{hooks}: {first}");
+        assert_eq!(
+            first["diagnosis"]["rule"]["chain"], "DOCKER-USER",
+            "{hooks}: {first}"
+        );
+    }
+}

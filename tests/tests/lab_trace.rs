@@ -19,6 +19,12 @@ fn run(name: &str) -> (lab::Lab, Observed, Scenario) {
         s.expect,
         seen.verdict
     );
+    assert!(
+        seen.connection_tells(&s),
+        "{name}: the connection line does not tell the {}'s fate: {:#?}",
+        s.judged.step(),
+        seen.connection()
+    );
     (lab, seen, s)
 }
 
@@ -613,8 +619,18 @@ fn every_drop_is_diagnosed_alike_from_the_drop_alone() {
         // it: a packet that died past the container's veth is matched by where it was headed
         // then (docs/backends.md), as `--container` would.
         let in_container = path.verdict["last_hop"]["netns_name"] == lab_p.container.name.as_str();
-        let filter =
-            in_container.then(|| vec!["--host".into(), s.config.container_addr.to_string()]);
+        // Nothing but drops is traced, so no reply is followed: a reply's drop is matched by
+        // the connection conntrack says it answers (the user's filter), except where it dies
+        // before conntrack has seen it (raw PREROUTING, the bridge's input): there only the
+        // client's address matches it.
+        let before_conntrack = ["reply-raw-drop", "reply-bridge-drop"].contains(&s.name);
+        let filter = if before_conntrack {
+            Some(vec!["--host".into(), s.client_addr().to_string()])
+        } else if s.judged == scenario::Judged::SynAck {
+            None
+        } else {
+            in_container.then(|| vec!["--host".into(), s.config.container_addr.to_string()])
+        };
         // The first lab goes before the second is traced (same addresses, retransmits).
         let p = lab_neutral(&lab_p, &path.verdict["diagnosis"]);
         drop(lab_p);
@@ -838,12 +854,13 @@ fn every_scenario_holds_on_three_topologies() {
             let moved = s.on(&config);
             let (_lab, seen) = scenario::observe(&moved, "auto").expect("scenario runs");
             assert!(
-                seen.matches(&moved.expect),
-                "{} on bridge {}: expected {:?}, pathtrace said {:#}",
+                seen.matches(&moved.expect) && seen.connection_tells(&moved),
+                "{} on bridge {}: expected {:?}, pathtrace said {:#} in connection {:#?}",
                 s.name,
                 config.bridge,
                 moved.expect,
-                seen.verdict
+                seen.verdict,
+                seen.connection()
             );
             let said = seen.verdict["diagnosis"].to_string();
             // The other topologies' bridges and container subnets (`172.17.0.`).
@@ -869,4 +886,155 @@ fn every_scenario_holds_on_three_topologies() {
         }
     }
     assert!(ran.len() >= 2 * 18, "{ran:?}");
+}
+
+/// The expected dropping rule of each reply scenario (`table/chain rule N`); `None` where no
+/// rule drops it.
+fn reply_rule(name: &str) -> Option<&'static str> {
+    match name {
+        "reply-dropped" => Some("filter/FORWARD rule 1"),
+        "reply-raw-drop" => Some("raw/PREROUTING rule 1"),
+        "reply-mangle-drop" => Some("mangle/FORWARD rule 1"),
+        "reply-docker-user-drop" => Some("filter/DOCKER-USER rule 1"),
+        "reply-bridge-drop" => Some("bridge replies/input rule 1"),
+        _ => None,
+    }
+}
+
+/// Field note 003 as a user meets it: `pathtrace --dport <published port>`, nothing else. The
+/// SYN is delivered; its SYN-ACK, which the filter does not match (its source is the
+/// container's port), is followed by the kernel from its first hop in the container and dies
+/// at each place a reply can die. Its verdict names the rule and fix, and the connection line
+/// says the SYN got in and the SYN-ACK died there.
+#[test]
+fn every_reply_drop_is_traced_from_the_users_filter() {
+    let mut ran = Vec::new();
+    for s in scenario::all()
+        .into_iter()
+        .filter(|s| s.judged == scenario::Judged::SynAck)
+    {
+        assert_eq!(
+            s.filter(),
+            ["--dport", &s.config.published_port.to_string()],
+            "the user's filter"
+        );
+        let (lab, seen, _) = run(s.name);
+        assert!(
+            seen.ready["filter"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("and their replies")),
+            "{}: {}",
+            s.name,
+            seen.ready["filter"]
+        );
+        let v = &seen.verdict;
+        assert_eq!(v["direction"], "reply", "{}: {v:#}", s.name);
+        // From its first hop: the container's end of the veth.
+        assert_eq!(
+            seen.hops[0]["netns_name"],
+            lab.container.name.as_str(),
+            "{}: {:#?}",
+            s.name,
+            seen.hops
+        );
+        assert!(
+            seen.hops.iter().any(|h| h["followed"] == true),
+            "{}: the hop where following began is marked: {:#?}",
+            s.name,
+            seen.hops
+        );
+        let drop = seen.hops.last().expect("hops");
+        assert_eq!(drop["netns_name"], lab.host.name.as_str(), "{}", s.name);
+        let c = seen.connection().expect("connection line");
+        let summary = c["summary"].as_str().unwrap_or_default();
+        assert!(
+            summary.starts_with(&format!(
+                "SYN delivered to {}:{}",
+                s.config.container_addr, s.config.container_port
+            )),
+            "{}: {summary}",
+            s.name
+        );
+        match reply_rule(s.name) {
+            Some(rule) => {
+                let named = seen.rule().unwrap_or_default();
+                assert!(named.starts_with(rule), "{}: {named}", s.name);
+                assert!(
+                    summary.contains(&format!(
+                        "SYN-ACK dropped in netns {} at {rule}",
+                        lab.host.name
+                    )),
+                    "{}: {summary}",
+                    s.name
+                );
+                assert!(
+                    v["diagnosis"]["fix"]
+                        .as_str()
+                        .is_some_and(|f| f.contains(&lab.host.name)),
+                    "{}: {v:#}",
+                    s.name
+                );
+            }
+            None => assert!(
+                summary.contains(&format!("SYN-ACK dropped in netns {}", lab.host.name)),
+                "{}: {summary}",
+                s.name
+            ),
+        }
+        ran.push(s.name);
+    }
+    assert!(ran.len() >= 6, "{ran:?}");
+}
+
+/// `--no-replies` is what a trace was before the kernel followed replies: the SYN alone. The
+/// same reply scenario then shows no SYN-ACK at all, so the test above cannot pass by a filter
+/// that matched the reply by accident.
+#[test]
+fn without_following_replies_the_dying_syn_ack_is_not_seen() {
+    let s = scenario::find("reply-docker-user-drop").expect("scenario");
+    let lab = lab::Lab::with_fault(s.config.clone(), s.fault.clone().expect("fault")).expect("lab");
+    let port = s.config.published_port.to_string();
+    let mut tracer =
+        Tracer::start(&["--dport", &port, "--proto", "tcp", "--no-replies"]).expect("pathtrace");
+    assert!(!lab.connect(Duration::from_millis(1500)).expect("connect"));
+    tracer
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
+        })
+        .expect("the SYN's verdict");
+    let (_, lines) = tracer.stop_with_lines().expect("stops");
+    let replies: Vec<_> = lines
+        .iter()
+        .filter(|v| v["kind"] == "verdict" && v["direction"] != "original")
+        .collect();
+    assert!(replies.is_empty(), "{replies:#?}");
+}
+
+/// A REJECT answers the SYN with an ICMP port unreachable. The kernel follows it by the header
+/// it quotes (the SYN as the client sent it, after conntrack translated the quote back), and
+/// it is shown in the SYN's flow, as related, and in the connection line.
+#[test]
+fn a_reject_s_icmp_error_is_shown_with_its_flow() {
+    let (lab, seen, _) = run("forward-reject");
+    let flow = seen.verdict["flow"].clone();
+    let icmp = seen
+        .verdicts
+        .iter()
+        .find(|v| v["icmp"].is_object())
+        .unwrap_or_else(|| panic!("no ICMP error: {:#?}", seen.verdicts));
+    assert_eq!(icmp["icmp"]["error"], "port unreachable", "{icmp:#}");
+    assert_eq!(icmp["direction"], "related", "{icmp:#}");
+    assert_eq!(icmp["flow"], flow, "{icmp:#}");
+    let about = &icmp["icmp"]["about"];
+    assert_eq!(about["dst"], lab.config.host_addr.to_string(), "{icmp:#}");
+    assert_eq!(about["dport"], lab.config.published_port, "{icmp:#}");
+    assert_eq!(about["src"], lab.config.outside_addr.to_string());
+    let c = seen.connection().expect("connection");
+    assert!(
+        c["steps"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|st| st["packet"] == "ICMP port unreachable" && st["direction"] == "related")),
+        "{c:#}"
+    );
+    assert_eq!(c["state"], "dropped", "{c:#}");
 }

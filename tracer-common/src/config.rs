@@ -49,7 +49,10 @@ pub struct Filter {
     pub n_locals: u8,
     pub n_dests: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// Seconds a matched flow's replies (and ICMP errors about it) stay followed after its
+    /// last traced packet; 0 traces only what the fields match (`--no-replies`).
+    pub reply_secs: u16,
     /// More values of `host`: a container on several networks has an address on each.
     pub hosts: [[u8; 4]; MAX_HOSTS],
     /// The host namespace's own addresses, for `dests` published on all of them.
@@ -90,7 +93,8 @@ impl Filter {
             n_hosts: 0,
             n_locals: 0,
             n_dests: 0,
-            _pad: [0; 3],
+            _pad: 0,
+            reply_secs: 0,
             hosts: [[0; 4]; MAX_HOSTS],
             locals: [[0; 4]; MAX_LOCALS],
             dests: [Dest {
@@ -276,6 +280,94 @@ impl Filter {
     }
 }
 
+/// A packet's header as the kernel looks it up in `REPLIES`: the tuple a reply to a followed
+/// packet shows (its source and destination swapped), at any point on its way back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Network byte order.
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        saddr: [0; 4],
+        daddr: [0; 4],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        _pad: [0; 3],
+    };
+
+    /// A cheap mix of the tuple, kept with a followed skb to tell a NAT rewrite from the same
+    /// header seen again. A collision only skips learning one reply tuple.
+    #[inline(always)]
+    pub fn hash32(&self) -> u32 {
+        let a = u32::from_ne_bytes(self.saddr).wrapping_mul(0x9e37_79b1);
+        let b = (a ^ u32::from_ne_bytes(self.daddr)).wrapping_mul(0x85eb_ca6b);
+        (b ^ ((self.sport as u32) << 16 | self.dport as u32)).wrapping_mul(0xc2b2_ae35)
+            ^ self.proto as u32
+    }
+
+    /// The reply to follow for a followed skb showing this header now, given the value
+    /// remembered for it (see [`follow`]): a header it did not show before (its first hop, or
+    /// one a NAT rewrote) asks for the replies that header will get. `None` when the header
+    /// is the one remembered, or has no ports (no reply tuple to expect).
+    #[inline(always)]
+    pub fn reply_to_learn(&self, remembered: Option<u64>, has_ports: bool) -> Option<FlowKey> {
+        let seen = remembered.is_some_and(|v| follow::tuple(v) == self.hash32());
+        (!seen && has_ports)
+            .then(|| Self::reply_to(self.saddr, self.daddr, self.sport, self.dport, self.proto))
+    }
+
+    /// The key of the reply to a packet with this header.
+    #[inline(always)]
+    pub const fn reply_to(
+        saddr: [u8; 4],
+        daddr: [u8; 4],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            saddr: daddr,
+            daddr: saddr,
+            sport: dport,
+            dport: sport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The value the kernel keeps per followed skb: the packet's fingerprint in the low half, the
+/// [`FlowKey::hash32`] of the header it last showed in the high half.
+pub mod follow {
+    /// Packs a fingerprint and a tuple hash.
+    #[inline(always)]
+    pub const fn remember(fingerprint: u32, tuple: u32) -> u64 {
+        fingerprint as u64 | (tuple as u64) << 32
+    }
+
+    #[inline(always)]
+    pub const fn fingerprint(v: u64) -> u32 {
+        v as u32
+    }
+
+    #[inline(always)]
+    pub const fn tuple(v: u64) -> u32 {
+        (v >> 32) as u32
+    }
+}
+
 /// An IPv4 packet's header fields as [`Filter::accepts`] asks for them, each read only when
 /// asked.
 pub trait HeaderFields {
@@ -359,6 +451,10 @@ pub struct KernelOffsets {
     pub ct_dst_port: u32,
     /// `sizeof(struct nf_conntrack_tuple_hash)`: one `tuplehash` element.
     pub ct_dir_stride: u32,
+    /// `nf_conn.tuplehash[0].tuple.src.u3` and `.src.u.all`: the original direction's
+    /// source, so a reply's drop can be matched by the connection it answers.
+    pub ct_src_addr: u32,
+    pub ct_src_port: u32,
     /// `have::*` bits: which optional groups above are valid (offset 0 is a real offset).
     pub have: u32,
 }
@@ -425,6 +521,8 @@ impl KernelOffsets {
             ct_dst_addr: 0,
             ct_dst_port: 0,
             ct_dir_stride: 0,
+            ct_src_addr: 0,
+            ct_src_port: 0,
             have: 0,
         }
     }
@@ -433,6 +531,9 @@ impl KernelOffsets {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), explicit padding, every bit pattern valid.
 unsafe impl aya::Pod for Filter {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), explicit padding, every bit pattern valid.
+unsafe impl aya::Pod for FlowKey {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of u32 only.
 unsafe impl aya::Pod for KernelOffsets {}
@@ -450,6 +551,81 @@ mod tests {
             fields,
             ..Filter::any()
         }
+    }
+
+    fn key(s: [u8; 4], sport: u16, d: [u8; 4], dport: u16) -> FlowKey {
+        FlowKey {
+            saddr: s,
+            daddr: d,
+            sport,
+            dport,
+            proto: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The replies a followed packet teaches, hop by hop, as the kernel programs learn them:
+    /// each header the packet shows for the first time (remembered per skb as its hash).
+    fn learned(hops: &[FlowKey]) -> [Option<FlowKey>; 4] {
+        let mut out = [None; 4];
+        let mut remembered = None;
+        for (i, h) in hops.iter().enumerate() {
+            out[i] = h.reply_to_learn(remembered, true);
+            remembered = Some(follow::remember(0xfeed, h.hash32()));
+        }
+        out
+    }
+
+    #[test]
+    fn replies_are_learned_before_and_after_dnat() {
+        // A SYN to a published port: at the uplink, DNATed on its way to the bridge, then in
+        // the container (same header, nothing new to learn).
+        let client = [198, 51, 100, 7];
+        let at_uplink = key(client, 40000, [192, 0, 2, 10], 8080);
+        let dnat = key(client, 40000, [10, 88, 0, 5], 443);
+        let learned = learned(&[at_uplink, dnat, dnat]);
+        assert_eq!(learned[2], None, "the same header again teaches nothing");
+        // The SYN-ACK as the container sends it, and as it leaves the host after de-DNAT:
+        // each is the reply key of one of the SYN's headers.
+        let from_container = key([10, 88, 0, 5], 443, client, 40000);
+        let after_de_nat = key([192, 0, 2, 10], 8080, client, 40000);
+        assert_eq!(learned[1], Some(from_container));
+        assert_eq!(learned[0], Some(after_de_nat));
+    }
+
+    #[test]
+    fn replies_are_learned_after_masquerade() {
+        // A container's DNS query leaving by the uplink with its source rewritten to the host.
+        let inside = key([10, 88, 0, 5], 51000, [203, 0, 113, 53], 53);
+        let masqueraded = key([192, 0, 2, 10], 61000, [203, 0, 113, 53], 53);
+        let learned = learned(&[inside, masqueraded]);
+        // The answer arrives at the uplink addressed to the host's port, and is de-NATed
+        // towards the container.
+        assert_eq!(
+            learned[1],
+            Some(key([203, 0, 113, 53], 53, [192, 0, 2, 10], 61000))
+        );
+        assert_eq!(
+            learned[0],
+            Some(key([203, 0, 113, 53], 53, [10, 88, 0, 5], 51000))
+        );
+    }
+
+    #[test]
+    fn a_header_without_ports_teaches_no_reply() {
+        assert_eq!(
+            key([1, 1, 1, 1], 0, [2, 2, 2, 2], 0).reply_to_learn(None, false),
+            None
+        );
+        // Another packet at a reused skb address: nothing remembered for it.
+        let k = key([1, 1, 1, 1], 1, [2, 2, 2, 2], 2);
+        let stale = follow::remember(7, k.hash32());
+        assert_eq!(k.reply_to_learn(Some(stale), true), None);
+        assert!(k.reply_to_learn(None, true).is_some());
+        assert_eq!(
+            (follow::fingerprint(stale), follow::tuple(stale)),
+            (7, k.hash32())
+        );
     }
 
     #[test]
@@ -528,16 +704,21 @@ mod tests {
         assert_eq!(offset_of!(Filter, fields), 9);
         assert_eq!(offset_of!(Filter, n_hosts), 10);
         assert_eq!(offset_of!(Filter, n_dests), 12);
+        assert_eq!(offset_of!(Filter, reply_secs), 14);
         assert_eq!(offset_of!(Filter, hosts), 16);
         assert_eq!(offset_of!(Filter, locals), 48);
         assert_eq!(offset_of!(Filter, dests), 112);
+        assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (16, 2));
+        assert_eq!(offset_of!(FlowKey, sport), 8);
+        assert_eq!(offset_of!(FlowKey, proto), 12);
         assert_eq!(
             (size_of::<KernelOffsets>(), align_of::<KernelOffsets>()),
-            (100, 4)
+            (108, 4)
         );
         assert_eq!(offset_of!(KernelOffsets, nf_state_hook), 40);
         assert_eq!(offset_of!(KernelOffsets, btf_iphdr), 68);
-        assert_eq!(offset_of!(KernelOffsets, have), 96);
+        assert_eq!(offset_of!(KernelOffsets, ct_src_port), 100);
+        assert_eq!(offset_of!(KernelOffsets, have), 104);
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub const FLAG_MATCHED: u8 = 1 << 2;
 /// `HopEvent::flags`: `entered_daddr`/`entered_dport` hold the destination conntrack recorded
 /// when the packet entered this namespace (drops only; see `HopEvent::entered_daddr`).
 pub const FLAG_ENTERED: u8 = 1 << 3;
+/// `HopEvent::flags`: the skb did not match the filter but answers a packet that did (its
+/// reversed tuple, or an ICMP error quoting it): followed from here as a reply.
+pub const FLAG_FOLLOWED: u8 = 1 << 4;
+/// `HopEvent::flags`: an ICMP error; `icmp_type`, `icmp_code` and `quoted_*` hold its type
+/// and the header of the packet it is about (the record carries the tail).
+pub const FLAG_QUOTED: u8 = 1 << 5;
 
 /// One hop of one packet, as seen by a kernel program.
 ///
@@ -116,8 +122,14 @@ pub struct HopEvent {
     /// diagnosis need when only the drop is traced.
     pub entered_daddr: [u8; 4],
     pub entered_dport: u16,
+    /// With `FLAG_QUOTED`: the ICMP error's type and code.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// With `FLAG_QUOTED`: the header the ICMP error quotes, i.e. the packet it answers as
+    /// its sender saw it (ports 0 when the quoted protocol has none).
+    pub quoted: crate::config::FlowKey,
     /// Explicit padding; always zero.
-    pub _pad2: [u8; 6],
+    pub _pad2: [u8; 4],
 }
 
 impl HopEvent {
@@ -149,19 +161,23 @@ impl HopEvent {
             in_ifindex: 0,
             entered_daddr: [0; 4],
             entered_dport: 0,
-            _pad2: [0; 6],
+            icmp_type: 0,
+            icmp_code: 0,
+            quoted: crate::config::FlowKey::ZERO,
+            _pad2: [0; 4],
         }
     }
 
-    /// Bytes every record carries: all fields up to `in_ifindex`. Only a drop's record is
-    /// the whole struct; the rest stop here, so a flood of followed packets fills the ring
-    /// no faster than before drops carried their input interface and conntrack's header.
+    /// Bytes every record carries: all fields up to `in_ifindex`. Only a drop's record and
+    /// an ICMP error's are the whole struct; the rest stop here, so a flood of followed
+    /// packets fills the ring no faster than before drops carried their input interface and
+    /// conntrack's header.
     pub const HEAD_LEN: usize = core::mem::offset_of!(HopEvent, in_ifindex);
 
-    /// The record length the kernel program writes for an event of `kind`.
+    /// The record length the kernel program writes for an event of `kind` with `flags`.
     #[inline(always)]
-    pub const fn record_len(kind: u8) -> usize {
-        if kind == HopKind::Drop as u8 {
+    pub const fn record_len(kind: u8, flags: u8) -> usize {
+        if kind == HopKind::Drop as u8 || flags & FLAG_QUOTED != 0 {
             core::mem::size_of::<Self>()
         } else {
             Self::HEAD_LEN
@@ -187,7 +203,7 @@ impl HopEvent {
 
     /// The bytes the kernel program writes for this event ([`HopEvent::record_len`]).
     pub fn record(&self) -> &[u8] {
-        &self.as_bytes()[..Self::record_len(self.kind)]
+        &self.as_bytes()[..Self::record_len(self.kind, self.flags)]
     }
 
     /// The raw bytes of this event, as the kernel writes them (used to build fixtures).
@@ -252,14 +268,16 @@ mod tests {
 
     #[test]
     fn layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<HopEvent>(), 88);
+        assert_eq!(core::mem::size_of::<HopEvent>(), 104);
         assert_eq!(core::mem::align_of::<HopEvent>(), 8);
         assert_eq!(core::mem::offset_of!(HopEvent, netns), 24);
         assert_eq!(core::mem::offset_of!(HopEvent, kind), 56);
         assert_eq!(core::mem::offset_of!(HopEvent, _pad), 63);
         assert_eq!(core::mem::offset_of!(HopEvent, peer_netns), 64);
         assert_eq!(core::mem::offset_of!(HopEvent, in_ifindex), 72);
-        assert_eq!(core::mem::offset_of!(HopEvent, _pad2), 82);
+        assert_eq!(core::mem::offset_of!(HopEvent, icmp_type), 82);
+        assert_eq!(core::mem::offset_of!(HopEvent, quoted), 84);
+        assert_eq!(core::mem::offset_of!(HopEvent, _pad2), 100);
     }
 
     #[test]
@@ -272,7 +290,7 @@ mod tests {
         ev.entered_dport = 80;
         let back = HopEvent::from_bytes(ev.record()).expect("full record");
         assert_eq!(back, ev);
-        assert_eq!(ev.record().len(), 88, "a drop carries its tail");
+        assert_eq!(ev.record().len(), 104, "a drop carries its tail");
         assert!(HopEvent::from_bytes(&ev.as_bytes()[..HopEvent::HEAD_LEN - 1]).is_none());
 
         // Any other hop stops before the drop's fields, which then read as zero.
@@ -281,6 +299,13 @@ mod tests {
         let back = HopEvent::from_bytes(ev.record()).expect("head record");
         assert_eq!((back.skb, back.dport), (ev.skb, ev.dport));
         assert_eq!((back.in_ifindex, back.entered_dport), (0, 0));
+
+        // An ICMP error carries the tail too: the header it quotes.
+        ev.flags = FLAG_QUOTED;
+        ev.quoted.dport = 10001;
+        ev.icmp_type = 3;
+        assert_eq!(ev.record().len(), 104);
+        assert_eq!(HopEvent::from_bytes(ev.record()), Some(ev));
     }
 
     #[test]

@@ -3,16 +3,21 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
     HopEvent, HopKind,
-    config::have,
+    config::{follow, have},
     counter,
     event::ring,
-    event::{FLAG_ENTERED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
+    event::{FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED, FLAG_QUOTED},
 };
 
 use crate::site::Site;
 use crate::{
-    maps::{EVENTS, WAKEUP_BYTES, bump, filter, forget, off, reader_asleep, remembered, track},
-    skb::{Access, device, entered, field, foreign, headers, passes, read},
+    maps::{
+        EVENTS, WAKEUP_BYTES, bump, filter, forget, is_reply, learn_reply, off, reader_asleep,
+        remembered, replying, track,
+    },
+    skb::{
+        Access, answers, device, entered, field, foreign, headers, passes, quote, read, reply_key,
+    },
 };
 
 /// Filters the skb at this hop and emits a [`HopEvent`] when it matches or is already tracked.
@@ -31,6 +36,7 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         return None; // not configured by the loader: emit nothing rather than garbage
     }
     let remembered = remembered(skb);
+    let mut followed = false;
     if remembered.is_none() {
         // Nobody follows this skb: only the filter can make it interesting, and for most
         // packets it says no after a load or two. Stop here then, before any header is read
@@ -39,11 +45,23 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         // No closure here: LLVM outlines one that captures `site`, which then lives on the
         // stack, and the verifier loses the type of the device pointers read back from it.
         let f = filter()?;
-        if site.only_tracked
-            || !(passes(skb, site.l3_at_data, site.access, f)
-                || (site.kind == HopKind::Drop && entered_passes(skb, site.access, f)))
-        {
+        if site.only_tracked {
             return None;
+        }
+        if !(passes(skb, site.l3_at_data, site.access, f)
+            || (site.kind == HopKind::Drop && entered_passes(skb, site.access, f)))
+        {
+            // A reply to a followed packet, or an ICMP error about one, is traced from its
+            // first hop even though the filter (stateless) does not match it. The lookup is
+            // paid only while some flow is followed. A drop traced alone (nothing followed
+            // before it) is matched by the connection it answers, from conntrack.
+            let reply = (replying()
+                && reply_key(skb, site.l3_at_data, site.access).is_some_and(|k| is_reply(&k)))
+                || (site.kind == HopKind::Drop && answers(skb, site.access, f));
+            if !reply {
+                return None;
+            }
+            followed = true;
         }
     }
     let h = headers(skb, site.l3_at_data, site.access);
@@ -51,7 +69,10 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     let tracked = match remembered {
         // An unreadable IPv4 header (0) proves nothing either way: keep following. Another
         // protocol does: ARP, IPv6 or a socket's buffer now lives at this address.
-        Some(was) => was == fp || ((was == 0 || fp == 0) && !foreign(skb, site.access)),
+        Some(v) => {
+            let was = follow::fingerprint(v);
+            was == fp || ((was == 0 || fp == 0) && !foreign(skb, site.access))
+        }
         None => false,
     };
     if remembered.is_some() && !tracked {
@@ -77,8 +98,21 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         if remembered.is_some() {
             forget(skb);
         }
-    } else if !tracked {
-        track(skb, fp, remembered.is_none());
+    } else {
+        // A header not seen before on this packet (its first hop, or a NAT rewrite): follow
+        // the replies it will get, as they look at this point of the way back.
+        let key = h.key();
+        let th = key.hash32();
+        let was = if tracked { remembered } else { None };
+        if was.is_none_or(|v| follow::tuple(v) != th) {
+            track(skb, follow::remember(fp, th), remembered.is_none());
+            if let Some(reply) = key.reply_to_learn(was, h.l4)
+                && let Some(f) = filter()
+                && f.reply_secs != 0
+            {
+                learn_reply(&reply, f.reply_secs);
+            }
+        }
     }
 
     let site = site.completed();
@@ -113,7 +147,21 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     ev.fingerprint = fp;
     ev.flags = (if h.ipv4 { FLAG_IPV4 } else { 0 })
         | (if h.l4 { FLAG_L4 } else { 0 })
-        | (if matched { FLAG_MATCHED } else { 0 });
+        | (if matched && !followed {
+            FLAG_MATCHED
+        } else {
+            0
+        })
+        | (if followed { FLAG_FOLLOWED } else { 0 });
+    // An ICMP error says what it is about: the flow it belongs to is the quoted packet's.
+    if h.icmp_at != 0
+        && let Some(q) = quote(h.icmp_at)
+    {
+        ev.icmp_type = q.icmp_type;
+        ev.icmp_code = q.icmp_code;
+        ev.quoted = q.inner;
+        ev.flags |= FLAG_QUOTED;
+    }
     // A drop also says where the packet came in and the header it entered this namespace
     // with (conntrack's), so a drop traced alone still names the input interface and the
     // published port it was sent to.
@@ -174,7 +222,7 @@ pub fn emit(ev: &HopEvent) {
         ring::NO_WAKEUP
     };
     // Only a drop's record carries the drop's tail (input interface, conntrack's header).
-    let len = HopEvent::record_len(ev.kind);
+    let len = HopEvent::record_len(ev.kind, ev.flags);
     // SAFETY: `len` is at most the size of `*ev`, which is fully initialised.
     let record = unsafe { core::slice::from_raw_parts((ev as *const HopEvent).cast::<u8>(), len) };
     match EVENTS.output::<[u8]>(record, flags) {

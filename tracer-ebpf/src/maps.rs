@@ -6,18 +6,19 @@ use aya_ebpf::{
 };
 use core::sync::atomic::AtomicI64;
 
-use tracer_common::{Filter, KernelOffsets, counter};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use tracer_common::{Filter, KernelOffsets, config::FlowKey, counter};
 
 /// Every hop event, in order per CPU. Size is set by userspace at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Skbs that matched the filter once, keyed by address, valued by the packet's fingerprint, so
-/// they stay traced after NAT rewrites their headers. Removed when the skb is freed; a
-/// different fingerprint at the same address means the skb was freed unseen and reused; LRU
-/// so leaks age out.
+/// Skbs that matched the filter once, keyed by address, so they stay traced after NAT rewrites
+/// their headers. The value is the packet's fingerprint and a hash of the tuple it last showed
+/// (`tracer_common::config::follow`): a new tuple is a NAT rewrite, whose reply is learned. Removed when the skb is freed; a different fingerprint at the same address means
+/// the skb was freed unseen and reused; LRU so leaks age out.
 #[map]
-static TRACKED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Entries in [`TRACKED`], counted on a new insert and on a successful remove. LRU evictions
 /// go unseen, so it can only run above the truth; zero therefore proves nothing is tracked, and
@@ -37,9 +38,9 @@ fn add_live(delta: i64) {
     }
 }
 
-/// The fingerprint remembered for `skb`, if it is tracked.
+/// What is remembered of a tracked skb: its fingerprint and the hash of its last tuple.
 #[inline(always)]
-pub fn remembered(skb: u64) -> Option<u32> {
+pub fn remembered(skb: u64) -> Option<u64> {
     // A plain load: atomic loads do not lower for the generic BPF CPU, and a racy read is
     // fine here (a missed just-inserted entry is the next hop's to find).
     // SAFETY: an aligned read of a static.
@@ -50,10 +51,10 @@ pub fn remembered(skb: u64) -> Option<u32> {
     unsafe { TRACKED.get(&skb).copied() }
 }
 
-/// Remembers `skb` with its fingerprint; `new` when it was not tracked before.
+/// Remembers `skb` with `value` (`follow::remember`); `new` when it was not tracked before.
 #[inline(always)]
-pub fn track(skb: u64, fingerprint: u32, new: bool) {
-    match TRACKED.insert(&skb, &fingerprint, 0) {
+pub fn track(skb: u64, value: u64, new: bool) {
+    match TRACKED.insert(&skb, &value, 0) {
         Ok(()) if new => {
             add_live(1);
         }
@@ -67,6 +68,65 @@ pub fn track(skb: u64, fingerprint: u32, new: bool) {
 pub fn forget(skb: u64) {
     if TRACKED.remove(&skb).is_ok() {
         add_live(-1);
+    }
+}
+
+/// Replies the kernel follows: the reversed tuple of every header a followed TCP or UDP packet
+/// showed (before and after each NAT), valued by when it stops being followed
+/// (`bpf_ktime_get_ns`). A packet failing the filter whose own tuple, or whose quoted header
+/// reversed (an ICMP error), is here and not expired is traced as a reply. LRU: a flood of
+/// flows evicts the oldest; userspace deletes expired entries (`Probes::sweep_replies`).
+#[map]
+static REPLIES: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// Entry 0 is nonzero while [`REPLIES`] may hold an entry: set here on every insert, cleared
+/// by userspace's sweep when it finds the map empty (then checked again). While it is zero a
+/// packet failing the filter costs no lookup.
+#[map]
+static REPLYING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether replies are being followed at all.
+#[inline(always)]
+pub fn replying() -> bool {
+    REPLYING.get(0).is_some_and(|v| *v != 0)
+}
+
+/// Whether `key` is the tuple of a reply being followed (not expired).
+#[inline(always)]
+pub fn is_reply(key: &FlowKey) -> bool {
+    // SAFETY: a map lookup; the value is copied out at once.
+    match unsafe { REPLIES.get(key).copied() } {
+        // SAFETY: helper without preconditions.
+        Some(until) => until > unsafe { bpf_ktime_get_ns() },
+        None => false,
+    }
+}
+
+/// Follows the replies to a packet whose header is `key` reversed, for `secs` from now. A
+/// lookup first: an entry with more than half its life left is not written again, so a
+/// followed flood costs a lookup per packet, not a locked update.
+#[inline(always)]
+pub fn learn_reply(key: &FlowKey, secs: u16) {
+    let life = secs as u64 * 1_000_000_000;
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map lookup; the value is copied out at once.
+    if let Some(until) = unsafe { REPLIES.get(key).copied() }
+        && until > now + life / 2
+    {
+        return;
+    }
+    if REPLIES.insert(key, &(now + life), 0).is_err() {
+        return;
+    }
+    // Inserted first, flagged second: a sweep that cleared the flag then finds the entry.
+    if let Some(on) = REPLYING.get_ptr_mut(0) {
+        // SAFETY: an aligned u32 in an array map; a racing clear is what the sweep re-checks.
+        unsafe {
+            if core::ptr::read_volatile(on) == 0 {
+                core::ptr::write_volatile(on, 1);
+            }
+        }
     }
 }
 

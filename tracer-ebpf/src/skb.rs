@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_common::{
     Filter, HeaderFields,
-    config::{have, kfunc},
+    config::{FlowKey, have, kfunc},
     event::fingerprint,
 };
 
@@ -58,9 +58,24 @@ pub struct Headers {
     ip_id: u16,
     seq: u32,
     ack: u32,
+    /// The ICMP header's address for an ICMP packet (first fragment or none), else 0.
+    pub icmp_at: u64,
 }
 
 impl Headers {
+    /// The header as a [`FlowKey`] (ports 0 without them).
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
     /// See `HopEvent::fingerprint`; 0 when the packet is not IPv4.
     #[inline(always)]
     pub fn fingerprint(&self) -> u32 {
@@ -113,6 +128,9 @@ pub fn headers(skb: u64, l3_at_data: bool, access: Access) -> Headers {
     h.daddr = p.daddr.to_ne_bytes();
     let ihl = (p.ver_ihl & 0x0f) * 4;
     let fragment = u16::from_be(p.frag_off) & 0x1fff != 0;
+    if p.proto == ICMP && ihl >= 20 && !fragment {
+        h.icmp_at = l3 + ihl as u64;
+    }
     if ihl < 20 || fragment || (p.proto != 6 && p.proto != 17) || !p.l4 {
         return h;
     }
@@ -152,6 +170,142 @@ pub fn passes(skb: u64, l3_at_data: bool, access: Access, filter: &Filter) -> bo
             ver_ihl,
             proto: load(ip, 9),
         })
+}
+
+/// The tuple to look up in `REPLIES` for a packet that failed the filter: a TCP or UDP
+/// packet's own header, an ICMP error's quoted header reversed (the error answers the packet
+/// it quotes). `None` for anything else. Only asked while replies are followed.
+#[inline(always)]
+pub fn reply_key(skb: u64, l3_at_data: bool, access: Access) -> Option<FlowKey> {
+    if off!(have) & have::RDONLY_CAST == 0 {
+        let h = headers(skb, l3_at_data, access);
+        if h.l4 {
+            return Some(h.key());
+        }
+        return match h.icmp_at {
+            0 => None,
+            at => quote(at).map(|q| q.reply()),
+        };
+    }
+    let l3 = l3_header(skb, l3_at_data, access);
+    if l3 == 0 {
+        return None;
+    }
+    let ip = rdonly_cast(l3, off!(btf_iphdr));
+    let ver_ihl: u8 = load(ip, 0);
+    if ver_ihl >> 4 != 4 {
+        return None;
+    }
+    let at = Ipv4At {
+        l3,
+        ip,
+        ver_ihl,
+        proto: load(ip, 9),
+    };
+    if at.proto == ICMP {
+        let ihl = (ver_ihl & 0x0f) as u64 * 4;
+        if ihl < 20 || u16::from_be(load(ip, 6)) & 0x1fff != 0 {
+            return None;
+        }
+        return quote(l3 + ihl).map(|q| q.reply());
+    }
+    let (sport, dport) = at.ports()?;
+    let (saddr, daddr) = at.addrs();
+    Some(FlowKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto: at.proto,
+        _pad: [0; 3],
+    })
+}
+
+const ICMP: u8 = 1;
+
+/// An ICMP error: its type and code, and the header it quotes.
+#[derive(Clone, Copy, Default)]
+pub struct Quote {
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// The quoted header (ports 0 when its protocol has none).
+    pub inner: FlowKey,
+}
+
+impl Quote {
+    /// The reply tuple of the quoted packet: what `REPLIES` holds when that packet was
+    /// followed.
+    #[inline(always)]
+    fn reply(&self) -> FlowKey {
+        let i = &self.inner;
+        FlowKey::reply_to(i.saddr, i.daddr, i.sport, i.dport, i.proto)
+    }
+}
+
+/// ICMP types whose message quotes the packet it is about: destination unreachable (port
+/// unreachable from a REJECT, fragmentation needed), source quench, time exceeded, parameter
+/// problem.
+#[inline(always)]
+fn quotes(icmp_type: u8) -> bool {
+    matches!(icmp_type, 3 | 4 | 11 | 12)
+}
+
+/// The ICMP error at `icmp` (the ICMP header): its type, code and quoted IPv4 header with
+/// the quoted ports (TCP or UDP, first fragment). `None` for other ICMP messages or an
+/// unreadable quote.
+#[inline(always)]
+pub fn quote(icmp: u64) -> Option<Quote> {
+    let mut q = Quote::default();
+    let inner = icmp + 8;
+    let ihl;
+    if off!(have) & have::RDONLY_CAST != 0 {
+        // `struct iphdr` serves for the ICMP header's first two bytes: the loads are u8s at
+        // offsets 0 and 1, which the verifier checks against iphdr's first members.
+        let h = rdonly_cast(icmp, off!(btf_iphdr));
+        q.icmp_type = load(h, 0);
+        q.icmp_code = load(h, 1);
+        if !quotes(q.icmp_type) {
+            return None;
+        }
+        let ip = rdonly_cast(inner, off!(btf_iphdr));
+        let ver_ihl: u8 = load(ip, 0);
+        if ver_ihl >> 4 != 4 {
+            return None;
+        }
+        q.inner.proto = load(ip, 9);
+        q.inner.saddr = load::<u32>(ip, 12).to_ne_bytes();
+        q.inner.daddr = load::<u32>(ip, 16).to_ne_bytes();
+        ihl = (ver_ihl & 0x0f) as u64 * 4;
+        if ihl < 20
+            || u16::from_be(load(ip, 6)) & 0x1fff != 0
+            || (q.inner.proto != 6 && q.inner.proto != 17)
+        {
+            return Some(q);
+        }
+        let l4 = rdonly_cast(inner + ihl, off!(btf_tcphdr));
+        q.inner.sport = u16::from_be(load(l4, 0));
+        q.inner.dport = u16::from_be(load(l4, 2));
+        return Some(q);
+    }
+    let b = read::<[u8; 28]>(icmp, 0)?;
+    q.icmp_type = b[0];
+    q.icmp_code = b[1];
+    if !quotes(q.icmp_type) || b[8] >> 4 != 4 {
+        return None;
+    }
+    q.inner.proto = b[17];
+    q.inner.saddr = [b[20], b[21], b[22], b[23]];
+    q.inner.daddr = [b[24], b[25], b[26], b[27]];
+    ihl = (b[8] & 0x0f) as u64 * 4;
+    let fragment = u16::from_be_bytes([b[14], b[15]]) & 0x1fff != 0;
+    if ihl < 20 || fragment || (q.inner.proto != 6 && q.inner.proto != 17) {
+        return Some(q);
+    }
+    if let Some(p) = read::<[u8; 4]>(inner, ihl as u32) {
+        q.inner.sport = u16::from_be_bytes([p[0], p[1]]);
+        q.inner.dport = u16::from_be_bytes([p[2], p[3]]);
+    }
+    Some(q)
 }
 
 /// An IPv4 header read field by field as [`Filter::accepts`] asks (direct loads).
@@ -216,6 +370,42 @@ pub fn entered(skb: u64, access: Access) -> Option<([u8; 4], u16)> {
     let addr = read::<u32>(ct, off!(ct_dst_addr) + dir)?;
     let port = read::<u16>(ct, off!(ct_dst_port) + dir)?;
     Some((addr.to_ne_bytes(), u16::from_be(port)))
+}
+
+/// The original direction's header of the connection `skb` answers, when it is a reply
+/// (`ip_conntrack_info` IP_CT_IS_REPLY and above): what the client sent, as it entered the
+/// namespace, so a reply's drop traced alone matches a filter on the client's packets.
+/// Helper reads: drops that failed the filter only.
+#[inline(always)]
+pub fn answers(skb: u64, access: Access, f: &Filter) -> bool {
+    if off!(have) & have::CONNTRACK == 0 {
+        return false;
+    }
+    let Some(nfct) = field::<u64>(skb, off!(skb_nfct), access) else {
+        return false;
+    };
+    let ct = nfct & !NFCT_INFOMASK;
+    if ct < KERNEL_ADDRESSES || nfct & NFCT_INFOMASK < 3 {
+        return false;
+    }
+    let h = headers(skb, false, access);
+    let (Some(saddr), Some(daddr), Some(sport), Some(dport)) = (
+        read::<u32>(ct, off!(ct_src_addr)),
+        read::<u32>(ct, off!(ct_dst_addr)),
+        read::<u16>(ct, off!(ct_src_port)),
+        read::<u16>(ct, off!(ct_dst_port)),
+    ) else {
+        return false;
+    };
+    h.ipv4
+        && f.matches(
+            saddr.to_ne_bytes(),
+            daddr.to_ne_bytes(),
+            h.proto,
+            h.l4,
+            u16::from_be(sport),
+            u16::from_be(dport),
+        )
 }
 
 /// The low bits of `skb->_nfct` hold the `ip_conntrack_info`.

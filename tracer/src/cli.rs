@@ -142,8 +142,9 @@ fn parse_ring_mib(s: &str) -> Result<u32, ArgError> {
     Ok(n)
 }
 
-/// Which packets to trace (all given filters must match; replies are not matched by
-/// `--dport`, the packet is followed across NAT once it matched).
+/// Which packets to trace (all given filters must match). A packet is followed across NAT once
+/// it matched, and so are the replies to it and ICMP errors about it (`--no-replies`: only
+/// what the filter matches).
 #[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "Filter")]
 pub struct FilterArgs {
@@ -169,7 +170,15 @@ pub struct FilterArgs {
     /// purged as it closes: QUEUE_PURGE, SOCKET_CLOSE), shown otherwise as the packet's end.
     #[arg(long)]
     pub all_drops: bool,
+    /// Trace only the packets the filter matches: not the replies to them (a SYN-ACK whose
+    /// source port is the container's) nor the ICMP errors about them.
+    #[arg(long)]
+    pub no_replies: bool,
 }
+
+/// How long the kernel keeps following a flow's replies after its last traced packet: longer
+/// than a SYN's retransmissions take to give up on a slow path (1+2+4+8+16 s).
+pub const REPLY_SECS: u16 = 60;
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Output")]
@@ -238,6 +247,14 @@ impl FilterArgs {
         } else {
             words.join(" ")
         };
+        if !self.no_replies {
+            f.reply_secs = REPLY_SECS;
+        }
+        let text = if self.no_replies || f.is_any() {
+            text
+        } else {
+            format!("{text}, and their replies")
+        };
         Ok((f, text))
     }
 }
@@ -301,7 +318,17 @@ mod tests {
         assert_eq!(cfg.filter.dport, 10001);
         assert_eq!(cfg.filter.proto, 6);
         assert_eq!(cfg.filter.host, [203, 0, 113, 2]);
-        assert_eq!(cfg.filter_text, "tcp host 203.0.113.2 dport 10001");
+        assert_eq!(
+            cfg.filter_text,
+            "tcp host 203.0.113.2 dport 10001, and their replies"
+        );
+        assert_eq!(cfg.filter.reply_secs, REPLY_SECS);
+        let cli = parse(&["--dport", "10001", "--no-replies"]).unwrap();
+        let cfg = cli.trace_config().unwrap();
+        assert_eq!(
+            (cfg.filter.reply_secs, cfg.filter_text.as_str()),
+            (0, "dport 10001")
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@ use std::{fmt, net::Ipv4Addr};
 use serde::Serialize;
 use tracer_common::{
     HopEvent, HopKind,
-    event::{FLAG_ENTERED, FLAG_IPV4, FLAG_L4, nf_verdict},
+    event::{FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_QUOTED, nf_verdict},
 };
 
-use crate::net::{Family, Hook, Netfilter, NfVerdict, Proto, TcpFlags};
+use crate::net::{Family, Hook, IcmpError, Netfilter, NfVerdict, Proto, TcpFlags};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -87,6 +87,19 @@ pub struct Hop {
     /// bridge in front of a port), added when the transmit tracepoint is not attached
     /// (`correlate::transmits`).
     pub inferred: bool,
+    /// The filter did not match this packet; the kernel followed it from here as a reply to
+    /// one it did match (or an ICMP error about one).
+    pub followed: bool,
+    /// An ICMP error: what it says, and the header of the packet it is about.
+    pub quoted: Option<Quoted>,
+}
+
+/// What an ICMP error says about the packet it quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub error: IcmpError,
+    /// The quoted header: the packet the error answers, as its sender saw it.
+    pub tuple: Tuple,
 }
 
 impl Hop {
@@ -143,6 +156,8 @@ impl Hop {
             in_ifindex: ev.in_ifindex,
             entered,
             inferred: false,
+            followed: ev.flags & FLAG_FOLLOWED != 0,
+            quoted: (ev.flags & FLAG_QUOTED != 0).then(|| quoted(ev)),
         })
     }
 
@@ -164,6 +179,25 @@ fn netfilter(ev: &HopEvent) -> Netfilter {
             nf_verdict::ACCEPT => NfVerdict::Accept,
             nf_verdict::DROP => NfVerdict::Drop,
             _ => NfVerdict::Stolen,
+        },
+    }
+}
+
+/// An ICMP error's quote. Out of line: rare.
+#[cold]
+#[inline(never)]
+fn quoted(ev: &HopEvent) -> Quoted {
+    Quoted {
+        error: IcmpError {
+            kind: ev.icmp_type,
+            code: ev.icmp_code,
+        },
+        tuple: Tuple {
+            src: Ipv4Addr::from(ev.quoted.saddr),
+            sport: ev.quoted.sport,
+            dst: Ipv4Addr::from(ev.quoted.daddr),
+            dport: ev.quoted.dport,
+            proto: Proto::from_number(ev.quoted.proto),
         },
     }
 }

@@ -1,11 +1,13 @@
 //! pathtrace: follow a packet through the Linux network stack and say where and why it dies.
 //!
 //! Data flows one way: [`probes`] (kernel programs) → [`events`] (decoded hops) →
-//! [`correlate`] (packets, flows) → [`verdict`] → [`diagnose`] → [`report`] → [`output`].
+//! [`correlate`] (packets, flows) → [`verdict`] → [`diagnose`] → [`report`] → [`connection`]
+//! (one story per flow) → [`output`].
 //! [`resolve`] answers questions about the host along the way; [`trace`] runs a session.
 
 pub mod cli;
 pub mod clock;
+pub mod connection;
 pub mod correlate;
 pub mod daemon;
 pub mod diagnose;

@@ -288,9 +288,55 @@ pub struct Netfilter {
     pub verdict: NfVerdict,
 }
 
+/// An ICMP error message: its type and code. Named by one table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IcmpError {
+    pub kind: u8,
+    pub code: u8,
+}
+
+/// (type, code or `None` for any, name): the errors a tracer of dropped connections meets.
+const ICMP_ERRORS: &[(u8, Option<u8>, &str)] = &[
+    (3, Some(0), "net unreachable"),
+    (3, Some(1), "host unreachable"),
+    (3, Some(2), "protocol unreachable"),
+    (3, Some(3), "port unreachable"),
+    (3, Some(4), "fragmentation needed"),
+    (3, Some(9), "net administratively prohibited"),
+    (3, Some(10), "host administratively prohibited"),
+    (3, Some(13), "communication administratively prohibited"),
+    (3, None, "destination unreachable"),
+    (4, None, "source quench"),
+    (11, None, "time exceeded"),
+    (12, None, "parameter problem"),
+];
+
+impl IcmpError {
+    /// `port unreachable`, or `ICMP type T code C` for one the table lacks.
+    pub fn name(self) -> String {
+        ICMP_ERRORS
+            .iter()
+            .find(|(t, c, _)| *t == self.kind && c.is_none_or(|c| c == self.code))
+            .map_or_else(
+                || format!("ICMP type {} code {}", self.kind, self.code),
+                |(_, _, n)| (*n).to_owned(),
+            )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icmp_errors_are_named_by_type_and_code() {
+        let e = |kind, code| IcmpError { kind, code }.name();
+        assert_eq!(e(3, 3), "port unreachable");
+        assert_eq!(e(3, 4), "fragmentation needed");
+        assert_eq!(e(3, 7), "destination unreachable");
+        assert_eq!(e(11, 0), "time exceeded");
+        assert_eq!(e(5, 1), "ICMP type 5 code 1");
+    }
 
     #[test]
     fn a_segment_is_named_by_its_handshake_flags() {

@@ -65,6 +65,10 @@ pub struct HopView {
     /// a veth, or the bridge in front of a port. Its time is that receive's.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inferred: bool,
+    /// The filter did not match the packet here: the kernel followed it as a reply to one it
+    /// did match (or an ICMP error about one). Set on the hop where that began.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub followed: bool,
 }
 
 /// A packet's destination as it entered a namespace.
@@ -147,6 +151,7 @@ impl HopView {
             }),
             in_ifname: (hop.in_ifindex != 0).then(|| facts.ifname(hop.netns, hop.in_ifindex)),
             inferred: hop.inferred,
+            followed: hop.followed,
             entered: hop.entered.map(|e| EnteredView {
                 dst: e.dst,
                 dport: l4.then_some(e.dport),
@@ -170,6 +175,9 @@ pub struct Report {
     pub verdict: Verdict,
     pub diagnosis: Option<Diagnosis>,
     pub target: Option<Target>,
+    /// The same segment as an earlier packet of its flow, sent again: the how-manieth
+    /// (set by `connection::Connections`).
+    pub retransmission: Option<u32>,
 }
 
 impl Report {
@@ -194,6 +202,7 @@ impl Report {
             verdict,
             diagnosis,
             target,
+            retransmission: None,
         }
     }
 
@@ -232,8 +241,32 @@ impl Report {
             duration_ns: self.packet.hops.last().map_or(0, |h| h.ts_ns) - self.packet.first_ts(),
             diagnosis: self.diagnosis.as_ref(),
             target: self.target.as_ref(),
+            retransmission: self.retransmission,
+            icmp: self
+                .packet
+                .hops
+                .iter()
+                .find_map(|h| h.quoted)
+                .map(|q| IcmpView {
+                    error: q.error.name(),
+                    icmp_type: q.error.kind,
+                    code: q.error.code,
+                    about: q.tuple,
+                }),
         }
     }
+}
+
+/// An ICMP error: what it says and the header of the packet it is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IcmpView {
+    /// `port unreachable`, `fragmentation needed`, ...
+    pub error: String,
+    #[serde(rename = "type")]
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The quoted header.
+    pub about: Tuple,
 }
 
 #[cfg(test)]
@@ -273,4 +306,10 @@ pub struct VerdictJson<'a> {
     pub diagnosis: Option<&'a Diagnosis>,
     /// The container the packet was meant for, when its destination port is published.
     pub target: Option<&'a Target>,
+    /// A retransmitted segment: the how-manieth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmission: Option<u32>,
+    /// An ICMP error: what it says about which packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpView>,
 }

@@ -61,6 +61,9 @@ pub fn rewrites(packet: &Packet) -> Vec<Rewrite> {
 pub enum Direction {
     Original,
     Reply,
+    /// An ICMP error about one of the flow's packets (conntrack's RELATED): joined by the
+    /// header it quotes.
+    Related,
 }
 
 /// A packet's place in its flow.
@@ -123,8 +126,20 @@ impl FlowTable {
             .find_map(|h| h.tuple)
             .unwrap_or(first);
         let rewrites = rewrites(packet);
-        let (id, direction) = match self.index.get(&first).copied() {
+        let related = packet.hops.iter().find_map(|h| h.quoted).and_then(|q| {
+            // The quote is the packet as its sender saw it: either direction, before or
+            // after NAT, so both it and its reverse are looked up.
+            let by = |t: Tuple| self.index.get(&t).map(|&(id, _)| (id, Direction::Related));
+            by(q.tuple).or_else(|| by(q.tuple.reversed()))
+        });
+        let (id, direction) = match related.or_else(|| self.index.get(&first).copied()) {
             Some(found) => found,
+            // The kernel followed it as the answer to a packet this table never saw (a drop
+            // traced alone, matched by its conntrack entry): the flow is the one it answers.
+            None if packet.hops.iter().any(|h| h.followed) => {
+                let id = self.insert(last.reversed(), first.reversed());
+                (id, Direction::Reply)
+            }
             None => {
                 let id = self.insert(first, last);
                 (id, Direction::Original)
@@ -227,6 +242,53 @@ mod tests {
         assert_eq!(view.direction, Direction::Reply);
         assert_eq!(view.rewrites[0].kind, RewriteKind::Snat);
         assert_eq!(view.packets, 2);
+    }
+
+    #[test]
+    fn an_icmp_error_joins_the_flow_of_the_packet_it_quotes() {
+        let mut flows = FlowTable::new(16);
+        let syn = flows.observe(&packet(healthy_syn())).expect("ipv4");
+        // Port unreachable from the host, about the SYN after DNAT (as a REJECT in FORWARD
+        // sends it), and one about the SYN as the client sent it (after conntrack translated
+        // the quote back).
+        for quoted in [syn.translated, syn.original] {
+            let mut e = ev(HopKind::Receive, 20_000, HOST_NS, 2);
+            e.saddr = [203, 0, 113, 1];
+            e.daddr = [203, 0, 113, 2];
+            e.proto = 1;
+            e.flags &= !tracer_common::event::FLAG_L4;
+            let mut h = hop(e);
+            h.quoted = Some(crate::events::Quoted {
+                error: crate::net::IcmpError { kind: 3, code: 3 },
+                tuple: quoted,
+            });
+            let view = flows.observe(&packet(vec![h])).expect("ipv4");
+            assert_eq!((view.id, view.direction), (syn.id, Direction::Related));
+        }
+        assert_eq!(flows.len(), 1, "no flow of its own");
+    }
+
+    #[test]
+    fn a_followed_packet_seen_alone_is_the_reply_of_the_flow_it_answers() {
+        let mut flows = FlowTable::new(16);
+        let mut e = ev(HopKind::Drop, 5_000, HOST_NS, 4);
+        e.saddr = [172, 17, 0, 2];
+        e.sport = 80;
+        e.daddr = [203, 0, 113, 2];
+        e.dport = 40000;
+        e.tcp_flags = 0x12;
+        e.flags |= tracer_common::event::FLAG_FOLLOWED;
+        let view = flows.observe(&packet(vec![hop(e)])).expect("ipv4");
+        assert_eq!(view.direction, Direction::Reply);
+        assert_eq!(view.original.sport, 40000, "{view:?}");
+        assert_eq!(view.original.src, Ipv4Addr::new(203, 0, 113, 2));
+        // The client's next packet joins it as the original direction.
+        let mut ack = ev(HopKind::Receive, 9_000, CTR_NS, 2);
+        ack.daddr = [172, 17, 0, 2];
+        ack.dport = 80;
+        ack.tcp_flags = 0x10;
+        let next = flows.observe(&packet(vec![hop(ack)])).expect("ipv4");
+        assert_eq!((next.id, next.direction), (view.id, Direction::Original));
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn sent_by(rx: &Hop, netns: u32, ifindex: u32) -> Hop {
         in_ifindex: 0,
         entered: None,
         inferred: true,
+        followed: false,
         ..*rx
     }
 }

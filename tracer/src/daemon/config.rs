@@ -75,6 +75,9 @@ pub struct FilterConfig {
     /// `--all-drops`.
     #[serde(default)]
     pub all_drops: bool,
+    /// `--no-replies`.
+    #[serde(default)]
+    pub no_replies: bool,
 }
 
 /// `[json]`: where drop events go.
@@ -186,6 +189,7 @@ impl DaemonConfig {
         self.filter.sport = f.sport.or(self.filter.sport);
         self.filter.host = f.host.or(self.filter.host);
         self.filter.all_drops |= f.all_drops;
+        self.filter.no_replies |= f.no_replies;
         if let Some(p) = f.proto {
             self.filter.proto = Some(p.number().to_string());
         }
@@ -312,6 +316,7 @@ impl DaemonConfig {
                 .transpose()?,
             container: None,
             all_drops: self.filter.all_drops,
+            no_replies: self.filter.no_replies,
         })
     }
 }
@@ -335,7 +340,7 @@ mod tests {
         let (f, text) = cfg.filter_args().unwrap().to_filter().unwrap();
         assert_eq!(
             (f.dport, f.proto, text.as_str()),
-            (10001, 6, "tcp dport 10001")
+            (10001, 6, "tcp dport 10001, and their replies")
         );
     }
 
@@ -409,6 +414,7 @@ mod tests {
             proto: None,
             container: None,
             all_drops: false,
+            no_replies: false,
         };
         for file in [
             "[filter]\nproto = \"udp\"\n",

@@ -13,6 +13,9 @@ pub struct DropLabels {
     pub netns: String,
     pub container: String,
     pub code: String,
+    /// `original` (the flow's first direction), `reply`, `related` (an ICMP error about
+    /// it), or empty when the packet had no flow (not IPv4).
+    pub direction: String,
 }
 
 impl DropLabels {
@@ -25,6 +28,7 @@ impl DropLabels {
             netns: o(),
             container: o(),
             code: o(),
+            direction: o(),
         }
     }
 }
@@ -75,7 +79,7 @@ impl Metrics {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "# HELP pathtrace_drops_total Packets the kernel dropped, by reason, hook, interface, namespace, container and diagnosis code."
+            "# HELP pathtrace_drops_total Packets the kernel dropped, by reason, hook, interface, namespace, container, diagnosis code and direction in their flow."
         );
         let _ = writeln!(s, "# TYPE pathtrace_drops_total counter");
         let mut series: Vec<_> = self.drops.iter().collect();
@@ -83,13 +87,14 @@ impl Metrics {
         for (l, n) in series {
             let _ = writeln!(
                 s,
-                "pathtrace_drops_total{{reason=\"{}\",hook=\"{}\",ifname=\"{}\",netns=\"{}\",container=\"{}\",code=\"{}\"}} {n}",
+                "pathtrace_drops_total{{reason=\"{}\",hook=\"{}\",ifname=\"{}\",netns=\"{}\",container=\"{}\",code=\"{}\",direction=\"{}\"}} {n}",
                 escape(&l.reason),
                 escape(&l.hook),
                 escape(&l.ifname),
                 escape(&l.netns),
                 escape(&l.container),
-                escape(&l.code)
+                escape(&l.code),
+                escape(&l.direction)
             );
         }
         for (name, help, kind, v) in [
@@ -171,6 +176,7 @@ mod tests {
             netns: "root".into(),
             container: "web-1".into(),
             code: "netfilter_drop".into(),
+            direction: "reply".into(),
         }
     }
 
@@ -183,8 +189,8 @@ mod tests {
         m.count_drop(labels("IP_RPFILTER"));
         m.count_drop(labels("IP_INNOROUTES"));
         let text = m.render();
-        assert!(text.contains("pathtrace_drops_total{reason=\"NETFILTER_DROP\",hook=\"FORWARD\",ifname=\"eth0\",netns=\"root\",container=\"web-1\",code=\"netfilter_drop\"} 2"), "{text}");
-        assert!(text.contains("pathtrace_drops_total{reason=\"other\",hook=\"other\",ifname=\"other\",netns=\"other\",container=\"other\",code=\"other\"} 2"), "{text}");
+        assert!(text.contains("pathtrace_drops_total{reason=\"NETFILTER_DROP\",hook=\"FORWARD\",ifname=\"eth0\",netns=\"root\",container=\"web-1\",code=\"netfilter_drop\",direction=\"reply\"} 2"), "{text}");
+        assert!(text.contains("pathtrace_drops_total{reason=\"other\",hook=\"other\",ifname=\"other\",netns=\"other\",container=\"other\",code=\"other\",direction=\"other\"} 2"), "{text}");
         assert_eq!(m.drops.len(), 3);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name value");

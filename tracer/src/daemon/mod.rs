@@ -22,6 +22,7 @@ use self::{
 };
 use crate::{
     cli::FilterArgs,
+    correlate::flow::Direction,
     output::{Output, Ready, Stats},
     report::Report,
     trace::{Control, TraceConfig, TraceError},
@@ -137,6 +138,14 @@ fn labels(report: &Report) -> DropLabels {
             .diagnosis
             .as_ref()
             .map_or_else(String::new, |d| d.code.to_owned()),
+        direction: report.flow.as_ref().map_or_else(String::new, |f| {
+            match f.direction {
+                Direction::Original => "original",
+                Direction::Reply => "reply",
+                Direction::Related => "related",
+            }
+            .to_owned()
+        }),
     }
 }
 

@@ -7,7 +7,8 @@ use tracer_common::HopKind;
 
 use super::{Output, Ready, Stats};
 use crate::{
-    correlate::flow::RewriteKind,
+    connection::Connection,
+    correlate::flow::{Direction, RewriteKind},
     diagnose::{Confidence, Diagnosis, describe_rule},
     events::Hop,
     probes::HookSet,
@@ -82,17 +83,32 @@ fn title(report: &Report) -> String {
         .hops
         .first()
         .map_or("", |h| h.tcp_flags.name());
+    let quoted = report.packet.hops.iter().find_map(|h| h.quoted);
     let what = report.first_tuple().map_or_else(
         || "non-IPv4 packet".to_owned(),
-        |t| {
-            let flags = if flags.is_empty() { "packet" } else { flags };
-            format!("{flags} {t} ({})", t.proto)
+        |t| match quoted {
+            Some(q) => format!(
+                "ICMP {} {} → {} about {} ({})",
+                q.error.name(),
+                t.src,
+                t.dst,
+                q.tuple,
+                q.tuple.proto
+            ),
+            None => {
+                let flags = if flags.is_empty() { "packet" } else { flags };
+                format!("{flags} {t} ({})", t.proto)
+            }
         },
     );
     let flow = report
         .flow
         .as_ref()
-        .map_or(String::new(), |f| format!(", flow {}", f.id));
+        .map_or(String::new(), |f| match f.direction {
+            Direction::Original => format!(", flow {}", f.id),
+            Direction::Reply => format!(", flow {} reply", f.id),
+            Direction::Related => format!(", flow {} related", f.id),
+        });
     format!("{what}  [skb {:#x}{flow}]", report.packet.skb)
 }
 
@@ -136,6 +152,9 @@ fn hop_detail(detail: &mut String, hop: &Hop, view: &HopView) {
     }
     if view.inferred {
         let _ = write!(detail, "  (inferred from the receive after it)");
+    }
+    if view.followed {
+        let _ = write!(detail, "  (followed: it answers a traced packet)");
     }
     if let Some(reason) = &view.drop_reason {
         let _ = write!(
@@ -247,7 +266,21 @@ impl<W: Write> Output for HumanOutput<W> {
     }
 
     fn report(&mut self, report: &Report) -> std::io::Result<()> {
-        writeln!(self.out, "\n{}", render(report).trim_end())?;
+        match report.retransmission {
+            // The story was told with the first copy: one line for each one after it.
+            Some(n) => writeln!(
+                self.out,
+                "{}  retransmission {n}: {}",
+                title(report),
+                verdict_line(report)
+            )?,
+            None => writeln!(self.out, "\n{}", render(report).trim_end())?,
+        }
+        self.out.flush()
+    }
+
+    fn connection(&mut self, c: &Connection) -> std::io::Result<()> {
+        writeln!(self.out, "\n{}", connection_line(c).trim_end())?;
         self.out.flush()
     }
 
@@ -275,6 +308,35 @@ impl<W: Write> Output for HumanOutput<W> {
         )?;
         self.out.flush()
     }
+}
+
+/// `connection 3: 203.0.113.2:41822 → 203.0.113.1:10001 (tcp) reply dropped — SYN delivered
+/// to web-1:80; SYN-ACK dropped ...`, and the step that explains it with its fix.
+pub fn connection_line(c: &Connection) -> String {
+    let mut s = format!(
+        "connection {}: {} ({}) {} — {}\n",
+        c.id,
+        c.tuple,
+        c.tuple.proto,
+        serde_json::to_value(c.state)
+            .ok()
+            .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+            .unwrap_or_default(),
+        c.summary
+    );
+    if let Some(step) = c.explained_by.and_then(|i| c.steps.get(i)) {
+        let _ = writeln!(
+            s,
+            "  explained by the {}'s diagnosis{} (skb {})",
+            step.packet,
+            step.code.map(|c| format!(" [{c}]")).unwrap_or_default(),
+            step.skb
+        );
+        if let Some(fix) = &step.fix {
+            let _ = writeln!(s, "  fix: {fix}");
+        }
+    }
+    s
 }
 
 /// `1 packet`, `3 packets`.

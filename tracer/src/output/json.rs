@@ -75,6 +75,14 @@ impl<W: Write> Output for JsonOutput<W> {
         self.line(&report.verdict_json())
     }
 
+    fn connection(&mut self, c: &crate::connection::Connection) -> std::io::Result<()> {
+        self.line(&Tagged {
+            kind: "flow",
+            time: None,
+            body: c,
+        })
+    }
+
     fn stats(&mut self, stats: &Stats) -> std::io::Result<()> {
         self.line(&Tagged {
             kind: "stats",

@@ -6,7 +6,7 @@ pub mod json;
 
 use serde::Serialize;
 
-use crate::{probes::loader::KernelCounters, report::Report};
+use crate::{connection::Connection, probes::loader::KernelCounters, report::Report};
 
 /// What the trace session tells its output.
 pub trait Output {
@@ -14,6 +14,10 @@ pub trait Output {
     fn ready(&mut self, ready: &Ready) -> std::io::Result<()>;
     /// One finished packet.
     fn report(&mut self, report: &Report) -> std::io::Result<()>;
+    /// One connection's story, once it ended (idle, closed, or the session's end).
+    fn connection(&mut self, _c: &Connection) -> std::io::Result<()> {
+        Ok(())
+    }
     /// Totals at exit.
     fn stats(&mut self, stats: &Stats) -> std::io::Result<()>;
     /// Called every tick (100 ms with packets in flight, 1 s without) with the running totals:
@@ -60,5 +64,7 @@ pub struct Stats {
     pub ended: u64,
     pub unknown: u64,
     pub flows: u64,
+    /// Packets the kernel followed as replies to matched ones (or ICMP errors about them).
+    pub replies: u64,
     pub duration_ms: u64,
 }

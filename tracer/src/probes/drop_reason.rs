@@ -18,8 +18,10 @@ pub struct Housekeeping {
     /// Only when freed in this function (a reason as vague as `NOT_SPECIFIED` means
     /// housekeeping in one place only).
     pub at: Option<&'static str>,
-    /// Only for segments without SYN: a connection's end, never its start.
-    pub not_syn: bool,
+    /// Only for a connection's first segment (`Some(true)`: SYN without ACK), only for
+    /// segments without SYN (`Some(false)`: a connection's end, never its start), or for any
+    /// packet.
+    pub opening: Option<bool>,
     /// Said in place of a drop.
     pub why: &'static str,
 }
@@ -30,32 +32,40 @@ pub const HOUSEKEEPING: &[Housekeeping] = &[
     Housekeeping {
         reason: "QUEUE_PURGE",
         at: None,
-        not_syn: false,
+        opening: None,
         why: "its socket's queue was purged as the socket closed",
     },
     // "socket is close()d": queued on a socket its owner closed.
     Housekeeping {
         reason: "SOCKET_CLOSE",
         at: None,
-        not_syn: false,
+        opening: None,
         why: "its socket was closed with it still queued",
     },
     // AF_UNIX only; never an IP packet, listed so it is never counted as one.
     Housekeeping {
         reason: "UNIX_DISCONNECT",
         at: None,
-        not_syn: false,
+        opening: None,
         why: "its unix socket was disconnected",
     },
     // Measured on 6.18: the client's FIN|ACK after the server closed first reaches a TIME_WAIT
     // connection, which answers it with an ACK, and `tcp_v4_rcv` frees it without a reason.
-    // Every loss in `tcp_v4_rcv` names its reason (NO_SOCKET, TCP_CSUM, ...); a SYN is never
-    // freed there without one.
+    // Every loss in `tcp_v4_rcv` names its reason (NO_SOCKET, TCP_CSUM, ...).
     Housekeeping {
         reason: "NOT_SPECIFIED",
         at: Some("tcp_v4_rcv"),
-        not_syn: true,
+        opening: Some(false),
         why: "a connection in TIME_WAIT took it (the end of a close)",
+    },
+    // Measured on 6.18: a SYN sent again (its SYN-ACK was lost) reaches the request socket
+    // its first copy made; `tcp_check_req` sends the SYN-ACK again and `tcp_v4_rcv` frees the
+    // copy without a reason. A first SYN meets a listener, or a reason (NO_SOCKET, ...).
+    Housekeeping {
+        reason: "NOT_SPECIFIED",
+        at: Some("tcp_v4_rcv"),
+        opening: Some(true),
+        why: "a retransmitted SYN reached the half-open connection its first copy made, which answered it with the SYN-ACK again",
     },
 ];
 
@@ -128,7 +138,13 @@ impl DropReasons {
             .find(|h| {
                 h.reason == name.as_str()
                     && h.at.is_none_or(|f| at == Some(f))
-                    && !(h.not_syn && flags.contains(TcpFlags::SYN))
+                    && h.opening.is_none_or(|opening| {
+                        if opening {
+                            flags.opens()
+                        } else {
+                            !flags.contains(TcpFlags::SYN)
+                        }
+                    })
             })
             .map(|h| h.why)
     }
@@ -177,11 +193,14 @@ mod tests {
                 .unwrap()
                 .contains("TIME_WAIT")
         );
-        assert_eq!(
-            t.housekeeping(2, at("tcp_v4_rcv"), TcpFlags::SYN),
-            None,
-            "a SYN freed without a reason is not a close"
+        assert!(
+            t.housekeeping(2, at("tcp_v4_rcv"), TcpFlags::SYN)
+                .unwrap()
+                .contains("retransmitted SYN"),
+            "a SYN freed without a reason met the half-open connection of its first copy"
         );
+        let syn_ack = TcpFlags::SYN | TcpFlags::ACK;
+        assert_eq!(t.housekeeping(2, at("tcp_v4_rcv"), syn_ack), None);
         assert_eq!(
             t.housekeeping(2, at("ip_rcv_core"), fin),
             None,

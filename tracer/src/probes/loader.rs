@@ -9,7 +9,11 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
-use tracer_common::{Filter, KernelOffsets, config::have, counter};
+use tracer_common::{
+    Filter, KernelOffsets,
+    config::{FlowKey, have},
+    counter,
+};
 
 use super::{
     Attach, Backend, DropReasons, FUNCTION_HOOKS, FunctionHook, HookSet, Needs, Program,
@@ -282,6 +286,57 @@ impl Probes {
             name: "EVENTS",
             source,
         })
+    }
+
+    /// Deletes the replies whose time ran out (`now_ns`: CLOCK_MONOTONIC, the kernel's
+    /// clock) and, when none is left, tells the programs to stop looking (`REPLYING`): a
+    /// packet failing the filter then costs no lookup. Returns how many flows' replies are
+    /// followed. The flag is cleared before the map is read again, so an insert racing the
+    /// sweep (entry first, flag second in the kernel) is never left unflagged.
+    pub fn sweep_replies(&mut self, now_ns: u64) -> Result<usize, ProbeError> {
+        let map = |source| ProbeError::Map {
+            name: "REPLIES",
+            source,
+        };
+        let live = {
+            let replies: aya::maps::HashMap<&mut MapData, FlowKey, u64> =
+                aya::maps::HashMap::try_from(
+                    self.ebpf
+                        .map_mut("REPLIES")
+                        .ok_or(ProbeError::MissingMap("REPLIES"))?,
+                )
+                .map_err(map)?;
+            let mut expired = Vec::new();
+            let mut live = 0usize;
+            for entry in replies.iter() {
+                let (key, until) = entry.map_err(map)?;
+                if until <= now_ns {
+                    expired.push(key);
+                } else {
+                    live += 1;
+                }
+            }
+            let mut replies = replies;
+            for key in &expired {
+                // Gone already (LRU, or the kernel refreshed and it expired again): fine.
+                let _ = replies.remove(key);
+            }
+            live
+        };
+        if live == 0 {
+            write_entry(&mut self.ebpf, "REPLYING", 0u32)?;
+            let replies: aya::maps::HashMap<&MapData, FlowKey, u64> = aya::maps::HashMap::try_from(
+                self.ebpf
+                    .map("REPLIES")
+                    .ok_or(ProbeError::MissingMap("REPLIES"))?,
+            )
+            .map_err(map)?;
+            if replies.keys().next().is_some() {
+                write_entry(&mut self.ebpf, "REPLYING", 1u32)?;
+                return Ok(1);
+            }
+        }
+        Ok(live)
     }
 
     /// Kernel-side counters summed over CPUs.

@@ -143,7 +143,14 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
         "conntrack (no conntrack in this kernel?)",
         ct,
         |o, v| {
-            [o.skb_nfct, o.ct_dst_addr, o.ct_dst_port, o.ct_dir_stride] = v;
+            [
+                o.skb_nfct,
+                o.ct_dst_addr,
+                o.ct_dst_port,
+                o.ct_dir_stride,
+                o.ct_src_addr,
+                o.ct_src_port,
+            ] = v;
         },
     );
     Ok(off)
@@ -201,10 +208,10 @@ fn optional<T>(
     }
 }
 
-/// `skb->_nfct`, and where a `struct nf_conn` keeps the destination of its original tuple
-/// (the reply's is one `tuplehash` element further): in vmlinux when conntrack is built in,
-/// in the nf_conntrack module's BTF when it is a module.
-fn conntrack(btf: &mut Btf) -> Result<[u32; 4], OffsetError> {
+/// `skb->_nfct`, and where a `struct nf_conn` keeps the destination and source of its
+/// original tuple (the reply's is one `tuplehash` element further): in vmlinux when conntrack
+/// is built in, in the nf_conntrack module's BTF when it is a module.
+fn conntrack(btf: &mut Btf) -> Result<[u32; 6], OffsetError> {
     let nfct = field(btf, "sk_buff", "_nfct", 8)?;
     let mut module;
     let b = if btf.struct_id("nf_conn").is_some() {
@@ -225,7 +232,16 @@ fn conntrack(btf: &mut Btf) -> Result<[u32; 4], OffsetError> {
     }
     let addr = field(b, "nf_conntrack_tuple_hash", "tuple.dst.u3", 16)?;
     let port = field(b, "nf_conntrack_tuple_hash", "tuple.dst.u.all", 2)?;
-    Ok([nfct, table.offset + addr, table.offset + port, stride])
+    let src_addr = field(b, "nf_conntrack_tuple_hash", "tuple.src.u3", 16)?;
+    let src_port = field(b, "nf_conntrack_tuple_hash", "tuple.src.u.all", 2)?;
+    Ok([
+        nfct,
+        table.offset + addr,
+        table.offset + port,
+        stride,
+        table.offset + src_addr,
+        table.offset + src_port,
+    ])
 }
 
 /// Why packet headers cannot be cast to their BTF types on this kernel.
@@ -403,7 +419,7 @@ mod tests {
     /// union and a port union: where the original direction's destination lies, and the
     /// stride to the reply's.
     #[test]
-    fn finds_conntracks_destination_of_each_direction() {
+    fn finds_conntracks_addresses_of_each_direction() {
         let mut b = BtfBuilder::new();
         let u8t = b.int("u8", 1);
         let be16 = b.int("__be16", 2);
@@ -412,7 +428,12 @@ mod tests {
         b.composite(false, "sk_buff", 232, &[("_nfct", ulong, 960, 0)]);
         let addr = b.composite(true, "nf_inet_addr", 16, &[("ip", be32, 0, 0)]);
         let port = b.composite(true, "", 2, &[("all", be16, 0, 0)]);
-        let man = b.composite(false, "nf_conntrack_man", 20, &[("u3", addr, 0, 0)]);
+        let man = b.composite(
+            false,
+            "nf_conntrack_man",
+            20,
+            &[("u3", addr, 0, 0), ("u", port, 128, 0)],
+        );
         let dst = b.composite(
             false,
             "",
@@ -444,8 +465,11 @@ mod tests {
         );
         let mut btf = Btf::parse(b.build()).expect("fixture");
         // _nfct at 120; tuplehash at 32, its tuple at 16, the tuple's dst at 20, the port 16
-        // into dst; one element is 56 bytes.
-        assert_eq!(conntrack(&mut btf).expect("offsets"), [120, 68, 84, 56]);
+        // into dst; one element is 56 bytes; the source at the tuple's start, its port 16 in.
+        assert_eq!(
+            conntrack(&mut btf).expect("offsets"),
+            [120, 68, 84, 56, 48, 64]
+        );
 
         // A kernel without conntrack has no _nfct: the group is left out, naming why.
         let err = conntrack(&mut kernel_like(2)).unwrap_err().to_string();

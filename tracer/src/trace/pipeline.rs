@@ -3,6 +3,7 @@
 
 use super::TraceConfig;
 use crate::{
+    connection::Connections,
     correlate::{FlowTable, Packet, PacketTracker, transmits},
     diagnose::judge,
     events::Hop,
@@ -24,6 +25,7 @@ pub struct Pipeline {
     /// never traced: they do not run.
     hooks: HookSet,
     finished: Vec<Packet>,
+    connections: Connections,
     pub stats: Stats,
 }
 
@@ -46,6 +48,7 @@ impl Pipeline {
             },
             hooks,
             finished: Vec::new(),
+            connections: Connections::new(cfg.max_flows),
             stats: Stats::default(),
         }
     }
@@ -87,8 +90,16 @@ impl Pipeline {
                 &self.drop_reasons,
                 self.hooks,
             );
-            let report = Report::new(judged, &mut self.resolver, &self.drop_reasons);
+            let mut report = Report::new(judged, &mut self.resolver, &self.drop_reasons);
+            let (again, pushed_out) = self.connections.add(&report);
+            report.retransmission = again;
+            if let Some(c) = pushed_out {
+                out.connection(&c)?;
+            }
             self.stats.packets += 1;
+            if report.packet.hops.first().is_some_and(|h| h.followed) {
+                self.stats.replies += 1;
+            }
             match report.verdict.outcome {
                 Outcome::Delivered => self.stats.delivered += 1,
                 Outcome::Dropped => self.stats.dropped += 1,
@@ -97,6 +108,9 @@ impl Pipeline {
             }
             out.report(&report)?;
             n += 1;
+        }
+        for c in self.connections.finished(now_ns) {
+            out.connection(&c)?;
         }
         self.stats.flows = self.flows.len() as u64;
         Ok(n)

@@ -241,6 +241,11 @@ impl Session {
             self.counters_read = Instant::now();
             self.read_counters();
             self.check_modules = true;
+            // Flows whose replies stopped being worth following: the kernel forgets them,
+            // and stops looking once none is left.
+            if let Err(e) = self.probes.sweep_replies(monotonic_ns()) {
+                tracing::debug!("sweeping followed replies: {e}");
+            }
             // Containers come and go: a published port's target with them.
             if let Some(d) = self.drops_filter.as_mut()
                 && let Some(f) = d.refresh(&mut self.pipeline.resolver)

@@ -319,7 +319,13 @@ fn summary_and_fix(
         Some(bridge) if w.bridge_family => (
             "bridge_netfilter_drop",
             format!(
-                "{name}{target}{what} was bridged on {bridge}, and {} dropped it: {}.",
+                "{name}{target}{what} {} {bridge}, and {} dropped it: {}.",
+                match w.outcome.hook {
+                    Hook::Prerouting => "entered bridge",
+                    Hook::Input => "came in on a port of bridge",
+                    Hook::Output | Hook::Postrouting => "was sent to a port by bridge",
+                    _ => "was bridged on",
+                },
                 match ebtables_table(by) {
                     Some((cmd, table)) => format!("{cmd} (table {table})"),
                     None => format!(
@@ -408,12 +414,25 @@ impl Ends {
 /// Where on the bridge the frame was when it was dropped there.
 fn bridge_evidence(w: &Walked, ns: &str) -> Option<String> {
     match (&w.bridged, &w.in_if) {
-        (Some(bridge), Some(port)) if w.bridge_family => Some(format!(
-            "the frame came in on port {port} of bridge {bridge} and stays on it{}: the bridge family's FORWARD chains see it, with bridge ports as iifname/oifname",
-            w.out_if
-                .as_ref()
-                .map(|o| format!(" (headed out of port {o}, the device at the drop)"))
-                .unwrap_or_default()
+        (Some(bridge), Some(port)) if w.bridge_family => Some(match w.outcome.hook {
+            Hook::Prerouting => format!(
+                "the frame came in on port {port} of bridge {bridge}: the bridge family's PREROUTING chains see every frame a port brings in, with the port as iifname"
+            ),
+            Hook::Input => format!(
+                "the frame came in on port {port} of bridge {bridge} addressed to the bridge itself (to be routed on, or taken here): the bridge family's INPUT chains see it, with the port as iifname"
+            ),
+            _ => format!(
+                "the frame came in on port {port} of bridge {bridge} and stays on it{}: the bridge family's FORWARD chains see it, with bridge ports as iifname/oifname",
+                w.out_if
+                    .as_ref()
+                    .map(|o| format!(" (headed out of port {o}, the device at the drop)"))
+                    .unwrap_or_default()
+            ),
+        }),
+        (Some(bridge), None) if w.bridge_family => Some(format!(
+            "bridge {bridge} sent the frame to its port {}: the bridge family's {} chains see it, with the port as oifname",
+            w.out_if.as_deref().unwrap_or("?"),
+            w.outcome.hook.name()
         )),
         (Some(bridge), _) => Some(format!(
             "the packet came in on a port of bridge {bridge} and stays on it: bridge-nf-call-iptables = 1 in netns {ns}"

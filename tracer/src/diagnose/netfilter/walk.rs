@@ -146,34 +146,42 @@ impl<'w> Walker<'w> {
         })
     }
 
-    /// A frame bridged between two ports of one bridge meets the bridge family's chains first
-    /// (ebtables' successor, at priority -200), with the ports as its interfaces.
+    /// A frame that came in by a bridge port meets the bridge family's chains first (ebtables'
+    /// successor, at priority -200), with the ports as its interfaces: PREROUTING, then
+    /// FORWARD when it is bridged to another port, or INPUT when it is for the bridge itself
+    /// (routed on, or taken here; a container's reply leaving its network).
     fn bridge_family(&self, facts: &mut dyn HostFacts, observed: Option<Hook>) -> Option<Walked> {
         let (b, port) = (self.bridge.as_ref()?, self.physdev_in.as_ref()?);
-        if !observed.is_none_or(|h| h == Hook::Forward)
-            || self.route(facts, self.at_drop).as_deref() != Some(b.as_str())
-        {
+        if !observed.is_none_or(|h| matches!(h, Hook::Prerouting | Hook::Forward | Hook::Input)) {
             return None;
         }
+        let bridged = self.route(facts, self.at_drop).as_deref() == Some(b.as_str());
+        let (last, t, out_port) = if bridged {
+            (Hook::Forward, self.at_drop, self.out_port.clone())
+        } else {
+            (Hook::Input, self.first, None)
+        };
         let case = self.case;
-        let mut p = case.at_hook(
-            facts,
-            self.netns,
-            self.at_drop,
-            Some(port.clone()),
-            self.out_port.clone(),
-        );
+        let mut p = case.at_hook(facts, self.netns, t, Some(port.clone()), out_port.clone());
         p.physdev_in = Some(port.clone());
-        p.physdev_out = self.out_port.clone();
-        let outcome = self.rs.evaluate_bridge(Hook::Forward, &p);
-        (outcome.verdict != RuleVerdict::Accept).then(|| Walked {
-            outcome,
-            in_if: Some(port.clone()),
-            out_if: self.out_port.clone(),
-            observed: observed.is_some(),
-            bridged: Some(b.clone()),
-            bridge_family: true,
-        })
+        p.physdev_out = out_port.clone();
+        for hook in [Hook::Prerouting, last] {
+            if observed.is_some_and(|h| h != hook) {
+                continue;
+            }
+            let outcome = self.rs.evaluate_bridge(hook, &p);
+            if outcome.verdict != RuleVerdict::Accept {
+                return Some(Walked {
+                    outcome,
+                    in_if: Some(port.clone()),
+                    out_if: out_port,
+                    observed: observed.is_some(),
+                    bridged: Some(b.clone()),
+                    bridge_family: true,
+                });
+            }
+        }
+        None
     }
 
     /// The backend saw the hook: evaluate just that one, with the header at the drop.
