@@ -593,13 +593,14 @@ pub fn module_late(backend: &str) -> Value {
         let lab = Lab::new(s.config.clone())?;
         let want = format!("transmit {}@{}", lab.host_veth, lab.host.name);
         // The reader looks for new module BTF once a second, and attaching again takes
-        // seconds under TCG: connect until a SYN shows the bridge's egress port, a minute at
-        // most.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // tens of seconds under TCG (the verifier runs each program for seconds there, and
+        // nothing is read meanwhile): connect until a SYN shows the bridge's egress port, two
+        // minutes at most.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         let (mut answered, mut verdict, mut hops) = (false, Value::Null, Vec::new());
         while std::time::Instant::now() < deadline && !hops.contains(&want) {
             answered = lab.connect(Duration::from_secs(5))?;
-            verdict = tracer.wait_for(Duration::from_secs(20), |v| {
+            verdict = tracer.wait_for(Duration::from_secs(60), |v| {
                 v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
             })?;
             let skb = verdict["skb"].as_str().unwrap_or_default().to_owned();

@@ -292,8 +292,10 @@ pub struct FlowKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    /// Explicit padding; always zero.
-    pub _pad: [u8; 3],
+    /// Explicit padding; always zero. Two fields, not `[u8; 3]`: zeroing three bytes is a
+    /// `memset` call in BPF, a subprogram whose frame the verifier adds to the caller's.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 impl FlowKey {
@@ -304,7 +306,8 @@ impl FlowKey {
         sport: 0,
         dport: 0,
         proto: 0,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
 
     /// A cheap mix of the tuple, kept with a followed skb to tell a NAT rewrite from the same
@@ -343,7 +346,8 @@ impl FlowKey {
             sport: dport,
             dport: sport,
             proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }
@@ -560,7 +564,8 @@ mod tests {
             sport,
             dport,
             proto: 6,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 

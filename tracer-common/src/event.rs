@@ -174,6 +174,26 @@ impl HopEvent {
     /// conntrack's header.
     pub const HEAD_LEN: usize = core::mem::offset_of!(HopEvent, in_ifindex);
 
+    /// The record of a `FreedUnseen` event (the head, zero but for time, skb and kind), as
+    /// words: a zeroed `HopEvent` on a BPF stack is a `memset` call, a subprogram whose frame
+    /// the verifier adds to the caller's, on the hottest hook.
+    #[inline(always)]
+    pub const fn freed_unseen(ts_ns: u64, skb: u64) -> [u64; Self::HEAD_LEN / 8] {
+        const KIND_WORD: usize = core::mem::offset_of!(HopEvent, kind) / 8;
+        const KIND_SHIFT: usize = core::mem::offset_of!(HopEvent, kind) % 8 * 8;
+        const _: () = assert!(
+            core::mem::offset_of!(HopEvent, ts_ns) == 0
+                && core::mem::offset_of!(HopEvent, skb) == 8
+                && HopEvent::HEAD_LEN.is_multiple_of(8)
+        );
+        let mut words = [0u64; Self::HEAD_LEN / 8];
+        words[0] = ts_ns;
+        words[1] = skb;
+        // Little-endian, as BPF on x86-64 and arm64 is.
+        words[KIND_WORD] = (HopKind::FreedUnseen as u64) << KIND_SHIFT;
+        words
+    }
+
     /// The record length the kernel program writes for an event of `kind` with `flags`.
     #[inline(always)]
     pub const fn record_len(kind: u8, flags: u8) -> usize {
@@ -306,6 +326,20 @@ mod tests {
         ev.icmp_type = 3;
         assert_eq!(ev.record().len(), 104);
         assert_eq!(HopEvent::from_bytes(ev.record()), Some(ev));
+    }
+
+    #[test]
+    fn a_freed_unseen_record_decodes_as_its_event() {
+        let words = HopEvent::freed_unseen(42, 0xffff_8880_0000_1000);
+        // SAFETY: plain integers viewed as bytes.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), HopEvent::HEAD_LEN) };
+        let ev = HopEvent::from_bytes(bytes).expect("a head");
+        let mut want = HopEvent::zeroed();
+        want.ts_ns = 42;
+        want.skb = 0xffff_8880_0000_1000;
+        want.kind = HopKind::FreedUnseen as u8;
+        assert_eq!(ev, want);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::{
         remembered, replying, track,
     },
     skb::{
-        Access, answers, device, entered, field, foreign, headers, passes, quote, read, reply_key,
+        ByConntrack, by_conntrack, device, entered, field, foreign, headers, passes, quote, read,
+        reply_key,
     },
 };
 
@@ -48,20 +49,27 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         if site.only_tracked {
             return None;
         }
-        if !(passes(skb, site.l3_at_data, site.access, f)
-            || (site.kind == HopKind::Drop && entered_passes(skb, site.access, f)))
-        {
+        if !passes(skb, site.l3_at_data, site.access, f) {
+            // A drop after DNAT still matches a filter on the published address and port, by
+            // the header conntrack says it entered with; a drop traced alone (nothing followed
+            // before it) is matched by the connection it answers.
+            let ct = if site.kind == HopKind::Drop {
+                by_conntrack(skb, site.access, f)
+            } else {
+                ByConntrack::No
+            };
             // A reply to a followed packet, or an ICMP error about one, is traced from its
             // first hop even though the filter (stateless) does not match it. The lookup is
-            // paid only while some flow is followed. A drop traced alone (nothing followed
-            // before it) is matched by the connection it answers, from conntrack.
-            let reply = (replying()
-                && reply_key(skb, site.l3_at_data, site.access).is_some_and(|k| is_reply(&k)))
-                || (site.kind == HopKind::Drop && answers(skb, site.access, f));
-            if !reply {
+            // paid only while some flow is followed.
+            if ct == ByConntrack::Answers
+                || (ct == ByConntrack::No
+                    && replying()
+                    && reply_key(skb, site.l3_at_data, site.access).is_some_and(|k| is_reply(&k)))
+            {
+                followed = true;
+            } else if ct == ByConntrack::No {
                 return None;
             }
-            followed = true;
         }
     }
     let h = headers(skb, site.l3_at_data, site.access);
@@ -176,27 +184,15 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     Some(ev)
 }
 
-/// Whether the packet, as conntrack says it entered the namespace, passes `f`: a drop after
-/// DNAT still matches a filter on the published address and port. Only drops ask, and only
-/// for packets whose current header did not pass.
-#[inline(always)]
-fn entered_passes(skb: u64, access: Access, f: &tracer_common::Filter) -> bool {
-    let Some((daddr, dport)) = entered(skb, access) else {
-        return false;
-    };
-    let h = headers(skb, false, access);
-    h.ipv4 && f.matches(h.saddr, daddr, h.proto, h.l4, h.sport, dport)
-}
-
 /// Ends the packet followed at `skb`: its memory holds another packet now.
 #[inline(always)]
 fn freed_unseen(skb: u64) {
-    let mut ev = HopEvent::zeroed();
     // SAFETY: helper without preconditions.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.skb = skb;
-    ev.kind = HopKind::FreedUnseen as u8;
-    emit(&ev);
+    let record = HopEvent::freed_unseen(unsafe { bpf_ktime_get_ns() }, skb);
+    // SAFETY: plain integers viewed as the bytes of a head record.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(record.as_ptr().cast::<u8>(), HopEvent::HEAD_LEN) };
+    output(bytes);
 }
 
 /// Bytes past `WAKEUP_BYTES` within which an event still wakes the reader: four records
@@ -206,6 +202,16 @@ const WAKEUP_WINDOW: u64 = 4 * (core::mem::size_of::<HopEvent>() as u64 + 8);
 /// Writes one event to the ring buffer, counting it as emitted or lost.
 #[inline(always)]
 pub fn emit(ev: &HopEvent) {
+    // Only a drop's record and an ICMP error's carry the tail (input interface, conntrack's
+    // header, the quoted header).
+    let len = HopEvent::record_len(ev.kind, ev.flags);
+    // SAFETY: `len` is at most the size of `*ev`, which is fully initialised.
+    output(unsafe { core::slice::from_raw_parts((ev as *const HopEvent).cast::<u8>(), len) });
+}
+
+/// Writes one record to the ring buffer, counting it as emitted or lost.
+#[inline(always)]
+fn output(record: &[u8]) {
     // SAFETY: a plain read of a static the loader patched before load.
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     // Two wakeups, no more: while the reader sleeps (an idle ring: it said so in READER), the
@@ -221,10 +227,6 @@ pub fn emit(ev: &HopEvent) {
     } else {
         ring::NO_WAKEUP
     };
-    // Only a drop's record carries the drop's tail (input interface, conntrack's header).
-    let len = HopEvent::record_len(ev.kind, ev.flags);
-    // SAFETY: `len` is at most the size of `*ev`, which is fully initialised.
-    let record = unsafe { core::slice::from_raw_parts((ev as *const HopEvent).cast::<u8>(), len) };
     match EVENTS.output::<[u8]>(record, flags) {
         Ok(()) => bump(counter::EMITTED),
         Err(_) => bump(counter::LOST),

@@ -28,6 +28,9 @@ struct Pending {
 }
 
 /// Hops waiting for their hook's verdict, keyed by skb (fentry) or by CPU and task (kprobe).
+/// With kprobes a followed packet's call nested inside another's (the ICMP error a `reject`
+/// sends from inside FORWARD, which is followed as an answer) sets the outer hop aside under
+/// the key with [`OUTER`] set until the inner one is done.
 #[map]
 static NF_PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(4096, 0);
 
@@ -50,6 +53,11 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
     };
     match build(skb, site) {
         Some(ev) => {
+            if by_task && let Some(outer) = NF_PENDING.get_ptr(&key) {
+                // SAFETY: a map value pointer, valid while the entry exists; the insert copies
+                // it (no stack copy: the kprobe programs' frames are near the limit).
+                let _ = NF_PENDING.insert(&(key ^ OUTER), unsafe { &*outer }, 0);
+            }
             let pending = Pending {
                 ev,
                 nested: 0,
@@ -65,6 +73,20 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
             }
         }
         None => {}
+    }
+}
+
+/// Marks the key of an outer hop set aside for a nested one (task keys never have it: the pid
+/// and tgid halves are below 2^22 and the CPU sits at bit 48).
+const OUTER: u64 = 1 << 63;
+
+/// The inner hop at `key` is done: the outer one set aside for it waits again.
+#[inline(always)]
+fn restore_outer(key: u64) {
+    if let Some(outer) = NF_PENDING.get_ptr(&(key ^ OUTER)) {
+        // SAFETY: as in `enter`.
+        let _ = NF_PENDING.insert(&key, unsafe { &*outer }, 0);
+        let _ = NF_PENDING.remove(&(key ^ OUTER));
     }
 }
 
@@ -87,16 +109,17 @@ pub fn drop_inside_hook(skb: u64) {
         let Some(pending) = NF_PENDING.get_ptr_mut(&key) else {
             continue;
         };
-        // SAFETY: as in `enter`; copied out before the entry is removed.
-        let mut ev = unsafe {
+        // SAFETY: as in `enter`. Emitted from the map value, before the entry is removed:
+        // a copy on the stack would cost the drop hook's frame a whole event.
+        unsafe {
             if (*pending).ev.skb != skb || (*pending).nested != 0 {
                 continue;
             }
-            (*pending).ev
-        };
+            (*pending).ev.nf_verdict = nf_verdict::DROP;
+            emit(&(*pending).ev);
+        }
         let _ = NF_PENDING.remove(&key);
-        ev.nf_verdict = nf_verdict::DROP;
-        emit(&ev);
+        restore_outer(key);
         return;
     }
 }
@@ -107,19 +130,19 @@ pub fn exit(key: u64, ret: i64) {
     let Some(pending) = NF_PENDING.get_ptr_mut(&key) else {
         return;
     };
-    // SAFETY: as in `enter`; the value is copied out before the entry is removed.
-    let mut ev = unsafe {
+    // SAFETY: as in `enter`; emitted from the map value before the entry is removed.
+    unsafe {
         if (*pending).nested > 0 {
             (*pending).nested -= 1; // an inner call's return, not ours
             return;
         }
-        (*pending).ev
-    };
+        (*pending).ev.nf_verdict = match ret {
+            1 => nf_verdict::ACCEPT,
+            0 => nf_verdict::STOLEN,
+            _ => nf_verdict::DROP,
+        };
+        emit(&(*pending).ev);
+    }
     let _ = NF_PENDING.remove(&key);
-    ev.nf_verdict = match ret {
-        1 => nf_verdict::ACCEPT,
-        0 => nf_verdict::STOLEN,
-        _ => nf_verdict::DROP,
-    };
-    emit(&ev);
+    restore_outer(key);
 }

@@ -72,7 +72,8 @@ impl Headers {
             sport: self.sport,
             dport: self.dport,
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 
@@ -217,7 +218,8 @@ pub fn reply_key(skb: u64, l3_at_data: bool, access: Access) -> Option<FlowKey> 
         sport,
         dport,
         proto: at.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     })
 }
 
@@ -287,21 +289,25 @@ pub fn quote(icmp: u64) -> Option<Quote> {
         q.inner.dport = u16::from_be(load(l4, 2));
         return Some(q);
     }
-    let b = read::<[u8; 28]>(icmp, 0)?;
-    q.icmp_type = b[0];
-    q.icmp_code = b[1];
-    if !quotes(q.icmp_type) || b[8] >> 4 != 4 {
+    // Field by field: one 28-byte buffer on the stack would push the drop hook's frame past
+    // what the verifier allows once a subprogram (memset) is called from it.
+    let [t, c] = read::<[u8; 2]>(icmp, 0)?;
+    q.icmp_type = t;
+    q.icmp_code = c;
+    let ver_ihl = read::<u8>(inner, 0)?;
+    if !quotes(q.icmp_type) || ver_ihl >> 4 != 4 {
         return None;
     }
-    q.inner.proto = b[17];
-    q.inner.saddr = [b[20], b[21], b[22], b[23]];
-    q.inner.daddr = [b[24], b[25], b[26], b[27]];
-    ihl = (b[8] & 0x0f) as u64 * 4;
-    let fragment = u16::from_be_bytes([b[14], b[15]]) & 0x1fff != 0;
+    q.inner.proto = read::<u8>(inner, 9)?;
+    q.inner.saddr = read::<[u8; 4]>(inner, 12)?;
+    q.inner.daddr = read::<[u8; 4]>(inner, 16)?;
+    ihl = (ver_ihl & 0x0f) as u64 * 4;
+    let fragment = u16::from_be(read::<u16>(inner, 6)?) & 0x1fff != 0;
     if ihl < 20 || fragment || (q.inner.proto != 6 && q.inner.proto != 17) {
         return Some(q);
     }
-    if let Some(p) = read::<[u8; 4]>(inner, ihl as u32) {
+    if let Some(ports) = read::<u32>(inner, ihl as u32) {
+        let p = ports.to_ne_bytes();
         q.inner.sport = u16::from_be_bytes([p[0], p[1]]);
         q.inner.dport = u16::from_be_bytes([p[2], p[3]]);
     }
@@ -372,40 +378,74 @@ pub fn entered(skb: u64, access: Access) -> Option<([u8; 4], u16)> {
     Some((addr.to_ne_bytes(), u16::from_be(port)))
 }
 
-/// The original direction's header of the connection `skb` answers, when it is a reply
-/// (`ip_conntrack_info` IP_CT_IS_REPLY and above): what the client sent, as it entered the
-/// namespace, so a reply's drop traced alone matches a filter on the client's packets.
-/// Helper reads: drops that failed the filter only.
+/// How a drop whose header failed the filter still passes, as conntrack knows the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ByConntrack {
+    No,
+    /// Sent, as it entered the namespace (before DNAT), where the filter matches.
+    Entered,
+    /// A reply in a connection whose first packet the filter matches.
+    Answers,
+}
+
+/// Whether a drop passes `f` by its conntrack entry: the header it entered the namespace with
+/// (its direction's destination), or, for a reply, the connection's original header (what the
+/// client sent). A drop traced alone then still matches a filter on a published port after
+/// DNAT, and a reply's drop matches the client's filter. The entry is read with helper calls,
+/// and the packet's header once: drops that failed the filter only.
 #[inline(always)]
-pub fn answers(skb: u64, access: Access, f: &Filter) -> bool {
+pub fn by_conntrack(skb: u64, access: Access, f: &Filter) -> ByConntrack {
     if off!(have) & have::CONNTRACK == 0 {
-        return false;
+        return ByConntrack::No;
     }
     let Some(nfct) = field::<u64>(skb, off!(skb_nfct), access) else {
-        return false;
+        return ByConntrack::No;
     };
     let ct = nfct & !NFCT_INFOMASK;
-    if ct < KERNEL_ADDRESSES || nfct & NFCT_INFOMASK < 3 {
-        return false;
+    if ct < KERNEL_ADDRESSES {
+        return ByConntrack::No;
     }
     let h = headers(skb, false, access);
-    let (Some(saddr), Some(daddr), Some(sport), Some(dport)) = (
-        read::<u32>(ct, off!(ct_src_addr)),
-        read::<u32>(ct, off!(ct_dst_addr)),
-        read::<u16>(ct, off!(ct_src_port)),
-        read::<u16>(ct, off!(ct_dst_port)),
-    ) else {
-        return false;
+    if !h.ipv4 {
+        return ByConntrack::No;
+    }
+    // `enum ip_conntrack_info`: IP_CT_IS_REPLY (3) and above is the reply direction, whose
+    // tuple is the second `tuplehash` element.
+    let reply = nfct & NFCT_INFOMASK >= 3;
+    let dir = if reply { off!(ct_dir_stride) } else { 0 };
+    let dst = |dir: u32| {
+        Some((
+            read::<u32>(ct, off!(ct_dst_addr) + dir)?.to_ne_bytes(),
+            u16::from_be(read::<u16>(ct, off!(ct_dst_port) + dir)?),
+        ))
     };
-    h.ipv4
-        && f.matches(
-            saddr.to_ne_bytes(),
-            daddr.to_ne_bytes(),
-            h.proto,
-            h.l4,
-            u16::from_be(sport),
-            u16::from_be(dport),
-        )
+    if let Some((daddr, dport)) = dst(dir)
+        && f.matches(h.saddr, daddr, h.proto, h.l4, h.sport, dport)
+    {
+        return ByConntrack::Entered;
+    }
+    if !reply {
+        return ByConntrack::No;
+    }
+    let (Some((daddr, dport)), Some(saddr), Some(sport)) = (
+        dst(0),
+        read::<u32>(ct, off!(ct_src_addr)),
+        read::<u16>(ct, off!(ct_src_port)),
+    ) else {
+        return ByConntrack::No;
+    };
+    if f.matches(
+        saddr.to_ne_bytes(),
+        daddr,
+        h.proto,
+        h.l4,
+        u16::from_be(sport),
+        dport,
+    ) {
+        ByConntrack::Answers
+    } else {
+        ByConntrack::No
+    }
 }
 
 /// The low bits of `skb->_nfct` hold the `ip_conntrack_info`.
