@@ -144,7 +144,7 @@ mod fentry {
     pub fn fexit_nf_hook_slow(ctx: FExitContext) -> i32 {
         let skb: u64 = ctx.arg(0);
         let ret: i32 = ctx.arg(4);
-        netfilter::exit(skb, ret as i64);
+        netfilter::exit(skb, ret as i64, false);
         0
     }
 
@@ -186,7 +186,7 @@ mod kprobes {
     #[kretprobe]
     pub fn kretprobe_nf_hook_slow(ctx: RetProbeContext) -> u32 {
         let ret: i32 = ctx.ret();
-        netfilter::exit(netfilter::task_key(), ret as i64);
+        netfilter::exit(netfilter::task_key(), ret as i64, true);
         0
     }
 

@@ -80,7 +80,8 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
 /// and tgid halves are below 2^22 and the CPU sits at bit 48).
 const OUTER: u64 = 1 << 63;
 
-/// The inner hop at `key` is done: the outer one set aside for it waits again.
+/// The inner hop at `key` (a task key: an skb's is a pointer, which the verifier lets no
+/// arithmetic touch) is done: the outer one set aside for it waits again.
 #[inline(always)]
 fn restore_outer(key: u64) {
     if let Some(outer) = NF_PENDING.get_ptr(&(key ^ OUTER)) {
@@ -105,7 +106,7 @@ pub fn task_key() -> u64 {
 /// stays part of its packet and names the hook. Called only for skbs we follow.
 #[inline(always)]
 pub fn drop_inside_hook(skb: u64) {
-    for key in [skb, task_key()] {
+    for (key, by_task) in [(skb, false), (task_key(), true)] {
         let Some(pending) = NF_PENDING.get_ptr_mut(&key) else {
             continue;
         };
@@ -119,14 +120,17 @@ pub fn drop_inside_hook(skb: u64) {
             emit(&(*pending).ev);
         }
         let _ = NF_PENDING.remove(&key);
-        restore_outer(key);
+        if by_task {
+            restore_outer(key);
+        }
         return;
     }
 }
 
-/// `nf_hook_slow` return: 1 accepted, 0 stolen or queued, negative dropped.
+/// `nf_hook_slow` return: 1 accepted, 0 stolen or queued, negative dropped. `by_task` as in
+/// [`enter`].
 #[inline(always)]
-pub fn exit(key: u64, ret: i64) {
+pub fn exit(key: u64, ret: i64, by_task: bool) {
     let Some(pending) = NF_PENDING.get_ptr_mut(&key) else {
         return;
     };
@@ -144,5 +148,7 @@ pub fn exit(key: u64, ret: i64) {
         emit(&(*pending).ev);
     }
     let _ = NF_PENDING.remove(&key);
-    restore_outer(key);
+    if by_task {
+        restore_outer(key);
+    }
 }
