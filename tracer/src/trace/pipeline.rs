@@ -97,7 +97,7 @@ impl Pipeline {
                 out.connection(&c)?;
             }
             self.stats.packets += 1;
-            if report.packet.hops.first().is_some_and(|h| h.followed) {
+            if report.packet.hops.iter().any(|h| h.followed) {
                 self.stats.replies += 1;
             }
             match report.verdict.outcome {
