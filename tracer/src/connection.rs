@@ -274,7 +274,10 @@ fn step_of(r: &Report, direction: Direction) -> Step {
         outcome: r.verdict.outcome,
         place: place(r),
         code: r.diagnosis.as_ref().map(|d| d.code),
-        fix: r.diagnosis.as_ref().and_then(|d| d.fix.clone()),
+        // The fix of what died: a delivered packet's diagnosis (rare) fixes nothing here.
+        fix: (r.verdict.outcome == Outcome::Dropped)
+            .then(|| r.diagnosis.as_ref().and_then(|d| d.fix.clone()))
+            .flatten(),
         retransmissions: 0,
         skb: crate::report::SkbAddr(r.packet.skb),
         fingerprint: first.map_or(0, |h| h.fingerprint),
