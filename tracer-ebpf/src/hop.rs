@@ -58,12 +58,6 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
             } else {
                 ByConntrack::No
             };
-            // `--no-replies`: what the filter matches, nothing that answers it.
-            let ct = if ct == ByConntrack::Answers && f.reply_secs == 0 {
-                ByConntrack::No
-            } else {
-                ct
-            };
             // A reply to a followed packet, or an ICMP error about one, is traced from its
             // first hop even though the filter (stateless) does not match it. The lookup is
             // paid only while some flow is followed.

@@ -391,8 +391,9 @@ pub enum ByConntrack {
 /// Whether a drop passes `f` by its conntrack entry: the header it entered the namespace with
 /// (its direction's destination), or, for a reply, the connection's original header (what the
 /// client sent). A drop traced alone then still matches a filter on a published port after
-/// DNAT, and a reply's drop matches the client's filter. The entry is read with helper calls,
-/// and the packet's header once: drops that failed the filter only.
+/// DNAT, and a reply's drop matches the client's filter (unless replies are not followed:
+/// `--no-replies`). The entry is read with helper calls, and the packet's header once: drops
+/// that failed the filter only.
 #[inline(always)]
 pub fn by_conntrack(skb: u64, access: Access, f: &Filter) -> ByConntrack {
     if off!(have) & have::CONNTRACK == 0 {
@@ -424,7 +425,7 @@ pub fn by_conntrack(skb: u64, access: Access, f: &Filter) -> ByConntrack {
     {
         return ByConntrack::Entered;
     }
-    if !reply {
+    if !reply || f.reply_secs == 0 {
         return ByConntrack::No;
     }
     let (Some((daddr, dport)), Some(saddr), Some(sport)) = (
