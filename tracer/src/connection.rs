@@ -445,13 +445,8 @@ mod tests {
     /// The SYN-ACK leaving the container (fingerprint `fp`), dying on the host's veth.
     fn syn_ack(skb: u64, fp: u32, t0: u64) -> Vec<Hop> {
         let mk = |kind, ts, ns, idx| {
-            let mut e = ev(kind, t0 + ts, ns, idx);
+            let mut e = syn_ack_ev(kind, t0 + ts, ns, idx);
             e.skb = skb;
-            e.saddr = [172, 17, 0, 2];
-            e.sport = 80;
-            e.daddr = [203, 0, 113, 2];
-            e.dport = 40000;
-            e.tcp_flags = 0x12;
             e.fingerprint = fp;
             e
         };

@@ -266,6 +266,18 @@ pub(crate) mod fixture {
         e
     }
 
+    /// The container's SYN-ACK to [`ev`]'s SYN, before the host un-DNATs it:
+    /// 172.17.0.2:80 → 203.0.113.2:40000.
+    pub fn syn_ack_ev(kind: HopKind, ts_ns: u64, netns: u32, ifindex: u32) -> HopEvent {
+        let mut e = ev(kind, ts_ns, netns, ifindex);
+        e.saddr = [172, 17, 0, 2];
+        e.sport = 80;
+        e.daddr = [203, 0, 113, 2];
+        e.dport = 40000;
+        e.tcp_flags = 0x12;
+        e
+    }
+
     pub fn hop(e: HopEvent) -> Hop {
         Hop::from_event(&e).expect("valid fixture event")
     }

@@ -225,12 +225,7 @@ mod tests {
         let syn = flows.observe(&packet(healthy_syn())).expect("ipv4");
         assert_eq!(syn.direction, Direction::Original);
         // SYN-ACK from the container: 172.17.0.2:80 → 203.0.113.2:40000, un-DNATed on the way.
-        let mut reply = ev(HopKind::Transmit, 10_000, CTR_NS, 2);
-        reply.saddr = [172, 17, 0, 2];
-        reply.sport = 80;
-        reply.daddr = [203, 0, 113, 2];
-        reply.dport = 40000;
-        reply.tcp_flags = 0x12;
+        let reply = syn_ack_ev(HopKind::Transmit, 10_000, CTR_NS, 2);
         let mut out = reply;
         out.saddr = [203, 0, 113, 1];
         out.sport = 10001;
@@ -271,12 +266,7 @@ mod tests {
     #[test]
     fn a_followed_packet_seen_alone_is_the_reply_of_the_flow_it_answers() {
         let mut flows = FlowTable::new(16);
-        let mut e = ev(HopKind::Drop, 5_000, HOST_NS, 4);
-        e.saddr = [172, 17, 0, 2];
-        e.sport = 80;
-        e.daddr = [203, 0, 113, 2];
-        e.dport = 40000;
-        e.tcp_flags = 0x12;
+        let mut e = syn_ack_ev(HopKind::Drop, 5_000, HOST_NS, 4);
         e.flags |= tracer_common::event::FLAG_FOLLOWED;
         let view = flows.observe(&packet(vec![hop(e)])).expect("ipv4");
         assert_eq!(view.direction, Direction::Reply);
