@@ -122,7 +122,8 @@ impl LabConfig {
             .unwrap_or_default()
     }
 
-    fn bridge_subnet(&self) -> String {
+    /// The bridge's subnet, `172.17.0.0/16`.
+    pub fn bridge_subnet(&self) -> String {
         let mask = u32::MAX
             .checked_shl(32 - self.bridge_prefix as u32)
             .unwrap_or(0);
@@ -216,6 +217,12 @@ pub enum Fault {
     /// The client's source address has no route back from the host, and rp_filter is off:
     /// the SYN gets in, the SYN-ACK finds no way out.
     ReplyNoRoute,
+    /// Policy routing for a second uplink: connections in by the uplink get conntrack mark
+    /// 0x2, replies get it back (`CONNMARK --restore-mark`) to leave by the same uplink, and
+    /// the marked table holds only that uplink's default route. With `src_valid_mark` on and
+    /// strict rp_filter on the bridge, the reverse path check of the container's SYN-ACK is
+    /// looked up in that table, which sends the container's address out the uplink: dropped.
+    ReplyMarkedRpFilter,
     /// DOCKER-USER rejects the SYN with an ICMP port unreachable, which goes back to the
     /// client.
     ForwardReject,
@@ -580,6 +587,27 @@ impl Lab {
                 self.host.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
                 self.host
                     .sysctl(&format!("net.ipv4.conf.{}.rp_filter", c.uplink), "0")
+            }
+            Fault::ReplyMarkedRpFilter => {
+                self.iptables(&[
+                    "-t", "mangle", "-A", "PREROUTING", "-i", &c.uplink, "-m", "conntrack",
+                    "--ctstate", "NEW", "-j", "CONNMARK", "--set-mark", "0x2",
+                ])?;
+                self.iptables(&[
+                    "-t", "mangle", "-A", "PREROUTING", "-i", &c.bridge, "-j", "CONNMARK",
+                    "--restore-mark",
+                ])?;
+                self.host.exec("ip", &["rule", "add", "fwmark", "0x2", "lookup", "102"])?;
+                self.host.exec(
+                    "ip",
+                    &[
+                        "route", "add", "default", "via", &c.outside_addr.to_string(), "dev",
+                        &c.uplink, "table", "102",
+                    ],
+                )?;
+                self.host.sysctl("net.ipv4.conf.all.src_valid_mark", "1")?;
+                self.host
+                    .sysctl(&format!("net.ipv4.conf.{}.rp_filter", c.bridge), "1")
             }
             Fault::ReplyRawDrop => self.iptables(&[
                 "-t", "raw", "-A", "PREROUTING", "-i", &c.bridge, "-p", "tcp", "--sport", &cport,

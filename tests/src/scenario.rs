@@ -325,6 +325,15 @@ pub fn all() -> Vec<Scenario> {
                 dropped("IP_INNOROUTES", "no_route"),
             )
         },
+        Scenario {
+            judged: Judged::SynAck,
+            ..Scenario::new(
+                "reply-marked-rp-filter",
+                "field note 003 on a host with a second uplink: replies get their connection's mark back, the marked table routes the container's address out the uplink, and strict rp_filter on the bridge drops the SYN-ACK",
+                Some(Fault::ReplyMarkedRpFilter),
+                dropped("IP_RPFILTER", "rp_filter"),
+            )
+        },
         Scenario::new(
             "forward-reject",
             "a REJECT in DOCKER-USER: the SYN dies and an ICMP port unreachable goes back to the client, shown with its flow",
@@ -461,6 +470,72 @@ impl Observed {
             .collect()
     }
 
+    /// Conntrack's entry on each hop that showed it: `netfilter FORWARD: NEW original
+    /// 203.0.113.2:40000 → 203.0.113.1:10001 / 172.17.0.2:80 → 203.0.113.2:40000 [DNAT]`.
+    pub fn conntrack_shown(&self) -> Vec<String> {
+        self.hops
+            .iter()
+            .filter_map(|h| {
+                let ct = h.get("conntrack")?;
+                let status: Vec<&str> = ct["status"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let tuple = |t: &Value| {
+                    format!(
+                        "{}:{} → {}:{}",
+                        t["src"].as_str().unwrap_or("?"),
+                        t["sport"],
+                        t["dst"].as_str().unwrap_or("?"),
+                        t["dport"]
+                    )
+                };
+                let at = match h["netfilter"]["hook"].as_str() {
+                    Some(hook) => format!(
+                        "{} {hook}",
+                        h["netfilter"]["family"].as_str().unwrap_or("?")
+                    ),
+                    None => h["hop"].as_str().unwrap_or("?").to_owned(),
+                };
+                Some(format!(
+                    "{at}: {} {} {} / {} [{}]",
+                    ct["state"].as_str().unwrap_or("?"),
+                    ct["direction"].as_str().unwrap_or("?"),
+                    tuple(&ct["original"]),
+                    tuple(&ct["reply"]),
+                    status.join(" ")
+                ))
+            })
+            .collect()
+    }
+
+    /// With netfilter hops traced (fentry, kprobe), a packet that passed IPv4 PREROUTING,
+    /// where conntrack runs, shows the entry it got there: the SYN a NEW one in the original
+    /// direction, the SYN-ACK an ESTABLISHED one in the reply direction; either way the
+    /// entry's original tuple is the client's, to the port the filter names (read from the
+    /// entry itself: a kernel whose addresses the programs misjudge shows zeros).
+    pub fn conntrack_tells(&self, scenario: &Scenario) -> bool {
+        if !self
+            .netfilter_hops()
+            .iter()
+            .any(|h| h == "ipv4 PREROUTING accept")
+        {
+            return true;
+        }
+        let want = match scenario.judged {
+            Judged::SynAck => "ESTABLISHED reply",
+            _ => "NEW original",
+        };
+        let port = format!(
+            ":{} / ",
+            scenario.filter().get(1).map_or("?", String::as_str)
+        );
+        self.conntrack_shown().first().is_some_and(|c| {
+            c.split_once(": ")
+                .is_some_and(|(_, c)| c.starts_with(want) && c.contains(&port))
+        })
+    }
+
     /// One line for the VM lab's result table.
     pub fn summary(&self, scenario: &Scenario) -> Value {
         json!({
@@ -478,8 +553,10 @@ impl Observed {
             },
             "rule": self.rule(),
             "connection": self.connection().map(|c| c["summary"].clone()),
+            "conntrack": self.conntrack_shown(),
             "pass": self.matches(&scenario.expect)
                 && self.connection_tells(scenario)
+                && self.conntrack_tells(scenario)
                 && (std::env::var_os("PTLAB_IN_VM").is_none()
                     || scenario.vm_rule_table.is_none_or(|t| {
                         self.rule().is_some_and(|r| r.starts_with(&format!("{t}/")))

@@ -986,6 +986,142 @@ fn every_reply_drop_is_traced_from_the_users_filter() {
     assert!(ran.len() >= 6, "{ran:?}");
 }
 
+/// Conntrack's view and `--stack` where they explain a fate, on the unusual topology: a
+/// SYN-ACK dropped past conntrack shows the entry it belongs to (the reply direction, the
+/// DNAT its answer undoes, both tuples) and the kernel stack through netfilter; one dropped in
+/// raw PREROUTING shows none, because conntrack had not seen it yet; a healthy SYN traced
+/// with `--hooks path` shows the entry where it was made (NEW, DNAT done), once.
+#[test]
+fn conntrack_and_the_kernel_stack_explain_where_a_packet_died() {
+    let topo = lab::LabConfig::unusual();
+    let (pp, cp) = (topo.published_port, topo.container_port);
+
+    let s = scenario::find("reply-docker-user-drop")
+        .expect("scenario")
+        .on(&topo);
+    let (_lab, seen) =
+        scenario::observe_with(&s, "auto", None, &["--stack"]).expect("scenario runs");
+    assert!(seen.matches(&s.expect), "{:#}", seen.verdict);
+    let drop = seen.hops.last().expect("hops");
+    let ct = &drop["conntrack"];
+    assert_eq!(ct["state"], "ESTABLISHED", "{drop:#}");
+    assert_eq!(ct["direction"], "reply", "{drop:#}");
+    assert!(
+        ct["status"]
+            .as_array()
+            .is_some_and(|a| a.contains(&"DNAT".into())),
+        "{drop:#}"
+    );
+    assert_eq!(ct["original"]["dport"], pp, "{drop:#}");
+    assert_eq!(
+        ct["original"]["dst"],
+        topo.host_addr.to_string(),
+        "{drop:#}"
+    );
+    assert_eq!(
+        ct["reply"]["src"],
+        topo.container_addr.to_string(),
+        "{drop:#}"
+    );
+    assert_eq!(ct["reply"]["sport"], cp, "{drop:#}");
+    let stack: Vec<&str> = drop["stack"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        stack.first().is_some_and(|f| !f.starts_with("bpf_")),
+        "the tracing frames are left out: {stack:#?}"
+    );
+    assert!(
+        stack.iter().any(|f| f.starts_with("nf_hook_slow+")),
+        "dropped inside a netfilter hook: {stack:#?}"
+    );
+
+    let s = scenario::find("reply-raw-drop")
+        .expect("scenario")
+        .on(&topo);
+    let (_lab, seen) = scenario::observe(&s, "auto").expect("scenario runs");
+    assert!(seen.matches(&s.expect), "{:#}", seen.verdict);
+    let drop = seen.hops.last().expect("hops");
+    assert!(
+        drop.get("conntrack").is_none() && drop.get("stack").is_none(),
+        "no entry before conntrack ran, no stack unasked: {drop:#}"
+    );
+
+    let s = scenario::find("healthy").expect("scenario").on(&topo);
+    let (_lab, seen) =
+        scenario::observe_with(&s, "auto", None, &["--hooks", "path"]).expect("scenario runs");
+    assert_eq!(seen.outcome(), "delivered", "{:#}", seen.verdict);
+    let with_ct: Vec<&Value> = seen
+        .hops
+        .iter()
+        .filter(|h| h.get("conntrack").is_some())
+        .collect();
+    let first = with_ct.first().expect("a hop with conntrack's entry");
+    assert_eq!(first["conntrack"]["state"], "NEW", "{first:#}");
+    assert_eq!(first["conntrack"]["direction"], "original", "{first:#}");
+    assert_eq!(
+        first["netns_name"], seen.hops[1]["netns_name"],
+        "in the host: {first:#}"
+    );
+    assert!(
+        first["conntrack"]["status"]
+            .as_array()
+            .is_some_and(|a| a.contains(&"DNAT".into())),
+        "{first:#}"
+    );
+    assert!(
+        with_ct.len() <= 2,
+        "shown where it changes, not on every hop: {:#?}",
+        seen.hops
+    );
+}
+
+/// A reply marked for a second uplink fails strict reverse path filtering on the bridge: on a
+/// user-defined network's names, the drop carries the packet's fwmark and conntrack's mark,
+/// the diagnosis follows the mark through `ip rule` to the table that sent the check astray,
+/// and the fix routes the bridge's subnet in that table.
+#[test]
+fn a_reply_marked_for_another_uplink_is_diagnosed_through_its_mark() {
+    let topo = lab::LabConfig::user_network();
+    let s = scenario::find("reply-marked-rp-filter")
+        .expect("scenario")
+        .on(&topo);
+    let (lab, seen) = scenario::observe(&s, "auto").expect("scenario runs");
+    assert!(seen.matches(&s.expect), "{:#}", seen.verdict);
+    let drop = seen.hops.last().expect("hops");
+    assert_eq!(drop["mark"], 2, "{drop:#}");
+    assert_eq!(drop["conntrack"]["mark"], 2, "{drop:#}");
+    assert_eq!(drop["ifname"], topo.bridge.as_str(), "{drop:#}");
+    let d = &seen.verdict["diagnosis"];
+    let summary = d["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!(
+            "looked up with its fwmark 0x2, the route back to {} comes from table 102, which does not send it out {}",
+            topo.container_addr, topo.bridge
+        )),
+        "{summary}"
+    );
+    let subnet = topo.bridge_subnet();
+    assert_eq!(
+        d["fix"].as_str(),
+        Some(
+            format!(
+                "ip netns exec {} ip route add {subnet} dev {} table 102   # the marked table's way back to {}; or loose mode: sysctl -w net.ipv4.conf.{}.rp_filter=2 net.ipv4.conf.all.rp_filter=2",
+                lab.host.name, topo.bridge, topo.container_addr, topo.bridge
+            )
+            .as_str()
+        ),
+        "{d:#}"
+    );
+    assert!(
+        evidence(&seen.verdict)
+            .iter()
+            .any(|e| e.contains("ip rule 32765: fwmark 0x2 lookup 102, ahead of main")),
+        "{d:#}"
+    );
+}
+
 /// `--no-replies` is what a trace was before the kernel followed replies: the SYN alone. The
 /// same reply scenario then shows no SYN-ACK at all, so the test above cannot pass by a filter
 /// that matched the reply by accident.

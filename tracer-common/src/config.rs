@@ -12,6 +12,12 @@ pub mod filter_field {
     pub const DPORT: u8 = 1 << 3;
 }
 
+/// `Filter::options` bits.
+pub mod option {
+    /// Record the kernel stack of each traced drop (`--stack`), as an id in `STACKS`.
+    pub const STACK: u8 = 1 << 0;
+}
+
 /// One destination a packet may be sent to: an address, a port, a protocol. `addr` zero means
 /// any of the host's own addresses (`Filter::locals`): a port Docker publishes on 0.0.0.0.
 #[repr(C)]
@@ -48,8 +54,8 @@ pub struct Filter {
     pub n_hosts: u8,
     pub n_locals: u8,
     pub n_dests: u8,
-    /// Explicit padding; always zero.
-    pub _pad: u8,
+    /// `option::*` bits: what to record beyond the hop itself.
+    pub options: u8,
     /// Seconds a matched flow's replies (and ICMP errors about it) stay followed after its
     /// last traced packet; 0 traces only what the fields match (`--no-replies`).
     pub reply_secs: u16,
@@ -93,7 +99,7 @@ impl Filter {
             n_hosts: 0,
             n_locals: 0,
             n_dests: 0,
-            _pad: 0,
+            options: 0,
             reply_secs: 0,
             hosts: [[0; 4]; MAX_HOSTS],
             locals: [[0; 4]; MAX_LOCALS],
@@ -326,7 +332,7 @@ impl FlowKey {
     /// is the one remembered, or has no ports (no reply tuple to expect).
     #[inline(always)]
     pub fn reply_to_learn(&self, remembered: Option<u64>, has_ports: bool) -> Option<FlowKey> {
-        let seen = remembered.is_some_and(|v| follow::tuple(v) == self.hash32());
+        let seen = remembered.is_some_and(|v| follow::same_tuple(v, self.hash32()));
         (!seen && has_ports)
             .then(|| Self::reply_to(self.saddr, self.daddr, self.sport, self.dport, self.proto))
     }
@@ -355,20 +361,30 @@ impl FlowKey {
 /// The value the kernel keeps per followed skb: the packet's fingerprint in the low half, the
 /// [`FlowKey::hash32`] of the header it last showed in the high half.
 pub mod follow {
-    /// Packs a fingerprint and a tuple hash.
+    /// Packs a fingerprint, a tuple hash (its low 24 bits) and the conntrack signature
+    /// ([`crate::event::Conntrack::signature`]) last shown for the skb.
     #[inline(always)]
-    pub const fn remember(fingerprint: u32, tuple: u32) -> u64 {
-        fingerprint as u64 | (tuple as u64) << 32
+    pub const fn remember(fingerprint: u32, tuple: u32, conntrack: u8) -> u64 {
+        fingerprint as u64 | ((tuple & TUPLE_MASK) as u64) << 32 | (conntrack as u64) << 56
+    }
+
+    /// The bits of a tuple hash kept: a collision only skips learning one reply tuple.
+    pub const TUPLE_MASK: u32 = 0x00ff_ffff;
+
+    /// Whether `v` remembers the tuple hashed to `tuple`.
+    #[inline(always)]
+    pub const fn same_tuple(v: u64, tuple: u32) -> bool {
+        (v >> 32) as u32 & TUPLE_MASK == tuple & TUPLE_MASK
+    }
+
+    #[inline(always)]
+    pub const fn conntrack(v: u64) -> u8 {
+        (v >> 56) as u8
     }
 
     #[inline(always)]
     pub const fn fingerprint(v: u64) -> u32 {
         v as u32
-    }
-
-    #[inline(always)]
-    pub const fn tuple(v: u64) -> u32 {
-        (v >> 32) as u32
     }
 }
 
@@ -459,6 +475,17 @@ pub struct KernelOffsets {
     /// source, so a reply's drop can be matched by the connection it answers.
     pub ct_src_addr: u32,
     pub ct_src_port: u32,
+    /// `nf_conn.tuplehash[0].tuple.dst.protonum`: the entry's L4 protocol.
+    pub ct_proto: u32,
+    /// `nf_conn.status` (`enum ip_conntrack_status` bits; its low word is read).
+    pub ct_status: u32,
+    /// `nf_conn.mark` and `nf_conn.zone.id`; 0 when the kernel is built without
+    /// CONFIG_NF_CONNTRACK_MARK / _ZONES (the field is never at offset 0).
+    pub ct_mark: u32,
+    pub ct_zone: u32,
+    /// `sk_buff.mark`: the packet's fwmark, which policy routing (and reverse path filtering,
+    /// with `src_valid_mark`) looks routes up with.
+    pub skb_mark: u32,
     /// `have::*` bits: which optional groups above are valid (offset 0 is a real offset).
     pub have: u32,
 }
@@ -527,6 +554,11 @@ impl KernelOffsets {
             ct_dir_stride: 0,
             ct_src_addr: 0,
             ct_src_port: 0,
+            ct_proto: 0,
+            ct_status: 0,
+            ct_mark: 0,
+            ct_zone: 0,
+            skb_mark: 0,
             have: 0,
         }
     }
@@ -576,7 +608,7 @@ mod tests {
         let mut remembered = None;
         for (i, h) in hops.iter().enumerate() {
             out[i] = h.reply_to_learn(remembered, true);
-            remembered = Some(follow::remember(0xfeed, h.hash32()));
+            remembered = Some(follow::remember(0xfeed, h.hash32(), 0));
         }
         out
     }
@@ -624,12 +656,16 @@ mod tests {
         );
         // Another packet at a reused skb address: nothing remembered for it.
         let k = key([1, 1, 1, 1], 1, [2, 2, 2, 2], 2);
-        let stale = follow::remember(7, k.hash32());
+        let stale = follow::remember(7, k.hash32(), 0x9b);
         assert_eq!(k.reply_to_learn(Some(stale), true), None);
         assert!(k.reply_to_learn(None, true).is_some());
+        assert_eq!(follow::fingerprint(stale), 7);
+        assert!(follow::same_tuple(stale, k.hash32()));
+        assert!(!follow::same_tuple(stale, k.hash32() ^ 1));
         assert_eq!(
-            (follow::fingerprint(stale), follow::tuple(stale)),
-            (7, k.hash32())
+            follow::conntrack(stale),
+            0x9b,
+            "the signature keeps its own byte"
         );
     }
 
@@ -718,12 +754,13 @@ mod tests {
         assert_eq!(offset_of!(FlowKey, proto), 12);
         assert_eq!(
             (size_of::<KernelOffsets>(), align_of::<KernelOffsets>()),
-            (108, 4)
+            (128, 4)
         );
         assert_eq!(offset_of!(KernelOffsets, nf_state_hook), 40);
         assert_eq!(offset_of!(KernelOffsets, btf_iphdr), 68);
         assert_eq!(offset_of!(KernelOffsets, ct_src_port), 100);
-        assert_eq!(offset_of!(KernelOffsets, have), 104);
+        assert_eq!(offset_of!(KernelOffsets, ct_zone), 116);
+        assert_eq!(offset_of!(KernelOffsets, have), 124);
     }
 
     #[test]

@@ -56,6 +56,73 @@ pub const FLAG_FOLLOWED: u8 = 1 << 4;
 /// `HopEvent::flags`: an ICMP error; `icmp_type`, `icmp_code` and `quoted_*` hold its type
 /// and the header of the packet it is about (the record carries the tail).
 pub const FLAG_QUOTED: u8 = 1 << 5;
+/// `HopEvent::flags`: `ct` holds conntrack's entry for the packet as this hop sees it: the
+/// first hop where the packet has one (or is marked untracked), each hop where its state or
+/// NAT changed since, and every drop that has one. The record is the whole struct.
+pub const FLAG_CONNTRACK: u8 = 1 << 6;
+
+/// Conntrack's view of a packet at one hop (`skb->_nfct` and the `struct nf_conn` behind it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conntrack {
+    /// `nf_conn.status`, low word (`IPS_*` bits).
+    pub status: u32,
+    /// `nf_conn.mark` (0 on a kernel without CONFIG_NF_CONNTRACK_MARK).
+    pub mark: u32,
+    /// `nf_conn.zone.id` (0 on a kernel without CONFIG_NF_CONNTRACK_ZONES).
+    pub zone: u16,
+    /// `enum ip_conntrack_info` from `skb->_nfct`'s low bits (7: untracked, no entry).
+    pub info: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+    /// The entry's original tuple (as its first packet was sent) and reply tuple (as the
+    /// answer is expected, after NAT): both show what NAT does to the connection.
+    pub original: crate::config::FlowKey,
+    pub reply: crate::config::FlowKey,
+}
+
+impl Conntrack {
+    pub const ZERO: Self = Self {
+        status: 0,
+        mark: 0,
+        zone: 0,
+        info: 0,
+        _pad: 0,
+        original: crate::config::FlowKey::ZERO,
+        reply: crate::config::FlowKey::ZERO,
+    };
+
+    /// `IP_CT_UNTRACKED`: `_nfct` with no entry (a raw-table NOTRACK).
+    pub const UNTRACKED: u8 = 7;
+
+    /// What a hop compares with the one before it to decide whether conntrack's view changed:
+    /// 0 without an entry; else a present bit, the `ip_conntrack_info` and the status bits a
+    /// packet's own passage changes (confirmed, seen reply, source and destination NAT done).
+    #[inline(always)]
+    pub const fn signature(nfct_info: u8, has_ct: bool, status: u32) -> u8 {
+        if !has_ct && nfct_info == 0 {
+            return 0;
+        }
+        0x80 | (nfct_info & 7)
+            | (((status >> status::SEEN_REPLY_BIT) & 1) << 3) as u8
+            | (((status >> status::CONFIRMED_BIT) & 1) << 4) as u8
+            | (((status >> status::SRC_NAT_DONE_BIT) & 1) << 5) as u8
+            | (((status >> status::DST_NAT_DONE_BIT) & 1) << 6) as u8
+    }
+}
+
+/// `enum ip_conntrack_status` bit numbers (uapi, stable).
+pub mod status {
+    pub const EXPECTED_BIT: u32 = 0;
+    pub const SEEN_REPLY_BIT: u32 = 1;
+    pub const ASSURED_BIT: u32 = 2;
+    pub const CONFIRMED_BIT: u32 = 3;
+    pub const SRC_NAT_BIT: u32 = 4;
+    pub const DST_NAT_BIT: u32 = 5;
+    pub const SRC_NAT_DONE_BIT: u32 = 7;
+    pub const DST_NAT_DONE_BIT: u32 = 8;
+    pub const DYING_BIT: u32 = 9;
+}
 
 /// One hop of one packet, as seen by a kernel program.
 ///
@@ -128,8 +195,14 @@ pub struct HopEvent {
     /// With `FLAG_QUOTED`: the header the ICMP error quotes, i.e. the packet it answers as
     /// its sender saw it (ports 0 when the quoted protocol has none).
     pub quoted: crate::config::FlowKey,
-    /// Explicit padding; always zero.
-    pub _pad2: [u8; 4],
+    /// Drops traced with `--stack`: the kernel stack's id in the `STACKS` map, plus one
+    /// (0: none asked for, or the map could not take it).
+    pub stack: u32,
+    /// Drops only: `skb->mark`, the fwmark routing (and reverse path filtering with
+    /// `src_valid_mark`) looked routes up with.
+    pub skb_mark: u32,
+    /// With `FLAG_CONNTRACK`: conntrack's entry for the packet here.
+    pub ct: Conntrack,
 }
 
 impl HopEvent {
@@ -164,7 +237,9 @@ impl HopEvent {
             icmp_type: 0,
             icmp_code: 0,
             quoted: crate::config::FlowKey::ZERO,
-            _pad2: [0; 4],
+            stack: 0,
+            skb_mark: 0,
+            ct: Conntrack::ZERO,
         }
     }
 
@@ -194,11 +269,16 @@ impl HopEvent {
         words
     }
 
+    /// Bytes a drop's record and an ICMP error's carry without conntrack's entry: up to `ct`.
+    pub const TAIL_LEN: usize = core::mem::offset_of!(HopEvent, ct);
+
     /// The record length the kernel program writes for an event of `kind` with `flags`.
     #[inline(always)]
     pub const fn record_len(kind: u8, flags: u8) -> usize {
-        if kind == HopKind::Drop as u8 || flags & FLAG_QUOTED != 0 {
+        if flags & FLAG_CONNTRACK != 0 {
             core::mem::size_of::<Self>()
+        } else if kind == HopKind::Drop as u8 || flags & FLAG_QUOTED != 0 {
+            Self::TAIL_LEN
         } else {
             Self::HEAD_LEN
         }
@@ -288,7 +368,8 @@ mod tests {
 
     #[test]
     fn layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<HopEvent>(), 104);
+        assert_eq!(core::mem::size_of::<HopEvent>(), 152);
+        assert_eq!(core::mem::size_of::<Conntrack>(), 44);
         assert_eq!(core::mem::align_of::<HopEvent>(), 8);
         assert_eq!(core::mem::offset_of!(HopEvent, netns), 24);
         assert_eq!(core::mem::offset_of!(HopEvent, kind), 56);
@@ -297,7 +378,55 @@ mod tests {
         assert_eq!(core::mem::offset_of!(HopEvent, in_ifindex), 72);
         assert_eq!(core::mem::offset_of!(HopEvent, icmp_type), 82);
         assert_eq!(core::mem::offset_of!(HopEvent, quoted), 84);
-        assert_eq!(core::mem::offset_of!(HopEvent, _pad2), 100);
+        assert_eq!(core::mem::offset_of!(HopEvent, stack), 100);
+        assert_eq!(core::mem::offset_of!(HopEvent, skb_mark), 104);
+        assert_eq!(core::mem::offset_of!(HopEvent, ct), 108);
+        assert_eq!(core::mem::offset_of!(Conntrack, original), 12);
+        assert_eq!(core::mem::offset_of!(Conntrack, reply), 28);
+    }
+
+    #[test]
+    fn conntrack_rides_only_where_it_was_set() {
+        let mut ev = HopEvent::zeroed();
+        ev.kind = HopKind::Transmit as u8;
+        ev.flags = FLAG_CONNTRACK;
+        ev.ct.info = 2;
+        ev.ct.original.dport = 8080;
+        ev.ct.reply.sport = 80;
+        assert_eq!(ev.record().len(), 152);
+        assert_eq!(HopEvent::from_bytes(ev.record()), Some(ev));
+        // A drop without an entry stops before it.
+        ev.kind = HopKind::Drop as u8;
+        ev.flags = 0;
+        ev.skb_mark = 2;
+        assert_eq!(ev.record().len(), 108);
+        assert_eq!(
+            HopEvent::from_bytes(ev.record()).map(|e| e.skb_mark),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_conntrack_signature_changes_with_what_a_hop_changes() {
+        let none = Conntrack::signature(0, false, 0);
+        let untracked = Conntrack::signature(Conntrack::UNTRACKED, false, 0);
+        let new = Conntrack::signature(2, true, 0);
+        let dnat = Conntrack::signature(2, true, 1 << status::DST_NAT_DONE_BIT);
+        let confirmed = Conntrack::signature(
+            2,
+            true,
+            1 << status::DST_NAT_DONE_BIT | 1 << status::CONFIRMED_BIT,
+        );
+        let reply = Conntrack::signature(3, true, 1 << status::CONFIRMED_BIT);
+        let all = [none, untracked, new, dnat, confirmed, reply];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(none, 0);
+        // Bits nobody shows (assured, a mark) do not count as a change.
+        assert_eq!(Conntrack::signature(2, true, 1 << status::ASSURED_BIT), new);
     }
 
     #[test]
@@ -310,7 +439,7 @@ mod tests {
         ev.entered_dport = 80;
         let back = HopEvent::from_bytes(ev.record()).expect("full record");
         assert_eq!(back, ev);
-        assert_eq!(ev.record().len(), 104, "a drop carries its tail");
+        assert_eq!(ev.record().len(), 108, "a drop carries its tail");
         assert!(HopEvent::from_bytes(&ev.as_bytes()[..HopEvent::HEAD_LEN - 1]).is_none());
 
         // Any other hop stops before the drop's fields, which then read as zero.
@@ -324,7 +453,7 @@ mod tests {
         ev.flags = FLAG_QUOTED;
         ev.quoted.dport = 10001;
         ev.icmp_type = 3;
-        assert_eq!(ev.record().len(), 104);
+        assert_eq!(ev.record().len(), 108);
         assert_eq!(HopEvent::from_bytes(ev.record()), Some(ev));
     }
 

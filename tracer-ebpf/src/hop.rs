@@ -1,12 +1,16 @@
 //! The one code path every hook point shares: filter or look up the skb, then emit an event.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
     HopEvent, HopKind,
     config::{follow, have},
     counter,
     event::ring,
-    event::{FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED, FLAG_QUOTED},
+    event::{
+        FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED, FLAG_QUOTED,
+    },
 };
 
 use crate::site::Site;
@@ -16,23 +20,27 @@ use crate::{
         remembered, replying, track,
     },
     skb::{
-        ByConntrack, by_conntrack, device, entered, field, foreign, headers, passes, quote, read,
-        reply_key,
+        ByConntrack, by_conntrack, ct_hold, ct_view, device, entered, field, foreign, headers,
+        passes, quote, read, reply_key,
     },
 };
 
 /// Filters the skb at this hop and emits a [`HopEvent`] when it matches or is already tracked.
 #[inline(always)]
 pub fn record(skb: u64, site: Site) {
-    if let Some(ev) = build(skb, site) {
-        emit(&ev);
+    let mut ev = MaybeUninit::uninit();
+    if build(skb, site, &mut ev).is_some() {
+        // SAFETY: `build` wrote the whole event when it says so.
+        emit(unsafe { ev.assume_init_ref() });
     }
 }
 
-/// Builds the event for this hop without emitting it (netfilter hops are completed with their
-/// verdict when the hook returns). Tracks or forgets the skb as the site says.
+/// Builds the event for this hop into `out` without emitting it (netfilter hops are completed
+/// with their verdict when the hook returns); `Some` when it did. Tracks or forgets the skb as
+/// the site says. The caller owns the memory, so an event exists once on the stack (or
+/// straight in the value a netfilter hop waits in), not again as a return value.
 #[inline(always)]
-pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
+pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()> {
     if skb == 0 || off!(skb_head) == 0 {
         return None; // not configured by the loader: emit nothing rather than garbage
     }
@@ -102,6 +110,13 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         forget(skb);
         return None;
     }
+    // Conntrack's view is shown where it changed since this packet's last hop (attached,
+    // NAT done, confirmed, or gone with a namespace crossing) and at a drop.
+    let was = if tracked { remembered } else { None };
+    let hold = ct_hold(skb, site.access);
+    let ct_shown = was.map_or(0, follow::conntrack);
+    let show_ct = hold.signature != 0
+        && (site.kind == HopKind::Drop || (!site.frees && hold.signature != ct_shown));
     if site.frees {
         if remembered.is_some() {
             forget(skb);
@@ -111,15 +126,20 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
         // the replies it will get, as they look at this point of the way back.
         let key = h.key();
         let th = key.hash32();
-        let was = if tracked { remembered } else { None };
-        if was.is_none_or(|v| follow::tuple(v) != th) {
-            track(skb, follow::remember(fp, th), remembered.is_none());
-            if let Some(reply) = key.reply_to_learn(was, h.l4)
-                && let Some(f) = filter()
-                && f.reply_secs != 0
-            {
-                learn_reply(&reply, f.reply_secs);
-            }
+        let new_tuple = was.is_none_or(|v| !follow::same_tuple(v, th));
+        if new_tuple || hold.signature != ct_shown {
+            track(
+                skb,
+                follow::remember(fp, th, hold.signature),
+                remembered.is_none(),
+            );
+        }
+        if new_tuple
+            && let Some(reply) = key.reply_to_learn(was, h.l4)
+            && let Some(f) = filter()
+            && f.reply_secs != 0
+        {
+            learn_reply(&reply, f.reply_secs);
         }
     }
 
@@ -132,7 +152,21 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     let (ifindex, netns) = device(dev, site.access);
     let (peer_ifindex, peer_netns) = device(site.peer_dev, site.access);
 
-    let mut ev = HopEvent::zeroed();
+    // Zeroed in place, word by word: LLVM turns a plain zeroing into a call of its `memset`
+    // subprogram, a byte loop the verifier walks once per byte for every state that reaches it
+    // (a 6.1 kernel gave up on the kprobe programs at its million-instruction limit).
+    const WORDS: usize = core::mem::size_of::<HopEvent>() / 8;
+    const _: () = assert!(
+        core::mem::size_of::<HopEvent>().is_multiple_of(8)
+            && core::mem::align_of::<HopEvent>() == 8
+    );
+    let words = out.as_mut_ptr().cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: `i` words into a HopEvent-sized, 8-aligned buffer.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: all-zero bytes are a valid HopEvent (`HopEvent::zeroed`).
+    let ev = unsafe { out.assume_init_mut() };
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.skb = skb;
@@ -173,15 +207,20 @@ pub fn build(skb: u64, site: Site) -> Option<HopEvent> {
     // A drop also says where the packet came in and the header it entered this namespace
     // with (conntrack's), so a drop traced alone still names the input interface and the
     // published port it was sent to.
+    if show_ct {
+        ct_view(hold, &mut ev.ct);
+        ev.flags |= FLAG_CONNTRACK;
+    }
     if site.kind == HopKind::Drop {
         ev.in_ifindex = field::<u32>(skb, off!(skb_iif), site.access).unwrap_or(0);
+        ev.skb_mark = field::<u32>(skb, off!(skb_mark), site.access).unwrap_or(0);
         if let Some((daddr, dport)) = entered(skb, site.access).filter(|_| h.ipv4) {
             ev.entered_daddr = daddr;
             ev.entered_dport = if h.l4 { dport } else { 0 };
             ev.flags |= FLAG_ENTERED;
         }
     }
-    Some(ev)
+    Some(())
 }
 
 /// Ends the packet followed at `skb`: its memory holds another packet now.

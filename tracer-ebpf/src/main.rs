@@ -24,11 +24,15 @@ mod netfilter;
 /// tp_btf programs: every backend attaches these (kfree_skb stays the drop source everywhere).
 #[cfg(target_arch = "bpf")]
 mod tracepoints {
-    use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-    use tracer_common::HopKind;
+    use aya_ebpf::{
+        macros::btf_tracepoint,
+        programs::{BtfTracePointContext, tracing::StackIdContext},
+    };
+    use tracer_common::{HopKind, config::option};
 
     use crate::{
         hop::{build, emit, record},
+        maps::{STACKS, filter},
         site::Site,
         skb::Access,
     };
@@ -77,9 +81,19 @@ mod tracepoints {
             access: Access::Direct,
             ..Site::new(HopKind::Drop)
         };
-        if let Some(ev) = build(skb, site) {
+        let mut ev = core::mem::MaybeUninit::uninit();
+        if build(skb, site, &mut ev).is_some() {
             crate::netfilter::drop_inside_hook(skb);
-            emit(&ev);
+            // SAFETY: `build` wrote the whole event.
+            let ev = unsafe { ev.assume_init_mut() };
+            // The stack that freed it, when asked for (`--stack`): the kernel's own answer to
+            // "who dropped this", beyond the reason and the one return address.
+            if filter().is_some_and(|f| f.options & option::STACK != 0)
+                && let Ok(id) = ctx.get_stackid(&STACKS, 0)
+            {
+                ev.stack = id as u32 + 1;
+            }
+            emit(ev);
         }
         0
     }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use core::sync::atomic::AtomicI64;
 
@@ -12,6 +12,11 @@ use tracer_common::{Filter, KernelOffsets, config::FlowKey, counter};
 /// Every hop event, in order per CPU. Size is set by userspace at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Kernel stacks of drops traced with `--stack` (`option::STACK`), by id: the same stack is
+/// stored once. Userspace reads an id once and keeps its symbols; a full map gives no id.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);
 
 /// Skbs that matched the filter once, keyed by address, so they stay traced after NAT rewrites
 /// their headers. The value is the packet's fingerprint and a hash of the tuple it last showed

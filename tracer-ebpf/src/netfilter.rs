@@ -1,6 +1,8 @@
 //! Netfilter hook traversal at `nf_hook_slow`: the hop is built on entry (the skb may be freed
 //! before the function returns) and emitted on return with the verdict.
 
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
     macros::map,
@@ -51,19 +53,24 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
         },
         ..Site::new(HopKind::NetfilterHook)
     };
-    match build(skb, site) {
-        Some(ev) => {
+    let mut pending = MaybeUninit::<Pending>::uninit();
+    // SAFETY: a field of the uninitialised value, viewed as uninitialised memory.
+    let ev = unsafe { &mut *addr_of_mut!((*pending.as_mut_ptr()).ev).cast::<MaybeUninit<_>>() };
+    match build(skb, site, ev) {
+        Some(()) => {
             if by_task && let Some(outer) = NF_PENDING.get_ptr(&key) {
                 // SAFETY: a map value pointer, valid while the entry exists; the insert copies
                 // it (no stack copy: the kprobe programs' frames are near the limit).
                 let _ = NF_PENDING.insert(&(key ^ OUTER), unsafe { &*outer }, 0);
             }
-            let pending = Pending {
-                ev,
-                nested: 0,
-                _pad: 0,
+            // SAFETY: `build` wrote the event; the other fields are written here.
+            let pending = unsafe {
+                let p = pending.as_mut_ptr();
+                addr_of_mut!((*p).nested).write(0);
+                addr_of_mut!((*p)._pad).write(0);
+                pending.assume_init_ref()
             };
-            let _ = NF_PENDING.insert(&key, &pending, 0);
+            let _ = NF_PENDING.insert(&key, pending, 0);
         }
         None if by_task => {
             if let Some(outer) = NF_PENDING.get_ptr_mut(&key) {

@@ -1,10 +1,10 @@
 //! Reading `sk_buff` and `net_device` fields through offsets taken from the running kernel's BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use tracer_common::{
     Filter, HeaderFields,
     config::{FlowKey, have, kfunc},
-    event::fingerprint,
+    event::{Conntrack, fingerprint},
 };
 
 use crate::maps::off;
@@ -14,6 +14,22 @@ use crate::maps::off;
 pub fn read<T>(base: u64, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel validates the address; a bad one is an error, not a fault.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// Reads a `T` at `base + off` straight into `dst`, which the helper zeroes when the kernel
+/// refuses the read: no branch on the outcome, so a dozen such reads in a row do not give the
+/// verifier a dozen forks to walk.
+#[inline(always)]
+pub fn read_into<T>(dst: &mut T, base: u64, off: u32) {
+    // SAFETY: `dst` is valid for `size_of::<T>()` bytes; the helper validates the source and
+    // writes zeroes on failure, a valid value for the plain integers this is used with.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            (dst as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+            (base + off as u64) as *const core::ffi::c_void,
+        );
+    }
 }
 
 /// How a hook may read the fields of the skb it was given.
@@ -452,6 +468,70 @@ pub fn by_conntrack(skb: u64, access: Access, f: &Filter) -> ByConntrack {
 /// The low bits of `skb->_nfct` hold the `ip_conntrack_info`.
 const NFCT_INFOMASK: u64 = 7;
 
+/// Conntrack's hold on a followed packet at this hop: `skb->_nfct` and the
+/// [`Conntrack::signature`] a hop compares with the last one shown. Two loads (the second a
+/// helper call, only when there is an entry): paid per hop of a followed packet only.
+#[derive(Clone, Copy)]
+pub struct CtHold {
+    nfct: u64,
+    pub signature: u8,
+}
+
+#[inline(always)]
+pub fn ct_hold(skb: u64, access: Access) -> CtHold {
+    if off!(have) & have::CONNTRACK == 0 {
+        return CtHold {
+            nfct: 0,
+            signature: 0,
+        };
+    }
+    let nfct = field::<u64>(skb, off!(skb_nfct), access).unwrap_or(0);
+    let ct = nfct & !NFCT_INFOMASK;
+    let has_ct = ct >= KERNEL_ADDRESSES;
+    let mut status = 0u32;
+    if has_ct {
+        read_into(&mut status, ct, off!(ct_status));
+    }
+    CtHold {
+        nfct,
+        signature: Conntrack::signature((nfct & NFCT_INFOMASK) as u8, has_ct, status),
+    }
+}
+
+/// Fills `out` with the entry `hold` points at: its state, status, mark, zone and both
+/// tuples. Helper calls, a dozen: only where the view changed or the packet died.
+#[inline(always)]
+pub fn ct_view(hold: CtHold, out: &mut Conntrack) {
+    out.info = (hold.nfct & NFCT_INFOMASK) as u8;
+    let ct = hold.nfct & !NFCT_INFOMASK;
+    if ct < KERNEL_ADDRESSES {
+        return; // untracked: the state is all there is
+    }
+    read_into(&mut out.status, ct, off!(ct_status));
+    if off!(ct_mark) != 0 {
+        read_into(&mut out.mark, ct, off!(ct_mark));
+    }
+    if off!(ct_zone) != 0 {
+        read_into(&mut out.zone, ct, off!(ct_zone));
+    }
+    read_into(&mut out.original.proto, ct, off!(ct_proto));
+    out.reply.proto = out.original.proto;
+    ct_tuple(ct, 0, &mut out.original);
+    ct_tuple(ct, off!(ct_dir_stride), &mut out.reply);
+}
+
+/// One direction's tuple of the entry at `ct` (`dir`: 0 or the stride to the reply's), field
+/// by field into `out` (already zero): a `FlowKey` built and copied would take stack.
+#[inline(always)]
+fn ct_tuple(ct: u64, dir: u32, out: &mut FlowKey) {
+    read_into(&mut out.saddr, ct, off!(ct_src_addr) + dir);
+    read_into(&mut out.daddr, ct, off!(ct_dst_addr) + dir);
+    read_into(&mut out.sport, ct, off!(ct_src_port) + dir);
+    read_into(&mut out.dport, ct, off!(ct_dst_port) + dir);
+    out.sport = u16::from_be(out.sport);
+    out.dport = u16::from_be(out.dport);
+}
+
 /// The address of the IPv4 header, or 0 when the skb does not carry IPv4 or its header cannot
 /// be located. At receive `skb->data` is the L3 header (the network header offset is reset
 /// only after the tracepoint); elsewhere `head + network_header` is.
@@ -606,8 +686,10 @@ fn load<T: Copy>(p: u64, off: u64) -> T {
     unsafe { core::ptr::read_volatile((p + off) as *const T) }
 }
 
-/// Every kernel address on 64-bit kernels with 4-level page tables lies above this.
-const KERNEL_ADDRESSES: u64 = 0xffff_0000_0000_0000;
+/// Every kernel address on 64-bit kernels lies in the upper half: 0xffff8... with 4-level
+/// page tables, 0xff11... with 5-level ones (la57: recent servers, and qemu's `-cpu max`),
+/// 0xffff... on arm64. What is below is not a pointer (`_nfct`'s `IP_CT_UNTRACKED`, zero).
+const KERNEL_ADDRESSES: u64 = 1 << 63;
 
 /// `(ifindex, netns inode)` of a `struct net_device *`; zeros for a null device. With
 /// [`Access::Direct`] (a BTF-typed device, and the `struct net *` it points to is typed too)

@@ -3,7 +3,10 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use clap::{Args, Parser};
-use tracer_common::{Filter, config::filter_field};
+use tracer_common::{
+    Filter,
+    config::{filter_field, option},
+};
 
 use crate::{
     net::Proto,
@@ -174,6 +177,10 @@ pub struct FilterArgs {
     /// source port is the container's) nor the ICMP errors about them.
     #[arg(long)]
     pub no_replies: bool,
+    /// Record the kernel stack that freed each traced drop (printed under the drop, JSON
+    /// `stack`): who dropped it, beyond the reason and the one address `location` names.
+    #[arg(long)]
+    pub stack: bool,
 }
 
 /// How long the kernel keeps following a flow's replies after its last traced packet: longer
@@ -249,6 +256,9 @@ impl FilterArgs {
         };
         if !self.no_replies {
             f.reply_secs = REPLY_SECS;
+        }
+        if self.stack {
+            f.options |= option::STACK;
         }
         let text = if self.no_replies || f.is_any() {
             text

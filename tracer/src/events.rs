@@ -5,10 +5,15 @@ use std::{fmt, net::Ipv4Addr};
 use serde::Serialize;
 use tracer_common::{
     HopEvent, HopKind,
-    event::{FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_QUOTED, nf_verdict},
+    config::FlowKey,
+    event::{
+        FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_QUOTED, nf_verdict,
+    },
 };
 
-use crate::net::{Family, Hook, IcmpError, Netfilter, NfVerdict, Proto, TcpFlags};
+use crate::net::{
+    CtState, CtStatus, Family, Hook, IcmpError, Netfilter, NfVerdict, Proto, TcpFlags,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -92,6 +97,26 @@ pub struct Hop {
     pub followed: bool,
     /// An ICMP error: what it says, and the header of the packet it is about.
     pub quoted: Option<Quoted>,
+    /// Conntrack's entry for the packet, where the kernel saw it change (attached, NAT done,
+    /// confirmed) and at a drop.
+    pub conntrack: Option<CtView>,
+    /// Drops traced with `--stack`: the id of the kernel stack that freed the packet.
+    pub stack: Option<u32>,
+    /// Drops: `skb->mark`, the fwmark routing looked the packet up with (0: none).
+    pub mark: u32,
+}
+
+/// Conntrack's view of a packet at one hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtView {
+    pub state: CtState,
+    /// The packet travels in the entry's reply direction.
+    pub reply: bool,
+    pub status: CtStatus,
+    pub mark: u32,
+    pub zone: u16,
+    /// The original and reply tuples; `None` when untracked (no entry).
+    pub tuples: Option<(Tuple, Tuple)>,
 }
 
 /// What an ICMP error says about the packet it quotes.
@@ -158,6 +183,11 @@ impl Hop {
             inferred: false,
             followed: ev.flags & FLAG_FOLLOWED != 0,
             quoted: (ev.flags & FLAG_QUOTED != 0).then(|| quoted(ev)),
+            conntrack: (ev.flags & FLAG_CONNTRACK != 0)
+                .then(|| conntrack(ev))
+                .flatten(),
+            stack: ev.stack.checked_sub(1),
+            mark: ev.skb_mark,
         })
     }
 
@@ -181,6 +211,30 @@ fn netfilter(ev: &HopEvent) -> Netfilter {
             _ => NfVerdict::Stolen,
         },
     }
+}
+
+/// A conntrack entry as a hop saw it. Out of line: a few hops per packet carry one. `None`
+/// for an `ip_conntrack_info` that does not occur.
+#[cold]
+#[inline(never)]
+fn conntrack(ev: &HopEvent) -> Option<CtView> {
+    let (state, reply) = CtState::from_info(ev.ct.info)?;
+    let tuple = |k: &FlowKey| Tuple {
+        src: Ipv4Addr::from(k.saddr),
+        sport: k.sport,
+        dst: Ipv4Addr::from(k.daddr),
+        dport: k.dport,
+        proto: Proto::from_number(k.proto),
+    };
+    Some(CtView {
+        state,
+        reply,
+        status: CtStatus(ev.ct.status),
+        mark: ev.ct.mark,
+        zone: ev.ct.zone,
+        tuples: (state != CtState::Untracked)
+            .then(|| (tuple(&ev.ct.original), tuple(&ev.ct.reply))),
+    })
 }
 
 /// An ICMP error's quote. Out of line: rare.
@@ -280,6 +334,28 @@ pub(crate) mod fixture {
 
     pub fn hop(e: HopEvent) -> Hop {
         Hop::from_event(&e).expect("valid fixture event")
+    }
+
+    /// [`syn_ack_ev`] as conntrack sees it past the host's DNAT: the reply direction of the
+    /// entry 203.0.113.2:40000 → 203.0.113.1:10001, answered by 172.17.0.2:80.
+    pub fn with_reply_ct(mut e: HopEvent) -> HopEvent {
+        use tracer_common::{config::FlowKey, event::FLAG_CONNTRACK};
+        let key = |s, sp, d, dp| FlowKey {
+            saddr: s,
+            daddr: d,
+            sport: sp,
+            dport: dp,
+            proto: 6,
+            ..FlowKey::ZERO
+        };
+        e.flags |= FLAG_CONNTRACK;
+        e.ct.info = 3; // IP_CT_ESTABLISHED_REPLY
+        e.ct.status = 1 << 1 | 1 << 3 | 1 << 5 | 1 << 7 | 1 << 8; // SEEN_REPLY, CONFIRMED, DNAT
+        e.ct.zone = 0;
+        e.ct.mark = 0x2a;
+        e.ct.original = key([203, 0, 113, 2], 40000, [203, 0, 113, 1], 10001);
+        e.ct.reply = key([172, 17, 0, 2], 80, [203, 0, 113, 2], 40000);
+        e
     }
 
     /// A SYN from the outside namespace that dies on the host's eth0 (field note 000).

@@ -324,9 +324,101 @@ impl IcmpError {
     }
 }
 
+/// Conntrack state as `-m conntrack --ctstate` (and nft's `ct state`) sees a packet; the
+/// kernel's `enum ip_conntrack_info` decodes to one (`from_info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CtState {
+    New,
+    Established,
+    Related,
+    /// Conntrack ran and found no entry it could make (no `_nfct` after it): never decoded
+    /// from a hop, only assumed by the ruleset evaluator.
+    Invalid,
+    /// `NOTRACK`/`notrack` in a raw table: no entry, so no NAT.
+    Untracked,
+}
+
+/// One row per `ip_conntrack_info` value: the state and whether the packet travels in the
+/// reply direction (IP_CT_IS_REPLY and above). 5 (IP_CT_NEW_REPLY) and 6 do not occur.
+const CT_INFO: &[(u8, CtState, bool)] = &[
+    (0, CtState::Established, false),
+    (1, CtState::Related, false),
+    (2, CtState::New, false),
+    (3, CtState::Established, true),
+    (4, CtState::Related, true),
+    (7, CtState::Untracked, false),
+];
+
+impl CtState {
+    /// The state and direction a raw `ip_conntrack_info` says; `None` for values that do
+    /// not occur.
+    pub fn from_info(info: u8) -> Option<(Self, bool)> {
+        CT_INFO
+            .iter()
+            .find(|(i, ..)| *i == info)
+            .map(|&(_, s, reply)| (s, reply))
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::New => "NEW",
+            Self::Established => "ESTABLISHED",
+            Self::Related => "RELATED",
+            Self::Invalid => "INVALID",
+            Self::Untracked => "UNTRACKED",
+        }
+    }
+}
+
+/// A conntrack entry's status bits (`enum ip_conntrack_status`), those worth naming.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtStatus(pub u32);
+
+/// (bit, name as `conntrack -L` prints it, or a short word where it prints none). `SNAT` and
+/// `DNAT` are IPS_SRC_NAT/IPS_DST_NAT: the entry translates that side. The *_DONE bits are
+/// left out: the NAT hooks set them on every entry they saw, a null binding included.
+const CT_STATUS: &[(u32, &str)] = &[
+    (0, "EXPECTED"),
+    (1, "SEEN_REPLY"),
+    (2, "ASSURED"),
+    (3, "CONFIRMED"),
+    (4, "SNAT"),
+    (5, "DNAT"),
+    (9, "DYING"),
+];
+
+impl CtStatus {
+    /// The named bits that are set, in bit order.
+    pub fn names(self) -> Vec<&'static str> {
+        CT_STATUS
+            .iter()
+            .filter(|(bit, _)| self.0 & (1 << bit) != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
+    pub const fn has(self, bit: u32) -> bool {
+        self.0 & (1 << bit) != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conntrack_info_and_status_are_named_by_one_table_each() {
+        assert_eq!(CtState::from_info(2), Some((CtState::New, false)));
+        assert_eq!(CtState::from_info(3), Some((CtState::Established, true)));
+        assert_eq!(CtState::from_info(7), Some((CtState::Untracked, false)));
+        assert_eq!(CtState::from_info(5), None);
+        assert_eq!(
+            CtStatus(1 << 3 | 1 << 5 | 1 << 7 | 1 << 8).names(),
+            ["CONFIRMED", "DNAT"],
+            "the NAT hooks' done bits (7, 8) are set for null bindings too: not named"
+        );
+    }
 
     #[test]
     fn icmp_errors_are_named_by_type_and_code() {

@@ -9,8 +9,8 @@ use crate::{
     clock::WallTime,
     correlate::{FlowView, Packet, Rewrite, flow::Direction},
     diagnose::{Diagnosis, Judged, Target},
-    events::{Hop, Tuple, kind_name},
-    host::{ContainerRef, HostFacts},
+    events::{CtView, Hop, Tuple, kind_name},
+    host::{ContainerRef, HostFacts, Symbol},
     net::Hook,
     probes::DropReasons,
     verdict::{Delivery, Outcome, Verdict},
@@ -69,6 +69,74 @@ pub struct HopView {
     /// did match (or an ICMP error about one). Set on the hop where that began.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub followed: bool,
+    /// Conntrack's entry for the packet: on the first hop that has one, where it changed
+    /// (NAT done, confirmed), and at a drop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackView>,
+    /// Drops traced with `--stack`: the kernel stack that freed the packet, innermost first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Vec<String>>,
+    /// Drops: the packet's fwmark (`skb->mark`) when set: policy routing and, with
+    /// `src_valid_mark`, reverse path filtering look routes up with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mark: Option<u32>,
+}
+
+/// A drop's kernel stack, symbolised, from the function that freed the packet outwards: the
+/// frames of the tracing machinery itself (the program, `bpf_trace_run*`, the tracepoint's
+/// iterator) are left out.
+fn stack_view(frames: &[u64], facts: &dyn HostFacts) -> Vec<String> {
+    let named: Vec<(Option<Symbol>, u64)> =
+        frames.iter().map(|&ip| (facts.symbol(ip), ip)).collect();
+    let tracing = |s: &Option<Symbol>| {
+        s.as_ref()
+            .is_some_and(|s| TRACING_FRAMES.iter().any(|p| s.name.starts_with(p)))
+    };
+    // Only the leading run: a tc or XDP program deeper in the stack is part of the story.
+    let skip = named.iter().position(|(s, _)| !tracing(s)).unwrap_or(0);
+    named[skip..]
+        .iter()
+        .map(|(s, ip)| {
+            s.as_ref()
+                .map_or_else(|| format!("{ip:#x}"), ToString::to_string)
+        })
+        .collect()
+}
+
+/// Name prefixes of the frames between a tracepoint and the program it runs.
+const TRACING_FRAMES: &[&str] = &["bpf_prog_", "bpf_trace_run", "__traceiter_", "__bpf_trace_"];
+
+/// Conntrack's entry as one hop saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConntrackView {
+    /// `NEW`, `ESTABLISHED`, `RELATED` or `UNTRACKED`, as `--ctstate` names them.
+    pub state: &'static str,
+    /// `original` or `reply`: which of the entry's directions the packet travels.
+    pub direction: &'static str,
+    /// Status bits set (`CONFIRMED`, `SEEN_REPLY`, `ASSURED`, `SNAT`, `DNAT` done, ...).
+    pub status: Vec<&'static str>,
+    pub zone: u16,
+    pub mark: u32,
+    /// The entry's tuples: as the first packet was sent, and as the answer is expected.
+    /// Absent when untracked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original: Option<Tuple>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Tuple>,
+}
+
+impl ConntrackView {
+    fn new(ct: &CtView) -> Self {
+        Self {
+            state: ct.state.name(),
+            direction: if ct.reply { "reply" } else { "original" },
+            status: ct.status.names(),
+            zone: ct.zone,
+            mark: ct.mark,
+            original: ct.tuples.map(|t| t.0),
+            reply: ct.tuples.map(|t| t.1),
+        }
+    }
 }
 
 /// A packet's destination as it entered a namespace.
@@ -162,6 +230,11 @@ impl HopView {
                 netns: hop.peer_netns,
                 netns_name: facts.netns_label(hop.peer_netns),
             }),
+            conntrack: hop.conntrack.as_ref().map(ConntrackView::new),
+            mark: (hop.mark != 0).then_some(hop.mark),
+            stack: hop
+                .stack
+                .and_then(|id| Some(stack_view(&facts.kernel_stack(id)?, facts))),
         }
     }
 }

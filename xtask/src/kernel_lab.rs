@@ -197,6 +197,9 @@ fn print_table(rows: &[(String, Value)]) {
             let hooks: Vec<&str> = nf.iter().filter_map(Value::as_str).collect();
             println!("{:<24}   netfilter: {}", "", hooks.join(", "));
         }
+        for ct in r["conntrack"].as_array().into_iter().flatten() {
+            println!("{:<24}   conntrack at {}", "", ct.as_str().unwrap_or("?"));
+        }
     }
 }
 

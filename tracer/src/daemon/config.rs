@@ -78,6 +78,9 @@ pub struct FilterConfig {
     /// `--no-replies`.
     #[serde(default)]
     pub no_replies: bool,
+    /// `--stack`.
+    #[serde(default)]
+    pub stack: bool,
 }
 
 /// `[json]`: where drop events go.
@@ -190,6 +193,7 @@ impl DaemonConfig {
         self.filter.host = f.host.or(self.filter.host);
         self.filter.all_drops |= f.all_drops;
         self.filter.no_replies |= f.no_replies;
+        self.filter.stack |= f.stack;
         if let Some(p) = f.proto {
             self.filter.proto = Some(p.number().to_string());
         }
@@ -317,6 +321,7 @@ impl DaemonConfig {
             container: None,
             all_drops: self.filter.all_drops,
             no_replies: self.filter.no_replies,
+            stack: self.filter.stack,
         })
     }
 }
@@ -342,6 +347,10 @@ mod tests {
             (f.dport, f.proto, text.as_str()),
             (10001, 6, "tcp dport 10001, and their replies")
         );
+        assert_eq!(f.options, 0, "no stacks unless asked");
+        let stacks = DaemonConfig::parse("[filter]\nstack = true\n", "s.toml").expect("valid");
+        let (f, _) = stacks.filter_args().unwrap().to_filter().unwrap();
+        assert_eq!(f.options, tracer_common::config::option::STACK);
     }
 
     #[test]
@@ -415,6 +424,7 @@ mod tests {
             container: None,
             all_drops: false,
             no_replies: false,
+            stack: false,
         };
         for file in [
             "[filter]\nproto = \"udp\"\n",

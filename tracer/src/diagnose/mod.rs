@@ -175,9 +175,14 @@ pub fn in_netns(facts: &mut dyn HostFacts, netns: u32, cmd: &str) -> String {
 }
 
 impl Case<'_> {
-    /// Conntrack state as the ruleset sees this packet: a bare SYN (or the first packet of a
-    /// flow) is NEW, replies and later packets are ESTABLISHED.
+    /// Conntrack state as the ruleset sees this packet where it died: the entry the drop
+    /// carried, when conntrack had one for it there (so a RELATED ICMP error or an UNTRACKED
+    /// packet is evaluated as such); else inferred: a bare SYN (or the first packet of a flow)
+    /// is NEW, replies and later packets are ESTABLISHED.
     pub fn ct_state(&self) -> CtState {
+        if let Some(ct) = self.drop_hop().and_then(|d| d.conntrack) {
+            return ct.state;
+        }
         let tcp = self
             .packet
             .hops

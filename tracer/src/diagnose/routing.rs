@@ -1,7 +1,10 @@
 //! Routing: reverse path filtering, no route, neighbour resolution.
 
-use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns};
-use crate::host::{HostFacts, Lookup};
+use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns, sysctl_is};
+use crate::{
+    events::{Hop, Tuple},
+    host::{HostFacts, Lookup, RouteRule},
+};
 
 pub const RP_FILTER: Rule = Rule {
     code: "rp_filter",
@@ -46,6 +49,11 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
             rp_filter_mode(&iface)
         ),
     ];
+    if let Some(m) = marked_lookup(case, facts, input.netns, &ifname) {
+        return Some(marked_rp_filter(
+            case, facts, input, t, &ifname, evidence, m,
+        ));
+    }
     evidence.push(match &back {
         Some(dev) if *dev != ifname => format!("the route back to {} goes out {dev}, not {ifname}", t.src),
         Some(_) => format!("a connected route back to {} exists via {ifname}; a more specific route may differ (ip route get {})", t.src, t.src),
@@ -71,6 +79,147 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         confidence: Confidence::High,
         rule: None,
     })
+}
+
+/// The reverse path lookup of a marked packet: with `src_valid_mark` on, the kernel looks the
+/// route back up with the packet's fwmark, and `ip rule` may send that lookup to another table
+/// than the one whose connected route would pass it (the multi-uplink setup that marks
+/// connections and restores the mark on replies).
+struct MarkedLookup {
+    mark: u32,
+    /// Conntrack's mark on the entry, when the drop carried it.
+    ct_mark: Option<u32>,
+    /// The `src_valid_mark` switch that is on (`all` or the interface's).
+    switch: String,
+    /// The first rule the marked lookup takes, when it leads elsewhere than `main`.
+    rule: Option<RouteRule>,
+    /// Why the rules are not known, when they could not be read.
+    unreadable: Option<String>,
+}
+
+fn marked_lookup(
+    case: &Case<'_>,
+    facts: &mut dyn HostFacts,
+    netns: u32,
+    ifname: &str,
+) -> Option<MarkedLookup> {
+    let drop = case.drop_hop()?;
+    let mark = drop.mark;
+    if mark == 0 {
+        return None;
+    }
+    // IN_DEV_SRC_VMARK: on when `all` or the interface says so.
+    let switch = [
+        "net.ipv4.conf.all.src_valid_mark".to_owned(),
+        format!("net.ipv4.conf.{ifname}.src_valid_mark"),
+    ]
+    .into_iter()
+    .find(|k| sysctl_is(facts, netns, k, "1"))?;
+    let (rule, unreadable) = match facts.route_rules(netns) {
+        Ok(rules) => (
+            rules.and_then(|r| {
+                r.iter()
+                    .filter(|r| r.table != "local")
+                    .find(|r| r.takes(mark))
+                    .filter(|r| r.table != "main")
+                    .cloned()
+            }),
+            None,
+        ),
+        Err(u) => (None, Some(u.to_string())),
+    };
+    Some(MarkedLookup {
+        mark,
+        ct_mark: drop.conntrack.map(|c| c.mark),
+        switch,
+        rule,
+        unreadable,
+    })
+}
+
+fn marked_rp_filter(
+    case: &Case<'_>,
+    facts: &mut dyn HostFacts,
+    input: Hop,
+    t: Tuple,
+    ifname: &str,
+    mut evidence: Vec<String>,
+    m: MarkedLookup,
+) -> Diagnosis {
+    let ns = facts.netns_label(input.netns);
+    let restored = if m.ct_mark == Some(m.mark) {
+        ", conntrack's mark on its connection (restored onto the packet, as CONNMARK --restore-mark does)".to_owned()
+    } else {
+        String::new()
+    };
+    evidence.push(format!("the packet carries fwmark {:#x}{restored}", m.mark));
+    evidence.push(format!(
+        "{} = 1: the route back to {} is looked up with that mark",
+        m.switch, t.src
+    ));
+    let check = format!(
+        "ip route get {} from {} iif {ifname} mark {:#x}",
+        t.src, t.dst, m.mark
+    );
+    let subnet = facts
+        .connected_subnet(input.netns, t.src)
+        .map_or_else(|| format!("{}/32", t.src), |(n, l)| format!("{n}/{l}"));
+    let (summary_tail, fix) = match &m.rule {
+        Some(r) => {
+            let (v, mask) = r.fwmark.unwrap_or((m.mark, u32::MAX));
+            let selector = if mask == u32::MAX {
+                format!("fwmark {v:#x}")
+            } else {
+                format!("fwmark {v:#x}/{mask:#x}")
+            };
+            evidence.push(format!(
+                "ip rule {}: {selector} lookup {}, ahead of main: the way back to {} comes from table {}, not from the connected route via {ifname} (check `{check}`)",
+                r.priority, r.table, t.src, r.table
+            ));
+            (
+                format!(
+                    "looked up with its fwmark {:#x}, the route back to {} comes from table {}, which does not send it out {ifname}",
+                    m.mark, t.src, r.table
+                ),
+                format!(
+                    "ip route add {subnet} dev {ifname} table {}   # the marked table's way back to {}; or loose mode: sysctl -w net.ipv4.conf.{ifname}.rp_filter=2 net.ipv4.conf.all.rp_filter=2",
+                    r.table, t.src
+                ),
+            )
+        }
+        None => {
+            evidence.push(match &m.unreadable {
+                Some(why) => format!("the routing rules could not be read ({why}): check `{check}`"),
+                None => format!("no `ip rule` sends that mark elsewhere than main that pathtrace can see: check `{check}`"),
+            });
+            (
+                format!(
+                    "looked up with its fwmark {:#x}, the route back to {} does not go out {ifname}",
+                    m.mark, t.src
+                ),
+                format!(
+                    "sysctl -w net.ipv4.conf.{ifname}.rp_filter=2 net.ipv4.conf.all.rp_filter=2   # loose mode; or route {subnet} via {ifname} in the table `{check}` names"
+                ),
+            )
+        }
+    };
+    Diagnosis {
+        code: RP_FILTER.code,
+        summary: format!(
+            "{} from {} arrived on {ifname} (netns {ns}), but reverse path filtering dropped it: {summary_tail}.",
+            case.packet_name(),
+            t.src,
+        ),
+        evidence,
+        fix: Some(in_netns(facts, input.netns, &fix)),
+        // The table's contents are not read: its default route is what usually leads away.
+        confidence: if m.rule.is_some() {
+            Confidence::High
+        } else {
+            Confidence::Medium
+        },
+        rule: None,
+    }
 }
 
 /// An rp_filter value as the kernel means it.
@@ -214,4 +363,116 @@ fn neighbor_failed(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnos
         confidence: Confidence::High,
         rule: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::HopKind;
+
+    use crate::{
+        correlate::{FlowTable, Packet},
+        diagnose::{Diagnosis, judge},
+        events::fixture::*,
+        host::{RouteRule, fixture::FakeHost},
+        probes::{DropReasons, HookSet},
+    };
+
+    /// The container's SYN-ACK, marked 0x2 (its connection's mark, restored), dropped by
+    /// reverse path filtering as it enters the host on docker0.
+    fn marked_reply_drop(host: &mut FakeHost) -> Option<Diagnosis> {
+        let mut drop = with_reply_ct(syn_ack_ev(HopKind::Drop, 2_000, HOST_NS, 3));
+        drop.ct.mark = 0x2;
+        drop.skb_mark = 0x2;
+        drop.drop_reason = 17;
+        let packet = Packet {
+            skb: SKB,
+            hops: vec![
+                hop(syn_ack_ev(HopKind::Receive, 1_000, HOST_NS, 3)),
+                hop(drop),
+            ],
+            freed: true,
+        };
+        let flow = FlowTable::new(4).observe(&packet);
+        let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_RPFILTER".to_owned(), 17)]);
+        judge(packet, flow, host, &reasons, HookSet::Receive).diagnosis
+    }
+
+    fn multi_uplink_host() -> FakeHost {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.all.rp_filter", "1");
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.docker0.rp_filter", "1");
+        host.route_rules.insert(
+            HOST_NS,
+            vec![
+                RouteRule {
+                    priority: 0,
+                    fwmark: None,
+                    table: "local".into(),
+                    mark_only: true,
+                },
+                RouteRule {
+                    priority: 32765,
+                    fwmark: Some((0x2, u32::MAX)),
+                    table: "102".into(),
+                    mark_only: true,
+                },
+                RouteRule {
+                    priority: 32766,
+                    fwmark: None,
+                    table: "main".into(),
+                    mark_only: true,
+                },
+            ],
+        );
+        host
+    }
+
+    /// With `src_valid_mark` on, the reverse path lookup took the mark to table 102, ahead of
+    /// main's connected route: the diagnosis names the mark, the rule and the table, and the
+    /// fix routes the bridge's subnet there.
+    #[test]
+    fn a_marked_reply_is_checked_against_the_table_its_mark_selects() {
+        let mut host = multi_uplink_host();
+        host.set_sysctl(HOST_NS, "net.ipv4.conf.all.src_valid_mark", "1");
+        let d = marked_reply_drop(&mut host).expect("diagnosed");
+        assert_eq!(d.code, "rp_filter");
+        assert!(
+            d.summary.contains(
+                "looked up with its fwmark 0x2, the route back to 172.17.0.2 comes from table 102, which does not send it out docker0"
+            ),
+            "{}",
+            d.summary
+        );
+        assert_eq!(
+            d.fix.as_deref(),
+            Some(
+                "ip netns exec lab-host ip route add 172.17.0.0/16 dev docker0 table 102   # the marked table's way back to 172.17.0.2; or loose mode: sysctl -w net.ipv4.conf.docker0.rp_filter=2 net.ipv4.conf.all.rp_filter=2"
+            )
+        );
+        for needle in [
+            "fwmark 0x2, conntrack's mark on its connection",
+            "net.ipv4.conf.all.src_valid_mark = 1",
+            "ip rule 32765: fwmark 0x2 lookup 102, ahead of main",
+            "ip route get 172.17.0.2 from 203.0.113.2 iif docker0 mark 0x2",
+        ] {
+            assert!(
+                d.evidence.iter().any(|e| e.contains(needle)),
+                "{needle}: {:#?}",
+                d.evidence
+            );
+        }
+    }
+
+    /// Without `src_valid_mark` the mark plays no part in the check: the plain diagnosis.
+    #[test]
+    fn a_mark_is_not_blamed_when_the_check_ignores_it() {
+        let mut host = multi_uplink_host();
+        let d = marked_reply_drop(&mut host).expect("diagnosed");
+        assert!(!d.summary.contains("fwmark"), "{}", d.summary);
+        assert!(
+            d.fix.as_deref().is_some_and(|f| f.contains("rp_filter=2")),
+            "{:?}",
+            d.fix
+        );
+    }
 }

@@ -25,6 +25,10 @@ pub struct FakeHost {
     pub unreadable_rulesets: HashMap<u32, String>,
     /// Containers by address, besides those of `published`.
     pub addressed: HashMap<Ipv4Addr, ContainerRef>,
+    /// Kernel stacks by id (`--stack`), innermost first.
+    pub stacks: HashMap<u32, Vec<u64>>,
+    /// Policy routing rules by namespace.
+    pub route_rules: HashMap<u32, Vec<RouteRule>>,
 }
 
 impl FakeHost {
@@ -137,6 +141,9 @@ impl HostFacts for FakeHost {
             module: None,
         })
     }
+    fn kernel_stack(&mut self, id: u32) -> Option<Arc<[u64]>> {
+        self.stacks.get(&id).map(|s| s.as_slice().into())
+    }
     fn own_netns(&self) -> Option<u32> {
         Some(1)
     }
@@ -186,6 +193,18 @@ impl HostFacts for FakeHost {
             })
             .max_by_key(|(_, _, len, _)| *len)?;
         self.links.get(&(netns, *idx)).cloned()
+    }
+    fn connected_subnet(&mut self, netns: u32, addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
+        self.subnets
+            .iter()
+            .filter(|(ns, a, len, _)| {
+                *ns == netns && u32::from(*a) & mask(*len) == u32::from(addr) & mask(*len)
+            })
+            .max_by_key(|(_, _, len, _)| *len)
+            .map(|&(_, a, len, _)| (Ipv4Addr::from(u32::from(a) & mask(len)), len))
+    }
+    fn route_rules(&mut self, netns: u32) -> Lookup<Arc<[RouteRule]>> {
+        Ok(self.route_rules.get(&netns).map(|r| r.as_slice().into()))
     }
 }
 

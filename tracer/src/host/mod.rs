@@ -36,6 +36,11 @@ pub trait HostFacts {
     fn sysctl(&mut self, netns: u32, key: &str) -> Lookup<String>;
     fn is_local(&mut self, netns: u32, addr: Ipv4Addr) -> Option<bool>;
     fn symbol(&self, addr: u64) -> Option<Symbol>;
+    /// The kernel stack the probes stored under `id` (`--stack`), innermost frame first, as
+    /// return addresses. `None` when none was stored or it can no longer be read.
+    fn kernel_stack(&mut self, _id: u32) -> Option<Arc<[u64]>> {
+        None
+    }
     /// The namespace pathtrace itself runs in.
     fn own_netns(&self) -> Option<u32>;
 
@@ -79,6 +84,16 @@ pub trait HostFacts {
     /// The interface of the connected subnet holding `addr` in `netns`.
     fn connected_route(&mut self, _netns: u32, _addr: Ipv4Addr) -> Option<Link> {
         None
+    }
+
+    /// That connected subnet itself: its network address and prefix length.
+    fn connected_subnet(&mut self, _netns: u32, _addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
+        None
+    }
+
+    /// The namespace's IPv4 policy routing rules (`ip rule`), by priority.
+    fn route_rules(&mut self, _netns: u32) -> Lookup<Arc<[RouteRule]>> {
+        Ok(None)
     }
 
     /// Namespaces that can be looked into, by inode: where a veth's other end may be.
@@ -240,14 +255,42 @@ impl LinkTable {
     /// The interface whose connected subnet holds `addr` (longest prefix): where the
     /// namespace would send it without a gateway.
     pub fn connected_route(&self, addr: Ipv4Addr) -> Option<&Link> {
+        self.subnet_of(addr)
+            .and_then(|(idx, _, _)| self.links.get(&idx))
+    }
+
+    /// The connected subnet holding `addr` (longest prefix): its device, network, length.
+    pub fn subnet_of(&self, addr: Ipv4Addr) -> Option<(u32, Ipv4Addr, u8)> {
         self.addrs
             .iter()
-            .filter(|(_, a, len)| {
-                let mask = u32::MAX.checked_shl(32 - *len as u32).unwrap_or(0);
-                u32::from(*a) & mask == u32::from(addr) & mask
-            })
+            .filter(|(_, a, len)| u32::from(*a) & mask(*len) == u32::from(addr) & mask(*len))
             .max_by_key(|(_, _, len)| *len)
-            .and_then(|(idx, _, _)| self.links.get(idx))
+            .map(|&(idx, a, len)| (idx, Ipv4Addr::from(u32::from(a) & mask(len)), len))
+    }
+}
+
+/// The netmask of a prefix length.
+pub fn mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - len as u32).unwrap_or(0)
+}
+
+/// One policy routing rule (`ip rule`): which lookups it sends to which table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRule {
+    pub priority: u32,
+    /// `fwmark VALUE/MASK`; `None`: any mark.
+    pub fwmark: Option<(u32, u32)>,
+    /// `main`, `local`, `default` or a number.
+    pub table: String,
+    /// The rule selects by mark alone: no source, destination, interface or other selector,
+    /// so every lookup with a matching mark (a reverse path check's among them) takes it.
+    pub mark_only: bool,
+}
+
+impl RouteRule {
+    /// Whether a lookup with `mark` (and no other selector this rule could refuse) takes it.
+    pub fn takes(&self, mark: u32) -> bool {
+        self.mark_only && self.fwmark.is_none_or(|(v, m)| mark & m == v)
     }
 }
 

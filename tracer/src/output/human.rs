@@ -12,7 +12,7 @@ use crate::{
     diagnose::{Confidence, Diagnosis, describe_rule},
     events::Hop,
     probes::HookSet,
-    report::{HopView, Report},
+    report::{ConntrackView, HopView, Report},
     verdict::{Delivery, Outcome},
 };
 
@@ -33,6 +33,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(s, "{}", title(report));
     let t0 = report.packet.first_ts();
     let mut prev_tuple = None;
+    let mut shown_ct = None;
     for (i, (hop, view)) in report.packet.hops.iter().zip(&report.hops).enumerate() {
         let at = match &view.container_interface {
             Some(inner) => format!("{} ({inner}) @ {}", view.ifname, view.netns_name),
@@ -56,6 +57,14 @@ pub fn render(report: &Report) -> String {
             at,
             detail.trim_start()
         );
+        // A drop repeats the entry the hop before it showed: said once.
+        if let Some(ct) = view.conntrack.as_ref().filter(|ct| Some(*ct) != shown_ct) {
+            let _ = writeln!(s, "{:>56}{}", "", conntrack_line(ct));
+            shown_ct = Some(ct);
+        }
+        if let Some(stack) = &view.stack {
+            stack_lines(&mut s, stack);
+        }
     }
     let _ = writeln!(s, "  => {}", verdict_line(report));
     if let Some(t) = &report.target {
@@ -156,6 +165,9 @@ fn hop_detail(detail: &mut String, hop: &Hop, view: &HopView) {
     if view.followed {
         let _ = write!(detail, "  (followed: it answers a traced packet)");
     }
+    if let Some(mark) = view.mark {
+        let _ = write!(detail, "  mark {mark:#x}");
+    }
     if let Some(reason) = &view.drop_reason {
         let _ = write!(
             detail,
@@ -164,6 +176,34 @@ fn hop_detail(detail: &mut String, hop: &Hop, view: &HopView) {
         );
     } else if let Some(loc) = &view.location {
         let _ = write!(detail, "  at {loc}");
+    }
+}
+
+/// `ct ESTABLISHED reply: 198.51.100.7:40000 → 192.0.2.10:8080, reply 10.88.0.5:443 →
+/// 198.51.100.7:40000 [CONFIRMED DNAT]`: the state, which direction the packet is, the
+/// entry's two tuples (NAT is where they differ) and its status; zone and mark when set.
+fn conntrack_line(ct: &ConntrackView) -> String {
+    let mut s = format!("ct {} {}", ct.state, ct.direction);
+    if let (Some(o), Some(r)) = (ct.original, ct.reply) {
+        let _ = write!(s, ": {o}, reply {r}");
+    }
+    if !ct.status.is_empty() {
+        let _ = write!(s, " [{}]", ct.status.join(" "));
+    }
+    if ct.zone != 0 {
+        let _ = write!(s, " zone {}", ct.zone);
+    }
+    if ct.mark != 0 {
+        let _ = write!(s, " mark {:#x}", ct.mark);
+    }
+    s
+}
+
+/// The frames of a drop's kernel stack, innermost first, one per line.
+fn stack_lines(s: &mut String, stack: &[String]) {
+    for (i, frame) in stack.iter().enumerate() {
+        let lead = if i == 0 { "stack" } else { "" };
+        let _ = writeln!(s, "{:>50}{lead:<6}{frame}", "");
     }
 }
 
@@ -493,6 +533,71 @@ mod tests {
         assert!(
             text.contains("fix: ip netns exec lab-host sysctl -w net.ipv4.conf.eth0.forwarding=1"),
             "{text}"
+        );
+    }
+
+    /// `--stack` and conntrack's view on a SYN-ACK dropped on its way back: the entry's
+    /// tuples show the DNAT the reply is to be undone by; the stack names who dropped it.
+    #[test]
+    fn a_drop_shows_its_conntrack_entry_and_kernel_stack() {
+        let mut host = FakeHost::lab();
+        host.symbols.push((0xffff_ffff_a000_0000, "bpf_trace_run4"));
+        host.stacks.insert(
+            3,
+            vec![
+                0xffff_ffff_a000_0040,
+                0xffff_ffff_81fe_d3a8,
+                0xffff_ffff_8200_0010,
+            ],
+        );
+        let mut drop = with_reply_ct(syn_ack_ev(HopKind::Drop, 3_000, HOST_NS, 3));
+        drop.stack = 4; // id 3, plus one
+        drop.drop_reason = 87;
+        let hops = vec![
+            hop(syn_ack_ev(HopKind::Receive, 500, HOST_NS, 4)),
+            hop(with_reply_ct(syn_ack_ev(
+                HopKind::Receive,
+                1_000,
+                HOST_NS,
+                3,
+            ))),
+            hop(drop),
+        ];
+        let r = report(hops, &mut host);
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "ct ESTABLISHED reply: 203.0.113.2:40000 → 203.0.113.1:10001, reply \
+                 172.17.0.2:80 → 203.0.113.2:40000 [SEEN_REPLY CONFIRMED DNAT] mark 0x2a"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("stack ip_error+0x88"), "{text}");
+        assert_eq!(
+            text.matches("ct ESTABLISHED").count(),
+            1,
+            "the drop's entry, unchanged since the hop before, is said once: {text}"
+        );
+
+        let json = serde_json::to_value(&r.hops[2]).expect("json");
+        assert_eq!(json["conntrack"]["state"], "ESTABLISHED");
+        assert_eq!(json["conntrack"]["direction"], "reply");
+        assert_eq!(json["conntrack"]["status"][2], "DNAT");
+        assert_eq!(json["conntrack"]["original"]["dport"], 10001);
+        assert_eq!(json["conntrack"]["reply"]["sport"], 80);
+        assert_eq!(json["conntrack"]["mark"], 0x2a);
+        assert_eq!(json["stack"][0], "ip_error+0x88");
+        assert_eq!(
+            json["stack"].as_array().map(Vec::len),
+            Some(2),
+            "the tracing frames are left out"
+        );
+        let first = serde_json::to_value(&r.hops[0]).expect("json");
+        assert!(first.get("conntrack").is_none() && first.get("stack").is_none());
+        let second = serde_json::to_value(&r.hops[1]).expect("json");
+        assert_eq!(
+            second["conntrack"], json["conntrack"],
+            "JSON keeps each hop whole"
         );
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
 use tracer_common::{
@@ -284,6 +284,19 @@ impl Probes {
             .ok_or(ProbeError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| ProbeError::Map {
             name: "EVENTS",
+            source,
+        })
+    }
+
+    /// Takes the map of drops' kernel stacks (`--stack`) for the resolver, which reads each id
+    /// once. Call once.
+    pub fn take_stacks(&mut self) -> Result<StackTraceMap<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("STACKS")
+            .ok_or(ProbeError::MissingMap("STACKS"))?;
+        StackTraceMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: "STACKS",
             source,
         })
     }

@@ -36,7 +36,7 @@ impl Field {
 }
 
 /// Every program needs these.
-const REQUIRED: [Field; 11] = [
+const REQUIRED: [Field; 12] = [
     Field::new("sk_buff", "head", 8, |o, v| o.skb_head = v),
     Field::new("sk_buff", "data", 8, |o, v| o.skb_data = v),
     Field::new("sk_buff", "len", 4, |o, v| o.skb_len = v),
@@ -49,6 +49,7 @@ const REQUIRED: [Field; 11] = [
         o.skb_transport_header = v
     }),
     Field::new("sk_buff", "skb_iif", 4, |o, v| o.skb_iif = v),
+    Field::new("sk_buff", "mark", 4, |o, v| o.skb_mark = v),
     Field::new("net_device", "ifindex", 4, |o, v| o.dev_ifindex = v),
     Field::new("net_device", "nd_net.net", 8, |o, v| o.dev_nd_net = v),
     Field::new("net", "ns.inum", 4, |o, v| o.net_ns_inum = v),
@@ -150,6 +151,10 @@ pub fn from_btf(btf: &mut Btf) -> Result<KernelOffsets, OffsetError> {
                 o.ct_dir_stride,
                 o.ct_src_addr,
                 o.ct_src_port,
+                o.ct_proto,
+                o.ct_status,
+                o.ct_mark,
+                o.ct_zone,
             ] = v;
         },
     );
@@ -208,10 +213,11 @@ fn optional<T>(
     }
 }
 
-/// `skb->_nfct`, and where a `struct nf_conn` keeps the destination and source of its
-/// original tuple (the reply's is one `tuplehash` element further): in vmlinux when conntrack
-/// is built in, in the nf_conntrack module's BTF when it is a module.
-fn conntrack(btf: &mut Btf) -> Result<[u32; 6], OffsetError> {
+/// `skb->_nfct`, and where a `struct nf_conn` keeps the destination, source and protocol of
+/// its original tuple (the reply's is one `tuplehash` element further), its status, mark and
+/// zone: in vmlinux when conntrack is built in, in the nf_conntrack module's BTF when it is a
+/// module. A kernel without CONFIG_NF_CONNTRACK_MARK or _ZONES gets 0 for that field.
+fn conntrack(btf: &mut Btf) -> Result<[u32; 10], OffsetError> {
     let nfct = field(btf, "sk_buff", "_nfct", 8)?;
     let mut module;
     let b = if btf.struct_id("nf_conn").is_some() {
@@ -234,6 +240,10 @@ fn conntrack(btf: &mut Btf) -> Result<[u32; 6], OffsetError> {
     let port = field(b, "nf_conntrack_tuple_hash", "tuple.dst.u.all", 2)?;
     let src_addr = field(b, "nf_conntrack_tuple_hash", "tuple.src.u3", 16)?;
     let src_port = field(b, "nf_conntrack_tuple_hash", "tuple.src.u.all", 2)?;
+    let proto = field(b, "nf_conntrack_tuple_hash", "tuple.dst.protonum", 1)?;
+    let status = field(b, "nf_conn", "status", 8)?;
+    let mark = field(b, "nf_conn", "mark", 4).unwrap_or(0);
+    let zone = field(b, "nf_conn", "zone.id", 2).unwrap_or(0);
     Ok([
         nfct,
         table.offset + addr,
@@ -241,6 +251,10 @@ fn conntrack(btf: &mut Btf) -> Result<[u32; 6], OffsetError> {
         stride,
         table.offset + src_addr,
         table.offset + src_port,
+        table.offset + proto,
+        status,
+        mark,
+        zone,
     ])
 }
 
@@ -360,6 +374,7 @@ mod tests {
                 ("", anon_u, 0, 0),
                 ("len", u32t, 896, 0),
                 ("skb_iif", u32t, 1088, 0),
+                ("mark", u32t, 1344, 0),
                 ("protocol", u16t, 1440, 0),
                 ("transport_header", u16h, 1456, 0),
                 ("network_header", u16h, 1472, 0),
@@ -384,6 +399,7 @@ mod tests {
         assert_eq!(off.dev_nd_net, 256);
         assert_eq!(off.net_ns_inum, 36);
         assert_eq!(off.skb_iif, 136);
+        assert_eq!(off.skb_mark, 168);
         assert_eq!(
             off.have & (have::NF_HOOK_STATE | have::CONNTRACK),
             0,
@@ -425,7 +441,10 @@ mod tests {
         let be16 = b.int("__be16", 2);
         let be32 = b.int("__be32", 4);
         let ulong = b.int("long unsigned int", 8);
+        let u16t = b.int("u16", 2);
+        let u32t = b.int("u32", 4);
         b.composite(false, "sk_buff", 232, &[("_nfct", ulong, 960, 0)]);
+        let zone = b.composite(false, "nf_conntrack_zone", 4, &[("id", u16t, 0, 0)]);
         let addr = b.composite(true, "nf_inet_addr", 16, &[("ip", be32, 0, 0)]);
         let port = b.composite(true, "", 2, &[("all", be16, 0, 0)]);
         let man = b.composite(
@@ -461,14 +480,20 @@ mod tests {
             false,
             "nf_conn",
             256,
-            &[("status", ulong, 0, 0), ("tuplehash", pair, 256, 0)],
+            &[
+                ("zone", zone, 96, 0),
+                ("tuplehash", pair, 256, 0),
+                ("status", ulong, 1152, 0),
+                ("mark", u32t, 1280, 0),
+            ],
         );
         let mut btf = Btf::parse(b.build()).expect("fixture");
         // _nfct at 120; tuplehash at 32, its tuple at 16, the tuple's dst at 20, the port 16
-        // into dst; one element is 56 bytes; the source at the tuple's start, its port 16 in.
+        // into dst, the protocol 18; one element is 56 bytes; the source at the tuple's start,
+        // its port 16 in; status after the pair (144), the mark at 160, the zone's id at 12.
         assert_eq!(
             conntrack(&mut btf).expect("offsets"),
-            [120, 68, 84, 56, 48, 64]
+            [120, 68, 84, 56, 48, 64, 86, 144, 160, 12]
         );
 
         // A kernel without conntrack has no _nfct: the group is left out, naming why.

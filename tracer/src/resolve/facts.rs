@@ -1,12 +1,12 @@
-//! Sysctls and rulesets, read inside their namespace and kept for a second: a flood of drops
+//! Sysctls, rulesets and routing rules, read inside their namespace and kept for a second: a flood of drops
 //! must not run `iptables-save` or enter a namespace once per packet. A read that fails for
 //! any reason but absence is [`Unreadable`], said once at warn level.
 
 use std::{sync::Arc, time::Instant};
 
-use super::{FACT_TTL, Resolver, netns};
+use super::{FACT_TTL, Resolver, netns, rules};
 use crate::{
-    host::{HostFacts, Lookup, Unreadable},
+    host::{HostFacts, Lookup, RouteRule, Unreadable},
     ruleset::{Ruleset, read_ruleset},
 };
 
@@ -56,6 +56,26 @@ impl Resolver {
         }
         self.rulesets.insert(netns, (rs.clone(), Instant::now()));
         rs
+    }
+
+    pub(super) fn read_route_rules(&mut self, netns: u32) -> Lookup<Arc<[RouteRule]>> {
+        if let Some((r, at)) = self.route_rules.get(&netns)
+            && at.elapsed() < FACT_TTL
+        {
+            return r.clone();
+        }
+        let Some(entry) = self.netns(netns) else {
+            return Ok(None);
+        };
+        let what = || format!("the routing rules of netns {}", entry.label);
+        let rules = match netns::run_in(&entry.path, rules::read) {
+            Ok(Ok(r)) => Ok(Some(r.into())),
+            Ok(Err(e)) => Err(self.unreadable(what(), &e)),
+            Err(e) => Err(self.unreadable(what(), &e)),
+        };
+        self.route_rules
+            .insert(netns, (rules.clone(), Instant::now()));
+        rules
     }
 
     /// Says, once per fact, that it could not be read, and returns it as an answer.

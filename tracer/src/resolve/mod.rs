@@ -10,6 +10,7 @@ mod facts;
 pub mod kallsyms;
 pub mod links;
 pub mod netns;
+mod rules;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,10 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{MapData, StackTraceMap};
+
 use crate::{
     host::{
         ContainerDevice, ContainerRef, HostFacts, Link, LinkTable, Lookup, NetnsEntry, Published,
-        Symbol, Wiring, wire,
+        RouteRule, Symbol, Wiring, wire,
     },
     net::Proto,
     ruleset::Ruleset,
@@ -50,11 +53,21 @@ pub struct Resolver {
     /// enter a namespace once per packet.
     sysctls: HashMap<(u32, String), (Lookup<String>, Instant)>,
     rulesets: HashMap<u32, (Lookup<Arc<Ruleset>>, Instant)>,
+    route_rules: HashMap<u32, Fresh<Arc<[RouteRule]>>>,
     /// The first ruleset read per namespace, kept for counter deltas.
     baselines: HashMap<u32, (Arc<Ruleset>, Instant)>,
     /// Facts already said to be unreadable: each is warned about once.
     warned: HashSet<String>,
+    /// The probes' stack map and the stacks read from it: an id names one stack for as long
+    /// as the map lives (nothing deletes it), so each is read once.
+    stacks: Option<(StackTraceMap<MapData>, HashMap<u32, KernelStack>)>,
 }
+
+/// A fact as read, and when.
+type Fresh<T> = (Lookup<T>, Instant);
+
+/// A drop's kernel stack: return addresses, innermost first.
+type KernelStack = Arc<[u64]>;
 
 /// How long a sysctl or ruleset read stays fresh.
 const FACT_TTL: Duration = Duration::from_secs(1);
@@ -99,6 +112,8 @@ impl Resolver {
             rulesets: HashMap::new(),
             baselines: HashMap::new(),
             warned: HashSet::new(),
+            stacks: None,
+            route_rules: HashMap::new(),
         }
     }
 
@@ -108,6 +123,11 @@ impl Resolver {
         if let Some(own) = self.own_netns {
             let _ = self.ruleset(own);
         }
+    }
+
+    /// Reads drops' kernel stacks (`--stack`) from the probes' map.
+    pub fn read_stacks_from(&mut self, map: StackTraceMap<MapData>) {
+        self.stacks = Some((map, HashMap::new()));
     }
 
     /// Names containers from a Docker index kept current by `docker::watch`.
@@ -277,6 +297,22 @@ impl HostFacts for Resolver {
         self.kallsyms.as_ref()?.resolve(addr)
     }
 
+    fn kernel_stack(&mut self, id: u32) -> Option<Arc<[u64]>> {
+        let (map, read) = self.stacks.as_mut()?;
+        if let Some(s) = read.get(&id) {
+            return Some(s.clone());
+        }
+        let frames: Arc<[u64]> = match map.get(&id, 0) {
+            Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
+            Err(e) => {
+                tracing::debug!("kernel stack {id}: {e}");
+                return None;
+            }
+        };
+        read.insert(id, frames.clone());
+        Some(frames)
+    }
+
     fn own_netns(&self) -> Option<u32> {
         self.own_netns
     }
@@ -316,5 +352,16 @@ impl HostFacts for Resolver {
         self.table(netns, |t| t.connected_route(addr).is_some())?
             .connected_route(addr)
             .cloned()
+    }
+
+    fn connected_subnet(&mut self, netns: u32, addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
+        let (_, net, len) = self
+            .table(netns, |t| t.subnet_of(addr).is_some())?
+            .subnet_of(addr)?;
+        Some((net, len))
+    }
+
+    fn route_rules(&mut self, netns: u32) -> Lookup<Arc<[RouteRule]>> {
+        self.read_route_rules(netns)
     }
 }

@@ -31,16 +31,7 @@ impl RuleVerdict {
     }
 }
 
-/// Conntrack state as `-m conntrack --ctstate` sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum CtState {
-    New,
-    Established,
-    Related,
-    Invalid,
-    Untracked,
-}
+pub use crate::net::CtState;
 
 /// A packet as it stands at a hook.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -164,6 +164,8 @@ fn attach(cfg: &mut TraceConfig, containers: SharedIndex) -> Result<(Session, Ri
     let ring = open_ring(&mut probes)?;
     let mut pipeline = Pipeline::new(cfg, probes.hooks, probes.drop_reasons.clone(), containers);
     pipeline.resolver.prefetch_own_ruleset();
+    // Taken whether or not `--stack` is on now: a daemon's reload may turn it on.
+    pipeline.resolver.read_stacks_from(probes.take_stacks()?);
     let mut drops_filter = (probes.hooks == HookSet::Drops)
         .then(|| DropsFilter::new(cfg.filter, probes.offsets.have & have::CONNTRACK != 0));
     let mut filter = cfg.filter;

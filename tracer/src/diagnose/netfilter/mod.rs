@@ -656,6 +656,44 @@ mod tests {
         }
     }
 
+    /// The state the ruleset is walked with is conntrack's own where the drop carried its
+    /// entry: a SYN a raw `NOTRACK` left untracked dies in a `--ctstate UNTRACKED` rule, which a
+    /// SYN assumed NEW would pass (Docker's ACCEPT for its port would take it instead).
+    #[test]
+    fn a_drop_is_walked_with_the_state_conntrack_gave_it() {
+        let rs = || {
+            Ruleset::parse(&DOCKER.replace(
+                "[0:0] -A DOCKER-USER -j RETURN",
+                "[1:60] -A DOCKER-USER -m conntrack --ctstate UNTRACKED -j DROP\n[0:0] -A DOCKER-USER -j RETURN",
+            ))
+            .unwrap()
+        };
+        let untracked = |h: &mut crate::events::Hop| {
+            h.conntrack = Some(crate::events::CtView {
+                state: crate::net::CtState::Untracked,
+                reply: false,
+                status: crate::net::CtStatus::default(),
+                mark: 0,
+                zone: 0,
+                tuples: None,
+            });
+        };
+        let d = lone_netfilter_drop(rs(), true, untracked).expect("diagnosed");
+        let rule = d.rule.clone().expect("rule");
+        assert_eq!(
+            (rule.chain.as_str(), rule.index),
+            ("DOCKER-USER", Some(1)),
+            "{d:#?}"
+        );
+        let assumed = lone_netfilter_drop(rs(), true, |_| {});
+        assert!(
+            assumed
+                .and_then(|d| d.rule)
+                .is_none_or(|r| (r.chain.as_str(), r.index) != ("DOCKER-USER", Some(1))),
+            "without the entry the SYN is assumed NEW and passes that rule"
+        );
+    }
+
     #[test]
     fn without_conntracks_header_a_lone_drop_is_walked_as_it_was_dropped() {
         // The same drop from a kernel object that recorded no conntrack header: the walk
