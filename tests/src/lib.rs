@@ -226,6 +226,9 @@ pub enum Fault {
     /// DOCKER-USER rejects the SYN with an ICMP port unreachable, which goes back to the
     /// client.
     ForwardReject,
+    /// The container has no default route: its listener takes the SYN, and TCP, which routes
+    /// the answer before it builds it, never makes a SYN-ACK.
+    ContainerNoRoute,
     /// A second container on the bridge; a `bridge` family nft rule (what `ebtables-nft`
     /// writes) drops frames to the first container's port (field note 004).
     BridgeNftDrop,
@@ -609,6 +612,10 @@ impl Lab {
                 self.host
                     .sysctl(&format!("net.ipv4.conf.{}.rp_filter", c.bridge), "1")
             }
+            Fault::ContainerNoRoute => self
+                .container
+                .exec("ip", &["route", "del", "default"])
+                .map(drop),
             Fault::ReplyRawDrop => self.iptables(&[
                 "-t", "raw", "-A", "PREROUTING", "-i", &c.bridge, "-p", "tcp", "--sport", &cport,
                 "-j", "DROP",

@@ -335,6 +335,16 @@ pub fn all() -> Vec<Scenario> {
             )
         },
         Scenario::new(
+            "container-no-route",
+            "field note 003 from the other end: the container has no route back to the client; its listener takes the SYN and no SYN-ACK is ever built",
+            Some(Fault::ContainerNoRoute),
+            Expect {
+                outcome: "delivered",
+                drop_reason: None,
+                code: Some("no_route_back"),
+            },
+        ),
+        Scenario::new(
             "forward-reject",
             "a REJECT in DOCKER-USER: the SYN dies and an ICMP port unreachable goes back to the client, shown with its flow",
             Some(Fault::ForwardReject),
@@ -370,8 +380,14 @@ impl Observed {
         self.verdict["drop_reason"].as_str()
     }
 
+    /// The judged packet's diagnosis code, or, for a packet that got through, its
+    /// connection's (what explains a connection no packet does: `no_route_back`).
     pub fn code(&self) -> Option<&str> {
-        self.verdict["diagnosis"]["code"].as_str()
+        self.verdict["diagnosis"]["code"].as_str().or_else(|| {
+            (self.outcome() == "delivered")
+                .then(|| self.connection()?["diagnosis"]["code"].as_str())
+                .flatten()
+        })
     }
 
     pub fn matches(&self, e: &Expect) -> bool {
@@ -412,6 +428,11 @@ impl Observed {
                         } else {
                             "dropped"
                         }
+            }
+            Some(_) if s.expect.code.is_some() => {
+                summary.contains(&format!("{judged} delivered"))
+                    && c["state"] == "no_reply"
+                    && c["diagnosis"]["code"].as_str() == s.expect.code
             }
             Some(_) => summary.contains(&format!("{judged} delivered")),
         }

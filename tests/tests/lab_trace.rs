@@ -91,9 +91,12 @@ fn a_normal_close_is_not_a_drop() {
             lab.connect_and_hold(Duration::from_secs(3), hold)
                 .expect("connect")
         );
+        // The client's: the server's FIN|ACK, followed as a reply, may be judged first.
         let fin = t
             .wait_for(Duration::from_secs(10), |v| {
-                v["kind"] == "verdict" && v["last_hop"]["tcp_flags"].as_str() == Some("ACK|FIN")
+                v["kind"] == "verdict"
+                    && v["direction"] == "original"
+                    && v["last_hop"]["tcp_flags"].as_str() == Some("ACK|FIN")
             })
             .expect("a verdict on the client's FIN|ACK");
         (fin, t.stop().expect("stats"))

@@ -9,7 +9,12 @@ use std::collections::{HashMap, VecDeque};
 use serde::Serialize;
 
 use crate::{
-    clock::WallTime, correlate::flow::Direction, events::Tuple, report::Report, verdict::Outcome,
+    clock::WallTime,
+    correlate::flow::Direction,
+    diagnose::{Diagnosis, Unanswered},
+    events::Tuple,
+    report::Report,
+    verdict::Outcome,
 };
 
 /// Steps kept per connection: the handshake, a drop or two, and the first data each way.
@@ -36,6 +41,9 @@ pub struct Step {
     pub skb: crate::report::SkbAddr,
     #[serde(skip)]
     fingerprint: u32,
+    /// Delivered: where and as what a socket took it.
+    #[serde(skip)]
+    taken: Option<Unanswered>,
 }
 
 /// How far a connection got.
@@ -87,6 +95,10 @@ pub struct Connection {
     /// Which step's diagnosis explains how far it got: the first drop.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explained_by: Option<usize>,
+    /// What explains a connection no single packet does: a first packet taken by a socket
+    /// that never answered because it has no route back (`diagnose::routing::no_route_back`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Diagnosis>,
     pub summary: String,
     #[serde(skip)]
     first_ns: u64,
@@ -110,6 +122,7 @@ impl Connection {
             packets: [0, 0],
             more: 0,
             explained_by: None,
+            diagnosis: None,
             summary: String::new(),
             first_ns: ts,
             last_ns: ts,
@@ -206,6 +219,18 @@ impl Connection {
         self.summary = self.words();
     }
 
+    /// The first packet taken by a socket, when nothing came back: what the connection-level
+    /// check looks at (the step's packet name, and where it was taken).
+    pub fn unanswered(&self) -> Option<(&str, Unanswered)> {
+        if self.state != State::NoReply {
+            return None;
+        }
+        self.steps
+            .iter()
+            .filter(|s| s.direction == Direction::Original)
+            .find_map(|s| Some((s.packet.as_str(), s.taken?)))
+    }
+
     /// `SYN delivered to web-1:80; SYN-ACK dropped in netns host at filter/FORWARD rule 1;
     /// the SYN-ACK was retransmitted 3 times`.
     fn words(&self) -> String {
@@ -281,7 +306,29 @@ fn step_of(r: &Report, direction: Direction) -> Step {
         retransmissions: 0,
         skb: crate::report::SkbAddr(r.packet.skb),
         fingerprint: first.map_or(0, |h| h.fingerprint),
+        taken: (r.verdict.outcome == Outcome::Delivered)
+            .then(|| taken(r))
+            .flatten(),
     }
+}
+
+/// Where a delivered packet was taken: the last hop on a device, and the namespace before it.
+fn taken(r: &Report) -> Option<Unanswered> {
+    let hops = &r.packet.hops;
+    let i = hops
+        .iter()
+        .rposition(|h| h.netns != 0 && h.ifindex != 0 && h.tuple.is_some())?;
+    let at = &hops[i];
+    Some(Unanswered {
+        netns: at.netns,
+        ifindex: at.ifindex,
+        tuple: at.tuple?,
+        via_netns: hops[..i]
+            .iter()
+            .rev()
+            .find(|h| h.netns != 0 && h.netns != at.netns)
+            .map(|h| h.netns),
+    })
 }
 
 /// Where a packet ended, in words.
@@ -334,6 +381,9 @@ pub struct Connections {
     open: HashMap<u64, Connection>,
     order: VecDeque<u64>,
     max: usize,
+    /// No open connection is due before this (a lower bound; `u64::MAX` when none is open):
+    /// the tick's check costs nothing until then, instead of a walk of every connection.
+    due_ns: u64,
 }
 
 /// A connection with no packet for this long is told.
@@ -347,6 +397,7 @@ impl Connections {
             open: HashMap::new(),
             order: VecDeque::new(),
             max: max.max(1),
+            due_ns: u64::MAX,
         }
     }
 
@@ -370,7 +421,11 @@ impl Connections {
         let conn = self.open.get_mut(&flow.id);
         let again = conn.and_then(|c| {
             c.translated = flow.translated;
-            c.add(r, flow.direction)
+            let again = c.add(r, flow.direction);
+            // A FIN or RST brings its end closer; a packet only pushes it later, so the
+            // bound stays a bound.
+            self.due_ns = self.due_ns.min(c.due_ns());
+            again
         });
         (again, evicted)
     }
@@ -388,6 +443,9 @@ impl Connections {
     /// The connections whose story ended by `now_ns` (idle, or closed), or all (`None`), in
     /// the order they began.
     pub fn finished(&mut self, now_ns: Option<u64>) -> Vec<Connection> {
+        if now_ns.is_some_and(|now| now < self.due_ns) {
+            return Vec::new();
+        }
         let done: Vec<u64> = self
             .order
             .iter()
@@ -409,6 +467,12 @@ impl Connections {
             }
         }
         self.order.retain(|id| self.open.contains_key(id));
+        self.due_ns = self
+            .open
+            .values()
+            .map(Connection::due_ns)
+            .min()
+            .unwrap_or(u64::MAX);
         out
     }
 
@@ -422,6 +486,12 @@ impl Connections {
 }
 
 impl Connection {
+    /// When its story is told unless another packet comes: idle, or a closing one's grace.
+    fn due_ns(&self) -> u64 {
+        self.last_ns
+            .saturating_add(if self.closing { CLOSED_NS } else { IDLE_NS })
+    }
+
     /// How long the story took, first packet to last.
     pub fn duration_ns(&self) -> u64 {
         self.last_ns - self.first_ns
@@ -522,6 +592,69 @@ mod tests {
              the SYN-ACK 2 times"
         );
         assert!(run.conns.is_empty());
+    }
+
+    /// A SYN a socket took, and nothing back: the connection says where it was taken, and
+    /// the connection-level check finds the container has no route to the client, with the
+    /// bridge's address as the way back. With a route, nothing is claimed.
+    #[test]
+    fn a_syn_taken_without_a_route_back_is_explained_by_the_containers_routing() {
+        let mut run = Run::new(8);
+        run.add(SKB, healthy_syn());
+        let told = run.conns.finished(None);
+        let [c] = &told[..] else {
+            panic!("one connection: {told:#?}")
+        };
+        assert_eq!(c.state, State::NoReply);
+        let (packet, u) = c.unanswered().expect("a SYN taken by a socket");
+        assert_eq!(packet, "SYN");
+        assert_eq!(
+            (u.netns, u.ifindex, u.via_netns),
+            (CTR_NS, 2, Some(HOST_NS))
+        );
+        assert_eq!(u.tuple.to_string(), "203.0.113.2:40000 → 172.17.0.2:80");
+
+        let client = std::net::Ipv4Addr::new(203, 0, 113, 2);
+        let host = &mut run.host;
+        host.routes.insert(
+            (CTR_NS, client),
+            crate::host::RouteLookup::Unreachable("Network is unreachable".into()),
+        );
+        let d = crate::diagnose::no_route_back(host, &u, packet).expect("diagnosed");
+        assert_eq!(d.code, crate::diagnose::NO_ROUTE_BACK);
+        assert!(
+            d.summary.contains(
+                "reached netns lab-ctr at 172.17.0.2:80 and was taken by a socket, but netns lab-ctr has no route back to 203.0.113.2: its SYN-ACK was never built"
+            ),
+            "{}",
+            d.summary
+        );
+        assert_eq!(
+            d.fix.as_deref(),
+            Some("ip netns exec lab-ctr ip route add default via 172.17.0.1 dev eth0")
+        );
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e == "ip route get 203.0.113.2 from 172.17.0.2 in netns lab-ctr: Network is unreachable"),
+            "{:#?}",
+            d.evidence
+        );
+        let mut explained = c.clone();
+        explained.diagnosis = Some(d);
+        let line = crate::output::human::connection_line(&explained);
+        assert!(line.contains("no reply — SYN delivered"), "{line}");
+        assert!(line.contains("diagnosis [no_route_back]:"), "{line}");
+        let json = serde_json::to_value(&explained).expect("json");
+        assert_eq!(json["diagnosis"]["code"], "no_route_back");
+        host.routes.insert(
+            (CTR_NS, client),
+            crate::host::RouteLookup::Via {
+                dev: "eth0".into(),
+                gateway: Some(std::net::Ipv4Addr::new(172, 17, 0, 1)),
+            },
+        );
+        assert!(crate::diagnose::no_route_back(host, &u, packet).is_none());
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod socket;
 
 pub use judge::{Judged, Target, judge};
 pub use premises::{CLIENT, PortCheck, Premises, examine};
+pub use routing::{NO_ROUTE_BACK, Unanswered, no_route_back};
 
 use serde::Serialize;
 use tracer_common::HopKind;

@@ -222,6 +222,75 @@ fn marked_rp_filter(
     }
 }
 
+/// A packet a socket took in `netns`, to which nothing came back (`connection::State::NoReply`):
+/// what the connection-level check needs of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unanswered {
+    /// Where it was taken, and on which device it arrived there.
+    pub netns: u32,
+    pub ifindex: u32,
+    /// Its header there: the source is who the answer must go back to.
+    pub tuple: Tuple,
+    /// The namespace it came from, when traced: the gateway a container would use is that
+    /// side's address on its subnet.
+    pub via_netns: Option<u32>,
+}
+
+/// The code of [`no_route_back`]'s diagnosis.
+pub const NO_ROUTE_BACK: &str = "no_route_back";
+
+/// A connection-level check: the first packet was taken by a socket and nothing came back.
+/// When the namespace that took it has no route to its source, the answer is never built —
+/// TCP looks the route up before it makes a SYN-ACK — so no packet of the reply exists to
+/// trace, and only the routing table can say why.
+pub fn no_route_back(facts: &mut dyn HostFacts, u: &Unanswered, packet: &str) -> Option<Diagnosis> {
+    let t = u.tuple;
+    let crate::host::RouteLookup::Unreachable(why) =
+        facts.route_get(u.netns, t.src, t.dst).ok()??
+    else {
+        return None;
+    };
+    let ns = facts.netns_label(u.netns);
+    let who = facts.container_device(u.netns, u.ifindex).map_or_else(
+        || format!("netns {ns}"),
+        |d| format!("container {}", d.container.name),
+    );
+    let dev = facts.interface(u.netns, u.ifindex).map(|l| l.name);
+    let gateway = u.via_netns.and_then(|h| facts.own_address_near(h, t.dst));
+    let fix = match (gateway, &dev) {
+        (Some(gw), Some(dev)) => format!("ip route add default via {gw} dev {dev}"),
+        (Some(gw), None) => format!("ip route add default via {gw}"),
+        (None, _) => format!(
+            "ip route add {} via <gateway>   # the way back to the client",
+            t.src
+        ),
+    };
+    let answer = if t.proto == crate::net::Proto::TCP {
+        "its SYN-ACK was never built (TCP routes the answer before making it), so there is no reply to trace"
+    } else {
+        "whatever it answers cannot leave"
+    };
+    Some(Diagnosis {
+        code: NO_ROUTE_BACK,
+        summary: format!(
+            "The {packet} reached {who} at {}:{} and was taken by a socket, but {who} has no route back to {}: {answer}.",
+            t.dst, t.dport, t.src
+        ),
+        evidence: vec![
+            format!(
+                "the {packet} was delivered in netns {ns}{} and nothing came back",
+                dev.as_deref()
+                    .map(|d| format!(" on {d}"))
+                    .unwrap_or_default()
+            ),
+            format!("ip route get {} from {} in netns {ns}: {why}", t.src, t.dst),
+        ],
+        fix: Some(in_netns(facts, u.netns, &fix)),
+        confidence: Confidence::High,
+        rule: None,
+    })
+}
+
 /// An rp_filter value as the kernel means it.
 fn rp_filter_mode(value: &Lookup<String>) -> String {
     match value {

@@ -29,6 +29,8 @@ pub struct FakeHost {
     pub stacks: HashMap<u32, Vec<u64>>,
     /// Policy routing rules by namespace.
     pub route_rules: HashMap<u32, Vec<RouteRule>>,
+    /// `ip route get` answers by (netns, destination); none: the lookup is not answered.
+    pub routes: HashMap<(u32, Ipv4Addr), RouteLookup>,
 }
 
 impl FakeHost {
@@ -205,6 +207,16 @@ impl HostFacts for FakeHost {
     }
     fn route_rules(&mut self, netns: u32) -> Lookup<Arc<[RouteRule]>> {
         Ok(self.route_rules.get(&netns).map(|r| r.as_slice().into()))
+    }
+    fn own_address_near(&mut self, netns: u32, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        let (net, len) = self.connected_subnet(netns, addr)?;
+        self.local
+            .iter()
+            .find(|(ns, a)| *ns == netns && u32::from(*a) & mask(len) == u32::from(net))
+            .map(|(_, a)| *a)
+    }
+    fn route_get(&mut self, netns: u32, to: Ipv4Addr, _from: Ipv4Addr) -> Lookup<RouteLookup> {
+        Ok(self.routes.get(&(netns, to)).cloned())
     }
 }
 

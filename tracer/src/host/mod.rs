@@ -91,8 +91,20 @@ pub trait HostFacts {
         None
     }
 
+    /// This namespace's own address on the connected subnet holding `addr`: the gateway its
+    /// neighbours there would use (a bridge's address for the containers on it).
+    fn own_address_near(&mut self, _netns: u32, _addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        None
+    }
+
     /// The namespace's IPv4 policy routing rules (`ip rule`), by priority.
     fn route_rules(&mut self, _netns: u32) -> Lookup<Arc<[RouteRule]>> {
+        Ok(None)
+    }
+
+    /// Where the namespace would send a packet to `to` from its address `from` (`ip route
+    /// get`), or why it cannot.
+    fn route_get(&mut self, _netns: u32, _to: Ipv4Addr, _from: Ipv4Addr) -> Lookup<RouteLookup> {
         Ok(None)
     }
 
@@ -259,19 +271,31 @@ impl LinkTable {
             .and_then(|(idx, _, _)| self.links.get(&idx))
     }
 
-    /// The connected subnet holding `addr` (longest prefix): its device, network, length.
+    /// The connected subnet holding `addr` (longest prefix): its device, this namespace's own
+    /// address on it, and the prefix length.
     pub fn subnet_of(&self, addr: Ipv4Addr) -> Option<(u32, Ipv4Addr, u8)> {
         self.addrs
             .iter()
             .filter(|(_, a, len)| u32::from(*a) & mask(*len) == u32::from(addr) & mask(*len))
             .max_by_key(|(_, _, len)| *len)
-            .map(|&(idx, a, len)| (idx, Ipv4Addr::from(u32::from(a) & mask(len)), len))
+            .copied()
     }
 }
 
 /// The netmask of a prefix length.
 pub fn mask(len: u8) -> u32 {
     u32::MAX.checked_shl(32 - len as u32).unwrap_or(0)
+}
+
+/// A namespace's answer to `ip route get`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteLookup {
+    Via {
+        dev: String,
+        gateway: Option<Ipv4Addr>,
+    },
+    /// No route: the kernel's words (`Network is unreachable`).
+    Unreachable(String),
 }
 
 /// One policy routing rule (`ip rule`): which lookups it sends to which table.

@@ -376,6 +376,9 @@ pub fn connection_line(c: &Connection) -> String {
             let _ = writeln!(s, "  fix: {fix}");
         }
     }
+    if let Some(d) = &c.diagnosis {
+        diagnosis(&mut s, d);
+    }
     s
 }
 

@@ -4,9 +4,9 @@
 
 use std::{sync::Arc, time::Instant};
 
-use super::{FACT_TTL, Resolver, netns, rules};
+use super::{FACT_TTL, Resolver, netns, routes};
 use crate::{
-    host::{HostFacts, Lookup, RouteRule, Unreadable},
+    host::{HostFacts, Lookup, RouteLookup, RouteRule, Unreadable},
     ruleset::{Ruleset, read_ruleset},
 };
 
@@ -68,7 +68,7 @@ impl Resolver {
             return Ok(None);
         };
         let what = || format!("the routing rules of netns {}", entry.label);
-        let rules = match netns::run_in(&entry.path, rules::read) {
+        let rules = match netns::run_in(&entry.path, routes::read_rules) {
             Ok(Ok(r)) => Ok(Some(r.into())),
             Ok(Err(e)) => Err(self.unreadable(what(), &e)),
             Err(e) => Err(self.unreadable(what(), &e)),
@@ -76,6 +76,31 @@ impl Resolver {
         self.route_rules
             .insert(netns, (rules.clone(), Instant::now()));
         rules
+    }
+
+    pub(super) fn read_route(
+        &mut self,
+        netns: u32,
+        to: std::net::Ipv4Addr,
+        from: std::net::Ipv4Addr,
+    ) -> Lookup<RouteLookup> {
+        if let Some((r, at)) = self.routes.get(&(netns, to, from))
+            && at.elapsed() < FACT_TTL
+        {
+            return r.clone();
+        }
+        let Some(entry) = self.netns(netns) else {
+            return Ok(None);
+        };
+        let what = || format!("the route to {to} in netns {}", entry.label);
+        let route = match netns::run_in(&entry.path, move || routes::get(to, from)) {
+            Ok(Ok(r)) => Ok(Some(r)),
+            Ok(Err(e)) => Err(self.unreadable(what(), &e)),
+            Err(e) => Err(self.unreadable(what(), &e)),
+        };
+        self.routes
+            .insert((netns, to, from), (route.clone(), Instant::now()));
+        route
     }
 
     /// Says, once per fact, that it could not be read, and returns it as an answer.

@@ -10,7 +10,7 @@ mod facts;
 pub mod kallsyms;
 pub mod links;
 pub mod netns;
-mod rules;
+mod routes;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,7 +24,7 @@ use aya::maps::{MapData, StackTraceMap};
 use crate::{
     host::{
         ContainerDevice, ContainerRef, HostFacts, Link, LinkTable, Lookup, NetnsEntry, Published,
-        RouteRule, Symbol, Wiring, wire,
+        RouteLookup, RouteRule, Symbol, Wiring, mask, wire,
     },
     net::Proto,
     ruleset::Ruleset,
@@ -54,6 +54,7 @@ pub struct Resolver {
     sysctls: HashMap<(u32, String), (Lookup<String>, Instant)>,
     rulesets: HashMap<u32, (Lookup<Arc<Ruleset>>, Instant)>,
     route_rules: HashMap<u32, Fresh<Arc<[RouteRule]>>>,
+    routes: HashMap<(u32, Ipv4Addr, Ipv4Addr), Fresh<RouteLookup>>,
     /// The first ruleset read per namespace, kept for counter deltas.
     baselines: HashMap<u32, (Arc<Ruleset>, Instant)>,
     /// Facts already said to be unreadable: each is warned about once.
@@ -114,6 +115,7 @@ impl Resolver {
             warned: HashSet::new(),
             stacks: None,
             route_rules: HashMap::new(),
+            routes: HashMap::new(),
         }
     }
 
@@ -355,10 +357,21 @@ impl HostFacts for Resolver {
     }
 
     fn connected_subnet(&mut self, netns: u32, addr: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
-        let (_, net, len) = self
+        let (_, own, len) = self
             .table(netns, |t| t.subnet_of(addr).is_some())?
             .subnet_of(addr)?;
-        Some((net, len))
+        Some((Ipv4Addr::from(u32::from(own) & mask(len)), len))
+    }
+
+    fn own_address_near(&mut self, netns: u32, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        let (_, own, _) = self
+            .table(netns, |t| t.subnet_of(addr).is_some())?
+            .subnet_of(addr)?;
+        Some(own)
+    }
+
+    fn route_get(&mut self, netns: u32, to: Ipv4Addr, from: Ipv4Addr) -> Lookup<RouteLookup> {
+        self.read_route(netns, to, from)
     }
 
     fn route_rules(&mut self, netns: u32) -> Lookup<Arc<[RouteRule]>> {

@@ -3,9 +3,9 @@
 
 use super::TraceConfig;
 use crate::{
-    connection::Connections,
+    connection::{Connection, Connections},
     correlate::{FlowTable, Packet, PacketTracker, transmits},
-    diagnose::judge,
+    diagnose::{judge, no_route_back},
     events::Hop,
     output::{Output, Stats},
     probes::{DropReasons, HookSet},
@@ -70,6 +70,17 @@ impl Pipeline {
         }
     }
 
+    /// A connection as it is told: one whose first packet a socket took and nothing came
+    /// back gets the connection-level check (a namespace with no route back never builds
+    /// its answer, so no packet's diagnosis can say it).
+    fn explained(&mut self, mut c: Connection) -> Connection {
+        if let Some((packet, u)) = c.unanswered() {
+            let packet = packet.to_owned();
+            c.diagnosis = no_route_back(&mut self.resolver, &u, &packet);
+        }
+        c
+    }
+
     /// Finishes idle packets (`now_ns`), or all of them (`None`), and reports every finished
     /// packet. Returns how many verdicts were reported.
     pub fn flush(&mut self, now_ns: Option<u64>, out: &mut dyn Output) -> std::io::Result<u64> {
@@ -94,7 +105,7 @@ impl Pipeline {
             let (again, pushed_out) = self.connections.add(&report);
             report.retransmission = again;
             if let Some(c) = pushed_out {
-                out.connection(&c)?;
+                out.connection(&self.explained(c))?;
             }
             self.stats.packets += 1;
             if report.packet.hops.iter().any(|h| h.followed) {
@@ -110,7 +121,7 @@ impl Pipeline {
             n += 1;
         }
         for c in self.connections.finished(now_ns) {
-            out.connection(&c)?;
+            out.connection(&self.explained(c))?;
         }
         self.stats.flows = self.flows.len() as u64;
         Ok(n)

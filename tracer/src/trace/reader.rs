@@ -39,6 +39,8 @@ pub(super) struct Session {
     sizes: ProbeSizes,
     reader: Reader,
     counters_read: Instant,
+    /// When `REPLIES` was last swept, and how many flows' replies it followed then.
+    replies_swept: (Instant, usize),
     /// Set once a second: look for module BTF that appeared.
     check_modules: bool,
     /// Which of [`MODULES`] were loaded when the probes were attached.
@@ -70,6 +72,7 @@ impl Session {
             // Polling first: the first poll finds the ring empty and puts the reader to sleep.
             reader: Reader::Polling,
             counters_read: Instant::now(),
+            replies_swept: (Instant::now(), 0),
             check_modules: false,
             loaded_at_attach: loaded_modules(),
         }
@@ -243,8 +246,12 @@ impl Session {
             self.check_modules = true;
             // Flows whose replies stopped being worth following: the kernel forgets them,
             // and stops looking once none is left.
-            if let Err(e) = self.probes.sweep_replies(monotonic_ns()) {
-                tracing::debug!("sweeping followed replies: {e}");
+            let (swept, live) = self.replies_swept;
+            if swept.elapsed() >= sweep_every(live) {
+                match self.probes.sweep_replies(monotonic_ns()) {
+                    Ok(live) => self.replies_swept = (Instant::now(), live),
+                    Err(e) => tracing::debug!("sweeping followed replies: {e}"),
+                }
             }
             // Containers come and go: a published port's target with them.
             if let Some(d) = self.drops_filter.as_mut()
@@ -312,6 +319,16 @@ async fn next_change(
 /// an interval without events puts it to sleep until the next one.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
+/// How often `REPLIES` is swept when it followed `live` flows last time: a sweep walks every
+/// entry (two syscalls each), so a full map is swept less often, keeping it near a thousand
+/// syscalls a second; at worst an expired flow's replies are looked up a quarter of their
+/// lifetime (`cli::REPLY_SECS`) longer.
+fn sweep_every(live: usize) -> Duration {
+    const SYSCALLS_PER_SEC: u64 = 1000;
+    let secs = (2 * live as u64).div_ceil(SYSCALLS_PER_SEC).clamp(1, 15);
+    Duration::from_secs(secs)
+}
+
 /// The tick while packets are in flight: they end by timeout (`--idle`), checked this often.
 const TICK_BUSY: Duration = Duration::from_millis(100);
 /// The tick with nothing in flight: the kernel's counters and the daemon's gauges and health
@@ -362,4 +379,22 @@ pub(super) fn drain_ring(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fuller_reply_map_is_swept_less_often() {
+        assert_eq!(sweep_every(0), Duration::from_secs(1));
+        assert_eq!(sweep_every(400), Duration::from_secs(1));
+        assert_eq!(sweep_every(2048), Duration::from_secs(5));
+        assert_eq!(
+            sweep_every(8192),
+            Duration::from_secs(15),
+            "a full map: a quarter of the reply lifetime at most"
+        );
+        assert!(crate::cli::REPLY_SECS as u64 >= 4 * 15);
+    }
 }
