@@ -390,16 +390,18 @@ const CT_STATUS: &[(u32, &str)] = &[
 
 impl CtStatus {
     /// The named bits that are set, in bit order.
-    pub fn names(self) -> Vec<&'static str> {
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
         CT_STATUS
             .iter()
-            .filter(|(bit, _)| self.0 & (1 << bit) != 0)
+            .filter(move |(bit, _)| self.0 & (1 << bit) != 0)
             .map(|(_, n)| *n)
-            .collect()
     }
+}
 
-    pub const fn has(self, bit: u32) -> bool {
-        self.0 & (1 << bit) != 0
+/// The names, as a JSON array: written straight from the bits, no list built per hop.
+impl Serialize for CtStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
     }
 }
 
@@ -413,8 +415,13 @@ mod tests {
         assert_eq!(CtState::from_info(3), Some((CtState::Established, true)));
         assert_eq!(CtState::from_info(7), Some((CtState::Untracked, false)));
         assert_eq!(CtState::from_info(5), None);
+        let status = CtStatus(1 << 3 | 1 << 5 | 1 << 7 | 1 << 8);
         assert_eq!(
-            CtStatus(1 << 3 | 1 << 5 | 1 << 7 | 1 << 8).names(),
+            serde_json::to_string(&status).expect("json"),
+            r#"["CONFIRMED","DNAT"]"#
+        );
+        assert_eq!(
+            status.names().collect::<Vec<_>>(),
             ["CONFIRMED", "DNAT"],
             "the NAT hooks' done bits (7, 8) are set for null bindings too: not named"
         );

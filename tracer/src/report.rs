@@ -11,7 +11,7 @@ use crate::{
     diagnose::{Diagnosis, Judged, Target},
     events::{CtView, Hop, Tuple, kind_name},
     host::{ContainerRef, HostFacts, Symbol},
-    net::Hook,
+    net::{CtStatus, Hook},
     probes::DropReasons,
     verdict::{Delivery, Outcome, Verdict},
 };
@@ -114,7 +114,7 @@ pub struct ConntrackView {
     /// `original` or `reply`: which of the entry's directions the packet travels.
     pub direction: &'static str,
     /// Status bits set (`CONFIRMED`, `SEEN_REPLY`, `ASSURED`, `SNAT`, `DNAT` done, ...).
-    pub status: Vec<&'static str>,
+    pub status: CtStatus,
     pub zone: u16,
     pub mark: u32,
     /// The entry's tuples: as the first packet was sent, and as the answer is expected.
@@ -130,7 +130,7 @@ impl ConntrackView {
         Self {
             state: ct.state.name(),
             direction: if ct.reply { "reply" } else { "original" },
-            status: ct.status.names(),
+            status: ct.status,
             zone: ct.zone,
             mark: ct.mark,
             original: ct.tuples.map(|t| t.0),

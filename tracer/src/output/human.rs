@@ -187,8 +187,9 @@ fn conntrack_line(ct: &ConntrackView) -> String {
     if let (Some(o), Some(r)) = (ct.original, ct.reply) {
         let _ = write!(s, ": {o}, reply {r}");
     }
-    if !ct.status.is_empty() {
-        let _ = write!(s, " [{}]", ct.status.join(" "));
+    let status: Vec<&str> = ct.status.names().collect();
+    if !status.is_empty() {
+        let _ = write!(s, " [{}]", status.join(" "));
     }
     if ct.zone != 0 {
         let _ = write!(s, " zone {}", ct.zone);
