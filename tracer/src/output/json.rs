@@ -9,26 +9,30 @@ use crate::{clock::WallTime, report::Report};
 
 pub struct JsonOutput<W: Write> {
     out: W,
+    /// Reused for hop lines (see `tagged_line`).
+    scratch: Vec<u8>,
 }
 
 impl<W: Write> JsonOutput<W> {
     pub fn new(out: W) -> Self {
-        Self { out }
+        Self {
+            out,
+            scratch: Vec::with_capacity(1024),
+        }
     }
 
     /// `{"kind":"<kind>", ...body}` for the hot lines (one per hop). Same bytes as
     /// [`Tagged`], without serde's `flatten`, which routes every field through a map
-    /// serializer and costs more than the rest of the hop together. The body is written
-    /// straight into the output past its opening brace (no copy through a scratch buffer).
+    /// serializer and costs more than the rest of the hop together.
     fn tagged_line(&mut self, kind: &str, body: &impl Serialize) -> std::io::Result<()> {
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, body)?;
+        let fields = self.scratch.get(1..).unwrap_or_default();
         write!(self.out, "{{\"kind\":\"{kind}\"")?;
-        serde_json::to_writer(
-            PastFirstByte {
-                out: &mut self.out,
-                seen: 0,
-            },
-            body,
-        )?;
+        if fields != b"}" {
+            self.out.write_all(b",")?;
+        }
+        self.out.write_all(fields)?;
         self.out.write_all(b"\n")
     }
 
@@ -37,41 +41,6 @@ impl<W: Write> JsonOutput<W> {
     fn line(&mut self, value: &impl Serialize) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.out, value)?;
         self.out.write_all(b"\n")
-    }
-}
-
-/// Passes an object's fields on after a `{"kind":...` already written: drops its opening
-/// brace, and puts a comma before its first field (none before the closing brace of an
-/// object with no field).
-struct PastFirstByte<'a, W: Write> {
-    out: &'a mut W,
-    /// Bytes of the object seen so far, up to 2: the brace, then the first after it.
-    seen: u8,
-}
-
-impl<W: Write> Write for PastFirstByte<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let Some(&first) = buf.first() else {
-            return Ok(0);
-        };
-        match self.seen {
-            0 => {
-                self.seen = 1;
-                Ok(1)
-            }
-            1 => {
-                self.seen = 2;
-                if first != b'}' {
-                    self.out.write_all(b",")?;
-                }
-                self.out.write(buf)
-            }
-            _ => self.out.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
     }
 }
 
