@@ -20,8 +20,8 @@ use crate::{
         remembered, replying, track,
     },
     skb::{
-        ByConntrack, by_conntrack, ct_hold, ct_view, device, entered, field, foreign, headers,
-        passes, quote, read, reply_key,
+        ByConntrack, CtHold, by_conntrack, ct_hold, ct_view, device, entered, field, foreign,
+        headers, passes, quote, read, reply_key,
     },
 };
 
@@ -113,7 +113,12 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     // Conntrack's view is shown where it changed since this packet's last hop (attached,
     // NAT done, confirmed, or gone with a namespace crossing) and at a drop.
     let was = if tracked { remembered } else { None };
-    let hold = ct_hold(skb, site.access);
+    // A normal free (consume_skb, the hottest hook) neither shows nor remembers it: not read.
+    let hold = if site.frees && site.kind != HopKind::Drop {
+        CtHold::NONE
+    } else {
+        ct_hold(skb, site.access)
+    };
     let ct_shown = was.map_or(0, follow::conntrack);
     let show_ct = hold.signature != 0
         && (site.kind == HopKind::Drop || (!site.frees && hold.signature != ct_shown));

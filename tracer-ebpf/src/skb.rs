@@ -477,13 +477,18 @@ pub struct CtHold {
     pub signature: u8,
 }
 
+impl CtHold {
+    /// Not looked at: a hop that neither shows nor remembers it.
+    pub const NONE: Self = Self {
+        nfct: 0,
+        signature: 0,
+    };
+}
+
 #[inline(always)]
 pub fn ct_hold(skb: u64, access: Access) -> CtHold {
     if off!(have) & have::CONNTRACK == 0 {
-        return CtHold {
-            nfct: 0,
-            signature: 0,
-        };
+        return CtHold::NONE;
     }
     let nfct = field::<u64>(skb, off!(skb_nfct), access).unwrap_or(0);
     let ct = nfct & !NFCT_INFOMASK;
