@@ -278,27 +278,25 @@ impl Probes {
 
     /// Takes the ring buffer for the reader. Call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })
+        self.take("EVENTS")
     }
 
     /// Takes the map of drops' kernel stacks (`--stack`) for the resolver, which reads each id
     /// once. Call once.
     pub fn take_stacks(&mut self) -> Result<StackTraceMap<MapData>, ProbeError> {
+        self.take("STACKS")
+    }
+
+    /// Takes map `name` out of the object, typed as `T`.
+    fn take<T>(&mut self, name: &'static str) -> Result<T, ProbeError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
         let map = self
             .ebpf
-            .take_map("STACKS")
-            .ok_or(ProbeError::MissingMap("STACKS"))?;
-        StackTraceMap::try_from(map).map_err(|source| ProbeError::Map {
-            name: "STACKS",
-            source,
-        })
+            .take_map(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
     /// Deletes the replies whose time ran out (`now_ns`: CLOCK_MONOTONIC, the kernel's

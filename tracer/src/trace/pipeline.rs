@@ -27,7 +27,14 @@ pub struct Pipeline {
     finished: Vec<Packet>,
     connections: Connections,
     pub stats: Stats,
+    /// Route checks of unanswered connections this second (see `explained`).
+    route_checks: (Option<std::time::Instant>, u32),
 }
+
+/// Unanswered connections checked for a route back per second, at most: each distinct client
+/// runs `ip route get` in the namespace that took its first packet, and a flood of unanswered
+/// SYNs from many sources must not fork a process per source.
+const ROUTE_CHECKS_PER_SEC: u32 = 16;
 
 impl Pipeline {
     /// `hooks`: the set attached, which says what the hops can prove.
@@ -50,6 +57,7 @@ impl Pipeline {
             finished: Vec::new(),
             connections: Connections::new(cfg.max_flows),
             stats: Stats::default(),
+            route_checks: (None, 0),
         }
     }
 
@@ -74,7 +82,15 @@ impl Pipeline {
     /// back gets the connection-level check (a namespace with no route back never builds
     /// its answer, so no packet's diagnosis can say it).
     fn explained(&mut self, mut c: Connection) -> Connection {
+        let (since, n) = &mut self.route_checks;
+        if since.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            (*since, *n) = (Some(std::time::Instant::now()), 0);
+        }
+        if *n >= ROUTE_CHECKS_PER_SEC {
+            return c;
+        }
         if let Some((packet, u)) = c.unanswered() {
+            *n += 1;
             let packet = packet.to_owned();
             c.diagnosis = no_route_back(&mut self.resolver, &u, &packet);
         }
