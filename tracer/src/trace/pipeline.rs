@@ -82,6 +82,9 @@ impl Pipeline {
     /// back gets the connection-level check (a namespace with no route back never builds
     /// its answer, so no packet's diagnosis can say it).
     fn explained(&mut self, mut c: Connection) -> Connection {
+        let Some((packet, u)) = c.unanswered().map(|(p, u)| (p.to_owned(), u)) else {
+            return c;
+        };
         let (since, n) = &mut self.route_checks;
         if since.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
             (*since, *n) = (Some(std::time::Instant::now()), 0);
@@ -89,11 +92,8 @@ impl Pipeline {
         if *n >= ROUTE_CHECKS_PER_SEC {
             return c;
         }
-        if let Some((packet, u)) = c.unanswered() {
-            *n += 1;
-            let packet = packet.to_owned();
-            c.diagnosis = no_route_back(&mut self.resolver, &u, &packet);
-        }
+        *n += 1;
+        c.diagnosis = no_route_back(&mut self.resolver, &u, &packet);
         c
     }
 
