@@ -31,8 +31,11 @@ pub fn run(args: LabArgs) -> Result<()> {
     setup::run()?;
     setup::vm_packages()?;
     require_root("lab")?;
+    // Release binaries: under TCG userspace is emulated too, and debug ones cost a third of
+    // the run (six scenarios with fentry on 6.1: 443 s debug, 294 s release).
     status(cargo().args([
         "build",
+        "--release",
         "--package",
         "tracer",
         "--package",
@@ -42,9 +45,9 @@ pub fn run(args: LabArgs) -> Result<()> {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let bin_dir = target
-        .join("debug")
+        .join("release")
         .canonicalize()
-        .context("target/debug")?;
+        .context("target/release")?;
     let guest = Guest::prepare(args.kernel.as_deref(), &args.accel, &bin_dir)?;
 
     if let Some(scenario) = &args.shell {
