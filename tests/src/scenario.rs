@@ -638,8 +638,7 @@ pub fn observe_with(
                 s.name
             )
         })?;
-    let skb = verdict["skb"].as_str().unwrap_or_default().to_owned();
-    let hops = tracer.hops_of(&skb).into_iter().cloned().collect();
+    let hops = tracer.hops_of(&verdict).into_iter().cloned().collect();
     let (stats, lines) = tracer.stop_with_lines()?;
     let of_kind = |k: &str| lines.iter().filter(|v| v["kind"] == k).cloned().collect();
     Ok((
@@ -701,9 +700,8 @@ pub fn module_late(backend: &str) -> Value {
             verdict = tracer.wait_for(Duration::from_secs(60), |v| {
                 v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
             })?;
-            let skb = verdict["skb"].as_str().unwrap_or_default().to_owned();
             hops = tracer
-                .hops_of(&skb)
+                .hops_of(&verdict)
                 .iter()
                 .map(|h| {
                     let s = |k: &str| h[k].as_str().unwrap_or("?").to_owned();

@@ -131,12 +131,20 @@ impl Tracer {
         }
     }
 
-    /// The hop lines seen for one skb.
-    pub fn hops_of(&self, skb: &str) -> Vec<&Value> {
-        self.seen
+    /// The hop lines of one verdict's packet: pathtrace writes a packet's hops right before
+    /// its verdict. (Not every hop with the verdict's skb address: the kernel hands a freed
+    /// skb's memory to the next packet, of this flow or another.)
+    pub fn hops_of(&self, verdict: &Value) -> Vec<&Value> {
+        let Some(at) = self.seen.iter().rposition(|v| v == verdict) else {
+            return Vec::new();
+        };
+        let mut hops: Vec<&Value> = self.seen[..at]
             .iter()
-            .filter(|v| v["kind"] == "hop" && v["skb"] == skb)
-            .collect()
+            .rev()
+            .take_while(|v| v["kind"] == "hop")
+            .collect();
+        hops.reverse();
+        hops
     }
 
     /// Sends SIGINT and returns the `stats` line.

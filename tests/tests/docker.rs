@@ -80,8 +80,7 @@ fn healthy_connect_names_the_container_on_its_hops() {
         "{v:#}"
     );
     assert_eq!(v["last_hop"]["netns_name"], web.name.as_str());
-    let skb = v["skb"].as_str().expect("skb").to_owned();
-    let hops = tracer.hops_of(&skb);
+    let hops = tracer.hops_of(&v);
     let veth = hops
         .iter()
         .find(|h| h["container_interface"].is_string())
@@ -175,8 +174,7 @@ fn container_filter_follows_its_published_port_and_address() {
     // The client's TCP frees the SYN-ACK with __kfree_skb, which no tracepoint sees; whatever
     // takes its memory next (a socket's buffer, an ARP or IPv6 packet) is another packet and
     // must not become one of its hops.
-    let skb = reply["skb"].as_str().unwrap_or_default();
-    let hops = tracer.hops_of(skb);
+    let hops = tracer.hops_of(&reply);
     assert!(
         hops.iter().all(|h| h["src"].is_string()),
         "a hop of another packet: {}",
@@ -434,8 +432,7 @@ fn a_user_defined_network_is_traced_and_its_isolation_named() {
         .expect("verdict");
     assert_eq!(v["outcome"], "delivered", "{v:#}");
     assert_eq!(v["target"]["container"]["name"], web.name.as_str(), "{v:#}");
-    let skb = v["skb"].as_str().unwrap_or_default().to_owned();
-    let hops = tracer.hops_of(&skb);
+    let hops = tracer.hops_of(&v);
     assert!(
         hops.iter().any(|h| h["ifname"] == net.bridge().as_str()),
         "no hop on {}: {hops:#?}",

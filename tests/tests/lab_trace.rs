@@ -1177,3 +1177,106 @@ fn a_reject_s_icmp_error_is_shown_with_its_flow() {
     );
     assert_eq!(c["state"], "dropped", "{c:#}");
 }
+
+/// The kernel hands a freed namespace's inode to the next namespace made. A trace that outlives
+/// one lab (a daemon outliving containers) must name the lab that now has the number, and its
+/// devices, not the one it knew under it.
+#[test]
+fn a_namespace_number_handed_on_names_its_new_owner() {
+    use std::os::unix::fs::MetadataExt as _;
+    let first_config = lab::LabConfig {
+        uplink: "ext7".into(),
+        bridge: "lan-pods".into(),
+        outside_addr: std::net::Ipv4Addr::new(100, 88, 4, 2),
+        host_addr: std::net::Ipv4Addr::new(100, 88, 4, 1),
+        uplink_prefix: 30,
+        bridge_addr: std::net::Ipv4Addr::new(10, 31, 7, 1),
+        container_addr: std::net::Ipv4Addr::new(10, 31, 7, 9),
+        bridge_prefix: 24,
+        published_port: 7443,
+        container_port: 9100,
+        publish_on: None,
+    };
+    // Same addresses and port (one filter), other device names: a device table kept from the
+    // first lab would name the second's uplink `ext7`.
+    let second_config = lab::LabConfig {
+        uplink: "wan9".into(),
+        bridge: "pods-b".into(),
+        ..first_config.clone()
+    };
+    let inodes = |l: &lab::Lab| -> Vec<u64> {
+        [&l.outside, &l.host, &l.container]
+            .iter()
+            .filter_map(|n| std::fs::metadata(n.path()).ok().map(|m| m.ino()))
+            .collect()
+    };
+    // Every hop of the delivered SYN, as `hop ifname@netns`.
+    let syn_hops = |t: &mut Tracer, l: &lab::Lab| -> Vec<String> {
+        t.seen.clear();
+        assert!(
+            l.connect(Duration::from_secs(5)).expect("connect"),
+            "the lab answers"
+        );
+        let v = t
+            .wait_for(Duration::from_secs(20), |v| {
+                v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == "SYN"
+            })
+            .expect("a verdict");
+        assert_eq!(v["outcome"], "delivered", "{v:#}");
+        t.hops_of(&v)
+            .iter()
+            .map(|h| {
+                let s = |k: &str| h[k].as_str().unwrap_or("?").to_owned();
+                format!("{} {}@{}", s("hop"), s("ifname"), s("netns_name"))
+            })
+            .collect()
+    };
+    let port = first_config.published_port.to_string();
+    let mut t = Tracer::start(&["--dport", &port, "--proto", "tcp"]).expect("pathtrace starts");
+    let first = lab::Lab::new(first_config).expect("first lab");
+    let first_host = first.host.name.clone();
+    let hops = syn_hops(&mut t, &first);
+    assert!(
+        hops.iter()
+            .any(|h| h.ends_with(&format!("ext7@{first_host}"))),
+        "the first lab's uplink is named: {hops:#?}"
+    );
+    let taken = inodes(&first);
+    drop(first);
+    // The old namespaces are freed in the background: build labs until one gets a number the
+    // first lab had.
+    let mut second = None;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(300));
+        let l = lab::Lab::new(second_config.clone()).expect("second lab");
+        if inodes(&l).iter().any(|i| taken.contains(i)) {
+            second = Some(l);
+            break;
+        }
+    }
+    let second = second.expect("no new namespace got a freed one's inode in 30 tries");
+    let hops = syn_hops(&mut t, &second);
+    let _ = t.stop();
+    let prefix = second
+        .host
+        .name
+        .strip_suffix("-host")
+        .expect("lab names end in -host")
+        .to_owned();
+    assert!(
+        hops.iter()
+            .all(|h| !h.contains(&first_host) && !h.contains("ext7")),
+        "a hop of the second lab is named after the first: {hops:#?}"
+    );
+    assert!(
+        hops.iter()
+            .any(|h| h.ends_with(&format!("wan9@{}", second.host.name))),
+        "the second lab's uplink is named: {hops:#?}"
+    );
+    assert!(
+        hops.iter()
+            .filter(|h| !h.ends_with("@-"))
+            .all(|h| h.contains(&prefix)),
+        "every lab hop names the second lab's namespaces: {hops:#?}"
+    );
+}

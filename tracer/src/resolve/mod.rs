@@ -41,6 +41,8 @@ pub struct Resolver {
     own_netns: Option<u32>,
     namespaces: HashMap<u32, NetnsEntry>,
     namespaces_at: Option<Instant>,
+    /// When each known namespace was last seen still behind its path (see `known_namespace`).
+    namespaces_checked: HashMap<u32, Instant>,
     links: HashMap<u32, (LinkTable, Instant)>,
     kallsyms: Option<Kallsyms>,
     containers: Option<SharedIndex>,
@@ -103,6 +105,7 @@ impl Resolver {
             own_netns: netns::own_inode(),
             namespaces: HashMap::new(),
             namespaces_at: None,
+            namespaces_checked: HashMap::new(),
             links: HashMap::new(),
             kallsyms: None,
             containers: None,
@@ -139,10 +142,26 @@ impl Resolver {
     }
 
     /// A namespace already scanned, or found by scanning again (at most every
-    /// `REFRESH_EVERY`).
+    /// `REFRESH_EVERY`). A known one is looked at again after `REFRESH_EVERY`: the kernel
+    /// hands a freed namespace's inode to the next namespace made, so under a long trace a new
+    /// container's namespace arrives under the number of one that is gone, and must not be
+    /// shown, entered or judged as the old one.
     fn known_namespace(&mut self, netns: u32) -> Option<&NetnsEntry> {
-        if !self.namespaces.contains_key(&netns) {
-            self.refresh_namespaces();
+        match self.namespaces.get(&netns) {
+            None => self.refresh_namespaces(false),
+            Some(entry) => {
+                let due = self
+                    .namespaces_checked
+                    .get(&netns)
+                    .is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
+                if due {
+                    if netns::inode_of(&entry.path) == Some(netns) {
+                        self.namespaces_checked.insert(netns, Instant::now());
+                    } else {
+                        self.refresh_namespaces(true);
+                    }
+                }
+            }
         }
         self.namespaces.get(&netns)
     }
@@ -169,15 +188,49 @@ impl Resolver {
         Some(w)
     }
 
-    fn refresh_namespaces(&mut self) {
-        if self
-            .namespaces_at
-            .is_some_and(|t| t.elapsed() < REFRESH_EVERY)
+    /// Scans the namespaces again (at most every `REFRESH_EVERY` unless `force`d: a known one
+    /// was found gone). What was learnt about a namespace no longer behind its path is
+    /// forgotten, whatever now has its number.
+    fn refresh_namespaces(&mut self, force: bool) {
+        if !force
+            && self
+                .namespaces_at
+                .is_some_and(|t| t.elapsed() < REFRESH_EVERY)
         {
             return;
         }
-        self.namespaces = netns::scan();
-        self.namespaces_at = Some(Instant::now());
+        let found = netns::scan();
+        let gone: Vec<u32> = self
+            .namespaces
+            .iter()
+            .filter(|&(&ino, old)| {
+                !found.contains_key(&ino) || netns::inode_of(&old.path) != Some(ino)
+            })
+            .map(|(&ino, _)| ino)
+            .collect();
+        for ino in gone {
+            self.forget_namespace(ino);
+        }
+        let now = Instant::now();
+        self.namespaces_checked = found.keys().map(|&ino| (ino, now)).collect();
+        self.namespaces = found;
+        self.namespaces_at = Some(now);
+    }
+
+    /// Drops every fact cached for a namespace that is gone: its devices, wiring, sysctls,
+    /// rules, counter baseline and routes.
+    fn forget_namespace(&mut self, netns: u32) {
+        tracing::debug!(netns, "namespace gone; forgetting what was read in it");
+        self.links.remove(&netns);
+        self.wiring.retain(|&(ns, _), (w, _)| {
+            ns != netns && w.peer.is_none_or(|(peer_ns, _)| peer_ns != netns)
+        });
+        self.veths.retain(|&(ns, _), _| ns != netns);
+        self.sysctls.retain(|(ns, _), _| *ns != netns);
+        self.rulesets.remove(&netns);
+        self.baselines.remove(&netns);
+        self.route_rules.remove(&netns);
+        self.routes.retain(|&(ns, _, _), _| ns != netns);
     }
 
     /// Whether a device and the peer found for it still name each other.
@@ -263,7 +316,7 @@ impl HostFacts for Resolver {
     }
 
     fn namespaces(&mut self) -> Vec<u32> {
-        self.refresh_namespaces();
+        self.refresh_namespaces(false);
         let mut all: Vec<u32> = self.namespaces.keys().copied().collect();
         all.extend(self.container_namespaces().into_iter().map(|(ns, _)| ns));
         all.sort_unstable();
