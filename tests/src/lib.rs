@@ -347,6 +347,8 @@ impl Drop for Worker {
 
 /// A running lab. Dropping it removes every namespace (and with them every interface and rule).
 pub struct Lab {
+    /// `ptlab-PID-N`: every namespace of the lab is named `<id>-...`.
+    pub id: String,
     pub config: LabConfig,
     /// The host-side veth of the container.
     pub host_veth: String,
@@ -431,6 +433,7 @@ impl Lab {
         let container = Netns::create(format!("{id}-ctr"))?;
         let host_veth = format!("veth{:x}", std::process::id() % 0xffff);
         let mut lab = Self {
+            id: id.clone(),
             config,
             host_veth,
             listener: None,
@@ -515,6 +518,14 @@ impl Lab {
         .context("loading Docker-style rules")?;
         self.listener = Some(self.listen()?);
         Ok(())
+    }
+
+    /// Whether a hop line (`netns_name`) is in one of this lab's namespaces.
+    pub fn owns(&self, hop: &serde_json::Value) -> bool {
+        hop["netns_name"]
+            .as_str()
+            .and_then(|n| n.strip_prefix(self.id.as_str()))
+            .is_some_and(|rest| rest.starts_with('-'))
     }
 
     /// A TCP listener accepting and closing connections inside the container namespace.

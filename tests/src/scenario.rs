@@ -2,12 +2,15 @@
 //! connect. The host integration tests and the VM lab (`ptlab` inside the guest) run these same
 //! definitions.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{Fault, Lab, LabConfig, tracer::Tracer};
+use crate::{
+    Fault, Lab, LabConfig,
+    tracer::{Tracer, transcript},
+};
 
 /// What a scenario expects of the SYN's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -367,11 +370,46 @@ pub struct Observed {
     pub stats: Value,
     /// The `flow` lines (one per connection), told as the trace stopped.
     pub flows: Vec<Value>,
-    /// Every verdict line.
+    /// Every verdict line on a packet of the scenario's lab.
     pub verdicts: Vec<Value>,
 }
 
 impl Observed {
+    /// What a trace said of one lab's judged packet: its verdict and hops, and of all the
+    /// trace's lines, the connections and this lab's verdicts.
+    fn told(
+        ready: Value,
+        verdict: Value,
+        hops: Vec<Value>,
+        stats: Value,
+        lines: &[Value],
+        lab: &Lab,
+    ) -> Self {
+        let verdicts = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| {
+                v["kind"] == "verdict"
+                    && crate::tracer::hops_before(lines, *i)
+                        .iter()
+                        .any(|h| lab.owns(h))
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        Self {
+            ready,
+            verdict,
+            hops,
+            stats,
+            flows: lines
+                .iter()
+                .filter(|v| v["kind"] == "flow")
+                .cloned()
+                .collect(),
+            verdicts,
+        }
+    }
+
     pub fn outcome(&self) -> &str {
         self.verdict["outcome"].as_str().unwrap_or("?")
     }
@@ -602,21 +640,132 @@ pub fn observe_with(
     filter: Option<Vec<String>>,
     extra: &[&str],
 ) -> Result<(Lab, Observed)> {
-    let lab = match &s.fault {
-        Some(f) => Lab::with_fault(s.config.clone(), f.clone())?,
-        None => Lab::new(s.config.clone())?,
-    };
-    let mut args = filter.unwrap_or_else(|| s.filter());
-    args.extend([
-        "--proto".into(),
-        "tcp".into(),
-        "--backend".into(),
-        backend.into(),
-    ]);
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let lab = build(s)?;
+    let args = trace_args(filter.unwrap_or_else(|| s.filter()), backend, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut tracer = Tracer::start(&args)?;
     let ready = tracer.seen.last().cloned().unwrap_or(Value::Null);
+    let verdict = match judge(s, &lab, &mut tracer) {
+        Ok(v) => v,
+        Err(e) => return Err(with_counters(e, &tracer.stop())),
+    };
+    let hops = tracer.hops_of(&verdict).into_iter().cloned().collect();
+    let (stats, lines) = tracer.stop_with_lines()?;
+    let observed = Observed::told(ready, verdict, hops, stats, &lines, &lab);
+    Ok((lab, observed))
+}
+
+/// Runs many scenarios through as few traces as their filters allow: one pathtrace per
+/// distinct filter, each scenario's lab built, connected and judged while it runs. Under TCG
+/// starting pathtrace (the verifier) costs most of a scenario; the trace's resolver meets a
+/// new lab's namespaces as a daemon meets new containers'. Every lab stays up until its trace
+/// stops, so the connections told then are explained in namespaces that still exist. `done`
+/// gets each scenario's result, one trace's scenarios after another; `Observed::stats` is the
+/// whole trace's.
+pub fn observe_all(
+    scenarios: &[Scenario],
+    backend: &str,
+    extra: &[&str],
+    done: impl FnMut(&Scenario, Result<(Lab, Observed)>),
+) {
+    observe_all_with(scenarios, backend, Scenario::filter, extra, done);
+}
+
+/// [`observe_all`] with each scenario's filter chosen by `filter_of`.
+pub fn observe_all_with(
+    scenarios: &[Scenario],
+    backend: &str,
+    filter_of: impl Fn(&Scenario) -> Vec<String>,
+    extra: &[&str],
+    mut done: impl FnMut(&Scenario, Result<(Lab, Observed)>),
+) {
+    let mut groups: Vec<(Vec<String>, Vec<&Scenario>)> = Vec::new();
+    for s in scenarios {
+        let filter = filter_of(s);
+        match groups.iter_mut().find(|(f, _)| *f == filter) {
+            Some((_, group)) => group.push(s),
+            None => groups.push((filter, vec![s])),
+        }
+    }
+    for (filter, group) in groups {
+        let args = trace_args(filter, backend, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut tracer = match Tracer::start(&args) {
+            Ok(t) => t,
+            Err(e) => {
+                for s in group {
+                    done(
+                        s,
+                        Err(anyhow!("starting pathtrace {}: {e:#}", args.join(" "))),
+                    );
+                }
+                continue;
+            }
+        };
+        let ready = tracer.seen.last().cloned().unwrap_or(Value::Null);
+        let judged: Vec<(&Scenario, Result<Pending>)> = group
+            .into_iter()
+            .map(|s| {
+                let seen = build(s).and_then(|lab| {
+                    let verdict = judge(s, &lab, &mut tracer)?;
+                    let hops = tracer.hops_of(&verdict).into_iter().cloned().collect();
+                    Ok((lab, verdict, hops))
+                });
+                (s, seen)
+            })
+            .collect();
+        let stopped = tracer.stop_with_lines();
+        let stats = stopped
+            .as_ref()
+            .map(|(stats, _)| stats.clone())
+            .map_err(|e| anyhow!("{e:#}"));
+        for (s, seen) in judged {
+            let seen = seen.map_err(|e| with_counters(e, &stats));
+            let result = seen.and_then(|(lab, verdict, hops)| {
+                let (stats, lines) = stopped
+                    .as_ref()
+                    .map_err(|e| anyhow!("stopping the shared trace: {e:#}"))?;
+                let observed =
+                    Observed::told(ready.clone(), verdict, hops, stats.clone(), lines, &lab);
+                Ok((lab, observed))
+            });
+            done(s, result);
+        }
+    }
+}
+
+/// A scenario's failure with the trace's counters at its stop (lost events, held packets):
+/// they tell a verdict that came late from one that never could.
+fn with_counters(e: anyhow::Error, stats: &Result<Value>) -> anyhow::Error {
+    match stats {
+        Ok(stats) => e.context(format!("pathtrace's counters at its stop: {stats}")),
+        Err(stop) => e.context(format!("pathtrace did not stop cleanly: {stop:#}")),
+    }
+}
+
+/// A lab with its judged packet's verdict and hops, waiting for its trace to stop.
+type Pending = (Lab, Value, Vec<Value>);
+
+/// The scenario's lab, with its fault switched on.
+fn build(s: &Scenario) -> Result<Lab> {
+    match &s.fault {
+        Some(f) => Lab::with_fault(s.config.clone(), f.clone()),
+        None => Lab::new(s.config.clone()),
+    }
+}
+
+/// pathtrace's arguments: a filter, TCP, the backend, and `extra`.
+fn trace_args(filter: Vec<String>, backend: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = filter;
+    args.extend(["--proto", "tcp", "--backend", backend].map(str::to_owned));
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
+
+/// Opens the scenario's connection in `lab` and waits for the verdict on its judged packet
+/// there (a shared trace also tells other labs' packets, late retransmits among them).
+fn judge(s: &Scenario, lab: &Lab, tracer: &mut Tracer) -> Result<Value> {
+    let from = tracer.seen.len();
     let wait = Duration::from_millis(if s.expect.outcome == "delivered" {
         5000
     } else {
@@ -628,30 +777,24 @@ pub fn observe_with(
         Client::Peer => lab.connect_from_peer(wait)?,
     };
     let flags = s.judged.flags();
-    let verdict = tracer
-        .wait_for(Duration::from_secs(20), |v| {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let verdict = tracer.try_wait_for(left, |v| {
             v["kind"] == "verdict" && v["last_hop"]["tcp_flags"] == flags
-        })
-        .with_context(|| {
-            format!(
-                "scenario {}: no verdict (client connect answered: {answered})",
-                s.name
-            )
         })?;
-    let hops = tracer.hops_of(&verdict).into_iter().cloned().collect();
-    let (stats, lines) = tracer.stop_with_lines()?;
-    let of_kind = |k: &str| lines.iter().filter(|v| v["kind"] == k).cloned().collect();
-    Ok((
-        lab,
-        Observed {
-            ready,
-            verdict,
-            hops,
-            stats,
-            flows: of_kind("flow"),
-            verdicts: of_kind("verdict"),
-        },
-    ))
+        match verdict {
+            Some(v) if tracer.hops_of(&v).iter().any(|h| lab.owns(h)) => return Ok(v),
+            Some(_) => continue,
+            None => bail!(
+                "scenario {}: no verdict on the {} in lab {} within 20 s (client connect answered: {answered}); pathtrace said:\n{}",
+                s.name,
+                s.judged.step(),
+                lab.id,
+                transcript(tracer.seen.get(from..).unwrap_or_default(), usize::MAX)
+            ),
+        }
+    }
 }
 
 /// The name of the row [`module_late`] adds to the VM lab's table.

@@ -84,6 +84,26 @@ impl Tracer {
 
     /// Waits for a line matching `pred`; errors on timeout or when pathtrace exits first.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        match self.try_wait_for(timeout, pred)? {
+            Some(v) => Ok(v),
+            None => {
+                let stopped = self.seen.len();
+                self.stop_for_post_mortem();
+                bail!(
+                    "timed out; pathtrace said:\n{}",
+                    transcript(&self.seen, stopped)
+                )
+            }
+        }
+    }
+
+    /// [`Self::wait_for`] that leaves pathtrace running on a timeout (`None`), for a trace
+    /// shared by several cases: one that never comes must not end the others.
+    pub fn try_wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Option<Value>> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -91,17 +111,10 @@ impl Tracer {
                 Ok(v) => {
                     self.seen.push(v.clone());
                     if pred(&v) {
-                        return Ok(v);
+                        return Ok(Some(v));
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let seen = self.seen.len();
-                    self.stop_for_post_mortem();
-                    bail!(
-                        "timed out; pathtrace said:\n{}",
-                        transcript(&self.seen, seen)
-                    )
-                }
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait()?;
                     bail!(
@@ -131,20 +144,13 @@ impl Tracer {
         }
     }
 
-    /// The hop lines of one verdict's packet: pathtrace writes a packet's hops right before
-    /// its verdict. (Not every hop with the verdict's skb address: the kernel hands a freed
-    /// skb's memory to the next packet, of this flow or another.)
+    /// The hop lines of one verdict's packet (see [`hops_before`]).
     pub fn hops_of(&self, verdict: &Value) -> Vec<&Value> {
-        let Some(at) = self.seen.iter().rposition(|v| v == verdict) else {
-            return Vec::new();
-        };
-        let mut hops: Vec<&Value> = self.seen[..at]
+        self.seen
             .iter()
-            .rev()
-            .take_while(|v| v["kind"] == "hop")
-            .collect();
-        hops.reverse();
-        hops
+            .rposition(|v| v == verdict)
+            .map(|at| hops_before(&self.seen, at).iter().collect())
+            .unwrap_or_default()
     }
 
     /// Sends SIGINT and returns the `stats` line.
@@ -171,6 +177,19 @@ impl Drop for Tracer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The hop lines of the verdict at `lines[at]`: pathtrace writes a packet's hops right before
+/// its verdict. (Not every hop with the verdict's skb address: the kernel hands a freed skb's
+/// memory to the next packet, of this flow or another.)
+pub fn hops_before(lines: &[Value], at: usize) -> &[Value] {
+    let before = lines.get(..at).unwrap_or_default();
+    let hops = before
+        .iter()
+        .rev()
+        .take_while(|v| v["kind"] == "hop")
+        .count();
+    &before[before.len() - hops..]
 }
 
 /// One short line per JSON line, so a failure shows the whole trace rather than the first

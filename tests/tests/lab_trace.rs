@@ -13,12 +13,7 @@ use serde_json::Value;
 fn run(name: &str) -> (lab::Lab, Observed, Scenario) {
     let s = scenario::find(name).expect("scenario exists");
     let (lab, seen) = scenario::observe(&s, "auto").expect("scenario runs");
-    assert!(
-        seen.matches(&s.expect),
-        "{name}: expected {:?}, pathtrace said {:#}",
-        s.expect,
-        seen.verdict
-    );
+    assert_expected(&s, &seen, "its defaults");
     assert!(
         seen.connection_tells(&s),
         "{name}: the connection line does not tell the {}'s fate: {:#?}",
@@ -26,6 +21,17 @@ fn run(name: &str) -> (lab::Lab, Observed, Scenario) {
         seen.connection()
     );
     (lab, seen, s)
+}
+
+/// The scenario's expected verdict, reason and code; `how` names the trace's arguments.
+fn assert_expected(s: &Scenario, seen: &Observed, how: &str) {
+    assert!(
+        seen.matches(&s.expect),
+        "{}: expected {:?}, pathtrace ({how}) said {:#}",
+        s.name,
+        s.expect,
+        seen.verdict
+    );
 }
 
 fn evidence(v: &Value) -> Vec<String> {
@@ -611,49 +617,60 @@ fn lab_neutral(lab: &lab::Lab, v: &Value) -> Value {
 /// what the path gave the rules: the input interface and the header before NAT.
 #[test]
 fn every_drop_is_diagnosed_alike_from_the_drop_alone() {
-    let mut compared = Vec::new();
-    for s in scenario::all()
+    let dropped: Vec<Scenario> = scenario::all()
         .into_iter()
         .filter(|s| s.expect.outcome == "dropped")
-    {
-        let (lab_p, path) =
-            scenario::observe_with(&s, "auto", None, &["--hooks", "path"]).expect("runs");
+        .collect();
+    // The path set first, every scenario in one trace: its diagnosis with the lab's names
+    // taken out, and whether the packet died past the container's veth.
+    let mut by_path = std::collections::HashMap::new();
+    scenario::observe_all(&dropped, "auto", &["--hooks", "path"], |s, seen| {
+        let (lab, path) = seen.unwrap_or_else(|e| panic!("{}: {e:#}", s.name));
+        let in_container = path.verdict["last_hop"]["netns_name"] == lab.container.name.as_str();
+        by_path.insert(
+            s.name,
+            (lab_neutral(&lab, &path.verdict["diagnosis"]), in_container),
+        );
+    });
+    // Then kfree_skb alone, each scenario with the filter a user would need there.
+    let filter_of = |s: &Scenario| {
         // Conntrack's record of where a packet was sent stays in the namespace that NATed
         // it: a packet that died past the container's veth is matched by where it was headed
         // then (docs/backends.md), as `--container` would.
-        let in_container = path.verdict["last_hop"]["netns_name"] == lab_p.container.name.as_str();
+        let in_container = by_path.get(s.name).is_some_and(|(_, c)| *c);
         // Nothing but drops is traced, so no reply is followed: a reply's drop is matched by
         // the connection conntrack says it answers (the user's filter), except where it dies
         // before conntrack has seen it (raw PREROUTING, the bridge's input): there only the
         // client's address matches it.
         let before_conntrack = ["reply-raw-drop", "reply-bridge-drop"].contains(&s.name);
-        let filter = if before_conntrack {
-            Some(vec!["--host".into(), s.client_addr().to_string()])
-        } else if s.judged == scenario::Judged::SynAck {
-            None
+        if before_conntrack {
+            vec!["--host".into(), s.client_addr().to_string()]
+        } else if in_container && s.judged != scenario::Judged::SynAck {
+            vec!["--host".into(), s.config.container_addr.to_string()]
         } else {
-            in_container.then(|| vec!["--host".into(), s.config.container_addr.to_string()])
-        };
-        // The first lab goes before the second is traced (same addresses, retransmits).
-        let p = lab_neutral(&lab_p, &path.verdict["diagnosis"]);
-        drop(lab_p);
-        let (lab_d, drops) = scenario::observe_with(&s, "auto", filter, &["--hooks", "drops"])
-            .expect("scenario runs");
-        assert_eq!(drops.ready["hook_set"], "drops", "{}", s.name);
-        assert!(
-            drops.matches(&s.expect),
-            "{}: expected {:?}, pathtrace --hooks drops said {:#}",
-            s.name,
-            s.expect,
-            drops.verdict
-        );
-        assert_eq!(drops.verdict["hops"], 1, "{}: {:#}", s.name, drops.verdict);
-        // Each run has its own lab: compare with its namespace and veth names taken out.
-        let d = lab_neutral(&lab_d, &drops.verdict["diagnosis"]);
-        assert!(p["code"].is_string(), "{}: {p:#}", s.name);
-        assert_same_diagnosis(s.name, &p, &d);
-        compared.push(s.name);
-    }
+            s.filter()
+        }
+    };
+    let mut compared = Vec::new();
+    scenario::observe_all_with(
+        &dropped,
+        "auto",
+        filter_of,
+        &["--hooks", "drops"],
+        |s, seen| {
+            let (lab_d, drops) = seen.unwrap_or_else(|e| panic!("{}: {e:#}", s.name));
+            assert_eq!(drops.ready["hook_set"], "drops", "{}", s.name);
+            assert_expected(s, &drops, "--hooks drops");
+            assert_eq!(drops.verdict["hops"], 1, "{}: {:#}", s.name, drops.verdict);
+            // Each run has its own lab: compare with its namespace and veth names taken out.
+            let d = lab_neutral(&lab_d, &drops.verdict["diagnosis"]);
+            let (p, _) = &by_path[s.name];
+            assert!(p["code"].is_string(), "{}: {p:#}", s.name);
+            assert_same_diagnosis(s.name, p, &d);
+            compared.push(s.name);
+        },
+    );
+    assert_eq!(compared.len(), dropped.len(), "{compared:?}");
     assert!(compared.len() >= 10, "{compared:?}");
 }
 
@@ -722,22 +739,28 @@ fn drops_only_still_names_a_skipped_dnat() {
 /// it (a veth's other end, the bridge before a port), and only those are marked inferred.
 #[test]
 fn every_scenario_is_judged_alike_from_its_receives() {
-    let mut compared = Vec::new();
-    for s in scenario::all() {
-        let (lab_p, path) =
-            scenario::observe_with(&s, "auto", None, &["--hooks", "path"]).expect("runs");
+    let all = scenario::all();
+    let neutral_hops =
+        |lab: &lab::Lab, seen: &Observed| lab_neutral(lab, &serde_json::json!(seen.hop_names()));
+    // The path set first, every scenario in one trace: hops and verdict, lab names taken out.
+    let mut by_path = std::collections::HashMap::new();
+    scenario::observe_all(&all, "auto", &["--hooks", "path"], |s, seen| {
+        let (lab, path) = seen.unwrap_or_else(|e| panic!("{}: {e:#}", s.name));
         assert_eq!(path.ready["hook_set"], "path", "{}", s.name);
-        let neutral_hops = |lab: &lab::Lab, seen: &Observed| {
-            lab_neutral(lab, &serde_json::json!(seen.hop_names()))
-        };
-        // The first lab goes before the second is traced: its client and container are the
-        // same addresses, and a dropped reply's SYN|ACK is retransmitted for seconds.
-        let (path_hops, p) = (
-            neutral_hops(&lab_p, &path),
-            lab_neutral(&lab_p, &path.verdict),
+        assert!(
+            path.hops.iter().all(|h| h.get("inferred").is_none()),
+            "{}: the path set infers nothing",
+            s.name
         );
-        drop(lab_p);
-        let (lab_r, rx) = scenario::observe(&s, "auto").expect("scenario runs");
+        by_path.insert(
+            s.name,
+            (neutral_hops(&lab, &path), lab_neutral(&lab, &path.verdict)),
+        );
+    });
+    let mut compared = Vec::new();
+    scenario::observe_all(&all, "auto", &[], |s, seen| {
+        let (lab_r, rx) = seen.unwrap_or_else(|e| panic!("{}: {e:#}", s.name));
+        let (path_hops, p) = &by_path[s.name];
         assert_eq!(rx.ready["hook_set"], "receive", "{}: the default", s.name);
         assert_eq!(
             rx.ready["hooks"],
@@ -745,15 +768,9 @@ fn every_scenario_is_judged_alike_from_its_receives() {
             "{}",
             s.name
         );
-        assert!(
-            rx.matches(&s.expect),
-            "{}: expected {:?}, pathtrace --hooks receive said {:#}",
-            s.name,
-            s.expect,
-            rx.verdict
-        );
+        assert_expected(s, &rx, "--hooks receive");
         assert_eq!(
-            neutral_hops(&lab_r, &rx),
+            &neutral_hops(&lab_r, &rx),
             path_hops,
             "{}: the path's hops, its transmits inferred",
             s.name
@@ -763,11 +780,6 @@ fn every_scenario_is_judged_alike_from_its_receives() {
         assert_eq!(
             marked, transmits,
             "{}: every transmit, and only those, inferred",
-            s.name
-        );
-        assert!(
-            path.hops.iter().all(|h| h.get("inferred").is_none()),
-            "{}: the path set infers nothing",
             s.name
         );
         let r = lab_neutral(&lab_r, &rx.verdict);
@@ -789,7 +801,7 @@ fn every_scenario_is_judged_alike_from_its_receives() {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(rewrites(&p), rewrites(&r), "{}: NAT followed", s.name);
+        assert_eq!(rewrites(p), rewrites(&r), "{}: NAT followed", s.name);
         assert_eq!(
             (&p["tuple"]["src"], &p["tuple"]["dst"]),
             (&r["tuple"]["src"], &r["tuple"]["dst"]),
@@ -798,7 +810,8 @@ fn every_scenario_is_judged_alike_from_its_receives() {
         );
         assert_same_diagnosis(s.name, &p["diagnosis"], &r["diagnosis"]);
         compared.push(s.name);
-    }
+    });
+    assert_eq!(compared.len(), all.len(), "{compared:?}");
     assert!(compared.len() >= 15, "{compared:?}");
 }
 
@@ -848,46 +861,53 @@ fn a_raw_table_invalid_drop_is_named() {
 /// bridge or subnet of another topology.
 #[test]
 fn every_scenario_holds_on_three_topologies() {
-    let mut ran = Vec::new();
-    for s in scenario::all() {
-        for config in lab::LabConfig::topologies() {
-            if config.bridge == s.config.bridge {
-                continue; // the scenario's own topology: its own test ran it
-            }
-            let moved = s.on(&config);
-            let (_lab, seen) = scenario::observe(&moved, "auto").expect("scenario runs");
-            assert!(
-                seen.matches(&moved.expect) && seen.connection_tells(&moved),
-                "{} on bridge {}: expected {:?}, pathtrace said {:#} in connection {:#?}",
-                s.name,
-                config.bridge,
-                moved.expect,
-                seen.verdict,
-                seen.connection()
-            );
-            let said = seen.verdict["diagnosis"].to_string();
-            // The other topologies' bridges and container subnets (`172.17.0.`).
-            let foreign = lab::LabConfig::topologies()
+    let moved: Vec<Scenario> = scenario::all()
+        .iter()
+        .flat_map(|s| {
+            lab::LabConfig::topologies()
                 .into_iter()
-                .filter(|t| t.bridge != config.bridge)
-                .flat_map(|t| {
-                    let ip = t.container_addr.to_string();
-                    let subnet = ip
-                        .rsplit_once('.')
-                        .map_or(ip.clone(), |(net, _)| format!("{net}."));
-                    [t.bridge, subnet]
-                });
-            for name in foreign {
-                assert!(
-                    !said.contains(&name),
-                    "{} on bridge {}: the diagnosis names `{name}` of another topology: {said}",
-                    s.name,
-                    config.bridge
-                );
-            }
-            ran.push(format!("{}@{}", s.name, config.bridge));
+                // The scenario's own topology: its own test ran it.
+                .filter(|config| config.bridge != s.config.bridge)
+                .map(|config| s.on(&config))
+        })
+        .collect();
+    let mut ran = Vec::new();
+    // One trace per topology's filter: each scenario's lab is met by a trace already running.
+    scenario::observe_all(&moved, "auto", &[], |moved, seen| {
+        let config = &moved.config;
+        let (_lab, seen) = seen.unwrap_or_else(|e| panic!("{}: {e:#}", moved.name));
+        assert!(
+            seen.matches(&moved.expect) && seen.connection_tells(moved),
+            "{} on bridge {}: expected {:?}, pathtrace said {:#} in connection {:#?}",
+            moved.name,
+            config.bridge,
+            moved.expect,
+            seen.verdict,
+            seen.connection()
+        );
+        let said = seen.verdict["diagnosis"].to_string();
+        // The other topologies' bridges and container subnets (`172.17.0.`).
+        let foreign = lab::LabConfig::topologies()
+            .into_iter()
+            .filter(|t| t.bridge != config.bridge)
+            .flat_map(|t| {
+                let ip = t.container_addr.to_string();
+                let subnet = ip
+                    .rsplit_once('.')
+                    .map_or(ip.clone(), |(net, _)| format!("{net}."));
+                [t.bridge, subnet]
+            });
+        for name in foreign {
+            assert!(
+                !said.contains(&name),
+                "{} on bridge {}: the diagnosis names `{name}` of another topology: {said}",
+                moved.name,
+                config.bridge
+            );
         }
-    }
+        ran.push(format!("{}@{}", moved.name, config.bridge));
+    });
+    assert_eq!(ran.len(), moved.len(), "{ran:?}");
     assert!(ran.len() >= 2 * 18, "{ran:?}");
 }
 

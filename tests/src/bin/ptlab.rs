@@ -68,21 +68,25 @@ fn run(args: Vec<String>) -> Result<()> {
             if module_late {
                 println!("PTLAB-RESULT {}", scenario::module_late(&backend));
             }
+            let mut traced = Vec::new();
             for s in scenarios {
-                if let (true, Some(why)) = (in_vm, s.vm_skip) {
-                    let line =
-                        serde_json::json!({"scenario": s.name, "backend": backend, "skipped": why});
-                    println!("PTLAB-RESULT {line}");
-                    continue;
+                match (in_vm, s.vm_skip) {
+                    (true, Some(why)) => {
+                        let line = serde_json::json!({"scenario": s.name, "backend": backend, "skipped": why});
+                        println!("PTLAB-RESULT {line}");
+                    }
+                    _ => traced.push(s),
                 }
-                let line = match scenario::observe(&s, &backend) {
-                    Ok((_lab, seen)) => seen.summary(&s),
+            }
+            scenario::observe_all(&traced, &backend, &[], |s, seen| {
+                let line = match seen {
+                    Ok((_lab, seen)) => seen.summary(s),
                     Err(e) => serde_json::json!({
                         "scenario": s.name, "backend": backend, "pass": false, "error": format!("{e:#}"),
                     }),
                 };
                 println!("PTLAB-RESULT {line}");
-            }
+            });
             println!(
                 "PTLAB-END {}",
                 serde_json::json!({"backend": backend, "ran": planned})

@@ -43,6 +43,9 @@ pub struct Resolver {
     namespaces_at: Option<Instant>,
     /// When each known namespace was last seen still behind its path (see `known_namespace`).
     namespaces_checked: HashMap<u32, Instant>,
+    /// Unknown namespaces a scan did not find, and when: each is looked for again after
+    /// `REFRESH_EVERY`.
+    namespaces_missed: HashMap<u32, Instant>,
     links: HashMap<u32, (LinkTable, Instant)>,
     kallsyms: Option<Kallsyms>,
     containers: Option<SharedIndex>,
@@ -106,6 +109,7 @@ impl Resolver {
             namespaces: HashMap::new(),
             namespaces_at: None,
             namespaces_checked: HashMap::new(),
+            namespaces_missed: HashMap::new(),
             links: HashMap::new(),
             kallsyms: None,
             containers: None,
@@ -141,14 +145,27 @@ impl Resolver {
         self
     }
 
-    /// A namespace already scanned, or found by scanning again (at most every
-    /// `REFRESH_EVERY`). A known one is looked at again after `REFRESH_EVERY`: the kernel
+    /// A namespace already scanned, or found by scanning again. An unknown one is looked for
+    /// at once, whenever the last scan was (a container's first packet comes right after its
+    /// namespace is made, perhaps right after a scan for another), and again at most every
+    /// `REFRESH_EVERY`. A known one is looked at again after `REFRESH_EVERY`: the kernel
     /// hands a freed namespace's inode to the next namespace made, so under a long trace a new
     /// container's namespace arrives under the number of one that is gone, and must not be
     /// shown, entered or judged as the old one.
     fn known_namespace(&mut self, netns: u32) -> Option<&NetnsEntry> {
         match self.namespaces.get(&netns) {
-            None => self.refresh_namespaces(false),
+            None => {
+                let looked = self
+                    .namespaces_missed
+                    .get(&netns)
+                    .is_some_and(|at| at.elapsed() < REFRESH_EVERY);
+                if !looked {
+                    self.refresh_namespaces(true);
+                    if !self.namespaces.contains_key(&netns) {
+                        self.namespaces_missed.insert(netns, Instant::now());
+                    }
+                }
+            }
             Some(entry) => {
                 let due = self
                     .namespaces_checked
@@ -213,6 +230,8 @@ impl Resolver {
         }
         let now = Instant::now();
         self.namespaces_checked = found.keys().map(|&ino| (ino, now)).collect();
+        self.namespaces_missed
+            .retain(|_, at| at.elapsed() < REFRESH_EVERY);
         self.namespaces = found;
         self.namespaces_at = Some(now);
     }
