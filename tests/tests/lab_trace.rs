@@ -1300,3 +1300,136 @@ fn a_namespace_number_handed_on_names_its_new_owner() {
         "every lab hop names the second lab's namespaces: {hops:#?}"
     );
 }
+
+/// `Udp: NoPorts` in a namespace: the kernel's own count of datagrams freed for want of a
+/// socket.
+fn udp_no_ports(ns: &lab::Netns) -> u64 {
+    let text = ns
+        .run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .expect("thread in namespace")
+        .expect("snmp");
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().expect("header"), udp.next().expect("values"));
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "NoPorts")
+        .expect("NoPorts");
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .expect("a number")
+}
+
+/// A UDP flood to a port nothing listens on, every datagram matching: the first packets in
+/// full, the rest counted in the kernel and told as one summary whose count, with the full
+/// ones, equals the kernel's own NoPorts counter; one datagram in the middle from another
+/// source port (the same flow), which an INPUT rule drops, is shown whole (its shared receive repeated, its own drop traced) with
+/// its rule. On a topology that is not Docker's.
+#[test]
+fn a_flood_is_counted_to_the_packet_and_a_packet_parting_from_it_is_shown_whole() {
+    let config = lab::LabConfig::unusual();
+    let lab = lab::Lab::new(config.clone()).expect("lab");
+    let port: u16 = 47113;
+    lab.host
+        .exec(
+            "iptables",
+            &[
+                "-I", "INPUT", "-p", "udp", "--sport", "47999", "--dport", "47113", "-j", "DROP",
+            ],
+        )
+        .expect("the length rule");
+    let before = udp_no_ports(&lab.host);
+    let mut t = Tracer::start(&[
+        "--dport",
+        "47113",
+        "--proto",
+        "udp",
+        "--packets-per-flow",
+        "5",
+    ])
+    .expect("pathtrace starts");
+    let to = std::net::SocketAddrV4::new(config.host_addr, port);
+    let sent = lab
+        .outside
+        .run_in(move || -> std::io::Result<u64> {
+            let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+            s.connect(to)?;
+            let mut sent = 0u64;
+            let burst = |n: u64, sent: &mut u64| {
+                for _ in 0..n {
+                    if s.send(&[0x5a; 18]).is_ok() {
+                        *sent += 1;
+                    }
+                }
+            };
+            burst(60_000, &mut sent);
+            let odd = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 47999))?;
+            odd.send_to(&[0x77; 18], to)?;
+            burst(60_000, &mut sent);
+            Ok(sent)
+        })
+        .expect("thread in namespace")
+        .expect("flood sent");
+    t.wait_for(Duration::from_secs(15), |v| {
+        v["kind"] == "summary" && v["ended"] == true && v["drop_reason"] == "NO_SOCKET"
+    })
+    .expect("the flood's summary once it stopped");
+    let (stats, lines) = t.stop_with_lines().expect("stats");
+    let no_ports = udp_no_ports(&lab.host) - before;
+    let full = lines
+        .iter()
+        .filter(|v| v["kind"] == "verdict" && v["drop_reason"] == "NO_SOCKET")
+        .count() as u64;
+    let summarised: u64 = lines
+        .iter()
+        .filter(|v| v["kind"] == "summary" && v["drop_reason"] == "NO_SOCKET")
+        .map(|v| v["packets"].as_u64().unwrap_or(0))
+        .sum();
+    let text = lab::tracer::transcript(&lines, lines.len());
+    assert!(summarised > 0, "nothing summarised:\n{text}");
+    assert!(
+        full < 200,
+        "{full} full packets for a 5-per-second budget:\n{text}"
+    );
+    assert_eq!(no_ports, sent, "the kernel's count of the small datagrams");
+    assert_eq!(
+        full + summarised,
+        no_ports,
+        "full {full} + summarised {summarised}:\n{text}"
+    );
+    assert_eq!(stats["lost"], 0, "{stats}");
+    assert_eq!(stats["kernel"]["uncounted"], 0, "{stats}");
+    assert_eq!(
+        stats["summarised"].as_u64(),
+        stats["kernel"]["summarised"].as_u64(),
+        "{stats}"
+    );
+    // The one that took another way: whole, with the rule that dropped it.
+    let at = lines
+        .iter()
+        .position(|v| v["kind"] == "verdict" && v["drop_reason"] == "NETFILTER_DROP")
+        .unwrap_or_else(|| panic!("the large datagram's verdict:\n{text}"));
+    let parted = &lines[at];
+    let hops: Vec<&Value> = lab::tracer::hops_before(&lines, at).iter().collect();
+    assert!(
+        hops.iter()
+            .any(|h| h["hop"] == "receive" && h["ifname"] == config.uplink.as_str()),
+        "its receive on {}: {hops:#?}",
+        config.uplink
+    );
+    assert_eq!(
+        hops.last().map(|h| &h["hop"]),
+        Some(&Value::from("drop")),
+        "{hops:#?}"
+    );
+    assert_eq!(parted["diagnosis"]["rule"]["chain"], "INPUT", "{parted:#}");
+    // It was quiet until it parted (the budget was spent long before it came): its receive
+    // is the flow's, repeated.
+    assert_eq!(stats["kernel"]["resumed"], 1, "{stats}");
+    assert!(
+        hops.first()
+            .is_some_and(|h| h["repeated"] == true && h["hop"] == "receive"),
+        "{hops:#?}"
+    );
+}

@@ -59,6 +59,11 @@ pub struct Filter {
     /// Seconds a matched flow's replies (and ICMP errors about it) stay followed after its
     /// last traced packet; 0 traces only what the fields match (`--no-replies`).
     pub reply_secs: u16,
+    /// Full packets per flow per second before the rest of a flood that keeps the same way is
+    /// only counted (`crate::flood`); 0 traces every packet in full (`--every-packet`).
+    pub flood_budget: u16,
+    /// Explicit padding; always zero.
+    pub _pad: u16,
     /// More values of `host`: a container on several networks has an address on each.
     pub hosts: [[u8; 4]; MAX_HOSTS],
     /// The host namespace's own addresses, for `dests` published on all of them.
@@ -101,6 +106,8 @@ impl Filter {
             n_dests: 0,
             options: 0,
             reply_secs: 0,
+            flood_budget: 0,
+            _pad: 0,
             hosts: [[0; 4]; MAX_HOSTS],
             locals: [[0; 4]; MAX_LOCALS],
             dests: [Dest {
@@ -738,7 +745,7 @@ mod tests {
         assert_eq!((size_of::<Dest>(), align_of::<Dest>()), (8, 2));
         assert_eq!(offset_of!(Dest, port), 4);
         assert_eq!(offset_of!(Dest, proto), 6);
-        assert_eq!((size_of::<Filter>(), align_of::<Filter>()), (368, 2));
+        assert_eq!((size_of::<Filter>(), align_of::<Filter>()), (372, 2));
         assert_eq!(offset_of!(Filter, sport), 4);
         assert_eq!(offset_of!(Filter, dport), 6);
         assert_eq!(offset_of!(Filter, proto), 8);
@@ -746,9 +753,10 @@ mod tests {
         assert_eq!(offset_of!(Filter, n_hosts), 10);
         assert_eq!(offset_of!(Filter, n_dests), 12);
         assert_eq!(offset_of!(Filter, reply_secs), 14);
-        assert_eq!(offset_of!(Filter, hosts), 16);
-        assert_eq!(offset_of!(Filter, locals), 48);
-        assert_eq!(offset_of!(Filter, dests), 112);
+        assert_eq!(offset_of!(Filter, flood_budget), 16);
+        assert_eq!(offset_of!(Filter, hosts), 20);
+        assert_eq!(offset_of!(Filter, locals), 52);
+        assert_eq!(offset_of!(Filter, dests), 116);
         assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (16, 2));
         assert_eq!(offset_of!(FlowKey, sport), 8);
         assert_eq!(offset_of!(FlowKey, proto), 12);

@@ -22,6 +22,11 @@ pub enum HopKind {
     /// freed by a path with no tracepoint (`__kfree_skb`, as TCP frees a SYN-ACK it has
     /// answered). Ends that packet at once; carries only `skb` and `ts_ns`.
     FreedUnseen = 7,
+    /// Not a hop: a packet of a summarised flood parted from the way its flow's packets take
+    /// (`crate::flood`) and is traced in full from its next hop. Carries `skb`, `ts_ns`, the
+    /// flow in `location` and, in `len`, how many hops it took as the flow's packets did,
+    /// which userspace shows from the flow's latest full packet.
+    Resumed = 8,
 }
 
 impl HopKind {
@@ -36,6 +41,7 @@ impl HopKind {
             5 => Self::BridgeForward,
             6 => Self::VethTransmit,
             7 => Self::FreedUnseen,
+            8 => Self::Resumed,
             _ => return None,
         })
     }
@@ -269,6 +275,24 @@ impl HopEvent {
         words
     }
 
+    /// The record of a `Resumed` event (see [`HopKind::Resumed`]), as words like
+    /// [`HopEvent::freed_unseen`].
+    #[inline(always)]
+    pub const fn resumed(ts_ns: u64, skb: u64, flow: u32, hops: u32) -> [u64; Self::HEAD_LEN / 8] {
+        const KIND_WORD: usize = core::mem::offset_of!(HopEvent, kind) / 8;
+        const KIND_SHIFT: usize = core::mem::offset_of!(HopEvent, kind) % 8 * 8;
+        const LEN_WORD: usize = core::mem::offset_of!(HopEvent, len) / 8;
+        const LEN_SHIFT: usize = core::mem::offset_of!(HopEvent, len) % 8 * 8;
+        const _: () = assert!(core::mem::offset_of!(HopEvent, location) == 16);
+        let mut words = [0u64; Self::HEAD_LEN / 8];
+        words[0] = ts_ns;
+        words[1] = skb;
+        words[2] = flow as u64;
+        words[LEN_WORD] = (hops as u64) << LEN_SHIFT;
+        words[KIND_WORD] = (HopKind::Resumed as u64) << KIND_SHIFT;
+        words
+    }
+
     /// Bytes a drop's record and an ICMP error's carry without conntrack's entry: up to `ct`.
     pub const TAIL_LEN: usize = core::mem::offset_of!(HopEvent, ct);
 
@@ -326,8 +350,15 @@ pub mod counter {
     pub const LOST: u32 = 1;
     /// Skbs that could not be remembered because the tracked-skb map refused the insert.
     pub const TRACK_FAILED: u32 = 2;
+    /// Packets of a flood counted in `SUMMARIES` instead of traced (`crate::flood`).
+    pub const SUMMARISED: u32 = 3;
+    /// Quiet packets that could not be counted (`SUMMARIES` refused the insert): reported,
+    /// like a lost event.
+    pub const UNCOUNTED: u32 = 4;
+    /// Quiet packets that parted from their flow's way and were traced from there.
+    pub const RESUMED: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 6;
 }
 
 /// How `HopEvent::fingerprint` is computed, shared so userspace tests pin the kernel's choice.
@@ -472,6 +503,22 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_record_carries_its_flow_and_the_hops_it_shared() {
+        let words = HopEvent::resumed(42, 0xffff_8880_0000_7000, 0x9abc_def0, 3);
+        // SAFETY: plain words viewed as bytes.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), HopEvent::HEAD_LEN) };
+        let ev = HopEvent::from_bytes(bytes).expect("a head record");
+        assert_eq!(ev.kind, HopKind::Resumed as u8);
+        assert_eq!((ev.ts_ns, ev.skb), (42, 0xffff_8880_0000_7000));
+        assert_eq!((ev.location, ev.len), (0x9abc_def0, 3));
+        assert_eq!(
+            (ev.netns, ev.ifindex, ev.flags, ev.fingerprint),
+            (0, 0, 0, 0)
+        );
+    }
+
+    #[test]
     fn adjacent_tcp_segments_have_different_fingerprints() {
         use super::fingerprint;
         // The SYN-ACK (seq S, ack C+1) and the server's next ACK (seq S+1, same ack) share an
@@ -490,10 +537,10 @@ mod tests {
 
     #[test]
     fn hop_kind_round_trips() {
-        for raw in 0..=7u8 {
+        for raw in 0..=8u8 {
             assert_eq!(HopKind::from_raw(raw).map(|k| k as u8), Some(raw));
         }
-        assert_eq!(HopKind::from_raw(8), None);
+        assert_eq!(HopKind::from_raw(9), None);
     }
 }
 

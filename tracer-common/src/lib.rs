@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod event;
+pub mod flood;
 
 pub use config::{Filter, HeaderFields, KernelOffsets};
 pub use event::{HopEvent, HopKind, counter};

@@ -11,13 +11,15 @@ use tracer_common::{
     event::{
         FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED, FLAG_QUOTED,
     },
+    flood::{HopShape, SummaryKey},
 };
 
 use crate::site::Site;
 use crate::{
+    flood,
     maps::{
-        EVENTS, WAKEUP_BYTES, bump, filter, forget, is_reply, learn_reply, off, reader_asleep,
-        remembered, replying, track,
+        EVENTS, Followed, WAKEUP_BYTES, bump, count_quiet, filter, forget, is_reply, learn_reply,
+        note_reference, off, reader_asleep, remembered, replying, track,
     },
     skb::{
         ByConntrack, CtHold, by_conntrack, ct_hold, ct_view, device, entered, field, foreign,
@@ -44,7 +46,9 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     if skb == 0 || off!(skb_head) == 0 {
         return None; // not configured by the loader: emit nothing rather than garbage
     }
-    let remembered = remembered(skb);
+    let slot = remembered(skb);
+    // SAFETY: a map value pointer, valid for this program run.
+    let remembered = slot.map(|p| unsafe { (*p).follow });
     let mut followed = false;
     if remembered.is_none() {
         // Nobody follows this skb: only the filter can make it interesting, and for most
@@ -91,10 +95,32 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         }
         None => false,
     };
-    if remembered.is_some() && !tracked {
+    if !tracked && let Some(p) = slot {
         // The packet followed here was freed where no tracepoint fires: say so now, or it
-        // would wait for its idle timeout (or swallow the next packet at this address).
-        freed_unseen(skb);
+        // would wait for its idle timeout (or swallow the next packet at this address). A
+        // quiet one is counted where it got to.
+        // SAFETY: as above.
+        let (key, quiet) = unsafe {
+            (
+                SummaryKey {
+                    flow: (*p).flow,
+                    path: (*p).path,
+                },
+                (*p).quiet != 0,
+            )
+        };
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if quiet {
+            // SAFETY: as above.
+            count_quiet(&key, unsafe { (*p).len }, now);
+        } else {
+            freed_unseen(skb);
+            if key.flow != 0 {
+                // SAFETY: as above.
+                note_reference(&key, unsafe { (*p).first_ts }, now);
+            }
+        }
     }
     if site.only_tracked && !tracked {
         forget(skb);
@@ -113,6 +139,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     // Conntrack's view is shown where it changed since this packet's last hop (attached,
     // NAT done, confirmed, or gone with a namespace crossing) and at a drop.
     let was = if tracked { remembered } else { None };
+    let prior = if tracked { slot } else { None };
     // A normal free (consume_skb, the hottest hook) neither shows nor remembers it: not read.
     let hold = if site.frees && site.kind != HopKind::Drop {
         CtHold::NONE
@@ -122,31 +149,6 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     let ct_shown = was.map_or(0, follow::conntrack);
     let show_ct = hold.signature != 0
         && (site.kind == HopKind::Drop || (!site.frees && hold.signature != ct_shown));
-    if site.frees {
-        if remembered.is_some() {
-            forget(skb);
-        }
-    } else {
-        // A header not seen before on this packet (its first hop, or a NAT rewrite): follow
-        // the replies it will get, as they look at this point of the way back.
-        let key = h.key();
-        let th = key.hash32();
-        let new_tuple = was.is_none_or(|v| !follow::same_tuple(v, th));
-        if new_tuple || hold.signature != ct_shown {
-            track(
-                skb,
-                follow::remember(fp, th, hold.signature),
-                remembered.is_none(),
-            );
-        }
-        if new_tuple
-            && let Some(reply) = key.reply_to_learn(was, h.l4)
-            && let Some(f) = filter()
-            && f.reply_secs != 0
-        {
-            learn_reply(&reply, f.reply_secs);
-        }
-    }
 
     let site = site.completed();
     let dev = if site.dev != 0 {
@@ -156,6 +158,78 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     };
     let (ifindex, netns) = device(dev, site.access);
     let (peer_ifindex, peer_netns) = device(site.peer_dev, site.access);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = field::<u32>(skb, off!(skb_len), site.access).unwrap_or(0);
+    let key = h.key();
+    let th = key.hash32();
+
+    // A flood's quiet packet: counted where it keeps its flow's way, traced from where it
+    // parts from it (`tracer_common::flood`).
+    let shape = HopShape {
+        kind: site.kind as u8,
+        ifindex,
+        netns,
+        peer_ifindex,
+        nf_hook: site.nf_hook,
+        nf_family: site.nf_family,
+        tcp_flags: h.tcp_flags,
+        conntrack: hold.signature,
+        tuple: th,
+        drop_reason: site.drop_reason,
+        location: if site.kind == HopKind::Drop {
+            site.location
+        } else {
+            0
+        },
+    };
+    let walk = flood::walk(skb, prior, &shape, &h, len, now, site.frees, out);
+
+    if site.frees {
+        if remembered.is_some() {
+            forget(skb);
+        }
+    } else {
+        // A header not seen before on this packet (its first hop, or a NAT rewrite): follow
+        // the replies it will get, as they look at this point of the way back. A quiet
+        // packet's replies are not: its flow's loud ones already show them.
+        let new_tuple = was.is_none_or(|v| !follow::same_tuple(v, th));
+        let value = follow::remember(fp, th, hold.signature);
+        match prior {
+            // SAFETY: the map value this run looked up; written in place, no helper call.
+            Some(p) => unsafe {
+                (*p).follow = value;
+                (*p).path = walk.path;
+                (*p).hops = walk.hops;
+                (*p).quiet = walk.quiet as u8;
+            },
+            None => track(
+                skb,
+                &Followed {
+                    follow: value,
+                    first_ts: now,
+                    flow: walk.flow,
+                    path: walk.path,
+                    len,
+                    hops: walk.hops,
+                    quiet: walk.quiet as u8,
+                    _pad: 0,
+                },
+                remembered.is_none(),
+            ),
+        }
+        if new_tuple
+            && !walk.quiet
+            && let Some(reply) = key.reply_to_learn(was, h.l4)
+            && let Some(f) = filter()
+            && f.reply_secs != 0
+        {
+            learn_reply(&reply, f.reply_secs);
+        }
+    }
+    if walk.quiet {
+        return None;
+    }
 
     // Zeroed in place, word by word: LLVM turns a plain zeroing into a call of its `memset`
     // subprogram, a byte loop the verifier walks once per byte for every state that reaches it
@@ -172,7 +246,8 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     }
     // SAFETY: all-zero bytes are a valid HopEvent (`HopEvent::zeroed`).
     let ev = unsafe { out.assume_init_mut() };
-    // SAFETY: helper without preconditions.
+    // SAFETY: helper without preconditions. Read again rather than kept across the map
+    // calls above, where every value kept is a stack slot in a frame near its limit.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.skb = skb;
     ev.location = site.location;
@@ -255,7 +330,7 @@ pub fn emit(ev: &HopEvent) {
 
 /// Writes one record to the ring buffer, counting it as emitted or lost.
 #[inline(always)]
-fn output(record: &[u8]) {
+pub fn output(record: &[u8]) {
     // SAFETY: a plain read of a static the loader patched before load.
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     // Two wakeups, no more: while the reader sleeps (an idle ring: it said so in READER), the

@@ -10,6 +10,8 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod flood;
+#[cfg(target_arch = "bpf")]
 mod hop;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -2,12 +2,17 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use core::sync::atomic::AtomicI64;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use tracer_common::{Filter, KernelOffsets, config::FlowKey, counter};
+use tracer_common::{
+    Filter, KernelOffsets,
+    config::FlowKey,
+    counter,
+    flood::{FlowState, SummaryCount, SummaryKey},
+};
 
 /// Every hop event, in order per CPU. Size is set by userspace at load time.
 #[map]
@@ -23,7 +28,26 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);
 /// (`tracer_common::config::follow`): a new tuple is a NAT rewrite, whose reply is learned. Removed when the skb is freed; a different fingerprint at the same address means
 /// the skb was freed unseen and reused; LRU so leaks age out.
 #[map]
-static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+static TRACKED: LruHashMap<u64, Followed> = LruHashMap::with_max_entries(16384, 0);
+
+/// What is remembered of a followed skb.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Followed {
+    /// `follow::remember`: fingerprint, tuple hash, conntrack's signature last shown.
+    pub follow: u64,
+    /// Its first hop's time: names the packet when its flow's quiet packets repeat it.
+    pub first_ts: u64,
+    /// `tracer_common::flood`: the flow, the running signature of the hops so far and their
+    /// number (all 0 while floods are not summarised), `skb->len` at the first hop.
+    pub flow: u32,
+    pub path: u32,
+    pub len: u32,
+    pub hops: u8,
+    /// Nonzero: a quiet packet, counted rather than emitted while it keeps its flow's way.
+    pub quiet: u8,
+    pub _pad: u16,
+}
 
 /// Entries in [`TRACKED`], counted on a new insert and on a successful remove. LRU evictions
 /// go unseen, so it can only run above the truth; zero therefore proves nothing is tracked, and
@@ -43,23 +67,22 @@ fn add_live(delta: i64) {
     }
 }
 
-/// What is remembered of a tracked skb: its fingerprint and the hash of its last tuple.
+/// What is remembered of a tracked skb, in place in the map (valid for this program run).
 #[inline(always)]
-pub fn remembered(skb: u64) -> Option<u64> {
+pub fn remembered(skb: u64) -> Option<*mut Followed> {
     // A plain load: atomic loads do not lower for the generic BPF CPU, and a racy read is
     // fine here (a missed just-inserted entry is the next hop's to find).
     // SAFETY: an aligned read of a static.
     if unsafe { core::ptr::read_volatile(TRACKED_LIVE.as_ptr()) } <= 0 {
         return None;
     }
-    // SAFETY: a map lookup; the value is copied out at once.
-    unsafe { TRACKED.get(&skb).copied() }
+    TRACKED.get_ptr_mut(&skb)
 }
 
-/// Remembers `skb` with `value` (`follow::remember`); `new` when it was not tracked before.
+/// Remembers `skb` with `value`; `new` when it was not tracked before.
 #[inline(always)]
-pub fn track(skb: u64, value: u64, new: bool) {
-    match TRACKED.insert(&skb, &value, 0) {
+pub fn track(skb: u64, value: &Followed, new: bool) {
+    match TRACKED.insert(&skb, value, 0) {
         Ok(()) if new => {
             add_live(1);
         }
@@ -132,6 +155,96 @@ pub fn learn_reply(key: &FlowKey, secs: u16) {
                 core::ptr::write_volatile(on, 1);
             }
         }
+    }
+}
+
+/// Each summarised flow's budget and reference path (`tracer_common::flood`). LRU: a flow
+/// pushed out starts over with full packets, which costs events, never counts.
+#[map]
+static FLOWS: LruHashMap<u32, FlowState> = LruHashMap::with_max_entries(4096, 0);
+
+/// The flow's state, created empty on its first packet; `None` when the map refused it.
+#[inline(always)]
+pub fn flow_state(flow: u32, create: bool) -> Option<*mut FlowState> {
+    if let Some(p) = FLOWS.get_ptr_mut(&flow) {
+        return Some(p);
+    }
+    if !create {
+        return None;
+    }
+    FLOWS.insert(&flow, &EMPTY_FLOW, 0).ok()?;
+    FLOWS.get_ptr_mut(&flow)
+}
+
+/// Inserted from global data, not the stack: an 80-byte zero value there would cost the drop
+/// hook's frame, which is near the verifier's limit.
+static EMPTY_FLOW: FlowState = FlowState::ZERO;
+static EMPTY_SUMMARY: SummaryCount = SummaryCount {
+    packets: 0,
+    bytes: 0,
+    first_ns: 0,
+    last_ns: 0,
+    reference: 0,
+};
+
+/// Quiet packets counted per flow and way they ended, cumulative. Not LRU: an entry is never
+/// pushed out with its counts; userspace deletes one idle long after it read its last count.
+#[map]
+static SUMMARIES: HashMap<SummaryKey, SummaryCount> = HashMap::with_max_entries(4096, 0);
+
+/// `BPF_NOEXIST`: a racing CPU's insert is kept, and found by the lookup after.
+const NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn summary(key: &SummaryKey, now: u64) -> Option<*mut SummaryCount> {
+    if let Some(p) = SUMMARIES.get_ptr_mut(key) {
+        return Some(p);
+    }
+    let _ = SUMMARIES.insert(key, &EMPTY_SUMMARY, NOEXIST);
+    let p = SUMMARIES.get_ptr_mut(key)?;
+    // SAFETY: a map value pointer, valid for this run; a racing CPU writes a time as close.
+    unsafe {
+        if (*p).first_ns == 0 {
+            (*p).first_ns = now;
+        }
+    }
+    Some(p)
+}
+
+/// A quiet packet ended the way `key` says: counted, or counted as uncounted.
+#[inline(always)]
+pub fn count_quiet(key: &SummaryKey, len: u32, now: u64) {
+    let Some(p) = summary(key, now) else {
+        bump(counter::UNCOUNTED);
+        return;
+    };
+    // SAFETY: a map value pointer, valid for this run; other CPUs add concurrently.
+    unsafe {
+        atomic_add(&raw mut (*p).packets, 1);
+        atomic_add(&raw mut (*p).bytes, u64::from(len));
+        (*p).last_ns = now;
+    }
+    bump(counter::SUMMARISED);
+}
+
+/// A loud packet that started at `first_ts` ended the way `key` says: the story the quiet
+/// ones counted there repeat.
+#[inline(always)]
+pub fn note_reference(key: &SummaryKey, first_ts: u64, now: u64) {
+    if let Some(p) = summary(key, now) {
+        // SAFETY: as in `count_quiet`; a racing writer leaves one of two loud packets, both
+        // of which ended this way.
+        unsafe { (*p).reference = first_ts };
+    }
+}
+
+#[inline(always)]
+fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: an aligned u64 in a map value; the one atomic instruction BPF has.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        );
     }
 }
 

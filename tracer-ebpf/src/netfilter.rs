@@ -6,7 +6,7 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
     macros::map,
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
 };
 use tracer_common::{HopEvent, HopKind, config::have, event::nf_verdict};
 
@@ -36,6 +36,13 @@ struct Pending {
 #[map]
 static NF_PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(4096, 0);
 
+/// Where `enter` builds a hop before it waits in [`NF_PENDING`]: a 160-byte value on the
+/// stack would leave the kprobe program too little of the verifier's 512 bytes. Per CPU and
+/// used only by the entry programs, which do not nest on one CPU (a kprobe never runs inside
+/// another; a trampoline skips its own program's recursion), so nothing clobbers it midway.
+#[map]
+static NF_SCRATCH: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
 /// `nf_hook_slow(skb, state, ...)` entry. `by_task`: `key` names the task, not the skb, so a
 /// nested call can share it (kprobes); otherwise (fentry) the arguments are BTF-typed and
 /// their fields are plain loads.
@@ -53,9 +60,11 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
         },
         ..Site::new(HopKind::NetfilterHook)
     };
-    let mut pending = MaybeUninit::<Pending>::uninit();
-    // SAFETY: a field of the uninitialised value, viewed as uninitialised memory.
-    let ev = unsafe { &mut *addr_of_mut!((*pending.as_mut_ptr()).ev).cast::<MaybeUninit<_>>() };
+    let Some(pending) = NF_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a field of this CPU's scratch value, viewed as uninitialised memory.
+    let ev = unsafe { &mut *addr_of_mut!((*pending).ev).cast::<MaybeUninit<HopEvent>>() };
     match build(skb, site, ev) {
         Some(()) => {
             if by_task && let Some(outer) = NF_PENDING.get_ptr(&key) {
@@ -65,10 +74,9 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
             }
             // SAFETY: `build` wrote the event; the other fields are written here.
             let pending = unsafe {
-                let p = pending.as_mut_ptr();
-                addr_of_mut!((*p).nested).write(0);
-                addr_of_mut!((*p)._pad).write(0);
-                pending.assume_init_ref()
+                addr_of_mut!((*pending).nested).write(0);
+                addr_of_mut!((*pending)._pad).write(0);
+                &*pending
             };
             let _ = NF_PENDING.insert(&key, pending, 0);
         }

@@ -123,6 +123,8 @@ pub enum ArgError {
     Duration(String),
     #[error("--sport/--dport need --proto tcp or udp, not {0}")]
     PortsWithout(Proto),
+    #[error("packets_per_flow must be at least 1 (every_packet = true traces every packet)")]
+    ZeroBudget,
     #[error(transparent)]
     Name(#[from] NameError),
     /// Boxed: a loader error is large, and this one travels in config errors too.
@@ -181,6 +183,15 @@ pub struct FilterArgs {
     /// `stack`): who dropped it, beyond the reason and the one address `location` names.
     #[arg(long)]
     pub stack: bool,
+    /// Full packets per flow (a client to one service port) per second; the rest of a flood
+    /// that keeps taking the same way is counted in the kernel and shown as one summary with
+    /// its exact count. A packet that parts from its flow's way is shown in full from there.
+    #[arg(long, value_name = "N", default_value_t = tracer_common::flood::DEFAULT_BUDGET, value_parser = clap::value_parser!(u16).range(1..))]
+    pub packets_per_flow: u16,
+    /// Trace every packet in full, floods included (no summaries): under a flood the ring
+    /// fills and events are lost (counted and reported).
+    #[arg(long, conflicts_with = "packets_per_flow")]
+    pub every_packet: bool,
 }
 
 /// How long the kernel keeps following a flow's replies after its last traced packet: longer
@@ -259,6 +270,9 @@ impl FilterArgs {
         }
         if self.stack {
             f.options |= option::STACK;
+        }
+        if !self.every_packet {
+            f.flood_budget = self.packets_per_flow;
         }
         let text = if self.no_replies || f.is_any() {
             text

@@ -95,6 +95,11 @@ pub struct Hop {
     /// The filter did not match this packet; the kernel followed it from here as a reply to
     /// one it did match (or an ICMP error about one).
     pub followed: bool,
+    /// Not traced for this packet: it was a quiet packet of a summarised flood until it
+    /// parted from its flow's way (`HopKind::Resumed`), and this hop is the flow's latest
+    /// full packet's, which it shared (length and time are set from its own first traced
+    /// hop once the packet is finished: not measured).
+    pub repeated: bool,
     /// An ICMP error: what it says, and the header of the packet it is about.
     pub quoted: Option<Quoted>,
     /// Conntrack's entry for the packet, where the kernel saw it change (attached, NAT done,
@@ -182,6 +187,7 @@ impl Hop {
             entered,
             inferred: false,
             followed: ev.flags & FLAG_FOLLOWED != 0,
+            repeated: false,
             quoted: (ev.flags & FLAG_QUOTED != 0).then(|| quoted(ev)),
             conntrack: (ev.flags & FLAG_CONNTRACK != 0)
                 .then(|| conntrack(ev))
@@ -267,6 +273,7 @@ pub fn kind_name(kind: HopKind) -> &'static str {
         HopKind::BridgeForward => "bridge_forward",
         HopKind::VethTransmit => "veth_transmit",
         HopKind::FreedUnseen => "freed_unseen",
+        HopKind::Resumed => "resumed",
     }
 }
 

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod diagnose;
 pub mod doctor;
 pub mod events;
+pub mod flood;
 pub mod host;
 pub mod net;
 pub mod output;

@@ -69,6 +69,11 @@ pub struct HopView {
     /// did match (or an ICMP error about one). Set on the hop where that began.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub followed: bool,
+    /// Not traced for this packet: a summarised flood's packet that parted from its flow's
+    /// way later, shown from here as the flow's latest full packet went (its time and length
+    /// are those of the first hop traced for it: not measured).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub repeated: bool,
     /// Conntrack's entry for the packet: on the first hop that has one, where it changed
     /// (NAT done, confirmed), and at a drop.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,6 +225,7 @@ impl HopView {
             in_ifname: (hop.in_ifindex != 0).then(|| facts.ifname(hop.netns, hop.in_ifindex)),
             inferred: hop.inferred,
             followed: hop.followed,
+            repeated: hop.repeated,
             entered: hop.entered.map(|e| EnteredView {
                 dst: e.dst,
                 dport: l4.then_some(e.dport),

@@ -81,6 +81,11 @@ pub struct FilterConfig {
     /// `--stack`.
     #[serde(default)]
     pub stack: bool,
+    /// `--packets-per-flow`.
+    pub packets_per_flow: Option<u16>,
+    /// `--every-packet`.
+    #[serde(default)]
+    pub every_packet: bool,
 }
 
 /// `[json]`: where drop events go.
@@ -194,6 +199,10 @@ impl DaemonConfig {
         self.filter.all_drops |= f.all_drops;
         self.filter.no_replies |= f.no_replies;
         self.filter.stack |= f.stack;
+        self.filter.every_packet |= f.every_packet;
+        if f.packets_per_flow != tracer_common::flood::DEFAULT_BUDGET {
+            self.filter.packets_per_flow = Some(f.packets_per_flow);
+        }
         if let Some(p) = f.proto {
             self.filter.proto = Some(p.number().to_string());
         }
@@ -322,6 +331,12 @@ impl DaemonConfig {
             all_drops: self.filter.all_drops,
             no_replies: self.filter.no_replies,
             stack: self.filter.stack,
+            packets_per_flow: match self.filter.packets_per_flow {
+                Some(0) => return Err(ArgError::ZeroBudget),
+                Some(n) => n,
+                None => tracer_common::flood::DEFAULT_BUDGET,
+            },
+            every_packet: self.filter.every_packet,
         })
     }
 }
@@ -425,6 +440,8 @@ mod tests {
             all_drops: false,
             no_replies: false,
             stack: false,
+            packets_per_flow: tracer_common::flood::DEFAULT_BUDGET,
+            every_packet: false,
         };
         for file in [
             "[filter]\nproto = \"udp\"\n",

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub top_n: usize,
     pub events: u64,
     pub lost: u64,
+    /// Packets of floods the kernel counted instead of tracing; those it could not count.
+    pub summarised: u64,
+    pub uncounted: u64,
     pub decode_errors: u64,
     pub packets: u64,
     pub live_packets: u64,
@@ -65,13 +68,18 @@ impl Metrics {
         }
     }
 
-    pub fn count_drop(&mut self, labels: DropLabels) {
+    /// `n` drops with these labels (a summarised flood's many at once).
+    pub fn count_drops(&mut self, labels: DropLabels, n: u64) {
         let key = if self.drops.contains_key(&labels) || self.drops.len() < self.top_n {
             labels
         } else {
             DropLabels::other()
         };
-        *self.drops.entry(key).or_insert(0) += 1;
+        *self.drops.entry(key).or_insert(0) += n;
+    }
+
+    pub fn count_drop(&mut self, labels: DropLabels) {
+        self.count_drops(labels, 1);
     }
 
     /// The exposition text (format 0.0.4).
@@ -109,6 +117,18 @@ impl Metrics {
                 "Hop events the kernel could not write (ring buffer full).",
                 "counter",
                 self.lost,
+            ),
+            (
+                "pathtrace_summarised_packets_total",
+                "Packets of floods counted in the kernel instead of traced (drops among them are in pathtrace_drops_total with the labels of the full packet they repeat).",
+                "counter",
+                self.summarised,
+            ),
+            (
+                "pathtrace_uncounted_packets_total",
+                "Packets of floods the kernel could neither trace nor count (its summary map was full).",
+                "counter",
+                self.uncounted,
             ),
             (
                 "pathtrace_decode_errors_total",

@@ -183,12 +183,37 @@ impl Output for DaemonOutput {
         Ok(())
     }
 
+    /// A flood's drops are counted to the packet, with the labels of the full packet they
+    /// repeat; the JSON log gets the summary line.
+    fn summary(&mut self, summary: &crate::flood::Summary) -> std::io::Result<()> {
+        let Some(like) = summary
+            .like
+            .as_deref()
+            .filter(|r| r.verdict.outcome == Outcome::Dropped)
+        else {
+            return Ok(());
+        };
+        if let Ok(mut s) = self.state.lock() {
+            s.metrics.count_drops(labels(like), summary.packets);
+        }
+        if let Some(sink) = &mut self.sink {
+            let line = serde_json::to_string(&summary.json()).map_err(std::io::Error::other)?;
+            match sink.write_line(&line) {
+                Ok(()) => {}
+                Err(e) => self.sink_failed(&e),
+            }
+        }
+        Ok(())
+    }
+
     fn tick(&mut self, stats: &Stats, live_packets: usize) -> std::io::Result<()> {
         if let Ok(mut s) = self.state.lock() {
             s.last_tick = Some(Instant::now());
             let m = &mut s.metrics;
             m.events = stats.events;
             m.lost = stats.kernel.lost;
+            m.summarised = stats.kernel.summarised;
+            m.uncounted = stats.kernel.uncounted;
             m.decode_errors = stats.decode_errors;
             m.packets = stats.packets;
             m.flows = stats.flows;

@@ -11,6 +11,7 @@ use crate::{
     correlate::flow::{Direction, RewriteKind},
     diagnose::{Confidence, Diagnosis, describe_rule},
     events::Hop,
+    flood::Summary,
     probes::HookSet,
     report::{ConntrackView, HopView, Report},
     verdict::{Delivery, Outcome},
@@ -158,6 +159,12 @@ fn hop_detail(detail: &mut String, hop: &Hop, view: &HopView) {
             .dport
             .map_or_else(|| e.dst.to_string(), |p| format!("{}:{p}", e.dst));
         let _ = write!(detail, "  (sent to {to} before NAT)");
+    }
+    if view.repeated {
+        let _ = write!(
+            detail,
+            "  (as its flow's full packets went: not traced for this one)"
+        );
     }
     if view.inferred {
         let _ = write!(detail, "  (inferred from the receive after it)");
@@ -325,10 +332,15 @@ impl<W: Write> Output for HumanOutput<W> {
         self.out.flush()
     }
 
+    fn summary(&mut self, s: &Summary) -> std::io::Result<()> {
+        writeln!(self.out, "{}", summary_line(s))?;
+        self.out.flush()
+    }
+
     fn stats(&mut self, s: &Stats) -> std::io::Result<()> {
         writeln!(
             self.out,
-            "\npathtrace: {} ({} delivered, {} dropped, {}{} unknown) in {}; {} read, {} lost in the kernel{}",
+            "\npathtrace: {} ({} delivered, {} dropped, {}{} unknown) in {}; {} read, {} lost in the kernel{}{}",
             counted(s.packets, "packet"),
             s.delivered,
             s.dropped,
@@ -345,6 +357,16 @@ impl<W: Write> Output for HumanOutput<W> {
                 " — the ring buffer was full: narrow the filter"
             } else {
                 ""
+            },
+            if s.summarised > 0 || s.kernel.uncounted > 0 {
+                format!(
+                    "; and {} of floods counted in the kernel ({} dropped), {} uncounted",
+                    counted(s.summarised, "packet"),
+                    s.summarised_dropped,
+                    s.kernel.uncounted
+                )
+            } else {
+                String::new()
             }
         )?;
         self.out.flush()
@@ -381,6 +403,69 @@ pub fn connection_line(c: &Connection) -> String {
         diagnosis(&mut s, d);
     }
     s
+}
+
+/// `  … and 284,416 more packets of this flow (31.2 MB, 150,812/s) took the same path and
+/// were DROPPED: ...`, under the full packet they repeat.
+pub fn summary_line(s: &Summary) -> String {
+    let more = format!(
+        "{} more {} ({}, {}/s)",
+        grouped(s.packets),
+        if s.packets == 1 { "packet" } else { "packets" },
+        bytes(s.bytes),
+        grouped(s.rate().round() as u64),
+    );
+    let total = if s.total_packets > s.packets {
+        format!("; {} in all", grouped(s.total_packets))
+    } else {
+        String::new()
+    };
+    let state = if s.ended { "flood over" } else { "still going" };
+    match &s.like {
+        Some(r) => {
+            let to = r
+                .first_tuple()
+                .map(|t| format!("{} → {}:{} ({})", t.src, t.dst, t.dport, t.proto))
+                .unwrap_or_default();
+            let code = r
+                .diagnosis
+                .as_ref()
+                .map(|d| format!(" [{}]", d.code))
+                .unwrap_or_default();
+            format!(
+                "  … and {more} of this flow {to} took the same path as skb {} and ended the same way: {}{code}{total} ({state})",
+                crate::report::SkbAddr(r.packet.skb),
+                verdict_line(r),
+            )
+        }
+        None => format!(
+            "  … and {more} of flow {:08x} took the same path as its full packets, none of which is kept to show{total} ({state})",
+            s.flow
+        ),
+    }
+}
+
+/// `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `31.2 MB`, `912 B`.
+fn bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.2} GB", n as f64 / 1e9),
+    }
 }
 
 /// `1 packet`, `3 packets`.

@@ -83,6 +83,10 @@ impl<W: Write> Output for JsonOutput<W> {
         })
     }
 
+    fn summary(&mut self, s: &crate::flood::Summary) -> std::io::Result<()> {
+        self.line(&s.json())
+    }
+
     fn stats(&mut self, stats: &Stats) -> std::io::Result<()> {
         self.line(&Tagged {
             kind: "stats",

@@ -6,7 +6,9 @@ pub mod json;
 
 use serde::Serialize;
 
-use crate::{connection::Connection, probes::loader::KernelCounters, report::Report};
+use crate::{
+    connection::Connection, flood::Summary, probes::loader::KernelCounters, report::Report,
+};
 
 /// What the trace session tells its output.
 pub trait Output {
@@ -16,6 +18,10 @@ pub trait Output {
     fn report(&mut self, report: &Report) -> std::io::Result<()>;
     /// One connection's story, once it ended (idle, closed, or the session's end).
     fn connection(&mut self, _c: &Connection) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Packets of a flood the kernel counted instead of tracing, told as one story.
+    fn summary(&mut self, _s: &Summary) -> std::io::Result<()> {
         Ok(())
     }
     /// Totals at exit.
@@ -66,5 +72,9 @@ pub struct Stats {
     pub flows: u64,
     /// Packets the kernel followed as replies to matched ones (or ICMP errors about them).
     pub replies: u64,
+    /// Packets of floods told in summaries (counted in the kernel, not traced), and how many
+    /// of them were dropped.
+    pub summarised: u64,
+    pub summarised_dropped: u64,
     pub duration_ms: u64,
 }

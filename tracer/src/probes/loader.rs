@@ -13,6 +13,7 @@ use tracer_common::{
     Filter, KernelOffsets,
     config::{FlowKey, have},
     counter,
+    flood::{SummaryCount, SummaryKey},
 };
 
 use super::{
@@ -351,6 +352,40 @@ impl Probes {
     }
 
     /// Kernel-side counters summed over CPUs.
+    /// Reads every flood summary (`tracer_common::flood`): cumulative counts per flow and way
+    /// its quiet packets ended. Entries idle for `forget_after_ns` before `now_ns` are deleted
+    /// once read (the kernel's map is not LRU: it never drops a count on its own); a packet
+    /// counted between the read and the delete would be lost, which needs a flow to come back
+    /// after that long in the microseconds between the two.
+    pub fn read_summaries(
+        &mut self,
+        now_ns: u64,
+        forget_after_ns: u64,
+    ) -> Result<Vec<(SummaryKey, SummaryCount)>, ProbeError> {
+        let map = |source| ProbeError::Map {
+            name: "SUMMARIES",
+            source,
+        };
+        let mut summaries: aya::maps::HashMap<&mut MapData, SummaryKey, SummaryCount> =
+            aya::maps::HashMap::try_from(
+                self.ebpf
+                    .map_mut("SUMMARIES")
+                    .ok_or(ProbeError::MissingMap("SUMMARIES"))?,
+            )
+            .map_err(map)?;
+        let mut all = Vec::new();
+        for entry in summaries.iter() {
+            all.push(entry.map_err(map)?);
+        }
+        for (key, count) in &all {
+            let last = count.last_ns.max(count.first_ns);
+            if now_ns.saturating_sub(last) >= forget_after_ns {
+                let _ = summaries.remove(key);
+            }
+        }
+        Ok(all)
+    }
+
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
         let map = self
             .ebpf
@@ -372,6 +407,9 @@ impl Probes {
             emitted: sum(counter::EMITTED)?,
             lost: sum(counter::LOST)?,
             track_failed: sum(counter::TRACK_FAILED)?,
+            summarised: sum(counter::SUMMARISED)?,
+            uncounted: sum(counter::UNCOUNTED)?,
+            resumed: sum(counter::RESUMED)?,
         })
     }
 }
@@ -673,6 +711,12 @@ pub struct KernelCounters {
     pub lost: u64,
     /// Matching skbs the tracked-skb map refused (they are traced only where they match).
     pub track_failed: u64,
+    /// Packets of floods counted in the kernel instead of traced (`--packets-per-flow`).
+    pub summarised: u64,
+    /// Quiet packets the summary map could not count: reported like lost events.
+    pub uncounted: u64,
+    /// Quiet packets that parted from their flow's way and were traced in full from there.
+    pub resumed: u64,
 }
 
 /// Fails early with a plain message instead of an EPERM from deep inside the loader.

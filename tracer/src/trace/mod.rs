@@ -243,6 +243,7 @@ fn finish(
     if !count_reached {
         session.pipeline.flush(None, out)?;
     }
+    session.read_summaries(out, true)?;
     let counters = session.probes.counters()?;
     let stats = &mut session.pipeline.stats;
     stats.kernel = counters;

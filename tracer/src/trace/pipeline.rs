@@ -7,6 +7,7 @@ use crate::{
     correlate::{FlowTable, Packet, PacketTracker, transmits},
     diagnose::{judge, no_route_back},
     events::Hop,
+    flood::Floods,
     output::{Output, Stats},
     probes::{DropReasons, HookSet},
     report::Report,
@@ -29,6 +30,8 @@ pub struct Pipeline {
     pub stats: Stats,
     /// Route checks of unanswered connections this second (see `explained`).
     route_checks: (Option<std::time::Instant>, u32),
+    /// Floods summarised in the kernel; `None` with `--every-packet`.
+    floods: Option<Floods>,
 }
 
 /// Unanswered connections checked for a route back per second, at most: each distinct client
@@ -58,6 +61,7 @@ impl Pipeline {
             connections: Connections::new(cfg.max_flows),
             stats: Stats::default(),
             route_checks: (None, 0),
+            floods: (cfg.filter.flood_budget != 0).then(|| Floods::new(cfg.max_flows)),
         }
     }
 
@@ -70,6 +74,15 @@ impl Pipeline {
     pub fn push_record(&mut self, bytes: &[u8]) {
         self.stats.events += 1;
         match Hop::decode(bytes) {
+            // A flood's quiet packet parted from its flow's way: shown from the start, the
+            // hops it shared taken from the flow's latest full packet.
+            Ok(hop) if hop.kind == tracer_common::HopKind::Resumed => {
+                if let Some(floods) = &self.floods {
+                    for shared in floods.shared_hops(hop.location as u32, hop.len, hop.skb) {
+                        self.packets.push(shared, &mut self.finished);
+                    }
+                }
+            }
             Ok(hop) => self.packets.push(hop, &mut self.finished),
             Err(e) => {
                 self.stats.decode_errors += 1;
@@ -106,6 +119,9 @@ impl Pipeline {
         }
         let mut n = 0;
         for mut packet in std::mem::take(&mut self.finished) {
+            if self.floods.is_some() {
+                Floods::settle_repeated(&mut packet);
+            }
             if self.hooks.infers_transmits() {
                 transmits::infer(&mut packet, &mut self.resolver);
             }
@@ -134,6 +150,9 @@ impl Pipeline {
                 Outcome::Unknown => self.stats.unknown += 1,
             }
             out.report(&report)?;
+            if let Some(floods) = &mut self.floods {
+                floods.remember(&report);
+            }
             n += 1;
         }
         for c in self.connections.finished(now_ns) {
@@ -141,5 +160,38 @@ impl Pipeline {
         }
         self.stats.flows = self.flows.len() as u64;
         Ok(n)
+    }
+
+    /// Tells the floods the kernel counted (`Probes::read_summaries` at `now_ns`) that are due;
+    /// `ending`: all of them.
+    pub fn summaries(
+        &mut self,
+        counts: &[(
+            tracer_common::flood::SummaryKey,
+            tracer_common::flood::SummaryCount,
+        )],
+        now_ns: u64,
+        ending: bool,
+        out: &mut dyn Output,
+    ) -> std::io::Result<()> {
+        let Some(floods) = &mut self.floods else {
+            return Ok(());
+        };
+        for s in floods.read(counts, now_ns, ending) {
+            self.stats.summarised += s.packets;
+            if s.like
+                .as_ref()
+                .is_some_and(|r| r.verdict.outcome == Outcome::Dropped)
+            {
+                self.stats.summarised_dropped += s.packets;
+            }
+            out.summary(&s)?;
+        }
+        Ok(())
+    }
+
+    /// Whether floods are summarised (not `--every-packet`).
+    pub fn summarising(&self) -> bool {
+        self.floods.is_some()
     }
 }

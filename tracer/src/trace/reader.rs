@@ -243,6 +243,7 @@ impl Session {
         if self.counters_read.elapsed() >= TICK_IDLE {
             self.counters_read = Instant::now();
             self.read_counters();
+            self.read_summaries(out, false)?;
             self.check_modules = true;
             // Flows whose replies stopped being worth following: the kernel forgets them,
             // and stops looking once none is left.
@@ -283,6 +284,19 @@ impl Session {
             self.pipeline.stats.kernel = c;
             self.pipeline.stats.lost = c.lost;
         }
+    }
+
+    /// The floods the kernel counted, told when due (`flood::Floods::read`).
+    pub fn read_summaries(&mut self, out: &mut dyn Output, ending: bool) -> Result<(), TraceError> {
+        if !self.pipeline.summarising() {
+            return Ok(());
+        }
+        let now = monotonic_ns();
+        match self.probes.read_summaries(now, crate::flood::FORGET_NS) {
+            Ok(counts) => self.pipeline.summaries(&counts, now, ending, out)?,
+            Err(e) => tracing::warn!("reading the flood summaries: {e}"),
+        }
+        Ok(())
     }
 
     fn apply(&mut self, change: Control) -> Result<(), TraceError> {
