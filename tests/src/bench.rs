@@ -4,6 +4,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -47,7 +48,8 @@ impl Lab {
         })
     }
 
-    /// Sends 18-byte datagrams to the published UDP port for `duration` (at most `max`).
+    /// Sends 18-byte datagrams to the published UDP port for `duration` (at most `max`), 64
+    /// to a `sendmmsg` call: the highest rate one socket gives here.
     pub fn udp_flood(&self, duration: Duration, max: u64) -> Result<u64> {
         let to = SocketAddrV4::new(self.config.host_addr, UDP_PORT);
         self.outside
@@ -58,11 +60,7 @@ impl Lab {
                 let end = Instant::now() + duration;
                 let mut sent = 0u64;
                 while sent < max && Instant::now() < end {
-                    for _ in 0..64 {
-                        if s.send(&payload).is_ok() {
-                            sent += 1;
-                        }
-                    }
+                    sent += send_batch(s.as_raw_fd(), &[&payload[..]; BATCH], None)?;
                 }
                 Ok(sent)
             })?
@@ -92,7 +90,8 @@ impl Lab {
             .context("InSegs number")
     }
 
-    /// Sends TCP SYNs (raw socket, source ports cycling) to the published TCP port.
+    /// Sends TCP SYNs (raw socket, source ports cycling, 64 to a `sendmmsg` call) to the
+    /// published TCP port.
     pub fn syn_flood(&self, duration: Duration, max: u64) -> Result<u64> {
         let (src, dst, dport) = (
             self.config.outside_addr,
@@ -102,6 +101,43 @@ impl Lab {
         self.outside
             .run_in(move || syn_flood(src, dst, dport, duration, max))?
     }
+}
+
+/// Datagrams per `sendmmsg` call.
+const BATCH: usize = 64;
+
+/// One `sendmmsg` of the `payloads` (at most [`BATCH`]; to `to`, on an unconnected socket);
+/// how many the kernel took. A full queue (ENOBUFS, EAGAIN) takes none and is not an error.
+fn send_batch(fd: i32, payloads: &[&[u8]], to: Option<&libc::sockaddr_in>) -> std::io::Result<u64> {
+    let n = payloads.len().min(BATCH);
+    let mut iovs: [libc::iovec; BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
+    for (iov, p) in iovs.iter_mut().zip(payloads) {
+        iov.iov_base = p.as_ptr() as *mut libc::c_void;
+        iov.iov_len = p.len();
+    }
+    // SAFETY: all-zero is a valid mmsghdr; the pointers set below outlive the call.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+        if let Some(to) = to {
+            m.msg_hdr.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        }
+    }
+    // SAFETY: `msgs` holds `n` valid headers.
+    let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as u32, 0) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOBUFS | libc::EAGAIN) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(n as u64)
 }
 
 fn checksum(data: &[u8], mut sum: u32) -> u16 {
@@ -169,21 +205,20 @@ fn syn_flood(
     let end = Instant::now() + duration;
     let mut sent = 0u64;
     while sent < max && Instant::now() < end {
-        let sport = 20000 + (sent % 40000) as u16;
-        let p = syn_packet(src, dst, sport, dport, sent as u32);
-        // SAFETY: valid buffer and sockaddr.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                p.as_ptr().cast(),
-                p.len(),
-                0,
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if n > 0 {
-            sent += 1;
+        let packets: Vec<[u8; 40]> = (0..BATCH as u64)
+            .map(|i| {
+                let n = sent + i;
+                syn_packet(src, dst, 20000 + (n % 40000) as u16, dport, n as u32)
+            })
+            .collect();
+        let batch: Vec<&[u8]> = packets.iter().map(|p| &p[..]).collect();
+        match send_batch(fd, &batch, Some(&addr)) {
+            Ok(n) => sent += n,
+            Err(e) => {
+                // SAFETY: closing our fd.
+                unsafe { libc::close(fd) };
+                return Err(e).context("sendmmsg");
+            }
         }
     }
     // SAFETY: closing our fd.

@@ -210,12 +210,91 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The sum of a counter's series whose labels contain every one of `with`.
+fn series_sum(m: &str, name: &str, with: &[&str]) -> u64 {
+    m.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && with.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+/// The daemon as left on, no filter: a flood of datagrams to a port nothing listens on is
+/// counted to the packet, in `pathtrace_drops_total` (a few full, the rest summarised, all
+/// with the full packets' labels) and in the kernel's own per-key count, both equal to the
+/// namespace's `Udp: NoPorts`; nothing lost. On a topology that is not Docker's.
+#[test]
+fn a_drop_flood_is_counted_to_the_packet() {
+    let lab = Lab::new(LabConfig::unusual()).expect("lab");
+    let no_ports = || -> u64 {
+        let text = lab
+            .host
+            .run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+            .unwrap()
+            .unwrap();
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+        let i = names
+            .split_whitespace()
+            .position(|n| n == "NoPorts")
+            .unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    };
+    let d = Daemon::start("", 19471);
+    let before = no_ports();
+    let to = SocketAddrV4::new(lab.config.host_addr, 47120);
+    lab.outside
+        .run_in(move || {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            s.connect(to).unwrap();
+            for _ in 0..150_000 {
+                let _ = s.send(b"pathtrace-flood");
+            }
+        })
+        .unwrap();
+    let dropped = no_ports() - before;
+    assert!(
+        dropped > 100_000,
+        "{dropped} datagrams dropped for want of a socket"
+    );
+    let netns = format!("netns=\"{}\"", lab.host.name);
+    let with = ["reason=\"NO_SOCKET\"", netns.as_str()];
+    let m = d.wait_for_metric(|m| {
+        series_sum(m, "pathtrace_drops_total", &with) >= dropped
+            && series_sum(m, "pathtrace_kernel_drops_total", &with) >= dropped
+    });
+    assert_eq!(
+        series_sum(&m, "pathtrace_drops_total", &with),
+        dropped,
+        "{m}"
+    );
+    assert_eq!(
+        series_sum(&m, "pathtrace_kernel_drops_total", &with),
+        dropped,
+        "{m}"
+    );
+    assert!(
+        m.lines().any(|l| l.starts_with("pathtrace_drops_total{")
+            && l.contains("code=\"no_listener\"")
+            && l.contains(&netns)),
+        "the summarised drops carry the full packets' diagnosis: {m}"
+    );
+    let counter = |name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(counter("pathtrace_events_lost_total"), 0, "{m}");
+    assert_eq!(counter("pathtrace_uncounted_packets_total"), 0, "{m}");
+    assert!(counter("pathtrace_summarised_packets_total") > 0, "{m}");
+}
+
 #[test]
 fn a_flood_is_counted_not_hidden_and_memory_stays_bounded() {
     let lab = Lab::new(LabConfig::default()).expect("lab");
     // A tiny ring buffer and packet table: the flood must overflow them.
     let d = Daemon::start(
-        "hooks = \"path\"\n[filter]\ndport = 10002\nproto = \"udp\"\n[limits]\nring_bytes = 16384\nmax_packets = 512\n",
+        "hooks = \"path\"\n[filter]\ndport = 10002\nproto = \"udp\"\nevery_packet = true\n[limits]\nring_bytes = 16384\nmax_packets = 512\n",
         19467,
     );
     let to = SocketAddrV4::new(lab.config.host_addr, 10002);

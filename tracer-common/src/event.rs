@@ -357,8 +357,10 @@ pub mod counter {
     pub const UNCOUNTED: u32 = 4;
     /// Quiet packets that parted from their flow's way and were traced from there.
     pub const RESUMED: u32 = 5;
+    /// Drops the kernel's per-key drop counter (`DROPS`) could not take: its map was full.
+    pub const DROPS_UNCOUNTED: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// How `HopEvent::fingerprint` is computed, shared so userspace tests pin the kernel's choice.

@@ -35,7 +35,8 @@ pub const fn flow_id(saddr: [u8; 4], daddr: [u8; 4], proto: u8, dport: u16) -> u
 }
 
 /// What makes one hop the same as another's: where (hook kind, device and its namespace, the
-/// bridge or veth peer, the netfilter hook), how the packet looked (its tuple after NAT,
+/// bridge or veth peer, the netfilter hook), how the packet looked (its header after NAT as
+/// [`flow_id`] folds it, without the source port,
 /// conntrack's signature, its TCP flags) and, for a drop, why and where it was freed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HopShape {
@@ -68,11 +69,12 @@ pub const fn hop_code(s: &HopShape) -> u32 {
 }
 
 /// The running signature after one more hop: every hop before is folded in. Never zero (a
-/// zero in [`FlowState::path`] means "no reference here yet").
+/// zero in [`FlowState::path`] means "no reference here yet"), and even: the kernel returns
+/// it with a flag in bit 0 (`tracer-ebpf`'s `flood::walk`).
 #[inline(always)]
 pub const fn step(path: u32, code: u32) -> u32 {
-    let x = mix(path.rotate_left(5) ^ code);
-    if x == 0 { 1 } else { x }
+    let x = mix(path.rotate_left(5) ^ code) & !1;
+    if x == 0 { 2 } else { x }
 }
 
 #[inline(always)]
@@ -129,6 +131,24 @@ pub struct SummaryCount {
     pub reference: u64,
 }
 
+/// What the kernel counts every traced drop under, whether its event reached userspace or not
+/// (`DROPS`): a full ring loses which JSON lines are written, never a count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// The kfree_skb location (the function that freed it).
+    pub location: u64,
+    /// `enum skb_drop_reason`.
+    pub reason: u32,
+    /// The device the skb was on and its namespace (0 without one).
+    pub ifindex: u32,
+    pub netns: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no implicit padding, every bit pattern valid.
+unsafe impl aya::Pod for DropKey {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), no implicit padding, every bit pattern valid.
 unsafe impl aya::Pod for SummaryKey {}
@@ -208,6 +228,7 @@ mod tests {
             step(step(0, hop_code(&drop)), hop_code(&rx))
         );
         assert_ne!(step(0, 0), 0, "never the empty reference");
+        assert_eq!(step(7, 99) & 1, 0, "bit 0 is the kernel's flag");
     }
 
     #[test]
@@ -216,5 +237,6 @@ mod tests {
         assert_eq!(size_of::<FlowState>(), 16 + 4 * REF_HOPS);
         assert_eq!(size_of::<SummaryKey>(), 8);
         assert_eq!(size_of::<SummaryCount>(), 40);
+        assert_eq!(size_of::<DropKey>(), 24);
     }
 }

@@ -5,13 +5,14 @@ use core::mem::MaybeUninit;
 
 use tracer_common::{
     HopEvent,
-    flood::{HopShape, REF_HOPS, SummaryKey, WINDOW_SHIFT, flow_id, hop_code, step},
+    flood::{REF_HOPS, SummaryKey, WINDOW_SHIFT, step},
 };
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
     hop::output,
-    maps::{Followed, count_quiet, filter, flow_state, note_reference},
-    skb::Headers,
+    maps::{Followed, filter, floods, flow_state, summarise},
 };
 
 /// This hop's place in its flow's flood: the flow (0: not summarising), the running
@@ -23,34 +24,40 @@ pub struct Walk {
     pub quiet: bool,
 }
 
+impl Walk {
+    pub const OFF: Self = Self {
+        flow: 0,
+        path: 0,
+        hops: 0,
+        quiet: false,
+    };
+}
+
 /// Decides whether this hop of the packet at `skb` is emitted. `prior`: what its earlier hops
-/// left (`None` on its first); `len` its length now. A quiet packet that parts from its flow's
+/// left (`None` on its first); `code` the hop's (`flood::hop_code`); `first`: the flow its
+/// header names and its length, for a first hop. A quiet packet that parts from its flow's
 /// way here gets a `Resumed` record (written through `out`, which the hop's event overwrites
 /// after), and one that is freed here is counted.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn walk(
     skb: u64,
     prior: Option<*mut Followed>,
-    shape: &HopShape,
-    h: &Headers,
-    len: u32,
-    now: u64,
+    code: u32,
     frees: bool,
+    first: (u32, u32),
     out: &mut MaybeUninit<HopEvent>,
 ) -> Walk {
+    if !floods() {
+        return Walk::OFF;
+    }
     let budget = filter().map_or(0, |f| f.flood_budget);
     if budget == 0 {
-        return Walk {
-            flow: 0,
-            path: 0,
-            hops: 0,
-            quiet: false,
-        };
+        return Walk::OFF;
     }
-    let code = hop_code(shape);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map value pointer, valid for this program run.
-    let (flow, path, at, mut quiet, first_ts, first_len) = match prior {
+    let (flow, path, at, was_quiet, first_ts, first_len) = match prior {
         Some(p) => unsafe {
             (
                 (*p).flow,
@@ -61,20 +68,25 @@ pub fn walk(
                 (*p).len,
             )
         },
-        None => (
-            flow_id(h.saddr, h.daddr, h.proto, h.dport),
-            step(0, code),
-            0,
-            false,
-            now,
-            len,
-        ),
+        None => (first.0, step(0, code), 0, false, now, first.1),
     };
-    let i = at as usize;
-    match flow_state(flow, prior.is_none()) {
+    // The index masked where it is used, and through `black_box` so LLVM keeps the mask: a
+    // 6.1 verifier walks the branch below where an earlier check said `at >= REF_HOPS` and a
+    // later one `at < REF_HOPS` (an impossible range it does not prune), and refuses an
+    // unmasked index there.
+    let within = (at as usize) < REF_HOPS;
+    let i = (core::hint::black_box(at) as usize) & (REF_HOPS - 1);
+    // Whether this flow spent its budget in this window: only then may quiet packets follow,
+    // so only then does a loud packet's end name the story they repeat (a summary entry per
+    // flow that never floods would fill the map on a busy host).
+    let mut flooding = false;
+    let mut quiet = false;
+    // Flags, not calls, in the branches: each call is made once below, so the verifier
+    // walks it once per state rather than once per branch.
+    if let Some(st) = flow_state(flow, prior.is_none()) {
         // SAFETY: a map value pointer, valid for this run; racing CPUs at worst let one
         // packet more or less through the budget, or make a quiet one loud.
-        Some(st) => unsafe {
+        unsafe {
             if prior.is_none() {
                 let window = now >> WINDOW_SHIFT;
                 if (*st).window != window {
@@ -86,33 +98,46 @@ pub fn walk(
                 } else {
                     (*st).full += 1;
                 }
-            } else if quiet && !(i < REF_HOPS && (*st).path.get(i).is_some_and(|p| *p == path)) {
-                resumed(skb, flow, at, now, out);
-                quiet = false;
+            } else if was_quiet {
+                quiet = within && (*st).path[i] == path;
             }
-            if !quiet && let Some(slot) = (*st).path.get_mut(i) {
-                *slot = path;
+            // The reference is the budgeted packets' way: one that parted from it (quiet
+            // until here) is the exception, not the new rule.
+            if !quiet && !was_quiet && within {
+                (*st).path[i] = path;
             }
-        },
-        None if quiet => {
-            resumed(skb, flow, at, now, out);
-            quiet = false;
+            flooding = (*st).full >= u32::from(budget);
         }
-        None => {}
     }
-    if frees {
-        let key = SummaryKey { flow, path };
-        if quiet {
-            count_quiet(&key, first_len, now);
-        } else {
-            note_reference(&key, first_ts, now);
-        }
+    if was_quiet && !quiet {
+        resumed(skb, flow, at, now, out);
+    }
+    if frees && (quiet || flooding) {
+        summarise(&SummaryKey { flow, path }, quiet, first_len, first_ts, now);
     }
     Walk {
         flow,
         path,
         hops: at.saturating_add(1),
         quiet,
+    }
+}
+
+/// A hop that is not part of the signature (a netfilter hook's) of a packet that is not quiet
+/// (`hop::build` returned before for a quiet one): the packet keeps what it had.
+#[inline(always)]
+pub fn carry(prior: Option<*mut Followed>) -> Walk {
+    match prior {
+        // SAFETY: a map value pointer, valid for this program run.
+        Some(p) => unsafe {
+            Walk {
+                flow: (*p).flow,
+                path: (*p).path,
+                hops: (*p).hops,
+                quiet: false,
+            }
+        },
+        None => Walk::OFF,
     }
 }
 

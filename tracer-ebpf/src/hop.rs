@@ -11,15 +11,15 @@ use tracer_common::{
     event::{
         FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED, FLAG_QUOTED,
     },
-    flood::{HopShape, SummaryKey},
+    flood::{DropKey, HopShape, SummaryKey, flow_id, hop_code},
 };
 
 use crate::site::Site;
 use crate::{
     flood,
     maps::{
-        EVENTS, Followed, WAKEUP_BYTES, bump, count_quiet, filter, forget, is_reply, learn_reply,
-        note_reference, off, reader_asleep, remembered, replying, track,
+        EVENTS, Followed, WAKEUP_BYTES, bump, count_drop, filter, floods, forget, is_reply,
+        learn_reply, off, reader_asleep, remembered, replying, summarise, track,
     },
     skb::{
         ByConntrack, CtHold, by_conntrack, ct_hold, ct_view, device, entered, field, foreign,
@@ -100,26 +100,21 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         // would wait for its idle timeout (or swallow the next packet at this address). A
         // quiet one is counted where it got to.
         // SAFETY: as above.
-        let (key, quiet) = unsafe {
-            (
-                SummaryKey {
-                    flow: (*p).flow,
-                    path: (*p).path,
-                },
-                (*p).quiet != 0,
-            )
-        };
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if quiet {
-            // SAFETY: as above.
-            count_quiet(&key, unsafe { (*p).len }, now);
+        if floods() && unsafe { (*p).quiet } != 0 {
+            // SAFETY: as above; helper without preconditions.
+            let (key, len, now) = unsafe {
+                (
+                    SummaryKey {
+                        flow: (*p).flow,
+                        path: (*p).path,
+                    },
+                    (*p).len,
+                    bpf_ktime_get_ns(),
+                )
+            };
+            summarise(&key, true, len, 0, now);
         } else {
             freed_unseen(skb);
-            if key.flow != 0 {
-                // SAFETY: as above.
-                note_reference(&key, unsafe { (*p).first_ts }, now);
-            }
         }
     }
     if site.only_tracked && !tracked {
@@ -140,6 +135,16 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     // NAT done, confirmed, or gone with a namespace crossing) and at a drop.
     let was = if tracked { remembered } else { None };
     let prior = if tracked { slot } else { None };
+    // A quiet packet's netfilter hop shows nothing and is no part of its signature: done here,
+    // before anything else is read, so the rest of that program never branches on quiet.
+    if site.kind == HopKind::NetfilterHook
+        && floods()
+        && let Some(p) = prior
+        // SAFETY: as above.
+        && unsafe { (*p).quiet } != 0
+    {
+        return None;
+    }
     // A normal free (consume_skb, the hottest hook) neither shows nor remembers it: not read.
     let hold = if site.frees && site.kind != HopKind::Drop {
         CtHold::NONE
@@ -175,7 +180,9 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         nf_family: site.nf_family,
         tcp_flags: h.tcp_flags,
         conntrack: hold.signature,
-        tuple: th,
+        // The header as a flow is: without the source port, so a SYN flood from ephemeral
+        // ports takes one way; a NAT of either address or the destination port still shows.
+        tuple: flow_id(h.saddr, h.daddr, h.proto, h.dport),
         drop_reason: site.drop_reason,
         location: if site.kind == HopKind::Drop {
             site.location
@@ -183,7 +190,32 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
             0
         },
     };
-    let walk = flood::walk(skb, prior, &shape, &h, len, now, site.frees, out);
+    if site.kind == HopKind::Drop {
+        count_drop(&DropKey {
+            location: site.location,
+            reason: site.drop_reason,
+            ifindex,
+            netns,
+            _pad: 0,
+        });
+    }
+    // A netfilter hop is not part of a flood's signature: a drop inside the hook is the next
+    // hop (kfree_skb), a NAT shows in the next hop's tuple, and leaving the walk out of
+    // `nf_hook_slow`'s program keeps it within a 6.1 verifier's million instructions. A quiet
+    // packet stays quiet through it. (`site.kind` is a constant per entry point: the branch
+    // is folded away.)
+    let walk = if site.kind == HopKind::NetfilterHook {
+        flood::carry(prior)
+    } else {
+        flood::walk(
+            skb,
+            prior,
+            hop_code(&shape),
+            site.frees,
+            (flow_id(h.saddr, h.daddr, h.proto, h.dport), len),
+            out,
+        )
+    };
 
     if site.frees {
         if remembered.is_some() {

@@ -11,7 +11,7 @@ use tracer_common::{
     Filter, KernelOffsets,
     config::FlowKey,
     counter,
-    flood::{FlowState, SummaryCount, SummaryKey},
+    flood::{DropKey, FlowState, SummaryCount, SummaryKey},
 };
 
 /// Every hop event, in order per CPU. Size is set by userspace at load time.
@@ -211,30 +211,53 @@ fn summary(key: &SummaryKey, now: u64) -> Option<*mut SummaryCount> {
     Some(p)
 }
 
-/// A quiet packet ended the way `key` says: counted, or counted as uncounted.
+/// A packet of a flood ended the way `key` says: a quiet one (`quiet`, `len` at its first
+/// hop) is counted, or counted as uncounted; a loud one that started at `first_ts` names the
+/// story the quiet ones repeat. A subprogram: its branches end inside it.
 #[inline(always)]
-pub fn count_quiet(key: &SummaryKey, len: u32, now: u64) {
+pub fn summarise(key: &SummaryKey, quiet: bool, len: u32, first_ts: u64, now: u64) {
     let Some(p) = summary(key, now) else {
-        bump(counter::UNCOUNTED);
+        if quiet {
+            bump(counter::UNCOUNTED);
+        }
         return;
     };
-    // SAFETY: a map value pointer, valid for this run; other CPUs add concurrently.
+    // SAFETY: a map value pointer, valid for this run; other CPUs add concurrently, and a
+    // racing reference writer leaves one of two loud packets, both of which ended this way.
     unsafe {
-        atomic_add(&raw mut (*p).packets, 1);
-        atomic_add(&raw mut (*p).bytes, u64::from(len));
-        (*p).last_ns = now;
+        if quiet {
+            atomic_add(&raw mut (*p).packets, 1);
+            atomic_add(&raw mut (*p).bytes, u64::from(len));
+            (*p).last_ns = now;
+        } else {
+            (*p).reference = first_ts;
+        }
     }
-    bump(counter::SUMMARISED);
+    if quiet {
+        bump(counter::SUMMARISED);
+    }
 }
 
-/// A loud packet that started at `first_ts` ended the way `key` says: the story the quiet
-/// ones counted there repeat.
-#[inline(always)]
-pub fn note_reference(key: &SummaryKey, first_ts: u64, now: u64) {
-    if let Some(p) = summary(key, now) {
-        // SAFETY: as in `count_quiet`; a racing writer leaves one of two loud packets, both
-        // of which ended this way.
-        unsafe { (*p).reference = first_ts };
+/// Every traced drop, counted by reason, place, device and namespace. Not LRU: a count is
+/// never pushed out; a full map counts the drop in `DROPS_UNCOUNTED` instead.
+#[map]
+static DROPS: HashMap<DropKey, u64> = HashMap::with_max_entries(4096, 0);
+
+static ZERO: u64 = 0;
+
+/// Counts one drop under `key`. A subprogram: its branches end inside it.
+#[inline(never)]
+pub fn count_drop(key: &DropKey) {
+    let slot = match DROPS.get_ptr_mut(key) {
+        Some(p) => Some(p),
+        None => {
+            let _ = DROPS.insert(key, &ZERO, NOEXIST);
+            DROPS.get_ptr_mut(key)
+        }
+    };
+    match slot {
+        Some(p) => atomic_add(p, 1),
+        None => bump(counter::DROPS_UNCOUNTED),
     }
 }
 
@@ -273,6 +296,19 @@ pub fn reader_asleep() -> bool {
 /// would cost a context switch per event under load.
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u64 = 0;
+
+/// Nonzero: floods are summarised (`tracer_common::flood`). Set by the loader, frozen: where it
+/// is zero the verifier knows it and skips every branch of the summarising, which the
+/// function backends' programs need to stay within a 6.1 verifier's million instructions.
+#[unsafe(no_mangle)]
+pub static FLOODS: u32 = 0;
+
+/// Whether floods are summarised in this load ([`FLOODS`]).
+#[inline(always)]
+pub fn floods() -> bool {
+    // SAFETY: a plain read of a static the loader patched before load.
+    unsafe { core::ptr::read_volatile(&FLOODS) != 0 }
+}
 
 /// Set by the loader from the running kernel's BTF.
 #[unsafe(no_mangle)]

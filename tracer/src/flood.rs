@@ -8,7 +8,10 @@ use std::{
 };
 
 use serde::Serialize;
-use tracer_common::flood::{SummaryCount, SummaryKey, flow_id};
+use tracer_common::{
+    HopKind,
+    flood::{SummaryCount, SummaryKey, flow_id},
+};
 
 use crate::{
     clock::WallTime,
@@ -154,17 +157,26 @@ impl Floods {
     }
 
     /// The hops a packet at `skb` shared with its flow's latest full packet before it parted
-    /// from them (`HopKind::Resumed`): that packet's first `n` traced hops, marked repeated.
+    /// from them (`HopKind::Resumed`): that packet's first `n` traced hops, marked repeated,
+    /// with the netfilter hooks among and after them (the kernel does not count those: they
+    /// are not part of a flood's signature).
     pub fn shared_hops(&self, flow: u32, n: u32, skb: u64) -> Vec<Hop> {
         let Some(latest) = self.recent.get(&flow).and_then(|k| k.back()) else {
             return Vec::new();
         };
+        let mut counted = 0;
         latest
             .packet
             .hops
             .iter()
             .filter(|h| !h.inferred && !h.frees())
-            .take(n as usize)
+            .take_while(|h| {
+                if h.kind == HopKind::NetfilterHook {
+                    return counted <= n;
+                }
+                counted += 1;
+                counted <= n
+            })
             .map(|h| Hop {
                 skb,
                 // Not this packet's: a fingerprint would make its next hop look like reuse.
@@ -275,8 +287,6 @@ pub fn flow_of(hops: &[Hop]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::HopKind;
-
     use super::*;
     use crate::{
         correlate::{FlowTable, Packet},

@@ -42,6 +42,10 @@ pub struct Metrics {
     /// Packets of floods the kernel counted instead of tracing; those it could not count.
     pub summarised: u64,
     pub uncounted: u64,
+    /// The kernel's own drop counts (`pathtrace_kernel_drops_total`), and the drops its map
+    /// could not take.
+    pub kernel_drops: Vec<crate::output::KernelDrop>,
+    pub kernel_drops_uncounted: u64,
     pub decode_errors: u64,
     pub packets: u64,
     pub live_packets: u64,
@@ -105,6 +109,21 @@ impl Metrics {
                 escape(&l.direction)
             );
         }
+        let _ = writeln!(
+            s,
+            "# HELP pathtrace_kernel_drops_total Drops the kernel counted as it traced them, by reason, the function that freed them, interface and namespace: exact, whatever became of their events.\n# TYPE pathtrace_kernel_drops_total counter"
+        );
+        for d in &self.kernel_drops {
+            let _ = writeln!(
+                s,
+                "pathtrace_kernel_drops_total{{reason=\"{}\",location=\"{}\",ifname=\"{}\",netns=\"{}\"}} {}",
+                escape(&d.reason),
+                escape(&d.location),
+                escape(&d.ifname),
+                escape(&d.netns),
+                d.count
+            );
+        }
         for (name, help, kind, v) in [
             (
                 "pathtrace_events_total",
@@ -129,6 +148,12 @@ impl Metrics {
                 "Packets of floods the kernel could neither trace nor count (its summary map was full).",
                 "counter",
                 self.uncounted,
+            ),
+            (
+                "pathtrace_kernel_drops_uncounted_total",
+                "Drops the kernel could not count by key (its map full): pathtrace_kernel_drops_total is short by this much.",
+                "counter",
+                self.kernel_drops_uncounted,
             ),
             (
                 "pathtrace_decode_errors_total",

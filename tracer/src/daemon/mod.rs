@@ -206,6 +206,17 @@ impl Output for DaemonOutput {
         Ok(())
     }
 
+    fn wants_kernel_drops(&self) -> bool {
+        true
+    }
+
+    fn kernel_drops(&mut self, drops: &[crate::output::KernelDrop]) -> std::io::Result<()> {
+        if let Ok(mut s) = self.state.lock() {
+            s.metrics.kernel_drops = drops.to_vec();
+        }
+        Ok(())
+    }
+
     fn tick(&mut self, stats: &Stats, live_packets: usize) -> std::io::Result<()> {
         if let Ok(mut s) = self.state.lock() {
             s.last_tick = Some(Instant::now());
@@ -214,6 +225,7 @@ impl Output for DaemonOutput {
             m.lost = stats.kernel.lost;
             m.summarised = stats.kernel.summarised;
             m.uncounted = stats.kernel.uncounted;
+            m.kernel_drops_uncounted = stats.kernel.drops_uncounted;
             m.decode_errors = stats.decode_errors;
             m.packets = stats.packets;
             m.flows = stats.flows;

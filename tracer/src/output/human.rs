@@ -307,6 +307,9 @@ impl<W: Write> Output for HumanOutput<W> {
                 "pathtrace: drops only (--hooks drops): no path before a drop; causes are inferred from the drop, its input interface and where conntrack says it was sent (trace without it to see every hop)"
             )?,
         }
+        if ready.floods.contains("backend") {
+            writeln!(self.out, "pathtrace: {}", ready.floods)?;
+        }
         for skipped in &ready.skipped_hooks {
             writeln!(self.out, "pathtrace: without {skipped}")?;
         }

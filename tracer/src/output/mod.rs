@@ -24,6 +24,14 @@ pub trait Output {
     fn summary(&mut self, _s: &Summary) -> std::io::Result<()> {
         Ok(())
     }
+    /// Whether it wants the kernel's own drop counts (`kernel_drops`, once a second).
+    fn wants_kernel_drops(&self) -> bool {
+        false
+    }
+    /// The kernel's own drop counts, cumulative, names resolved.
+    fn kernel_drops(&mut self, _drops: &[KernelDrop]) -> std::io::Result<()> {
+        Ok(())
+    }
     /// Totals at exit.
     fn stats(&mut self, stats: &Stats) -> std::io::Result<()>;
     /// Called every tick (100 ms with packets in flight, 1 s without) with the running totals:
@@ -48,10 +56,23 @@ pub struct Ready {
     /// How the kernel programs read packet headers: `direct loads (bpf_rdonly_cast)`, or
     /// `bpf_probe_read_kernel (why)`.
     pub packet_reads: String,
+    /// Whether floods are summarised, and how: `summarised: ...` or `every packet traced...`.
+    pub floods: String,
     pub filter: String,
     pub pid: u32,
     /// Container resolution: `connected (...)` or `unavailable: why`.
     pub docker: String,
+}
+
+/// Drops the kernel counted under one key (`tracer_common::flood::DropKey`), events or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelDrop {
+    pub reason: String,
+    /// The function that freed them.
+    pub location: String,
+    pub ifname: String,
+    pub netns: String,
+    pub count: u64,
 }
 
 /// `{"kind":"stats", ...}`.

@@ -121,6 +121,13 @@ impl DropReasons {
         }
     }
 
+    /// Whether frees with this reason may be the stack's housekeeping (wherever they are and
+    /// whatever the packet): left out of drop counts that cannot tell (the kernel's per-key
+    /// counts), unless `--all-drops`.
+    pub fn maybe_housekeeping(&self, reason: u32) -> bool {
+        self.housekeeping.contains(&reason)
+    }
+
     /// Why a free with this reason, in function `at`, of a packet with these TCP flags, is
     /// the packet's end rather than a drop; `None` for a drop.
     pub fn housekeeping(

@@ -13,7 +13,7 @@ use tracer_common::{
     Filter, KernelOffsets,
     config::{FlowKey, have},
     counter,
-    flood::{SummaryCount, SummaryKey},
+    flood::{DropKey, SummaryCount, SummaryKey},
 };
 
 use super::{
@@ -136,6 +136,8 @@ pub struct Probes {
     pub offsets: KernelOffsets,
     /// How the programs read packet headers (see `KernelFacts::packet_reads`).
     pub packet_reads: String,
+    /// Whether the programs summarise floods ([`summarises`]).
+    pub floods: bool,
 }
 
 /// Kernel facts learnt from BTF once per run: offsets for the programs, names for userspace.
@@ -386,6 +388,21 @@ impl Probes {
         Ok(all)
     }
 
+    /// Every drop the kernel counted, by reason, place, device and namespace (cumulative).
+    pub fn read_drops(&self) -> Result<Vec<(DropKey, u64)>, ProbeError> {
+        let map = |source| ProbeError::Map {
+            name: "DROPS",
+            source,
+        };
+        let drops: aya::maps::HashMap<&MapData, DropKey, u64> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map("DROPS")
+                .ok_or(ProbeError::MissingMap("DROPS"))?,
+        )
+        .map_err(map)?;
+        drops.iter().map(|e| e.map_err(map)).collect()
+    }
+
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
         let map = self
             .ebpf
@@ -410,8 +427,17 @@ impl Probes {
             summarised: sum(counter::SUMMARISED)?,
             uncounted: sum(counter::UNCOUNTED)?,
             resumed: sum(counter::RESUMED)?,
+            drops_uncounted: sum(counter::DROPS_UNCOUNTED)?,
         })
     }
+}
+
+/// Whether `backend`'s programs summarise floods. Only the tracepoint backend's do: with it,
+/// the function backends' programs (kprobes read every field through a helper) took a 6.1
+/// verifier past its million instructions (the programs without it: 0.77 M for
+/// `nf_hook_slow`, 0.85 M for `veth_xmit`), so they trace every packet.
+pub fn summarises(backend: Backend) -> bool {
+    backend == Backend::Tracepoint
 }
 
 /// Pending bytes at which an event wakes the reader: an eighth of the ring, so a reader that
@@ -422,7 +448,8 @@ fn wakeup_bytes(ring_bytes: u32) -> u64 {
 }
 
 impl Attempt<'_> {
-    fn load(&self) -> Result<Ebpf, ProbeError> {
+    /// `floods`: the summarising is verified and runs (`FLOODS`).
+    fn load(&self, floods: bool) -> Result<Ebpf, ProbeError> {
         let object = kfunc::link(OBJECT, &self.facts.kfuncs)?;
         tracing::debug!(
             linked = object.linked,
@@ -433,6 +460,7 @@ impl Attempt<'_> {
             .btf(Some(self.aya_btf))
             .override_global("OFFSETS", &self.facts.offsets, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes(self.sizes.ring_bytes), true)
+            .override_global("FLOODS", &u32::from(floods), true)
             .map_max_entries("EVENTS", self.sizes.ring_bytes)
             .map_max_entries("TRACKED", self.sizes.tracked_skbs)
             .load(object.bytes())
@@ -472,7 +500,8 @@ impl Attempt<'_> {
                 ),
             });
         }
-        let mut ebpf = self.load()?;
+        let floods = summarises(backend);
+        let mut ebpf = self.load(floods)?;
         write_filter(&mut ebpf, self.filter)?;
         let mut done = Attached::default();
         self.attach_tracepoints(&mut ebpf, &mut done)?;
@@ -491,6 +520,7 @@ impl Attempt<'_> {
             drop_reasons: self.facts.drop_reasons.clone(),
             offsets: self.facts.offsets,
             packet_reads: self.facts.packet_reads.clone(),
+            floods,
         })
     }
 
@@ -717,6 +747,8 @@ pub struct KernelCounters {
     pub uncounted: u64,
     /// Quiet packets that parted from their flow's way and were traced in full from there.
     pub resumed: u64,
+    /// Drops the per-key drop counter could not take (its map full).
+    pub drops_uncounted: u64,
 }
 
 /// Fails early with a plain message instead of an EPERM from deep inside the loader.

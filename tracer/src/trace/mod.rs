@@ -162,6 +162,9 @@ impl DockerSession {
 fn attach(cfg: &mut TraceConfig, containers: SharedIndex) -> Result<(Session, Ring), TraceError> {
     let mut probes = Probes::attach(cfg.filter, cfg.sizes, cfg.backend, cfg.hooks)?;
     let ring = open_ring(&mut probes)?;
+    if !probes.floods {
+        cfg.filter.flood_budget = 0;
+    }
     let mut pipeline = Pipeline::new(cfg, probes.hooks, probes.drop_reasons.clone(), containers);
     pipeline.resolver.prefetch_own_ruleset();
     // Taken whether or not `--stack` is on now: a daemon's reload may turn it on.
@@ -205,6 +208,16 @@ fn ready(probes: &Probes, cfg: &TraceConfig, docker: &DockerStatus) -> Ready {
             .map(|(t, why)| format!("{t}: {why}"))
             .collect(),
         packet_reads: probes.packet_reads.clone(),
+        floods: match (probes.floods, cfg.filter.flood_budget) {
+            (true, 0) => "every packet traced (--every-packet)".to_owned(),
+            (true, n) => format!(
+                "summarised: {n} full packets per flow a second, the rest counted in the kernel"
+            ),
+            (false, _) => format!(
+                "every packet traced: the {} backend's programs do not summarise floods (the tracepoint backend's do)",
+                probes.backend
+            ),
+        },
         filter: cfg.filter_text.clone(),
         pid: std::process::id(),
         docker: docker.to_string(),

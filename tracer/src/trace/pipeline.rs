@@ -190,6 +190,29 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The kernel's per-key drop counts with their names; the stack's housekeeping left out
+    /// (unless `--all-drops`), as from the other drop counts.
+    pub fn kernel_drops(
+        &mut self,
+        counts: &[(tracer_common::flood::DropKey, u64)],
+    ) -> Vec<crate::output::KernelDrop> {
+        use crate::host::HostFacts as _;
+        counts
+            .iter()
+            .filter(|(k, _)| !self.drop_reasons.maybe_housekeeping(k.reason))
+            .map(|(k, n)| crate::output::KernelDrop {
+                reason: self.drop_reasons.name(k.reason),
+                location: self
+                    .resolver
+                    .symbol(k.location)
+                    .map_or_else(|| format!("{:#x}", k.location), |s| s.name),
+                ifname: self.resolver.ifname(k.netns, k.ifindex),
+                netns: self.resolver.netns_label(k.netns),
+                count: *n,
+            })
+            .collect()
+    }
+
     /// Whether floods are summarised (not `--every-packet`).
     pub fn summarising(&self) -> bool {
         self.floods.is_some()

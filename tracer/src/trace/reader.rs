@@ -244,6 +244,15 @@ impl Session {
             self.counters_read = Instant::now();
             self.read_counters();
             self.read_summaries(out, false)?;
+            if out.wants_kernel_drops() {
+                match self.probes.read_drops() {
+                    Ok(counts) => {
+                        let drops = self.pipeline.kernel_drops(&counts);
+                        out.kernel_drops(&drops)?;
+                    }
+                    Err(e) => tracing::warn!("reading the kernel's drop counts: {e}"),
+                }
+            }
             self.check_modules = true;
             // Flows whose replies stopped being worth following: the kernel forgets them,
             // and stops looking once none is left.
