@@ -10,10 +10,7 @@ use tracer_common::{
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
-use crate::{
-    hop::output,
-    maps::{Followed, filter, floods, flow_state, summarise},
-};
+use crate::maps::{Followed, filter, floods, flow_state, output, summarise};
 
 /// This hop's place in its flow's flood: the flow (0: not summarising), the running
 /// signature, hops so far, and whether the packet is quiet (nothing emitted for this hop).

@@ -6,8 +6,6 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
     HopEvent, HopKind,
     config::{follow, have},
-    counter,
-    event::ring,
     event::{
         FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED, FLAG_QUOTED,
     },
@@ -18,8 +16,8 @@ use crate::site::Site;
 use crate::{
     flood,
     maps::{
-        EVENTS, Followed, WAKEUP_BYTES, bump, count_drop, filter, floods, forget, is_reply,
-        learn_reply, off, reader_asleep, remembered, replying, summarise, track,
+        Followed, count_drop, filter, floods, forget, is_reply, learn_reply, off, output,
+        remembered, replying, summarise, track,
     },
     skb::{
         ByConntrack, CtHold, by_conntrack, ct_hold, ct_view, device, entered, field, foreign,
@@ -346,10 +344,6 @@ fn freed_unseen(skb: u64) {
     output(bytes);
 }
 
-/// Bytes past `WAKEUP_BYTES` within which an event still wakes the reader: four records
-/// (an event, at its longest, plus the ring's 8-byte header).
-const WAKEUP_WINDOW: u64 = 4 * (core::mem::size_of::<HopEvent>() as u64 + 8);
-
 /// Writes one event to the ring buffer, counting it as emitted or lost.
 #[inline(always)]
 pub fn emit(ev: &HopEvent) {
@@ -358,30 +352,6 @@ pub fn emit(ev: &HopEvent) {
     let len = HopEvent::record_len(ev.kind, ev.flags);
     // SAFETY: `len` is at most the size of `*ev`, which is fully initialised.
     output(unsafe { core::slice::from_raw_parts((ev as *const HopEvent).cast::<u8>(), len) });
-}
-
-/// Writes one record to the ring buffer, counting it as emitted or lost.
-#[inline(always)]
-pub fn output(record: &[u8]) {
-    // SAFETY: a plain read of a static the loader patched before load.
-    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
-    // Two wakeups, no more: while the reader sleeps (an idle ring: it said so in READER), the
-    // event wakes it; while it polls on its timer (`trace::DRAIN_EVERY`), only the backlog
-    // crossing the threshold does (a window of a few records, since CPUs produce
-    // concurrently). Waking on every event would cost an irq_work per event exactly when the
-    // reader is busiest; so would the kernel's own default (wake when the reader had caught
-    // up) whenever a fast reader keeps pace.
-    let pending = EVENTS.query(ring::AVAIL_DATA);
-    let flags = if reader_asleep() || (pending >= threshold && pending < threshold + WAKEUP_WINDOW)
-    {
-        ring::FORCE_WAKEUP
-    } else {
-        ring::NO_WAKEUP
-    };
-    match EVENTS.output::<[u8]>(record, flags) {
-        Ok(()) => bump(counter::EMITTED),
-        Err(_) => bump(counter::LOST),
-    }
 }
 
 /// `br_forward(to, skb, ...)`: the bridge forwards `skb` out of port `to`.

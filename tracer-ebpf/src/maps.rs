@@ -8,9 +8,10 @@ use core::sync::atomic::AtomicI64;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
-    Filter, KernelOffsets,
+    Filter, HopEvent, KernelOffsets,
     config::FlowKey,
     counter,
+    event::ring,
     flood::{DropKey, FlowState, SummaryCount, SummaryKey},
 };
 
@@ -339,5 +340,33 @@ pub fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Bytes past `WAKEUP_BYTES` within which an event still wakes the reader: four records
+/// (an event, at its longest, plus the ring's 8-byte header).
+const WAKEUP_WINDOW: u64 = 4 * (core::mem::size_of::<HopEvent>() as u64 + 8);
+
+/// Writes one record to the ring buffer, counting it as emitted or lost.
+#[inline(always)]
+pub fn output(record: &[u8]) {
+    // SAFETY: a plain read of a static the loader patched before load.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    // Two wakeups, no more: while the reader sleeps (an idle ring: it said so in READER), the
+    // event wakes it; while it polls on its timer (`trace::DRAIN_EVERY`), only the backlog
+    // crossing the threshold does (a window of a few records, since CPUs produce
+    // concurrently). Waking on every event would cost an irq_work per event exactly when the
+    // reader is busiest; so would the kernel's own default (wake when the reader had caught
+    // up) whenever a fast reader keeps pace.
+    let pending = EVENTS.query(ring::AVAIL_DATA);
+    let flags = if reader_asleep() || (pending >= threshold && pending < threshold + WAKEUP_WINDOW)
+    {
+        ring::FORCE_WAKEUP
+    } else {
+        ring::NO_WAKEUP
+    };
+    match EVENTS.output::<[u8]>(record, flags) {
+        Ok(()) => bump(counter::EMITTED),
+        Err(_) => bump(counter::LOST),
     }
 }
