@@ -84,8 +84,8 @@ const fn mix(x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
-/// A flow's budget and reference path, in the kernel's `FLOWS` map (LRU: an evicted flow
-/// starts over with full packets).
+/// A flow's budget and reference ways, in the kernel's `FLOWS` map, keyed by [`state_key`]
+/// (LRU: an evicted flow starts over with full packets).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowState {
@@ -93,8 +93,10 @@ pub struct FlowState {
     pub window: u64,
     pub full: u32,
     pub _pad: u32,
-    /// The running signature at each hop of the flow's latest loud packets (0: none yet).
-    pub path: [u32; REF_HOPS],
+    /// The running signatures at each hop of the flow's budgeted packets, the two latest
+    /// distinct ones (0: none yet): a flood whose packets end two ways in turn (delivered, or
+    /// dropped by a full socket buffer) stays summarised.
+    pub path: [[u32; 2]; REF_HOPS],
 }
 
 impl FlowState {
@@ -102,8 +104,16 @@ impl FlowState {
         window: 0,
         full: 0,
         _pad: 0,
-        path: [0; REF_HOPS],
+        path: [[0; 2]; REF_HOPS],
     };
+}
+
+/// The `FLOWS` key of a packet: its flow and its first hop's signature, so the kinds of
+/// packet one flow sends in turn (a SYN flood's SYNs and the client's RSTs) each have their
+/// budget and their ways.
+#[inline(always)]
+pub const fn state_key(flow: u32, first: u32) -> u32 {
+    mix(flow ^ first.rotate_left(16))
 }
 
 /// A flow and the way its packets ended: a key of `SUMMARIES`.
@@ -234,7 +244,7 @@ mod tests {
     #[test]
     fn layouts_shared_with_the_kernel_stay_put() {
         use core::mem::size_of;
-        assert_eq!(size_of::<FlowState>(), 16 + 4 * REF_HOPS);
+        assert_eq!(size_of::<FlowState>(), 16 + 8 * REF_HOPS);
         assert_eq!(size_of::<SummaryKey>(), 8);
         assert_eq!(size_of::<SummaryCount>(), 40);
         assert_eq!(size_of::<DropKey>(), 24);

@@ -5,7 +5,7 @@ use core::mem::MaybeUninit;
 
 use tracer_common::{
     HopEvent,
-    flood::{REF_HOPS, SummaryKey, WINDOW_SHIFT, step},
+    flood::{REF_HOPS, SummaryKey, WINDOW_SHIFT, state_key, step},
 };
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
@@ -16,6 +16,7 @@ use crate::maps::{Followed, filter, floods, flow_state, output, summarise};
 /// signature, hops so far, and whether the packet is quiet (nothing emitted for this hop).
 pub struct Walk {
     pub flow: u32,
+    pub state: u32,
     pub path: u32,
     pub hops: u8,
     pub quiet: bool,
@@ -24,6 +25,7 @@ pub struct Walk {
 impl Walk {
     pub const OFF: Self = Self {
         flow: 0,
+        state: 0,
         path: 0,
         hops: 0,
         quiet: false,
@@ -54,10 +56,11 @@ pub fn walk(
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map value pointer, valid for this program run.
-    let (flow, path, at, was_quiet, first_ts, first_len) = match prior {
+    let (flow, state, path, at, was_quiet, first_ts, first_len) = match prior {
         Some(p) => unsafe {
             (
                 (*p).flow,
+                (*p).state,
                 step((*p).path, code),
                 (*p).hops,
                 (*p).quiet != 0,
@@ -65,7 +68,15 @@ pub fn walk(
                 (*p).len,
             )
         },
-        None => (first.0, step(0, code), 0, false, now, first.1),
+        None => (
+            first.0,
+            state_key(first.0, step(0, code)),
+            step(0, code),
+            0,
+            false,
+            now,
+            first.1,
+        ),
     };
     // The index masked where it is used, and through `black_box` so LLVM keeps the mask: a
     // 6.1 verifier walks the branch below where an earlier check said `at >= REF_HOPS` and a
@@ -80,7 +91,7 @@ pub fn walk(
     let mut quiet = false;
     // Flags, not calls, in the branches: each call is made once below, so the verifier
     // walks it once per state rather than once per branch.
-    if let Some(st) = flow_state(flow, prior.is_none()) {
+    if let Some(st) = flow_state(state, prior.is_none()) {
         // SAFETY: a map value pointer, valid for this run; racing CPUs at worst let one
         // packet more or less through the budget, or make a quiet one loud.
         unsafe {
@@ -90,18 +101,24 @@ pub fn walk(
                     (*st).window = window;
                     (*st).full = 0;
                 }
-                if (*st).full >= u32::from(budget) && (*st).path[0] == path {
+                let known = (*st).path[0];
+                if (*st).full >= u32::from(budget) && (known[0] == path || known[1] == path) {
                     quiet = true;
                 } else {
                     (*st).full += 1;
                 }
             } else if was_quiet {
-                quiet = within && (*st).path[i] == path;
+                let known = (*st).path[i];
+                quiet = within && (known[0] == path || known[1] == path);
             }
-            // The reference is the budgeted packets' way: one that parted from it (quiet
-            // until here) is the exception, not the new rule.
+            // The reference is the budgeted packets' ways, the two latest: one that parted
+            // from them (quiet until here) is the exception, not the new rule.
             if !quiet && !was_quiet && within {
-                (*st).path[i] = path;
+                let known = &mut (*st).path[i];
+                if known[0] != path {
+                    known[1] = known[0];
+                    known[0] = path;
+                }
             }
             flooding = (*st).full >= u32::from(budget);
         }
@@ -114,6 +131,7 @@ pub fn walk(
     }
     Walk {
         flow,
+        state,
         path,
         hops: at.saturating_add(1),
         quiet,
@@ -129,6 +147,7 @@ pub fn carry(prior: Option<*mut Followed>) -> Walk {
         Some(p) => unsafe {
             Walk {
                 flow: (*p).flow,
+                state: (*p).state,
                 path: (*p).path,
                 hops: (*p).hops,
                 quiet: false,

@@ -244,6 +244,8 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
                     hops: walk.hops,
                     quiet: walk.quiet as u8,
                     _pad: 0,
+                    state: walk.state,
+                    _pad2: 0,
                 },
                 remembered.is_none(),
             ),

@@ -48,6 +48,9 @@ pub struct Followed {
     /// Nonzero: a quiet packet, counted rather than emitted while it keeps its flow's way.
     pub quiet: u8,
     pub _pad: u16,
+    /// Its `FLOWS` key (`flood::state_key`).
+    pub state: u32,
+    pub _pad2: u32,
 }
 
 /// Entries in [`TRACKED`], counted on a new insert and on a successful remove. LRU evictions
