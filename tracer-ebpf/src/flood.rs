@@ -4,13 +4,17 @@
 use core::mem::MaybeUninit;
 
 use tracer_common::{
-    HopEvent,
-    flood::{REF_HOPS, SummaryKey, WINDOW_SHIFT, state_key, step},
+    HopEvent, HopKind,
+    flood::{HopShape, REF_HOPS, SummaryKey, WINDOW_SHIFT, flow_id, hop_code, state_key, step},
 };
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
-use crate::maps::{Followed, filter, floods, flow_state, output, summarise};
+use crate::{
+    maps::{Followed, filter, floods, flow_state, off, output, summarise},
+    site::Site,
+    skb::{Headers, device, field},
+};
 
 /// This hop's place in its flow's flood: the flow (0: not summarising), the running
 /// signature, hops so far, and whether the packet is quiet (nothing emitted for this hop).
@@ -20,6 +24,9 @@ pub struct Walk {
     pub path: u32,
     pub hops: u8,
     pub quiet: bool,
+    /// The packet's first hop: its time and `skb->len` (0 past it: kept in `Followed`).
+    pub first_ts: u64,
+    pub len: u32,
 }
 
 impl Walk {
@@ -29,7 +36,59 @@ impl Walk {
         path: 0,
         hops: 0,
         quiet: false,
+        first_ts: 0,
+        len: 0,
     };
+}
+
+/// This hop's place in its flow's flood ([`walk`]), from what the hop is (`flood::HopShape`).
+/// A netfilter hop is not part of a flood's signature: a drop inside the hook is the next hop
+/// (kfree_skb), a NAT shows in the next hop's tuple, and leaving the walk out of
+/// `nf_hook_slow`'s program keeps it within a 6.1 verifier's million instructions. A quiet
+/// packet stays quiet through it. (`site.kind` is a constant per entry point: the branch is
+/// folded away.) Called only while floods are summarised: the device reads here are not
+/// kept for the event, so a load without floods keeps nothing more alive across the map
+/// calls that follow.
+#[inline(always)]
+pub fn hop(
+    skb: u64,
+    site: Site,
+    h: &Headers,
+    conntrack: u8,
+    prior: Option<*mut Followed>,
+    out: &mut MaybeUninit<HopEvent>,
+) -> Walk {
+    if site.kind == HopKind::NetfilterHook {
+        return carry(prior);
+    }
+    let (ifindex, netns) = device(site.device(skb), site.access);
+    let (peer_ifindex, _) = device(site.peer_dev, site.access);
+    // The header as a flow is: without the source port, so a SYN flood from ephemeral ports
+    // takes one way; a NAT of either address or the destination port still shows.
+    let tuple = flow_id(h.saddr, h.daddr, h.proto, h.dport);
+    let shape = HopShape {
+        kind: site.kind as u8,
+        ifindex,
+        netns,
+        peer_ifindex,
+        nf_hook: site.nf_hook,
+        nf_family: site.nf_family,
+        tcp_flags: h.tcp_flags,
+        conntrack,
+        tuple,
+        drop_reason: site.drop_reason,
+        location: if site.kind == HopKind::Drop {
+            site.location
+        } else {
+            0
+        },
+    };
+    let len = if prior.is_none() {
+        field::<u32>(skb, off!(skb_len), site.access).unwrap_or(0)
+    } else {
+        0
+    };
+    walk(skb, prior, hop_code(&shape), site.frees, (tuple, len), out)
 }
 
 /// Decides whether this hop of the packet at `skb` is emitted. `prior`: what its earlier hops
@@ -135,6 +194,8 @@ pub fn walk(
         path,
         hops: at.saturating_add(1),
         quiet,
+        first_ts,
+        len: first_len,
     }
 }
 
@@ -151,6 +212,8 @@ pub fn carry(prior: Option<*mut Followed>) -> Walk {
                 path: (*p).path,
                 hops: (*p).hops,
                 quiet: false,
+                first_ts: 0,
+                len: 0,
             }
         },
         None => Walk::OFF,

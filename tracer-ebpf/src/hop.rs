@@ -9,12 +9,12 @@ use tracer_common::{
     event::{
         FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED, FLAG_QUOTED,
     },
-    flood::{DropKey, HopShape, SummaryKey, flow_id, hop_code},
+    flood::{DropKey, SummaryKey},
 };
 
 use crate::site::Site;
 use crate::{
-    flood,
+    flood::{self, Walk},
     maps::{
         Followed, count_drop, filter, floods, forget, is_reply, learn_reply, off, output,
         remembered, replying, summarise, track,
@@ -132,11 +132,13 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     // Conntrack's view is shown where it changed since this packet's last hop (attached,
     // NAT done, confirmed, or gone with a namespace crossing) and at a drop.
     let was = if tracked { remembered } else { None };
-    let prior = if tracked { slot } else { None };
+    // The entry in place, kept only while floods are summarised: without them a load keeps
+    // no map pointer alive through the rest (a 6.1 verifier walked the function programs
+    // twice to three times over with one).
+    let prior = if tracked && floods() { slot } else { None };
     // A quiet packet's netfilter hop shows nothing and is no part of its signature: done here,
     // before anything else is read, so the rest of that program never branches on quiet.
     if site.kind == HopKind::NetfilterHook
-        && floods()
         && let Some(p) = prior
         // SAFETY: as above.
         && unsafe { (*p).quiet } != 0
@@ -152,70 +154,24 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     let ct_shown = was.map_or(0, follow::conntrack);
     let show_ct = hold.signature != 0
         && (site.kind == HopKind::Drop || (!site.frees && hold.signature != ct_shown));
-
-    let site = site.completed();
-    let dev = if site.dev != 0 {
-        site.dev
+    let walk = if floods() {
+        flood::hop(skb, site, &h, hold.signature, prior, out)
     } else {
-        field::<u64>(skb, off!(skb_dev), site.access).unwrap_or(0)
-    };
-    let (ifindex, netns) = device(dev, site.access);
-    let (peer_ifindex, peer_netns) = device(site.peer_dev, site.access);
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let len = field::<u32>(skb, off!(skb_len), site.access).unwrap_or(0);
-    let key = h.key();
-    let th = key.hash32();
-
-    // A flood's quiet packet: counted where it keeps its flow's way, traced from where it
-    // parts from it (`tracer_common::flood`).
-    let shape = HopShape {
-        kind: site.kind as u8,
-        ifindex,
-        netns,
-        peer_ifindex,
-        nf_hook: site.nf_hook,
-        nf_family: site.nf_family,
-        tcp_flags: h.tcp_flags,
-        conntrack: hold.signature,
-        // The header as a flow is: without the source port, so a SYN flood from ephemeral
-        // ports takes one way; a NAT of either address or the destination port still shows.
-        tuple: flow_id(h.saddr, h.daddr, h.proto, h.dport),
-        drop_reason: site.drop_reason,
-        location: if site.kind == HopKind::Drop {
-            site.location
-        } else {
-            0
-        },
-    };
-    if site.kind == HopKind::Drop {
-        count_drop(&DropKey {
-            location: site.location,
-            reason: site.drop_reason,
-            ifindex,
-            netns,
-            _pad: 0,
-        });
-    }
-    // A netfilter hop is not part of a flood's signature: a drop inside the hook is the next
-    // hop (kfree_skb), a NAT shows in the next hop's tuple, and leaving the walk out of
-    // `nf_hook_slow`'s program keeps it within a 6.1 verifier's million instructions. A quiet
-    // packet stays quiet through it. (`site.kind` is a constant per entry point: the branch
-    // is folded away.)
-    let walk = if site.kind == HopKind::NetfilterHook {
-        flood::carry(prior)
-    } else {
-        flood::walk(
-            skb,
-            prior,
-            hop_code(&shape),
-            site.frees,
-            (flow_id(h.saddr, h.daddr, h.proto, h.dport), len),
-            out,
-        )
+        Walk::OFF
     };
 
     if site.frees {
+        if site.kind == HopKind::Drop {
+            // Every drop, quiet or shown, in the kernel's own count.
+            let (ifindex, netns) = device(site.device(skb), site.access);
+            count_drop(&DropKey {
+                location: site.location,
+                reason: site.drop_reason,
+                ifindex,
+                netns,
+                _pad: 0,
+            });
+        }
         if remembered.is_some() {
             forget(skb);
         }
@@ -223,6 +179,8 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         // A header not seen before on this packet (its first hop, or a NAT rewrite): follow
         // the replies it will get, as they look at this point of the way back. A quiet
         // packet's replies are not: its flow's loud ones already show them.
+        let key = h.key();
+        let th = key.hash32();
         let new_tuple = was.is_none_or(|v| !follow::same_tuple(v, th));
         let value = follow::remember(fp, th, hold.signature);
         match prior {
@@ -233,14 +191,14 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
                 (*p).hops = walk.hops;
                 (*p).quiet = walk.quiet as u8;
             },
-            None => track(
+            None if new_tuple || hold.signature != ct_shown || walk.flow != 0 => track(
                 skb,
                 &Followed {
                     follow: value,
-                    first_ts: now,
+                    first_ts: walk.first_ts,
                     flow: walk.flow,
                     path: walk.path,
-                    len,
+                    len: walk.len,
                     hops: walk.hops,
                     quiet: walk.quiet as u8,
                     _pad: 0,
@@ -249,6 +207,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
                 },
                 remembered.is_none(),
             ),
+            None => {}
         }
         if new_tuple
             && !walk.quiet
@@ -262,6 +221,10 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     if walk.quiet {
         return None;
     }
+
+    let site = site.completed();
+    let (ifindex, netns) = device(site.device(skb), site.access);
+    let (peer_ifindex, peer_netns) = device(site.peer_dev, site.access);
 
     // Zeroed in place, word by word: LLVM turns a plain zeroing into a call of its `memset`
     // subprogram, a byte loop the verifier walks once per byte for every state that reaches it

@@ -59,6 +59,16 @@ impl Site {
         }
     }
 
+    /// The device this hop is at: the hook's argument, or `skb->dev`.
+    #[inline(always)]
+    pub fn device(&self, skb: u64) -> u64 {
+        if self.dev != 0 {
+            self.dev
+        } else {
+            field::<u64>(skb, off!(skb_dev), self.access).unwrap_or(0)
+        }
+    }
+
     /// Completes a netfilter site from its `nf_hook_state`: the hook, the family, and the
     /// devices (output at OUTPUT/POSTROUTING; input, with the output as peer, at FORWARD).
     /// Other sites are complete as built. Called only for skbs that are followed.

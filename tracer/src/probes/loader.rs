@@ -432,10 +432,10 @@ impl Probes {
     }
 }
 
-/// Whether `backend`'s programs summarise floods. Only the tracepoint backend's do: with it,
-/// the function backends' programs (kprobes read every field through a helper) took a 6.1
-/// verifier past its million instructions (the programs without it: 0.77 M for
-/// `nf_hook_slow`, 0.85 M for `veth_xmit`), so they trace every packet.
+/// Whether `backend`'s programs summarise floods. Only the tracepoint backend's do: the
+/// function backends' programs (kprobes read every field through a helper) already take a 6.1
+/// verifier to 0.3–0.4 M of its million instructions without it, and several times as long
+/// to load under the VM lab's emulation, so they trace every packet.
 pub fn summarises(backend: Backend) -> bool {
     backend == Backend::Tracepoint
 }
