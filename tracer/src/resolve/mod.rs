@@ -41,11 +41,10 @@ pub struct Resolver {
     own_netns: Option<u32>,
     namespaces: HashMap<u32, NetnsEntry>,
     namespaces_at: Option<Instant>,
-    /// When each known namespace was last seen still behind its path (see `known_namespace`).
-    namespaces_checked: HashMap<u32, Instant>,
-    /// Unknown namespaces a scan did not find, and when: each is looked for again after
-    /// `REFRESH_EVERY`.
-    namespaces_missed: HashMap<u32, Instant>,
+    /// When each inode was last looked at: a known one seen still behind its path, an
+    /// unknown one looked for and not found. Neither is looked at again before
+    /// `REFRESH_EVERY` (see `known_namespace`).
+    namespaces_looked: HashMap<u32, Instant>,
     links: HashMap<u32, (LinkTable, Instant)>,
     kallsyms: Option<Kallsyms>,
     containers: Option<SharedIndex>,
@@ -108,8 +107,7 @@ impl Resolver {
             own_netns: netns::own_inode(),
             namespaces: HashMap::new(),
             namespaces_at: None,
-            namespaces_checked: HashMap::new(),
-            namespaces_missed: HashMap::new(),
+            namespaces_looked: HashMap::new(),
             links: HashMap::new(),
             kallsyms: None,
             containers: None,
@@ -153,32 +151,19 @@ impl Resolver {
     /// container's namespace arrives under the number of one that is gone, and must not be
     /// shown, entered or judged as the old one.
     fn known_namespace(&mut self, netns: u32) -> Option<&NetnsEntry> {
-        match self.namespaces.get(&netns) {
-            None => {
-                let looked = self
-                    .namespaces_missed
-                    .get(&netns)
-                    .is_some_and(|at| at.elapsed() < REFRESH_EVERY);
-                if !looked {
-                    self.refresh_namespaces(true);
-                    if !self.namespaces.contains_key(&netns) {
-                        self.namespaces_missed.insert(netns, Instant::now());
-                    }
-                }
+        let due = self
+            .namespaces_looked
+            .get(&netns)
+            .is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
+        if due {
+            let still_there = self
+                .namespaces
+                .get(&netns)
+                .is_some_and(|entry| netns::inode_of(&entry.path) == Some(netns));
+            if !still_there {
+                self.refresh_namespaces(true);
             }
-            Some(entry) => {
-                let due = self
-                    .namespaces_checked
-                    .get(&netns)
-                    .is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
-                if due {
-                    if netns::inode_of(&entry.path) == Some(netns) {
-                        self.namespaces_checked.insert(netns, Instant::now());
-                    } else {
-                        self.refresh_namespaces(true);
-                    }
-                }
-            }
+            self.namespaces_looked.insert(netns, Instant::now());
         }
         self.namespaces.get(&netns)
     }
@@ -229,9 +214,12 @@ impl Resolver {
             self.forget_namespace(ino);
         }
         let now = Instant::now();
-        self.namespaces_checked = found.keys().map(|&ino| (ino, now)).collect();
-        self.namespaces_missed
-            .retain(|_, at| at.elapsed() < REFRESH_EVERY);
+        // Every namespace found was just seen behind its path; an unknown inode's last look
+        // is kept, and forgotten once it would be due anyway.
+        self.namespaces_looked
+            .retain(|ino, at| !found.contains_key(ino) && at.elapsed() < REFRESH_EVERY);
+        self.namespaces_looked
+            .extend(found.keys().map(|&ino| (ino, now)));
         self.namespaces = found;
         self.namespaces_at = Some(now);
     }
