@@ -1434,3 +1434,124 @@ fn a_flood_is_counted_to_the_packet_and_a_packet_parting_from_it_is_shown_whole(
         "{hops:#?}"
     );
 }
+
+/// A flood that ends two ways by turns, the rarer one never among its budgeted packets (an
+/// INPUT rule drops one datagram in 40; the 3 full packets a second go out back to back, so
+/// they seldom meet it): the first packet to take the rarer way is shown whole, and its way
+/// is then the flood's, so the rest are counted and told as their own summary, named by a
+/// packet that died there. Counts equal the kernel's: the rule's counter and NoPorts. On a
+/// topology that is not Docker's, a port unlike the issue's.
+#[test]
+fn a_flood_ending_two_ways_shows_each_way_once_and_counts_the_rest() {
+    let config = lab::LabConfig::unusual();
+    let lab = lab::Lab::new(config.clone()).expect("lab");
+    let port: u16 = 38211;
+    lab.host
+        .exec(
+            "iptables",
+            &[
+                "-I",
+                "INPUT",
+                "-p",
+                "udp",
+                "--dport",
+                "38211",
+                "-m",
+                "statistic",
+                "--mode",
+                "nth",
+                "--every",
+                "40",
+                "--packet",
+                "7",
+                "-j",
+                "DROP",
+            ],
+        )
+        .expect("the every-40th rule");
+    let before = udp_no_ports(&lab.host);
+    let mut t = Tracer::start(&[
+        "--dport",
+        "38211",
+        "--proto",
+        "udp",
+        "--packets-per-flow",
+        "3",
+    ])
+    .expect("pathtrace starts");
+    let to = std::net::SocketAddrV4::new(config.host_addr, port);
+    let sent = lab
+        .outside
+        .run_in(move || -> std::io::Result<u64> {
+            let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+            s.connect(to)?;
+            let mut sent = 0u64;
+            for _ in 0..80_000 {
+                if s.send(&[0x3c; 22]).is_ok() {
+                    sent += 1;
+                }
+            }
+            Ok(sent)
+        })
+        .expect("thread in namespace")
+        .expect("flood sent");
+    t.wait_for(Duration::from_secs(15), |v| {
+        v["kind"] == "summary" && v["ended"] == true && v["drop_reason"] == "NETFILTER_DROP"
+    })
+    .expect("the rule's share told as its own summary");
+    let (stats, lines) = t.stop_with_lines().expect("stats");
+    let text = lab::tracer::transcript(&lines, lines.len());
+    let no_ports = udp_no_ports(&lab.host) - before;
+    let saved = lab
+        .host
+        .exec("iptables-save", &["-c"])
+        .expect("iptables-save");
+    let by_rule: u64 = saved
+        .lines()
+        .find(|l| l.contains("statistic") && l.contains("38211"))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the rule's counter in:\n{saved}"));
+    assert_eq!(no_ports + by_rule, sent, "the kernel's two counts");
+    let count = |reason: &str| {
+        let full = lines
+            .iter()
+            .filter(|v| v["kind"] == "verdict" && v["drop_reason"] == reason)
+            .count() as u64;
+        let summarised: u64 = lines
+            .iter()
+            .filter(|v| v["kind"] == "summary" && v["drop_reason"] == reason)
+            .map(|v| v["packets"].as_u64().unwrap_or(0))
+            .sum();
+        (full, summarised)
+    };
+    let (rule_full, rule_summarised) = count("NETFILTER_DROP");
+    let (port_full, port_summarised) = count("NO_SOCKET");
+    // Each way shown a few times (its budgeted packets, a packet that parted before its way
+    // was learnt or after the other pushed it out), not once per rule drop (2,000 of them).
+    assert!(
+        rule_full < 60,
+        "{rule_full} rule drops shown whole:\n{text}"
+    );
+    assert!(
+        rule_summarised > 1_000,
+        "{rule_summarised} counted:\n{text}"
+    );
+    assert_eq!(rule_full + rule_summarised, by_rule, "{text}");
+    assert_eq!(port_full + port_summarised, no_ports, "{text}");
+    assert_eq!(stats["lost"], 0, "{stats}");
+    assert_eq!(stats["kernel"]["uncounted"], 0, "{stats}");
+    assert!(
+        stats["kernel"]["resumed"].as_u64().is_some_and(|n| n < 60),
+        "{stats}"
+    );
+    // The rule's summary is told with the rule that dropped its packets: named by a packet
+    // that died there, though hundreds of NO_SOCKET ones were shown after it.
+    let summary = lines
+        .iter()
+        .find(|v| v["kind"] == "summary" && v["drop_reason"] == "NETFILTER_DROP")
+        .expect("found above");
+    assert_eq!(summary["outcome"], "dropped", "{summary:#}");
+    assert_eq!(summary["tuple"]["dport"], 38211, "{summary:#}");
+}

@@ -23,9 +23,10 @@ pub enum HopKind {
     /// answered). Ends that packet at once; carries only `skb` and `ts_ns`.
     FreedUnseen = 7,
     /// Not a hop: a packet of a summarised flood parted from the way its flow's packets take
-    /// (`crate::flood`) and is traced in full from its next hop. Carries `skb`, `ts_ns`, the
-    /// flow in `location` and, in `len`, how many hops it took as the flow's packets did,
-    /// which userspace shows from the flow's latest full packet.
+    /// (`crate::flood`) and is traced in full from its next hop. Carries `skb`, in `ts_ns` the
+    /// time of its first hop (the one its flood summaries name it by), the flow in `location`
+    /// and, in `len`, how many hops it took as the flow's packets did, which userspace shows
+    /// from the flow's latest full packet.
     Resumed = 8,
 }
 

@@ -9,8 +9,8 @@
 //! each hop its own running signature is compared with the flow's at the same index, and as
 //! long as they agree nothing is emitted. A quiet packet that ends where the flow's loud ones
 //! ended is counted in `SUMMARIES` under ([`SummaryKey`]: flow, final signature); one that
-//! parts from them is announced by a `Resumed` record (how many hops it shared) and traced
-//! in full from there. Since a signature folds in every hop before it, equality at one index
+//! parts from them is announced by a `Resumed` record (how many hops it shared), traced
+//! in full from there, and its way joins the flow's: the next packet like it is counted. Since a signature folds in every hop before it, equality at one index
 //! means the whole way there was the same.
 
 /// Hops of a flow's reference path kept; a quiet packet going further is traced from there.
@@ -93,8 +93,8 @@ pub struct FlowState {
     pub window: u64,
     pub full: u32,
     pub _pad: u32,
-    /// The running signatures at each hop of the flow's budgeted packets, the two latest
-    /// distinct ones (0: none yet): a flood whose packets end two ways in turn (delivered, or
+    /// The running signatures at each hop of the flow's full packets (budgeted, or quiet ones
+    /// that parted from the flow's way there), the two latest distinct ones (0: none yet): a flood whose packets end two ways in turn (delivered, or
     /// dropped by a full socket buffer) stays summarised.
     pub path: [[u32; 2]; REF_HOPS],
 }

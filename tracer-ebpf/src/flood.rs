@@ -170,9 +170,13 @@ pub fn walk(
                 let known = (*st).path[i];
                 quiet = within && (known[0] == path || known[1] == path);
             }
-            // The reference is the budgeted packets' ways, the two latest: one that parted
-            // from them (quiet until here) is the exception, not the new rule.
-            if !quiet && !was_quiet && within {
+            // The reference is the two latest ways the flow's full packets took at this hop.
+            // A quiet packet that parts from them here is shown in full (`Resumed`) and its
+            // way joins them: the next packet like it is counted. Left out, a flood that ends
+            // two ways by turns (a socket buffer full a tenth of the time) was shown in full
+            // every time its budgeted packets, all sent in one instant at the window's start,
+            // happened not to meet the rarer way.
+            if !quiet && within {
                 let known = &mut (*st).path[i];
                 if known[0] != path {
                     known[1] = known[0];
@@ -183,7 +187,7 @@ pub fn walk(
         }
     }
     if was_quiet && !quiet {
-        resumed(skb, flow, at, now, out);
+        resumed(skb, flow, at, first_ts, out);
     }
     if frees && (quiet || flooding) {
         summarise(&SummaryKey { flow, path }, quiet, first_len, first_ts, now);
@@ -220,11 +224,12 @@ pub fn carry(prior: Option<*mut Followed>) -> Walk {
     }
 }
 
-/// Emits the `Resumed` record for a quiet packet that took `hops` hops the flow's way.
+/// Emits the `Resumed` record for a quiet packet that took `hops` hops the flow's way, first
+/// seen at `first_ts`.
 #[inline(always)]
-fn resumed(skb: u64, flow: u32, hops: u8, now: u64, out: &mut MaybeUninit<HopEvent>) {
+fn resumed(skb: u64, flow: u32, hops: u8, first_ts: u64, out: &mut MaybeUninit<HopEvent>) {
     const WORDS: usize = HopEvent::HEAD_LEN / 8;
-    let record = HopEvent::resumed(now, skb, flow, u32::from(hops));
+    let record = HopEvent::resumed(first_ts, skb, flow, u32::from(hops));
     let words = out.as_mut_ptr().cast::<u64>();
     for (i, w) in record.iter().enumerate().take(WORDS) {
         // SAFETY: `i` words into a HopEvent-sized, 8-aligned buffer.

@@ -26,8 +26,9 @@ pub const IDLE_NS: u64 = 2_000_000_000;
 pub const TELL_EVERY_NS: u64 = 10_000_000_000;
 /// A summary idle this long is deleted from the kernel's map after its last read.
 pub const FORGET_NS: u64 = 60_000_000_000;
-/// Full packets kept per flow: a summary names the one its packets repeat, among these.
-const KEPT_PER_FLOW: usize = 4;
+/// Full packets kept per flow, the latest of each way it took: a summary names the one its
+/// packets repeat, among these.
+const KEPT_PER_FLOW: usize = 8;
 
 /// One telling of a flood: packets of `flow` the kernel counted since the last telling, all
 /// of which took the way `like` took and ended as it did.
@@ -150,6 +151,9 @@ impl Floods {
             self.recent.remove(&old);
         }
         let kept = self.recent.entry(flow).or_default();
+        // The latest of each way: a flood delivered a thousand times between two of its drops
+        // still has a drop to name its dropped packets by.
+        kept.retain(|r| !same_way(&r.packet.hops, &report.packet.hops));
         if kept.len() >= KEPT_PER_FLOW {
             kept.pop_front();
         }
@@ -160,7 +164,7 @@ impl Floods {
     /// from them (`HopKind::Resumed`): that packet's first `n` traced hops, marked repeated,
     /// with the netfilter hooks among and after them (the kernel does not count those: they
     /// are not part of a flood's signature).
-    pub fn shared_hops(&self, flow: u32, n: u32, skb: u64) -> Vec<Hop> {
+    pub fn shared_hops(&self, flow: u32, n: u32, skb: u64, first_ts: u64) -> Vec<Hop> {
         let Some(latest) = self.recent.get(&flow).and_then(|k| k.back()) else {
             return Vec::new();
         };
@@ -177,8 +181,12 @@ impl Floods {
                 counted += 1;
                 counted <= n
             })
-            .map(|h| Hop {
+            .enumerate()
+            .map(|(i, h)| Hop {
                 skb,
+                // This packet's first hop, when the kernel saw it (its summaries name it by
+                // that time), and the rest a nanosecond apart: the full packet's are not its.
+                ts_ns: first_ts + i as u64,
                 // Not this packet's: a fingerprint would make its next hop look like reuse.
                 fingerprint: 0,
                 repeated: true,
@@ -187,17 +195,14 @@ impl Floods {
             .collect()
     }
 
-    /// Gives a packet's repeated hops (see [`Floods::shared_hops`]) the length and time of the
-    /// first hop traced for it, in order just before it: theirs were the full packet's.
+    /// Gives a packet's repeated hops (see [`Floods::shared_hops`]) the length of the first
+    /// hop traced for it: theirs was the full packet's.
     pub fn settle_repeated(packet: &mut crate::correlate::Packet) {
-        let Some(own) = packet.hops.iter().find(|h| !h.repeated) else {
+        let Some(len) = packet.hops.iter().find(|h| !h.repeated).map(|h| h.len) else {
             return;
         };
-        let (len, ts) = (own.len, own.ts_ns);
-        let shared = packet.hops.iter().filter(|h| h.repeated).count() as u64;
-        for (i, h) in packet.hops.iter_mut().filter(|h| h.repeated).enumerate() {
+        for h in packet.hops.iter_mut().filter(|h| h.repeated) {
             h.len = len;
-            h.ts_ns = ts.saturating_sub(shared - i as u64);
         }
     }
 
@@ -257,7 +262,8 @@ impl Floods {
 }
 
 /// The kept full packet of `flow` that started closest to `reference` (its first hop's time
-/// as the kernel took it, a moment before the hop's own), else the latest.
+/// as the kernel took it, a moment before the hop's own). Without one (0), the counted
+/// packets were freed where no tracepoint fires: the latest kept that was not seen freed.
 fn like(
     recent: &HashMap<u32, VecDeque<Arc<Report>>>,
     flow: u32,
@@ -265,11 +271,37 @@ fn like(
 ) -> Option<Arc<Report>> {
     let kept = recent.get(&flow)?;
     if reference == 0 {
-        return kept.back().cloned();
+        return kept
+            .iter()
+            .rev()
+            .find(|r| !r.packet.hops.iter().any(Hop::frees))
+            .or(kept.back())
+            .cloned();
     }
     kept.iter()
         .min_by_key(|r| r.packet.first_ts().abs_diff(reference))
         .cloned()
+}
+
+/// Whether two full packets took the same way as userspace sees it: the same traced hops
+/// (kind, device, namespace, drop reason and place). The kernel's signature tells more
+/// apart (conntrack's state, TCP flags), so a kept packet per way here is at most one per
+/// way there.
+fn same_way(a: &[Hop], b: &[Hop]) -> bool {
+    let traced = |hops: &[Hop]| -> Vec<(HopKind, u32, u32, u32, u64)> {
+        hops.iter()
+            .filter(|h| !h.inferred)
+            .map(|h| {
+                let at = if h.kind == HopKind::Drop {
+                    h.location
+                } else {
+                    0
+                };
+                (h.kind, h.ifindex, h.netns, h.drop_reason, at)
+            })
+            .collect()
+    };
+    traced(a) == traced(b)
 }
 
 /// The flow the kernel summarised a packet under: from the header of its first traced hop
@@ -299,8 +331,18 @@ mod tests {
     /// A UDP datagram from 198.51.100.23 to 10.61.4.9:5353 received on the uplink and freed
     /// there for want of a socket, first seen at `ts`.
     fn dying(ts: u64, skb: u64) -> Report {
+        datagram(ts, skb, &[(HopKind::Receive, 0), (HopKind::Drop, 900)])
+    }
+
+    /// The same datagram received, then taken where no tracepoint fires (UDP frees what its
+    /// socket read without one).
+    fn taken_unseen(ts: u64, skb: u64) -> Report {
+        datagram(ts, skb, &[(HopKind::Receive, 0)])
+    }
+
+    fn datagram(ts: u64, skb: u64, way: &[(HopKind, u64)]) -> Report {
         let mut hops = Vec::new();
-        for (kind, at) in [(HopKind::Receive, 0), (HopKind::Drop, 900)] {
+        for &(kind, at) in way {
             let mut e = ev(kind, ts + at, HOST_NS, 2);
             e.skb = skb;
             e.saddr = [198, 51, 100, 23];
@@ -318,7 +360,7 @@ mod tests {
         let packet = Packet {
             skb,
             hops,
-            freed: true,
+            freed: way.len() > 1,
         };
         let flow = FlowTable::new(8).observe(&packet);
         let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_NO_SOCKET".to_owned(), 2)]);
@@ -428,20 +470,24 @@ mod tests {
         let mut floods = Floods::new(16);
         floods.remember(&dying(1_000, 0xffff_8880_0000_1000));
         let skb = 0xffff_8880_0000_9000;
-        let shared = floods.shared_hops(flow(), 1, skb);
+        // The time of its first hop, as the Resumed record carries it: its own, not the full
+        // packet's (1_000).
+        let shared = floods.shared_hops(flow(), 1, skb, 6_000_000);
         assert_eq!(shared.len(), 1);
         assert_eq!(shared[0].kind, HopKind::Receive);
         assert!(shared[0].repeated);
         assert_eq!((shared[0].skb, shared[0].fingerprint), (skb, 0));
+        assert_eq!(shared[0].ts_ns, 6_000_000);
         // Never the full packet's own end, and nothing for a flow with no full packet kept.
         assert!(
             floods
-                .shared_hops(flow(), 5, skb)
+                .shared_hops(flow(), 5, skb, 6_000_000)
                 .iter()
                 .all(|h| !h.frees())
         );
-        assert!(floods.shared_hops(flow() ^ 1, 1, skb).is_empty());
-        // Finished: the shared hop takes the length and time of the packet's own first hop.
+        assert!(floods.shared_hops(flow() ^ 1, 1, skb, 6_000_000).is_empty());
+        // Finished: the shared hop takes the length of the packet's own first hop, and keeps
+        // its time.
         let mut own = dying(7_000_000, skb).packet.hops[1];
         own.len = 428;
         let mut packet = crate::correlate::Packet {
@@ -451,6 +497,49 @@ mod tests {
         };
         Floods::settle_repeated(&mut packet);
         assert_eq!(packet.hops[0].len, 428);
-        assert_eq!(packet.hops[0].ts_ns, own.ts_ns - 1);
+        assert_eq!(packet.hops[0].ts_ns, 6_000_000);
+    }
+
+    #[test]
+    fn each_way_of_a_flood_is_named_by_a_packet_that_went_that_way() {
+        let mut floods = Floods::new(16);
+        // One datagram dropped, then many taken by the socket: the drop stays kept.
+        floods.remember(&dying(1_000, 0xffff_8880_0000_1000));
+        for i in 0..20 {
+            floods.remember(&taken_unseen(10_000 + i * 1_000, 0xffff_8880_0001_0000 + i));
+        }
+        assert_eq!(floods.recent[&flow()].len(), 2, "one per way");
+        let dropped = SummaryKey {
+            flow: flow(),
+            path: 0xd0,
+        };
+        let unseen = SummaryKey {
+            flow: flow(),
+            path: 0x7a,
+        };
+        // The drops name the latest drop by its first hop's time; the packets freed where no
+        // tracepoint fires (no reference) name the latest that was not seen freed, even with
+        // a drop kept after it.
+        floods.remember(&dying(900_000, 0xffff_8880_0000_2000));
+        let told = floods.read(
+            &[
+                (dropped, count(5_000, 50_000, 800_000, 899_990)),
+                (unseen, count(70_000, 40_000, 890_000, 0)),
+            ],
+            900_000 + IDLE_NS,
+            false,
+        );
+        let named: Vec<_> = told
+            .iter()
+            .map(|s| (s.like.as_ref().map(|r| r.packet.skb), s.json().outcome))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (Some(0xffff_8880_0000_2000), Some(Outcome::Dropped)),
+                // Not seen delivered here (no socket in the fake host): not seen dropped.
+                (Some(0xffff_8880_0001_0013), Some(Outcome::Unknown)),
+            ]
+        );
     }
 }

@@ -78,7 +78,9 @@ impl Pipeline {
             // hops it shared taken from the flow's latest full packet.
             Ok(hop) if hop.kind == tracer_common::HopKind::Resumed => {
                 if let Some(floods) = &self.floods {
-                    for shared in floods.shared_hops(hop.location as u32, hop.len, hop.skb) {
+                    let shared =
+                        floods.shared_hops(hop.location as u32, hop.len, hop.skb, hop.ts_ns);
+                    for shared in shared {
                         self.packets.push(shared, &mut self.finished);
                     }
                 }
