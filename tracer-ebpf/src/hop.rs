@@ -16,8 +16,8 @@ use crate::site::Site;
 use crate::{
     flood::{self, Walk},
     maps::{
-        Followed, count_drop, filter, floods, forget, is_reply, learn_reply, off, output,
-        remembered, replying, summarise, track,
+        Followed, count_drop, end, filter, floods, forget, is_reply, learn_reply, off, output,
+        remembered, replying, reuse, summarise, track,
     },
     skb::{
         ByConntrack, CtHold, by_conntrack, ct_hold, ct_view, device, entered, field, foreign,
@@ -44,8 +44,14 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     if skb == 0 || off!(skb_head) == 0 {
         return None; // not configured by the loader: emit nothing rather than garbage
     }
-    let slot = remembered(skb);
+    let entry = remembered(skb);
+    // With floods summarised, a freed packet's entry stays for the next packet at its
+    // address (`maps::end`): an ended one follows nothing, but is written in place. (A
+    // constant: without floods the verifier walks none of this.)
     // SAFETY: a map value pointer, valid for this program run.
+    let slot = entry.filter(|&p| !floods() || unsafe { (*p).ended } == 0);
+    let spare = if floods() { entry } else { None };
+    // SAFETY: as above.
     let remembered = slot.map(|p| unsafe { (*p).follow });
     let mut followed = false;
     if remembered.is_none() {
@@ -116,7 +122,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         }
     }
     if site.only_tracked && !tracked {
-        forget(skb);
+        stop_following(skb, slot);
         return None;
     }
     // Untracked skbs passed the filter above.
@@ -126,7 +132,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
                 .is_some_and(|f| f.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport)));
     if !tracked && !matched {
         // The address now holds another packet: forget the one we followed.
-        forget(skb);
+        stop_following(skb, slot);
         return None;
     }
     // Conntrack's view is shown where it changed since this packet's last hop (attached,
@@ -173,7 +179,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
             });
         }
         if remembered.is_some() {
-            forget(skb);
+            stop_following(skb, slot);
         }
     } else {
         // A header not seen before on this packet (its first hop, or a NAT rewrite): follow
@@ -191,9 +197,8 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
                 (*p).hops = walk.hops;
                 (*p).quiet = walk.quiet as u8;
             },
-            None if new_tuple || hold.signature != ct_shown || walk.flow != 0 => track(
-                skb,
-                &Followed {
+            None if new_tuple || hold.signature != ct_shown || walk.flow != 0 => {
+                let followed = Followed {
                     follow: value,
                     first_ts: walk.first_ts,
                     flow: walk.flow,
@@ -201,12 +206,16 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
                     len: walk.len,
                     hops: walk.hops,
                     quiet: walk.quiet as u8,
+                    ended: 0,
                     _pad: 0,
                     state: walk.state,
                     _pad2: 0,
-                },
-                remembered.is_none(),
-            ),
+                };
+                match spare {
+                    Some(p) => reuse(p, &followed),
+                    None => track(skb, &followed, remembered.is_none()),
+                }
+            }
             None => {}
         }
         if new_tuple
@@ -296,6 +305,19 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         }
     }
     Some(())
+}
+
+/// Stops following the packet at `skb`: ends its entry in place while floods are summarised
+/// (`slot`: its entry, when it is followed), else removes it.
+#[inline(always)]
+fn stop_following(skb: u64, slot: Option<*mut Followed>) {
+    if floods() {
+        if let Some(p) = slot {
+            end(p);
+        }
+    } else {
+        forget(skb);
+    }
 }
 
 /// Ends the packet followed at `skb`: its memory holds another packet now.

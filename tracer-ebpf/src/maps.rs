@@ -47,7 +47,10 @@ pub struct Followed {
     pub hops: u8,
     /// Nonzero: a quiet packet, counted rather than emitted while it keeps its flow's way.
     pub quiet: u8,
-    pub _pad: u16,
+    /// Nonzero: the packet was freed; the entry waits for the next packet at this address
+    /// (see [`end`]). Only while floods are summarised.
+    pub ended: u8,
+    pub _pad: u8,
     /// Its `FLOWS` key (`flood::state_key`).
     pub state: u32,
     pub _pad2: u32,
@@ -100,6 +103,33 @@ pub fn track(skb: u64, value: &Followed, new: bool) {
 pub fn forget(skb: u64) {
     if TRACKED.remove(&skb).is_ok() {
         add_live(-1);
+    }
+}
+
+/// Stops following the packet whose entry `p` is, leaving the entry for the next packet at
+/// its address ([`reuse`]). A flood's packets come and go at a few addresses the kernel hands
+/// round: an LRU insert and delete per packet take the map's locks, a write in place none.
+#[inline(always)]
+pub fn end(p: *mut Followed) {
+    // SAFETY: a map value pointer, valid for this program run.
+    unsafe {
+        if (*p).ended == 0 {
+            (*p).ended = 1;
+            add_live(-1);
+        }
+    }
+}
+
+/// Follows a new packet in the entry `p` another packet at its address left ([`end`]ed, or
+/// freed unseen).
+#[inline(always)]
+pub fn reuse(p: *mut Followed, value: &Followed) {
+    // SAFETY: a map value pointer, valid for this program run; `value` says `ended: 0`.
+    unsafe {
+        if (*p).ended != 0 {
+            add_live(1);
+        }
+        *p = *value;
     }
 }
 
