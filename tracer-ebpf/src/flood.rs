@@ -11,7 +11,7 @@ use tracer_common::{
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
-    maps::{Followed, filter, floods, flow_state, off, output, summarise},
+    maps::{Followed, count_known, filter, floods, flow_state, off, output, summarise},
     site::Site,
     skb::{Headers, device, field},
 };
@@ -112,8 +112,14 @@ pub fn walk(
     if budget == 0 {
         return Walk::OFF;
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock is read where it is used: a first hop's window, a free's count. (A quiet
+    // packet's hops in between need neither.)
+    let now = if prior.is_none() || frees {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     // SAFETY: a map value pointer, valid for this program run.
     let (flow, state, path, at, was_quiet, first_ts, first_len) = match prior {
         Some(p) => unsafe {
@@ -141,6 +147,19 @@ pub fn walk(
     // 6.1 verifier walks the branch below where an earlier check said `at >= REF_HOPS` and a
     // later one `at < REF_HOPS` (an impossible range it does not prune), and refuses an
     // unmasked index there.
+    // A quiet packet freed the way its flow's counted or full packets ended is counted
+    // there at once: its flow's reference need not be looked up.
+    if frees && was_quiet && count_known(&SummaryKey { flow, path }, first_len, now) {
+        return Walk {
+            flow,
+            state,
+            path,
+            hops: at.saturating_add(1),
+            quiet: true,
+            first_ts,
+            len: first_len,
+        };
+    }
     let within = (at as usize) < REF_HOPS;
     let i = (core::hint::black_box(at) as usize) & (REF_HOPS - 1);
     // Whether this flow spent its budget in this window: only then may quiet packets follow,

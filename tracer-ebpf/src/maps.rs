@@ -248,6 +248,25 @@ fn summary(key: &SummaryKey, now: u64) -> Option<*mut SummaryCount> {
 /// A packet of a flood ended the way `key` says: a quiet one (`quiet`, `len` at its first
 /// hop) is counted, or counted as uncounted; a loud one that started at `first_ts` names the
 /// story the quiet ones repeat. A subprogram: its branches end inside it.
+/// Counts a quiet packet that ended a way its flow's summary already holds: `false` when it
+/// holds none (the way is then checked against the flow's reference and counted with
+/// [`summarise`]). An entry exists only for a way a full packet of the flow ended, or a quiet
+/// one counted, so a way found here is one told before.
+#[inline(always)]
+pub fn count_known(key: &SummaryKey, len: u32, now: u64) -> bool {
+    let Some(p) = SUMMARIES.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: as in `summarise`.
+    unsafe {
+        atomic_add(&raw mut (*p).packets, 1);
+        atomic_add(&raw mut (*p).bytes, u64::from(len));
+        (*p).last_ns = now;
+    }
+    bump(counter::SUMMARISED);
+    true
+}
+
 #[inline(always)]
 pub fn summarise(key: &SummaryKey, quiet: bool, len: u32, first_ts: u64, now: u64) {
     let Some(p) = summary(key, now) else {
