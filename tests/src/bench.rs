@@ -51,7 +51,13 @@ impl Lab {
     /// Sends 18-byte datagrams to the published UDP port for `duration` (at most `max`), 64
     /// to a `sendmmsg` call: the highest rate one socket gives here.
     pub fn udp_flood(&self, duration: Duration, max: u64) -> Result<u64> {
-        let to = SocketAddrV4::new(self.config.host_addr, UDP_PORT);
+        self.udp_flood_to(UDP_PORT, duration, max)
+    }
+
+    /// [`Lab::udp_flood`] to another port of the host's address (one nothing listens on: every
+    /// datagram dies there for want of a socket).
+    pub fn udp_flood_to(&self, port: u16, duration: Duration, max: u64) -> Result<u64> {
+        let to = SocketAddrV4::new(self.config.host_addr, port);
         self.outside
             .run_in(move || -> std::io::Result<u64> {
                 let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
@@ -67,27 +73,22 @@ impl Lab {
             .context("udp flood")
     }
 
+    /// Datagrams the host's namespace dropped for want of a socket (`Udp: NoPorts`): the
+    /// kernel's own count of a drop flood.
+    pub fn host_udp_no_ports(&self) -> Result<u64> {
+        let text = self
+            .host
+            .run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+        snmp_value(&text, "Udp:", "NoPorts")
+    }
+
     /// TCP segments the container's stack has received (`Tcp: InSegs`), to count SYNs that
     /// made it through.
     pub fn container_tcp_in_segs(&self) -> Result<u64> {
         let text = self
             .container
             .run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
-        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-        let (names, values) = (
-            tcp.next().context("Tcp header")?,
-            tcp.next().context("Tcp values")?,
-        );
-        let i = names
-            .split_whitespace()
-            .position(|n| n == "InSegs")
-            .context("InSegs")?;
-        values
-            .split_whitespace()
-            .nth(i)
-            .context("InSegs value")?
-            .parse()
-            .context("InSegs number")
+        snmp_value(&text, "Tcp:", "InSegs")
     }
 
     /// Sends TCP SYNs (raw socket, source ports cycling, 64 to a `sendmmsg` call) to the
@@ -101,6 +102,26 @@ impl Lab {
         self.outside
             .run_in(move || syn_flood(src, dst, dport, duration, max))?
     }
+}
+
+/// One counter of `/proc/net/snmp`: `name` of the `group` (`Tcp:`, `Udp:`), whose header line
+/// comes before its values.
+fn snmp_value(text: &str, group: &str, name: &str) -> Result<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(group));
+    let (names, values) = (
+        lines.next().with_context(|| format!("{group} header"))?,
+        lines.next().with_context(|| format!("{group} values"))?,
+    );
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .with_context(|| format!("{group} {name}"))?;
+    values
+        .split_whitespace()
+        .nth(i)
+        .with_context(|| format!("{group} {name} value"))?
+        .parse()
+        .with_context(|| format!("{group} {name} number"))
 }
 
 /// Datagrams per `sendmmsg` call.

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lab::{Fault, Lab, LabConfig, daemon::Daemon};
+use lab::{
+    Fault, Lab, LabConfig,
+    daemon::{Daemon, series_sum},
+};
 
 /// Every line of the exposition is `name{labels} value` or a comment.
 fn assert_prometheus_text(text: &str) {
@@ -208,14 +211,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// The sum of a counter's series whose labels contain every one of `with`.
-fn series_sum(m: &str, name: &str, with: &[&str]) -> u64 {
-    m.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && with.iter().all(|w| l.contains(w)))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum()
 }
 
 /// The daemon as left on, no filter: a flood of datagrams to a port nothing listens on is
