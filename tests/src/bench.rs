@@ -54,6 +54,60 @@ impl Lab {
         self.udp_flood_to(UDP_PORT, duration, max)
     }
 
+    /// `n` more addresses of the outside namespace, on its link beside its own (the ones after
+    /// it): a flood sent from them is `n` flows (a flow is a client address to one service).
+    pub fn flow_sources(&self, n: u8) -> Result<Vec<Ipv4Addr>> {
+        let base = u32::from(self.config.outside_addr);
+        let sources: Vec<Ipv4Addr> = (1..=u32::from(n))
+            .map(|k| Ipv4Addr::from(base + k))
+            .filter(|a| *a != self.config.host_addr)
+            .collect();
+        for a in &sources {
+            self.outside.ip(&[
+                "addr",
+                "replace",
+                &format!("{a}/{}", self.config.uplink_prefix),
+                "dev",
+                "eth0",
+            ])?;
+        }
+        Ok(sources)
+    }
+
+    /// [`Lab::udp_flood`] from each of `sources` in turn (a `sendmmsg` batch each): as many
+    /// flows as sources.
+    pub fn udp_flood_from(
+        &self,
+        sources: &[Ipv4Addr],
+        duration: Duration,
+        max: u64,
+    ) -> Result<u64> {
+        let to = SocketAddrV4::new(self.config.host_addr, UDP_PORT);
+        let sources = sources.to_vec();
+        self.outside
+            .run_in(move || -> std::io::Result<u64> {
+                let sockets = sources
+                    .iter()
+                    .map(|a| {
+                        let s = UdpSocket::bind((*a, 0))?;
+                        s.connect(to)?;
+                        Ok(s)
+                    })
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let payload = [0x5au8; 18];
+                let end = Instant::now() + duration;
+                let mut sent = 0u64;
+                for s in sockets.iter().cycle() {
+                    if sent >= max || Instant::now() >= end {
+                        break;
+                    }
+                    sent += send_batch(s.as_raw_fd(), &[&payload[..]; BATCH], None)?;
+                }
+                Ok(sent)
+            })?
+            .context("udp flood from several sources")
+    }
+
     /// [`Lab::udp_flood`] to another port of the host's address (one nothing listens on: every
     /// datagram dies there for want of a socket).
     pub fn udp_flood_to(&self, port: u16, duration: Duration, max: u64) -> Result<u64> {
@@ -94,13 +148,20 @@ impl Lab {
     /// Sends TCP SYNs (raw socket, source ports cycling, 64 to a `sendmmsg` call) to the
     /// published TCP port.
     pub fn syn_flood(&self, duration: Duration, max: u64) -> Result<u64> {
-        let (src, dst, dport) = (
-            self.config.outside_addr,
-            self.config.host_addr,
-            self.config.published_port,
-        );
+        self.syn_flood_from(&[self.config.outside_addr], duration, max)
+    }
+
+    /// [`Lab::syn_flood`] with each SYN from the next of `sources`: as many flows as sources.
+    pub fn syn_flood_from(
+        &self,
+        sources: &[Ipv4Addr],
+        duration: Duration,
+        max: u64,
+    ) -> Result<u64> {
+        let (dst, dport) = (self.config.host_addr, self.config.published_port);
+        let sources = sources.to_vec();
         self.outside
-            .run_in(move || syn_flood(src, dst, dport, duration, max))?
+            .run_in(move || syn_flood(&sources, dst, dport, duration, max))?
     }
 }
 
@@ -204,12 +265,13 @@ pub fn syn_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, seq: u32
 }
 
 fn syn_flood(
-    src: Ipv4Addr,
+    sources: &[Ipv4Addr],
     dst: Ipv4Addr,
     dport: u16,
     duration: Duration,
     max: u64,
 ) -> Result<u64> {
+    anyhow::ensure!(!sources.is_empty(), "a SYN flood needs a source address");
     // SAFETY: a raw socket we own and close at the end.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if fd < 0 {
@@ -229,6 +291,7 @@ fn syn_flood(
         let packets: Vec<[u8; 40]> = (0..BATCH as u64)
             .map(|i| {
                 let n = sent + i;
+                let src = sources[n as usize % sources.len()];
                 syn_packet(src, dst, 20000 + (n % 40000) as u16, dport, n as u32)
             })
             .collect();
