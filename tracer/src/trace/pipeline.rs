@@ -97,9 +97,9 @@ impl Pipeline {
     /// back gets the connection-level check (a namespace with no route back never builds
     /// its answer, so no packet's diagnosis can say it).
     fn explained(&mut self, mut c: Connection) -> Connection {
-        let Some((packet, u)) = c.unanswered().map(|(p, u)| (p.to_owned(), u)) else {
+        if c.unanswered().is_none() {
             return c;
-        };
+        }
         let (since, n) = &mut self.route_checks;
         if since.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
             (*since, *n) = (Some(std::time::Instant::now()), 0);
@@ -108,6 +108,10 @@ impl Pipeline {
             return c;
         }
         *n += 1;
+        // Copied only once the budget allows the check.
+        let Some((packet, u)) = c.unanswered().map(|(p, u)| (p.to_owned(), u)) else {
+            return c;
+        };
         c.diagnosis = no_route_back(&mut self.resolver, &u, &packet);
         c
     }
