@@ -215,7 +215,9 @@ fn send_batch(fd: i32, payloads: &[&[u8]], to: Option<&libc::sockaddr_in>) -> st
     if n < 0 {
         let e = std::io::Error::last_os_error();
         return match e.raw_os_error() {
-            Some(libc::ENOBUFS | libc::EAGAIN) => Ok(0),
+            // ECONNREFUSED: a connected socket is told of the port unreachable a closed port
+            // answers (the drop flood's); the call sent nothing and the error is cleared.
+            Some(libc::ENOBUFS | libc::EAGAIN | libc::ECONNREFUSED) => Ok(0),
             _ => Err(e),
         };
     }

@@ -247,11 +247,21 @@ const DROP_FLOOD_PORT: u16 = 10013;
 /// kernel-side count) with the kernel's own `Udp: NoPorts`, and what it lost.
 fn daemon_drop_flood(lab: &Lab, subject: &Subject<'_>, seconds: u64) -> Result<String> {
     let daemon = start_daemon(subject)?;
-    let before = lab.host_udp_no_ports()?;
-    let started = Instant::now();
-    let sent = lab.udp_flood_to(DROP_FLOOD_PORT, Duration::from_secs(seconds), u64::MAX)?;
-    let rate = sent as f64 / started.elapsed().as_secs_f64();
-    let dropped = lab.host_udp_no_ports()? - before;
+    let flood = || -> Result<(u64, f64, u64)> {
+        let before = lab.host_udp_no_ports()?;
+        let started = Instant::now();
+        let sent = lab.udp_flood_to(DROP_FLOOD_PORT, Duration::from_secs(seconds), u64::MAX)?;
+        let rate = sent as f64 / started.elapsed().as_secs_f64();
+        Ok((sent, rate, lab.host_udp_no_ports()? - before))
+    };
+    let (sent, rate, dropped) = match flood() {
+        Ok(flooded) => flooded,
+        Err(e) => {
+            // Not left running on the bench's port.
+            let _ = daemon.stop();
+            return Err(e);
+        }
+    };
     let netns = format!("netns=\"{}\"", lab.host.name);
     let with = ["reason=\"NO_SOCKET\"", netns.as_str()];
     // The daemon reads the kernel's counts on its tick: wait for them to arrive (or not).
@@ -1006,6 +1016,12 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
             modes.extend([Mode::Untraced, extra]);
         }
     }
+    // First: a failure here shows before the rounds, not after them.
+    let drop_flood = if daemon_too && args.drop_flood > 0 {
+        Some(daemon_drop_flood(&lab, subject, args.drop_flood)?)
+    } else {
+        None
+    };
     for round in 0..args.rounds {
         for (traffic, out) in [
             (Traffic::Udp, &mut results),
@@ -1035,11 +1051,6 @@ fn measure_table(args: &BenchArgs, subject: &Subject<'_>) -> Result<String> {
     // exchange, so a few nanoseconds per call show here first.
     let syn_idle_costs = hook_costs(&lab, subject, Mode::NonMatching, Traffic::Syn, args.seconds)?;
     let (wakeups, idle_cpu) = idle_cost(subject, args.seconds)?;
-    let drop_flood = if daemon_too && args.drop_flood > 0 {
-        Some(daemon_drop_flood(&lab, subject, args.drop_flood)?)
-    } else {
-        None
-    };
 
     let (base, non, all) = (
         median_pps(&results, Mode::Untraced),
