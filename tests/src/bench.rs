@@ -82,7 +82,25 @@ impl Lab {
         duration: Duration,
         max: u64,
     ) -> Result<u64> {
-        let to = SocketAddrV4::new(self.config.host_addr, UDP_PORT);
+        self.udp_flood_between(sources, UDP_PORT, duration, max)
+    }
+
+    /// [`Lab::udp_flood`] to another port of the host's address (one nothing listens on: every
+    /// datagram dies there for want of a socket).
+    pub fn udp_flood_to(&self, port: u16, duration: Duration, max: u64) -> Result<u64> {
+        self.udp_flood_between(&[self.config.outside_addr], port, duration, max)
+    }
+
+    /// 18-byte datagrams from each of `sources` in turn, a `sendmmsg` batch each, to `port`
+    /// of the host's address, for `duration` (at most `max`).
+    fn udp_flood_between(
+        &self,
+        sources: &[Ipv4Addr],
+        port: u16,
+        duration: Duration,
+        max: u64,
+    ) -> Result<u64> {
+        let to = SocketAddrV4::new(self.config.host_addr, port);
         let sources = sources.to_vec();
         self.outside
             .run_in(move || -> std::io::Result<u64> {
@@ -101,25 +119,6 @@ impl Lab {
                     if sent >= max || Instant::now() >= end {
                         break;
                     }
-                    sent += send_batch(s.as_raw_fd(), &[&payload[..]; BATCH], None)?;
-                }
-                Ok(sent)
-            })?
-            .context("udp flood from several sources")
-    }
-
-    /// [`Lab::udp_flood`] to another port of the host's address (one nothing listens on: every
-    /// datagram dies there for want of a socket).
-    pub fn udp_flood_to(&self, port: u16, duration: Duration, max: u64) -> Result<u64> {
-        let to = SocketAddrV4::new(self.config.host_addr, port);
-        self.outside
-            .run_in(move || -> std::io::Result<u64> {
-                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-                s.connect(to)?;
-                let payload = [0x5au8; 18];
-                let end = Instant::now() + duration;
-                let mut sent = 0u64;
-                while sent < max && Instant::now() < end {
                     sent += send_batch(s.as_raw_fd(), &[&payload[..]; BATCH], None)?;
                 }
                 Ok(sent)

@@ -143,10 +143,6 @@ pub fn walk(
             first.1,
         ),
     };
-    // The index masked where it is used, and through `black_box` so LLVM keeps the mask: a
-    // 6.1 verifier walks the branch below where an earlier check said `at >= REF_HOPS` and a
-    // later one `at < REF_HOPS` (an impossible range it does not prune), and refuses an
-    // unmasked index there.
     // A quiet packet freed the way its flow's counted or full packets ended is counted
     // there at once: its flow's reference need not be looked up.
     if frees && was_quiet && count_known(&SummaryKey { flow, path }, first_len, now) {
@@ -160,6 +156,10 @@ pub fn walk(
             len: first_len,
         };
     }
+    // The index masked where it is used, and through `black_box` so LLVM keeps the mask: a
+    // 6.1 verifier walks the branch below where an earlier check said `at >= REF_HOPS` and a
+    // later one `at < REF_HOPS` (an impossible range it does not prune), and refuses an
+    // unmasked index there.
     let within = (at as usize) < REF_HOPS;
     let i = (core::hint::black_box(at) as usize) & (REF_HOPS - 1);
     // Whether this flow spent its budget in this window: only then may quiet packets follow,

@@ -245,9 +245,6 @@ fn summary(key: &SummaryKey, now: u64) -> Option<*mut SummaryCount> {
     Some(p)
 }
 
-/// A packet of a flood ended the way `key` says: a quiet one (`quiet`, `len` at its first
-/// hop) is counted, or counted as uncounted; a loud one that started at `first_ts` names the
-/// story the quiet ones repeat. A subprogram: its branches end inside it.
 /// Counts a quiet packet that ended a way its flow's summary already holds: `false` when it
 /// holds none (the way is then checked against the flow's reference and counted with
 /// [`summarise`]). An entry exists only for a way a full packet of the flow ended, or a quiet
@@ -257,16 +254,25 @@ pub fn count_known(key: &SummaryKey, len: u32, now: u64) -> bool {
     let Some(p) = SUMMARIES.get_ptr_mut(key) else {
         return false;
     };
-    // SAFETY: as in `summarise`.
+    count_quiet(p, len, now);
+    true
+}
+
+/// One quiet packet more in the summary entry `p`.
+#[inline(always)]
+fn count_quiet(p: *mut SummaryCount, len: u32, now: u64) {
+    // SAFETY: a map value pointer, valid for this run; other CPUs add concurrently.
     unsafe {
         atomic_add(&raw mut (*p).packets, 1);
         atomic_add(&raw mut (*p).bytes, u64::from(len));
         (*p).last_ns = now;
     }
     bump(counter::SUMMARISED);
-    true
 }
 
+/// A packet of a flood ended the way `key` says: a quiet one (`quiet`, `len` at its first
+/// hop) is counted, or counted as uncounted; a loud one that started at `first_ts` names the
+/// story the quiet ones repeat. A subprogram: its branches end inside it.
 #[inline(always)]
 pub fn summarise(key: &SummaryKey, quiet: bool, len: u32, first_ts: u64, now: u64) {
     let Some(p) = summary(key, now) else {
@@ -275,19 +281,12 @@ pub fn summarise(key: &SummaryKey, quiet: bool, len: u32, first_ts: u64, now: u6
         }
         return;
     };
-    // SAFETY: a map value pointer, valid for this run; other CPUs add concurrently, and a
-    // racing reference writer leaves one of two loud packets, both of which ended this way.
-    unsafe {
-        if quiet {
-            atomic_add(&raw mut (*p).packets, 1);
-            atomic_add(&raw mut (*p).bytes, u64::from(len));
-            (*p).last_ns = now;
-        } else {
-            (*p).reference = first_ts;
-        }
-    }
     if quiet {
-        bump(counter::SUMMARISED);
+        count_quiet(p, len, now);
+    } else {
+        // SAFETY: a map value pointer, valid for this run; a racing reference writer leaves
+        // one of two loud packets, both of which ended this way.
+        unsafe { (*p).reference = first_ts };
     }
 }
 
