@@ -37,9 +37,13 @@ pub struct BenchArgs {
     pub vm: bool,
     /// Measure only the non-matching ratio of this flood (udp or syn): untraced and traced runs
     /// alternate with nothing else between them, so the same time buys three times the pairs
-    /// where the goal is tightest. Prints the ratio; writes nothing.
+    /// where the goal is tightest. Prints the ratio and the programs' run time per call (one
+    /// more run, with the kernel's accounting on); writes nothing.
     #[arg(long, value_name = "FLOOD", value_parser = parse_flood, conflicts_with = "vm")]
     pub only: Option<Traffic>,
+    /// With --only: every flood packet matching (summarised, the default) instead of none.
+    #[arg(long, requires = "only")]
+    pub matching: bool,
     /// With --only: trace with this hook set (pathtrace's --hooks) instead of a trace's
     /// default: `path` traces transmits, `drops` is the set meant to be left running.
     #[arg(long, value_name = "SET", requires = "only", value_parser = ["path", "receive", "drops"])]
@@ -826,7 +830,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         hooks: args.hooks.as_deref(),
     };
     if let Some(traffic) = args.only {
-        return non_matching_only(&args, &subject, traffic);
+        return only(&args, &subject, traffic);
     }
     let pipeline = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(root())
@@ -939,15 +943,21 @@ fn flood_row(name: &str, how: &str, runs: &[&Run]) -> String {
     )
 }
 
-/// `--only`: untraced and non-matching runs of one flood, alternating, and their ratio.
-fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) -> Result<()> {
+/// `--only`: untraced and traced runs of one flood, alternating, their ratio, and what each
+/// program cost per call in one more traced run.
+fn only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) -> Result<()> {
     if args.rounds == 0 {
         bail!("--only measures a ratio: give it --rounds of 1 or more (6 for an interval)");
     }
+    let traced = if args.matching {
+        Mode::Matching
+    } else {
+        Mode::NonMatching
+    };
     let (lab, sink) = warm_lab()?;
     let mut results: Vec<(Mode, Run)> = Vec::new();
     for round in 0..args.rounds {
-        for mode in [Mode::Untraced, Mode::NonMatching] {
+        for mode in [Mode::Untraced, traced] {
             let r = measure(&lab, &sink, subject, mode, traffic, args.seconds)?;
             log_run(round, traffic, mode, &r);
             results.push((mode, r));
@@ -955,16 +965,27 @@ fn non_matching_only(args: &BenchArgs, subject: &Subject<'_>, traffic: Traffic) 
     }
     let r = measure(&lab, &sink, subject, Mode::Untraced, traffic, args.seconds)?;
     results.push((Mode::Untraced, r));
+    let costs = hook_costs(&lab, subject, traced, traffic, args.seconds)?;
     println!(
-        "`cargo xtask bench --only {}{} --rounds {} --seconds {}`: {traffic:?} flood, filter matching nothing / untraced: {}",
+        "`cargo xtask bench --only {}{}{} --rounds {} --seconds {}`: {traffic:?} flood, {} / untraced: {}; per busy CPU-second: {}",
         traffic.name(),
+        if args.matching { " --matching" } else { "" },
         subject
             .hooks
             .map_or_else(String::new, |set| format!(" --hooks {set}")),
         args.rounds,
         args.seconds,
-        Ratio::of(&results, Mode::NonMatching, Measure::Throughput)
+        if args.matching {
+            "every packet matching"
+        } else {
+            "filter matching nothing"
+        },
+        Ratio::of(&results, traced, Measure::Throughput),
+        Ratio::of(&results, traced, Measure::PerCpu)
     );
+    for (name, ns, calls) in costs.iter().filter(|(_, _, calls)| *calls > 0) {
+        println!("  BPF `{name}`: {ns:.0} ns/call ({calls} calls)");
+    }
     Ok(())
 }
 
