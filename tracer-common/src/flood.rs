@@ -132,7 +132,9 @@ pub struct SummaryCount {
     pub packets: u64,
     /// `skb->len` at each packet's first hop, summed.
     pub bytes: u64,
-    /// `bpf_ktime_get_ns` of the first and the latest packet counted.
+    /// `bpf_ktime_get_ns` at the first hop of the first and of the latest packet counted (the
+    /// time it was first seen, kept since: reading the clock again where it ends costs a helper
+    /// call per packet, and a flood's rate does not notice a packet's microseconds in transit).
     pub first_ns: u64,
     pub last_ns: u64,
     /// The first hop's time of the latest loud packet that ended this way: the packet whose

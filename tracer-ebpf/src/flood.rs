@@ -112,9 +112,10 @@ pub fn walk(
     if budget == 0 {
         return Walk::OFF;
     }
-    // The clock is read where it is used: a first hop's window, a free's count. (A quiet
-    // packet's hops in between need neither.)
-    let now = if prior.is_none() || frees {
+    // The clock is read at a packet's first hop only (its budget's window); where it ends it
+    // is counted at that time (`first_ts`), not the clock's again: a helper call less on every
+    // packet of a flood.
+    let now = if prior.is_none() {
         // SAFETY: helper without preconditions.
         unsafe { bpf_ktime_get_ns() }
     } else {
@@ -145,7 +146,7 @@ pub fn walk(
     };
     // A quiet packet freed the way its flow's counted or full packets ended is counted
     // there at once: its flow's reference need not be looked up.
-    if frees && was_quiet && count_known(&SummaryKey { flow, path }, first_len, now) {
+    if frees && was_quiet && count_known(&SummaryKey { flow, path }, first_len, first_ts) {
         return Walk {
             flow,
             state,
@@ -209,7 +210,7 @@ pub fn walk(
         resumed(skb, flow, at, first_ts, out);
     }
     if frees && (quiet || flooding) {
-        summarise(&SummaryKey { flow, path }, quiet, first_len, first_ts, now);
+        summarise(&SummaryKey { flow, path }, quiet, first_len, first_ts);
     }
     Walk {
         flow,

@@ -105,18 +105,18 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         // quiet one is counted where it got to.
         // SAFETY: as above.
         if floods() && unsafe { (*p).quiet } != 0 {
-            // SAFETY: as above; helper without preconditions.
-            let (key, len, now) = unsafe {
+            // SAFETY: as above.
+            let (key, len, seen) = unsafe {
                 (
                     SummaryKey {
                         flow: (*p).flow,
                         path: (*p).path,
                     },
                     (*p).len,
-                    bpf_ktime_get_ns(),
+                    (*p).first_ts,
                 )
             };
-            summarise(&key, true, len, 0, now);
+            summarise(&key, true, len, seen);
         } else {
             freed_unseen(skb);
         }

@@ -245,48 +245,48 @@ fn summary(key: &SummaryKey, now: u64) -> Option<*mut SummaryCount> {
     Some(p)
 }
 
-/// Counts a quiet packet that ended a way its flow's summary already holds: `false` when it
-/// holds none (the way is then checked against the flow's reference and counted with
-/// [`summarise`]). An entry exists only for a way a full packet of the flow ended, or a quiet
-/// one counted, so a way found here is one told before.
+/// Counts a quiet packet first seen at `seen` that ended a way its flow's summary already
+/// holds: `false` when it holds none (the way is then checked against the flow's reference and
+/// counted with [`summarise`]). An entry exists only for a way a full packet of the flow
+/// ended, or a quiet one counted, so a way found here is one told before.
 #[inline(always)]
-pub fn count_known(key: &SummaryKey, len: u32, now: u64) -> bool {
+pub fn count_known(key: &SummaryKey, len: u32, seen: u64) -> bool {
     let Some(p) = SUMMARIES.get_ptr_mut(key) else {
         return false;
     };
-    count_quiet(p, len, now);
+    count_quiet(p, len, seen);
     true
 }
 
 /// One quiet packet more in the summary entry `p`.
 #[inline(always)]
-fn count_quiet(p: *mut SummaryCount, len: u32, now: u64) {
+fn count_quiet(p: *mut SummaryCount, len: u32, seen: u64) {
     // SAFETY: a map value pointer, valid for this run; other CPUs add concurrently.
     unsafe {
         atomic_add(&raw mut (*p).packets, 1);
         atomic_add(&raw mut (*p).bytes, u64::from(len));
-        (*p).last_ns = now;
+        (*p).last_ns = seen;
     }
     bump(counter::SUMMARISED);
 }
 
-/// A packet of a flood ended the way `key` says: a quiet one (`quiet`, `len` at its first
-/// hop) is counted, or counted as uncounted; a loud one that started at `first_ts` names the
-/// story the quiet ones repeat. A subprogram: its branches end inside it.
+/// A packet of a flood, first seen at `seen` (`len` long then), ended the way `key` says: a
+/// quiet one (`quiet`) is counted, or counted as uncounted; a loud one names the story the
+/// quiet ones repeat. A subprogram: its branches end inside it.
 #[inline(always)]
-pub fn summarise(key: &SummaryKey, quiet: bool, len: u32, first_ts: u64, now: u64) {
-    let Some(p) = summary(key, now) else {
+pub fn summarise(key: &SummaryKey, quiet: bool, len: u32, seen: u64) {
+    let Some(p) = summary(key, seen) else {
         if quiet {
             bump(counter::UNCOUNTED);
         }
         return;
     };
     if quiet {
-        count_quiet(p, len, now);
+        count_quiet(p, len, seen);
     } else {
         // SAFETY: a map value pointer, valid for this run; a racing reference writer leaves
         // one of two loud packets, both of which ended this way.
-        unsafe { (*p).reference = first_ts };
+        unsafe { (*p).reference = seen };
     }
 }
 

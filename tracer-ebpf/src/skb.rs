@@ -696,23 +696,19 @@ fn load<T: Copy>(p: u64, off: u64) -> T {
 /// 0xffff... on arm64. What is below is not a pointer (`_nfct`'s `IP_CT_UNTRACKED`, zero).
 const KERNEL_ADDRESSES: u64 = 1 << 63;
 
-/// `(ifindex, netns inode)` of a `struct net_device *`; zeros for a null device. With
+/// `(ifindex, netns inode)` of a `struct net_device *`; zeros for anything else. With
 /// [`Access::Direct`] (a BTF-typed device, and the `struct net *` it points to is typed too)
 /// these are plain loads; otherwise three helper calls.
 #[inline(always)]
 pub fn device(dev: u64, access: Access) -> (u32, u32) {
-    if dev == 0 {
+    // `skb->dev` shares its word with `dev_scratch`, which UDP fills for queued skbs: at
+    // consume_skb it is a length, not a device. What is not a kernel address is no device:
+    // zeros at once. A direct load from it would fault (~1.5 µs for the fixup), and the
+    // helper, which refuses it without a fault, still costs two calls on every datagram a
+    // socket consumes (each call's return is dear on CPUs whose returns are mitigated).
+    if dev < KERNEL_ADDRESSES {
         return (0, 0);
     }
-    // `skb->dev` shares its word with `dev_scratch`, which UDP fills for queued skbs: at
-    // consume_skb it is a length, not a device. A direct load from such a value (non-canonical
-    // on x86-64) faults and costs the fault's fixup, ~1.5 µs; the helper rejects it without a
-    // fault. So only what looks like a kernel address is loaded directly.
-    let access = if dev < KERNEL_ADDRESSES {
-        Access::Probe
-    } else {
-        access
-    };
     let ifindex = field::<u32>(dev, off!(dev_ifindex), access).unwrap_or(0);
     let netns = match field::<u64>(dev, off!(dev_nd_net), access) {
         Some(net) if net != 0 => field::<u32>(net, off!(net_ns_inum), access).unwrap_or(0),
