@@ -36,8 +36,9 @@ pub const fn flow_id(saddr: [u8; 4], daddr: [u8; 4], proto: u8, dport: u16) -> u
 
 /// What makes one hop the same as another's: where (hook kind, device and its namespace, the
 /// bridge or veth peer, the netfilter hook), how the packet looked (its header after NAT as
-/// [`flow_id`] folds it, without the source port,
-/// conntrack's signature, its TCP flags) and, for a drop, why and where it was freed.
+/// [`flow_id`] folds it, without the source port, conntrack's signature, its TCP flags; the
+/// header and flags are left out (0) where a followed packet is freed, which its last hop
+/// already told) and, for a drop, why and where it was freed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HopShape {
     pub kind: u8,

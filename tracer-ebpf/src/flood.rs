@@ -64,7 +64,10 @@ pub fn hop(
     let (ifindex, netns) = device(site.device(skb), site.access);
     let (peer_ifindex, _) = device(site.peer_dev, site.access);
     // The header as a flow is: without the source port, so a SYN flood from ephemeral ports
-    // takes one way; a NAT of either address or the destination port still shows.
+    // takes one way; a NAT of either address or the destination port still shows. Where a
+    // followed packet ends, its way is told by where and why alone: its header is the one its
+    // last hop folded in, and a quiet one's is not read there (`hop::build`).
+    let ends = site.frees && prior.is_some();
     let tuple = flow_id(h.saddr, h.daddr, h.proto, h.dport);
     let shape = HopShape {
         kind: site.kind as u8,
@@ -73,9 +76,9 @@ pub fn hop(
         peer_ifindex,
         nf_hook: site.nf_hook,
         nf_family: site.nf_family,
-        tcp_flags: h.tcp_flags,
+        tcp_flags: if ends { 0 } else { h.tcp_flags },
         conntrack,
-        tuple,
+        tuple: if ends { 0 } else { tuple },
         drop_reason: site.drop_reason,
         location: if site.kind == HopKind::Drop {
             site.location

@@ -17,11 +17,11 @@ use crate::{
     flood::{self, Walk},
     maps::{
         Followed, count_drop, end, filter, floods, forget, is_reply, learn_reply, off, output,
-        remembered, replying, reuse, summarise, track,
+        remembered, replying, revive, summarise, track,
     },
     skb::{
-        ByConntrack, CtHold, by_conntrack, ct_hold, ct_view, device, entered, field, foreign,
-        headers, passes, quote, read, reply_key,
+        ByConntrack, CtHold, Headers, by_conntrack, ct_hold, ct_view, device, entered, field,
+        foreign, headers, passes, quote, read, reply_key,
     },
 };
 
@@ -88,17 +88,35 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
             }
         }
     }
-    let h = headers(skb, site.l3_at_data, site.access);
-    let fp = h.fingerprint();
-    let tracked = match remembered {
-        // An unreadable IPv4 header (0) proves nothing either way: keep following. Another
-        // protocol does: ARP, IPv6 or a socket's buffer now lives at this address.
-        Some(v) => {
-            let was = follow::fingerprint(v);
-            was == fp || ((was == 0 || fp == 0) && !foreign(skb, site.access))
-        }
-        None => false,
+    // A quiet packet's end (consume_skb) is the packet its last hop saw while the skb holds
+    // that hop's buffer, which the kernel's free reads anyway: its header is not read then.
+    // The socket that took the packet's bytes left that line in another CPU's cache, and the
+    // miss cost a consume under a flood a fifth of its time. (Another packet freed here unseen,
+    // given the same buffer and ending without a traced hop on its way, would be counted in
+    // the flood: the price of not reading it.) A constant `false` in every other program.
+    let quiet_end = site.frees
+        && site.kind != HopKind::Drop
+        && floods()
+        // SAFETY: as above.
+        && slot.is_some_and(|p| unsafe { (*p).quiet != 0 && (*p).head != 0 })
+        // SAFETY: as above.
+        && slot.map(|p| unsafe { (*p).head }) == field::<u64>(skb, off!(skb_head), site.access);
+    let mut h = if quiet_end {
+        Headers::default()
+    } else {
+        headers(skb, site.l3_at_data, site.access)
     };
+    let mut fp = h.fingerprint();
+    let tracked = quiet_end
+        || match remembered {
+            // An unreadable IPv4 header (0) proves nothing either way: keep following. Another
+            // protocol does: ARP, IPv6 or a socket's buffer now lives at this address.
+            Some(v) => {
+                let was = follow::fingerprint(v);
+                was == fp || ((was == 0 || fp == 0) && !foreign(skb, site.access))
+            }
+            None => false,
+        };
     if !tracked && let Some(p) = slot {
         // The packet followed here was freed where no tracepoint fires: say so now, or it
         // would wait for its idle timeout (or swallow the next packet at this address). A
@@ -118,7 +136,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
             };
             summarise(&key, true, len, seen);
         } else {
-            freed_unseen(skb);
+            freed_unseen(skb, out);
         }
     }
     if site.only_tracked && !tracked {
@@ -126,10 +144,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         return None;
     }
     // Untracked skbs passed the filter above.
-    let matched = remembered.is_none()
-        || (h.ipv4
-            && filter()
-                .is_some_and(|f| f.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport)));
+    let mut matched = remembered.is_none() || matches(&h);
     if !tracked && !matched {
         // The address now holds another packet: forget the one we followed.
         stop_following(skb, slot);
@@ -189,31 +204,43 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         let th = key.hash32();
         let new_tuple = was.is_none_or(|v| !follow::same_tuple(v, th));
         let value = follow::remember(fp, th, hold.signature);
+        let head = if floods() {
+            field::<u64>(skb, off!(skb_head), site.access).unwrap_or(0)
+        } else {
+            0
+        };
         match prior {
             // SAFETY: the map value this run looked up; written in place, no helper call.
             Some(p) => unsafe {
                 (*p).follow = value;
+                (*p).head = head;
                 (*p).path = walk.path;
                 (*p).hops = walk.hops;
                 (*p).quiet = walk.quiet as u8;
             },
             None if new_tuple || hold.signature != ct_shown || walk.flow != 0 => {
-                let followed = Followed {
-                    follow: value,
-                    first_ts: walk.first_ts,
-                    flow: walk.flow,
-                    path: walk.path,
-                    len: walk.len,
-                    hops: walk.hops,
-                    quiet: walk.quiet as u8,
-                    ended: 0,
-                    _pad: 0,
-                    state: walk.state,
-                    _pad2: 0,
+                // Written field by field into the entry: a whole `Followed` built on the stack
+                // cost the kprobe programs' frames the bytes a 6.1 verifier no longer had.
+                let entry = match spare {
+                    Some(p) => {
+                        revive(p);
+                        Some(p)
+                    }
+                    None => track(skb, remembered.is_none()),
                 };
-                match spare {
-                    Some(p) => reuse(p, &followed),
-                    None => track(skb, &followed, remembered.is_none()),
+                if let Some(p) = entry {
+                    // SAFETY: the map value just looked up or inserted, valid for this run.
+                    unsafe {
+                        (*p).follow = value;
+                        (*p).first_ts = walk.first_ts;
+                        (*p).flow = walk.flow;
+                        (*p).path = walk.path;
+                        (*p).len = walk.len;
+                        (*p).hops = walk.hops;
+                        (*p).quiet = walk.quiet as u8;
+                        (*p).state = walk.state;
+                        (*p).head = head;
+                    }
                 }
             }
             None => {}
@@ -229,6 +256,14 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     }
     if walk.quiet {
         return None;
+    }
+    // A quiet end that parted from its flow's way is shown: its header is read now (into the
+    // same slots: a second copy would take stack the kprobe programs' frames on a 6.1 kernel
+    // do not have).
+    if quiet_end {
+        h = headers(skb, site.l3_at_data, site.access);
+        fp = h.fingerprint();
+        matched = matches(&h);
     }
 
     let site = site.completed();
@@ -307,6 +342,12 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     Some(())
 }
 
+/// Whether the header `h` passes the filter (none set: no).
+#[inline(always)]
+fn matches(h: &Headers) -> bool {
+    h.ipv4 && filter().is_some_and(|f| f.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport))
+}
+
 /// Stops following the packet at `skb`: ends its entry in place while floods are summarised
 /// (`slot`: its entry, when it is followed), else removes it.
 #[inline(always)]
@@ -320,15 +361,22 @@ fn stop_following(skb: u64, slot: Option<*mut Followed>) {
     }
 }
 
-/// Ends the packet followed at `skb`: its memory holds another packet now.
+/// Ends the packet followed at `skb`: its memory holds another packet now. The record is
+/// written word by word into `out` (which the hop's event overwrites after): built whole on
+/// the stack, LLVM zeroes it with a `memset` call, a third frame the 6.1 verifier adds to the
+/// kprobe programs' and finds over its 512 bytes.
 #[inline(always)]
-fn freed_unseen(skb: u64) {
+fn freed_unseen(skb: u64, out: &mut MaybeUninit<HopEvent>) {
+    const WORDS: usize = HopEvent::HEAD_LEN / 8;
     // SAFETY: helper without preconditions.
     let record = HopEvent::freed_unseen(unsafe { bpf_ktime_get_ns() }, skb);
-    // SAFETY: plain integers viewed as the bytes of a head record.
-    let bytes =
-        unsafe { core::slice::from_raw_parts(record.as_ptr().cast::<u8>(), HopEvent::HEAD_LEN) };
-    output(bytes);
+    let words = out.as_mut_ptr().cast::<u64>();
+    for (i, w) in record.iter().enumerate().take(WORDS) {
+        // SAFETY: `i` words into a HopEvent-sized, 8-aligned buffer.
+        unsafe { core::ptr::write_volatile(words.add(i), *w) };
+    }
+    // SAFETY: the head's words were just written.
+    output(unsafe { core::slice::from_raw_parts(words.cast::<u8>(), HopEvent::HEAD_LEN) });
 }
 
 /// Writes one event to the ring buffer, counting it as emitted or lost.

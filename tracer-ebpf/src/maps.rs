@@ -54,6 +54,10 @@ pub struct Followed {
     /// Its `FLOWS` key (`flood::state_key`).
     pub state: u32,
     pub _pad2: u32,
+    /// `skb->head` at its last hop (floods only): a quiet packet whose end finds the same
+    /// buffer is the one followed, its header not read again (`hop::build`). Whole: the
+    /// verifier takes the field for a pointer, which it lets no one cut in half.
+    pub head: u64,
 }
 
 /// Entries in [`TRACKED`], counted on a new insert and on a successful remove. LRU evictions
@@ -86,17 +90,37 @@ pub fn remembered(skb: u64) -> Option<*mut Followed> {
     TRACKED.get_ptr_mut(&skb)
 }
 
-/// Remembers `skb` with `value`; `new` when it was not tracked before.
+/// Follows `skb` in a fresh entry (`new`: it was not followed before), which the caller fills
+/// in place: inserted from global data, so no whole value is built on a stack near its limit.
 #[inline(always)]
-pub fn track(skb: u64, value: &Followed, new: bool) {
-    match TRACKED.insert(&skb, value, 0) {
+pub fn track(skb: u64, new: bool) -> Option<*mut Followed> {
+    match TRACKED.insert(&skb, &EMPTY_FOLLOWED, 0) {
         Ok(()) if new => {
             add_live(1);
         }
         Ok(()) => {}
-        Err(_) => bump(counter::TRACK_FAILED),
+        Err(_) => {
+            bump(counter::TRACK_FAILED);
+            return None;
+        }
     }
+    TRACKED.get_ptr_mut(&skb)
 }
+
+static EMPTY_FOLLOWED: Followed = Followed {
+    follow: 0,
+    first_ts: 0,
+    flow: 0,
+    path: 0,
+    len: 0,
+    hops: 0,
+    quiet: 0,
+    ended: 0,
+    _pad: 0,
+    state: 0,
+    _pad2: 0,
+    head: 0,
+};
 
 /// Stops following `skb`.
 #[inline(always)]
@@ -107,7 +131,7 @@ pub fn forget(skb: u64) {
 }
 
 /// Stops following the packet whose entry `p` is, leaving the entry for the next packet at
-/// its address ([`reuse`]). A flood's packets come and go at a few addresses the kernel hands
+/// its address ([`revive`]). A flood's packets come and go at a few addresses the kernel hands
 /// round: an LRU insert and delete per packet take the map's locks, a write in place none.
 #[inline(always)]
 pub fn end(p: *mut Followed) {
@@ -121,15 +145,15 @@ pub fn end(p: *mut Followed) {
 }
 
 /// Follows a new packet in the entry `p` another packet at its address left ([`end`]ed, or
-/// freed unseen).
+/// freed unseen); the caller fills it in place.
 #[inline(always)]
-pub fn reuse(p: *mut Followed, value: &Followed) {
-    // SAFETY: a map value pointer, valid for this program run; `value` says `ended: 0`.
+pub fn revive(p: *mut Followed) {
+    // SAFETY: a map value pointer, valid for this program run.
     unsafe {
         if (*p).ended != 0 {
+            (*p).ended = 0;
             add_live(1);
         }
-        *p = *value;
     }
 }
 
