@@ -1284,7 +1284,7 @@ fn write_doc(args: &BenchArgs, table: &str) -> Result<()> {
          Reproduce (root, a fresh clone; `cargo xtask setup` installs what is missing):\n\n\
          ```sh\n\
          cargo xtask bench --rounds {rounds} --seconds {seconds}   # this table, written here\n\
-         cargo xtask bench --only syn --rounds 20    # one ratio, printed: non-matching SYN (or udp; --hooks drops|path)\n\
+         cargo xtask bench --only syn --rounds 20    # one ratio, printed: non-matching SYN (or udp; --hooks drops|path; --matching)\n\
          cargo xtask bench --vm --rounds 2           # fentry and kprobe in the kernel lab's VM, printed\n\
          cargo bench -p tracer --bench pipeline      # userspace decode + correlation alone\n\
          ```\n\n{table}\n\
