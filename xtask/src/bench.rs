@@ -35,9 +35,9 @@ pub struct BenchArgs {
     /// printed, not written.
     #[arg(long)]
     pub vm: bool,
-    /// Measure only the non-matching ratio of this flood (udp or syn): untraced and traced runs
-    /// alternate with nothing else between them, so the same time buys three times the pairs
-    /// where the goal is tightest. Prints the ratio and the programs' run time per call (one
+    /// Measure only one ratio of this flood (udp or syn), the non-matching one unless
+    /// `--matching`: untraced and traced runs alternate with nothing else between them, so the
+    /// same time buys three times the pairs where the goal is tightest. Prints the ratio and the programs' run time per call (one
     /// more run, with the kernel's accounting on); writes nothing.
     #[arg(long, value_name = "FLOOD", value_parser = parse_flood, conflicts_with = "vm")]
     pub only: Option<Traffic>,
