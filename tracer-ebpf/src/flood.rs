@@ -1,8 +1,6 @@
 //! Floods summarised in place (`tracer_common::flood`): which hops of a followed packet are
 //! emitted, and where a quiet one is counted instead.
 
-use core::mem::MaybeUninit;
-
 use tracer_common::{
     HopEvent, HopKind,
     flood::{HopShape, REF_HOPS, SummaryKey, WINDOW_SHIFT, flow_id, hop_code, state_key, step},
@@ -11,6 +9,7 @@ use tracer_common::{
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
+    hop::EventBuf,
     maps::{Followed, count_known, filter, floods, flow_state, off, output, summarise},
     site::Site,
     skb::{Headers, device, field},
@@ -50,13 +49,13 @@ impl Walk {
 /// kept for the event, so a load without floods keeps nothing more alive across the map
 /// calls that follow.
 #[inline(always)]
-pub fn hop(
+pub fn hop<B: EventBuf>(
     skb: u64,
     site: Site,
     h: &Headers,
     conntrack: u8,
     prior: Option<*mut Followed>,
-    out: &mut MaybeUninit<HopEvent>,
+    buf: &B,
 ) -> Walk {
     if site.kind == HopKind::NetfilterHook {
         return carry(prior);
@@ -91,22 +90,22 @@ pub fn hop(
     } else {
         0
     };
-    walk(skb, prior, hop_code(&shape), site.frees, (tuple, len), out)
+    walk(skb, prior, hop_code(&shape), site.frees, (tuple, len), buf)
 }
 
 /// Decides whether this hop of the packet at `skb` is emitted. `prior`: what its earlier hops
 /// left (`None` on its first); `code` the hop's (`flood::hop_code`); `first`: the flow its
 /// header names and its length, for a first hop. A quiet packet that parts from its flow's
-/// way here gets a `Resumed` record (written through `out`, which the hop's event overwrites
+/// way here gets a `Resumed` record (written in `buf`, which the hop's event overwrites
 /// after), and one that is freed here is counted.
 #[inline(always)]
-pub fn walk(
+pub fn walk<B: EventBuf>(
     skb: u64,
     prior: Option<*mut Followed>,
     code: u32,
     frees: bool,
     first: (u32, u32),
-    out: &mut MaybeUninit<HopEvent>,
+    buf: &B,
 ) -> Walk {
     if !floods() {
         return Walk::OFF;
@@ -210,7 +209,7 @@ pub fn walk(
         }
     }
     if was_quiet && !quiet {
-        resumed(skb, flow, at, first_ts, out);
+        resumed(skb, flow, at, first_ts, buf);
     }
     if frees && (quiet || flooding) {
         summarise(&SummaryKey { flow, path }, quiet, first_len, first_ts);
@@ -250,8 +249,11 @@ pub fn carry(prior: Option<*mut Followed>) -> Walk {
 /// Emits the `Resumed` record for a quiet packet that took `hops` hops the flow's way, first
 /// seen at `first_ts`.
 #[inline(always)]
-fn resumed(skb: u64, flow: u32, hops: u8, first_ts: u64, out: &mut MaybeUninit<HopEvent>) {
+fn resumed<B: EventBuf>(skb: u64, flow: u32, hops: u8, first_ts: u64, buf: &B) {
     const WORDS: usize = HopEvent::HEAD_LEN / 8;
+    let Some(out) = buf.event() else {
+        return;
+    };
     let record = HopEvent::resumed(first_ts, skb, flow, u32::from(hops));
     let words = out.as_mut_ptr().cast::<u64>();
     for (i, w) in record.iter().enumerate().take(WORDS) {

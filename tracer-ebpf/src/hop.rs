@@ -2,7 +2,7 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::PerCpuArray};
 use tracer_common::{
     HopEvent, HopKind,
     config::{follow, have},
@@ -25,22 +25,57 @@ use crate::{
     },
 };
 
-/// Filters the skb at this hop and emits a [`HopEvent`] when it matches or is already tracked.
-#[inline(always)]
-pub fn record(skb: u64, site: Site) {
-    let mut ev = MaybeUninit::uninit();
-    if build(skb, site, &mut ev).is_some() {
-        // SAFETY: `build` wrote the whole event when it says so.
-        emit(unsafe { ev.assume_init_ref() });
+/// Where one program builds its events: a per-CPU map value, one map per program (see
+/// [`EventBuf`]).
+pub type Scratch = PerCpuArray<HopEvent>;
+
+/// The memory a hop's event is built in, asked for only once there is something to write: a
+/// packet nobody follows never touches it. Not the stack: an event there took a third of the
+/// 512 bytes a 6.1 verifier allows the function programs, which left no room for anything a
+/// packet's headers grow by.
+pub trait EventBuf {
+    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>>;
+}
+
+/// A program's own [`Scratch`]. One map per program, because programs nest on a CPU (a
+/// softirq's receive inside a process's free) while one program never does (the kernel skips
+/// a program's run inside its own: a tracepoint's, a trampoline's and a kprobe's recursion
+/// guard), so nothing clobbers the buffer midway.
+impl EventBuf for Scratch {
+    #[inline(always)]
+    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>> {
+        // SAFETY: this CPU's value of a one-entry map, valid for the program run and used by
+        // this program alone (see above); viewed as the uninitialised memory it is to `build`.
+        self.get_ptr_mut(0)
+            .map(|p| unsafe { &mut *p.cast::<MaybeUninit<HopEvent>>() })
     }
 }
 
-/// Builds the event for this hop into `out` without emitting it (netfilter hops are completed
-/// with their verdict when the hook returns); `Some` when it did. Tracks or forgets the skb as
-/// the site says. The caller owns the memory, so an event exists once on the stack (or
-/// straight in the value a netfilter hop waits in), not again as a return value.
+/// An event buffer already at hand: a map value that outlives the program run.
+pub struct Held(pub *mut HopEvent);
+
+impl EventBuf for Held {
+    #[inline(always)]
+    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>> {
+        // SAFETY: the map value the caller looked up for this run (`netfilter::enter`).
+        Some(unsafe { &mut *self.0.cast::<MaybeUninit<HopEvent>>() })
+    }
+}
+
+/// Filters the skb at this hop and emits a [`HopEvent`] when it matches or is already tracked;
+/// `buf`: the calling program's [`Scratch`].
 #[inline(always)]
-pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()> {
+pub fn record(skb: u64, site: Site, buf: &Scratch) {
+    if let Some(ev) = build(skb, site, buf) {
+        emit(ev);
+    }
+}
+
+/// Builds the event for this hop in `buf` without emitting it (netfilter hops are completed
+/// with their verdict when the hook returns); the event when it did. Tracks or forgets the
+/// skb as the site says.
+#[inline(always)]
+pub fn build<B: EventBuf>(skb: u64, site: Site, buf: &B) -> Option<&mut HopEvent> {
     if skb == 0 || off!(skb_head) == 0 {
         return None; // not configured by the loader: emit nothing rather than garbage
     }
@@ -136,7 +171,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
             };
             summarise(&key, true, len, seen);
         } else {
-            freed_unseen(skb, out);
+            freed_unseen(skb, buf);
         }
     }
     if site.only_tracked && !tracked {
@@ -176,7 +211,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
     let show_ct = hold.signature != 0
         && (site.kind == HopKind::Drop || (!site.frees && hold.signature != ct_shown));
     let walk = if floods() {
-        flood::hop(skb, site, &h, hold.signature, prior, out)
+        flood::hop(skb, site, &h, hold.signature, prior, buf)
     } else {
         Walk::OFF
     };
@@ -278,6 +313,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
         core::mem::size_of::<HopEvent>().is_multiple_of(8)
             && core::mem::align_of::<HopEvent>() == 8
     );
+    let out = buf.event()?;
     let words = out.as_mut_ptr().cast::<u64>();
     for i in 0..WORDS {
         // SAFETY: `i` words into a HopEvent-sized, 8-aligned buffer.
@@ -339,7 +375,7 @@ pub fn build(skb: u64, site: Site, out: &mut MaybeUninit<HopEvent>) -> Option<()
             ev.flags |= FLAG_ENTERED;
         }
     }
-    Some(())
+    Some(ev)
 }
 
 /// Whether the header `h` passes the filter (none set: no).
@@ -362,12 +398,15 @@ fn stop_following(skb: u64, slot: Option<*mut Followed>) {
 }
 
 /// Ends the packet followed at `skb`: its memory holds another packet now. The record is
-/// written word by word into `out` (which the hop's event overwrites after): built whole on
+/// written word by word into `buf` (which the hop's event overwrites after): built whole on
 /// the stack, LLVM zeroes it with a `memset` call, a third frame the 6.1 verifier adds to the
 /// kprobe programs' and finds over its 512 bytes.
 #[inline(always)]
-fn freed_unseen(skb: u64, out: &mut MaybeUninit<HopEvent>) {
+fn freed_unseen<B: EventBuf>(skb: u64, buf: &B) {
     const WORDS: usize = HopEvent::HEAD_LEN / 8;
+    let Some(out) = buf.event() else {
+        return;
+    };
     // SAFETY: helper without preconditions.
     let record = HopEvent::freed_unseen(unsafe { bpf_ktime_get_ns() }, skb);
     let words = out.as_mut_ptr().cast::<u64>();
@@ -391,7 +430,7 @@ pub fn emit(ev: &HopEvent) {
 
 /// `br_forward(to, skb, ...)`: the bridge forwards `skb` out of port `to`.
 #[inline(always)]
-pub fn bridge_forward(port: u64, skb: u64) {
+pub fn bridge_forward(port: u64, skb: u64, buf: &Scratch) {
     let egress = if off!(have) & have::BRIDGE_PORT != 0 {
         read::<u64>(port, off!(brport_dev)).unwrap_or(0)
     } else {
@@ -403,12 +442,13 @@ pub fn bridge_forward(port: u64, skb: u64) {
             peer_dev: egress,
             ..Site::new(HopKind::BridgeForward)
         },
+        buf,
     );
 }
 
 /// `veth_xmit(skb, dev)`: a veth hands `skb` to its peer.
 #[inline(always)]
-pub fn veth_transmit(skb: u64, dev: u64) {
+pub fn veth_transmit(skb: u64, dev: u64, buf: &Scratch) {
     let peer = if off!(have) & have::VETH_PEER != 0 && dev != 0 {
         read::<u64>(dev + off!(netdev_priv) as u64, off!(veth_priv_peer)).unwrap_or(0)
     } else {
@@ -421,5 +461,6 @@ pub fn veth_transmit(skb: u64, dev: u64) {
             peer_dev: peer,
             ..Site::new(HopKind::VethTransmit)
         },
+        buf,
     );
 }

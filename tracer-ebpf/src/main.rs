@@ -27,17 +27,29 @@ mod netfilter;
 #[cfg(target_arch = "bpf")]
 mod tracepoints {
     use aya_ebpf::{
-        macros::btf_tracepoint,
+        macros::{btf_tracepoint, map},
         programs::{BtfTracePointContext, tracing::StackIdContext},
     };
     use tracer_common::{HopKind, config::option};
 
     use crate::{
-        hop::{build, emit, record},
+        hop::{Scratch, build, emit, record},
         maps::{STACKS, filter},
         site::Site,
         skb::Access,
     };
+
+    // Each program's event buffer (`hop::scratch`).
+    #[map]
+    static EV_RECV: Scratch = Scratch::with_max_entries(1, 0);
+    #[map]
+    static EV_XMIT: Scratch = Scratch::with_max_entries(1, 0);
+    #[map]
+    static EV_KFREE: Scratch = Scratch::with_max_entries(1, 0);
+    #[map]
+    static EV_CONSUME: Scratch = Scratch::with_max_entries(1, 0);
+    #[map]
+    static EV_CONSUME_NL: Scratch = Scratch::with_max_entries(1, 0);
 
     /// `trace_netif_receive_skb(skb)`: a device received the packet; `skb->data` is at L3.
     #[btf_tracepoint(function = "netif_receive_skb")]
@@ -50,6 +62,7 @@ mod tracepoints {
                 access: Access::Direct,
                 ..Site::new(HopKind::Receive)
             },
+            &EV_RECV,
         );
         0
     }
@@ -66,6 +79,7 @@ mod tracepoints {
                 access: Access::Direct,
                 ..Site::new(HopKind::Transmit)
             },
+            &EV_XMIT,
         );
         0
     }
@@ -86,11 +100,8 @@ mod tracepoints {
             access: Access::Direct,
             ..Site::new(HopKind::Drop)
         };
-        let mut ev = core::mem::MaybeUninit::uninit();
-        if build(skb, site, &mut ev).is_some() {
+        if let Some(ev) = build(skb, site, &EV_KFREE) {
             crate::netfilter::drop_inside_hook(skb);
-            // SAFETY: `build` wrote the whole event.
-            let ev = unsafe { ev.assume_init_mut() };
             // The stack that freed it, when asked for (`--stack`): the kernel's own answer to
             // "who dropped this", beyond the reason and the one return address.
             if filter().is_some_and(|f| f.options & option::STACK != 0)
@@ -117,6 +128,7 @@ mod tracepoints {
                 access: Access::Direct,
                 ..Site::new(HopKind::Consume)
             },
+            &EV_CONSUME,
         );
         0
     }
@@ -133,6 +145,7 @@ mod tracepoints {
                 access: Access::Direct,
                 ..Site::new(HopKind::Consume)
             },
+            &EV_CONSUME_NL,
         );
         0
     }
@@ -143,11 +156,20 @@ mod tracepoints {
 #[cfg(target_arch = "bpf")]
 mod fentry {
     use aya_ebpf::{
-        macros::{fentry, fexit},
+        macros::{fentry, fexit, map},
         programs::{FEntryContext, FExitContext},
     };
 
-    use crate::{hop, netfilter};
+    use crate::{
+        hop::{self, Scratch},
+        netfilter,
+    };
+
+    // Each program's event buffer (`hop::scratch`).
+    #[map]
+    static EV_FE_BRFWD: Scratch = Scratch::with_max_entries(1, 0);
+    #[map]
+    static EV_FE_VETH: Scratch = Scratch::with_max_entries(1, 0);
 
     /// `int nf_hook_slow(struct sk_buff *skb, struct nf_hook_state *state, ...)`.
     #[fentry]
@@ -170,14 +192,14 @@ mod fentry {
     /// `void br_forward(const struct net_bridge_port *to, struct sk_buff *skb, ...)`.
     #[fentry]
     pub fn fentry_br_forward(ctx: FEntryContext) -> i32 {
-        hop::bridge_forward(ctx.arg(0), ctx.arg(1));
+        hop::bridge_forward(ctx.arg(0), ctx.arg(1), &EV_FE_BRFWD);
         0
     }
 
     /// `netdev_tx_t veth_xmit(struct sk_buff *skb, struct net_device *dev)`.
     #[fentry]
     pub fn fentry_veth_xmit(ctx: FEntryContext) -> i32 {
-        hop::veth_transmit(ctx.arg(0), ctx.arg(1));
+        hop::veth_transmit(ctx.arg(0), ctx.arg(1), &EV_FE_VETH);
         0
     }
 }
@@ -186,11 +208,20 @@ mod fentry {
 #[cfg(target_arch = "bpf")]
 mod kprobes {
     use aya_ebpf::{
-        macros::{kprobe, kretprobe},
+        macros::{kprobe, kretprobe, map},
         programs::{ProbeContext, RetProbeContext},
     };
 
-    use crate::{hop, netfilter};
+    use crate::{
+        hop::{self, Scratch},
+        netfilter,
+    };
+
+    // Each program's event buffer (`hop::scratch`).
+    #[map]
+    static EV_KP_BRFWD: Scratch = Scratch::with_max_entries(1, 0);
+    #[map]
+    static EV_KP_VETH: Scratch = Scratch::with_max_entries(1, 0);
 
     /// kretprobes see no arguments: entry and return are paired by `netfilter::task_key`.
     #[kprobe]
@@ -212,7 +243,7 @@ mod kprobes {
     #[kprobe]
     pub fn kprobe_br_forward(ctx: ProbeContext) -> u32 {
         if let (Some(port), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-            hop::bridge_forward(port, skb);
+            hop::bridge_forward(port, skb, &EV_KP_BRFWD);
         }
         0
     }
@@ -220,7 +251,7 @@ mod kprobes {
     #[kprobe]
     pub fn kprobe_veth_xmit(ctx: ProbeContext) -> u32 {
         if let (Some(skb), Some(dev)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-            hop::veth_transmit(skb, dev);
+            hop::veth_transmit(skb, dev, &EV_KP_VETH);
         }
         0
     }

@@ -1,7 +1,7 @@
 //! Netfilter hook traversal at `nf_hook_slow`: the hop is built on entry (the skb may be freed
 //! before the function returns) and emitted on return with the verdict.
 
-use core::{mem::MaybeUninit, ptr::addr_of_mut};
+use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
@@ -11,7 +11,7 @@ use aya_ebpf::{
 use tracer_common::{HopEvent, HopKind, config::have, event::nf_verdict};
 
 use crate::{
-    hop::{build, emit},
+    hop::{Held, build, emit},
     maps::off,
     site::Site,
     skb::Access,
@@ -63,10 +63,10 @@ pub fn enter(key: u64, skb: u64, state: u64, by_task: bool) {
     let Some(pending) = NF_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: a field of this CPU's scratch value, viewed as uninitialised memory.
-    let ev = unsafe { &mut *addr_of_mut!((*pending).ev).cast::<MaybeUninit<HopEvent>>() };
-    match build(skb, site, ev) {
-        Some(()) => {
+    // SAFETY: a field of this CPU's scratch value.
+    let ev = Held(unsafe { addr_of_mut!((*pending).ev) });
+    match build(skb, site, &ev) {
+        Some(_) => {
             if by_task && let Some(outer) = NF_PENDING.get_ptr(&key) {
                 // SAFETY: a map value pointer, valid while the entry exists; the insert copies
                 // it (no stack copy: the kprobe programs' frames are near the limit).
