@@ -9,8 +9,7 @@ use tracer_common::{
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
-    hop::EventBuf,
-    maps::{Followed, count_known, filter, floods, flow_state, off, output, summarise},
+    maps::{EventBuf, Followed, count_known, filter, floods, flow_state, off, output, summarise},
     site::Site,
     skb::{Headers, device, field},
 };

@@ -1,8 +1,6 @@
 //! The one code path every hook point shares: filter or look up the skb, then emit an event.
 
-use core::mem::MaybeUninit;
-
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::PerCpuArray};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
     HopEvent, HopKind,
     config::{follow, have},
@@ -16,51 +14,14 @@ use crate::site::Site;
 use crate::{
     flood::{self, Walk},
     maps::{
-        Followed, count_drop, end, filter, floods, forget, is_reply, learn_reply, off, output,
-        remembered, replying, revive, summarise, track,
+        EventBuf, Followed, Scratch, count_drop, end, filter, floods, forget, is_reply,
+        learn_reply, off, output, remembered, replying, revive, summarise, track,
     },
     skb::{
         ByConntrack, CtHold, Headers, by_conntrack, ct_hold, ct_view, device, entered, field,
         foreign, headers, passes, quote, read, reply_key,
     },
 };
-
-/// Where one program builds its events: a per-CPU map value, one map per program (see
-/// [`EventBuf`]).
-pub type Scratch = PerCpuArray<HopEvent>;
-
-/// The memory a hop's event is built in, asked for only once there is something to write: a
-/// packet nobody follows never touches it. Not the stack: an event there took a third of the
-/// 512 bytes a 6.1 verifier allows the function programs, which left no room for anything a
-/// packet's headers grow by.
-pub trait EventBuf {
-    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>>;
-}
-
-/// A program's own [`Scratch`]. One map per program, because programs nest on a CPU (a
-/// softirq's receive inside a process's free) while one program never does (the kernel skips
-/// a program's run inside its own: a tracepoint's, a trampoline's and a kprobe's recursion
-/// guard), so nothing clobbers the buffer midway.
-impl EventBuf for Scratch {
-    #[inline(always)]
-    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>> {
-        // SAFETY: this CPU's value of a one-entry map, valid for the program run and used by
-        // this program alone (see above); viewed as the uninitialised memory it is to `build`.
-        self.get_ptr_mut(0)
-            .map(|p| unsafe { &mut *p.cast::<MaybeUninit<HopEvent>>() })
-    }
-}
-
-/// An event buffer already at hand: a map value that outlives the program run.
-pub struct Held(pub *mut HopEvent);
-
-impl EventBuf for Held {
-    #[inline(always)]
-    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>> {
-        // SAFETY: the map value the caller looked up for this run (`netfilter::enter`).
-        Some(unsafe { &mut *self.0.cast::<MaybeUninit<HopEvent>>() })
-    }
-}
 
 /// Filters the skb at this hop and emits a [`HopEvent`] when it matches or is already tracked;
 /// `buf`: the calling program's [`Scratch`].

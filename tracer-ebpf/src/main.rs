@@ -33,8 +33,8 @@ mod tracepoints {
     use tracer_common::{HopKind, config::option};
 
     use crate::{
-        hop::{Scratch, build, emit, record},
-        maps::{STACKS, filter},
+        hop::{build, emit, record},
+        maps::{STACKS, Scratch, filter},
         site::Site,
         skb::Access,
     };
@@ -160,10 +160,7 @@ mod fentry {
         programs::{FEntryContext, FExitContext},
     };
 
-    use crate::{
-        hop::{self, Scratch},
-        netfilter,
-    };
+    use crate::{hop, maps::Scratch, netfilter};
 
     // Each program's event buffer (`hop::scratch`).
     #[map]
@@ -212,10 +209,7 @@ mod kprobes {
         programs::{ProbeContext, RetProbeContext},
     };
 
-    use crate::{
-        hop::{self, Scratch},
-        netfilter,
-    };
+    use crate::{hop, maps::Scratch, netfilter};
 
     // Each program's event buffer (`hop::scratch`).
     #[map]

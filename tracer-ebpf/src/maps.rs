@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use core::sync::atomic::AtomicI64;
+use core::{mem::MaybeUninit, sync::atomic::AtomicI64};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
@@ -253,8 +253,10 @@ static SUMMARIES: HashMap<SummaryKey, SummaryCount> = HashMap::with_max_entries(
 /// `BPF_NOEXIST`: a racing CPU's insert is kept, and found by the lookup after.
 const NOEXIST: u64 = 1;
 
+/// The summary of `key`, made (first seen at `seen`, a packet's first-hop time) when there is
+/// none.
 #[inline(always)]
-fn summary(key: &SummaryKey, now: u64) -> Option<*mut SummaryCount> {
+fn summary(key: &SummaryKey, seen: u64) -> Option<*mut SummaryCount> {
     if let Some(p) = SUMMARIES.get_ptr_mut(key) {
         return Some(p);
     }
@@ -263,7 +265,7 @@ fn summary(key: &SummaryKey, now: u64) -> Option<*mut SummaryCount> {
     // SAFETY: a map value pointer, valid for this run; a racing CPU writes a time as close.
     unsafe {
         if (*p).first_ns == 0 {
-            (*p).first_ns = now;
+            (*p).first_ns = seen;
         }
     }
     Some(p)
@@ -443,5 +445,42 @@ pub fn output(record: &[u8]) {
     match EVENTS.output::<[u8]>(record, flags) {
         Ok(()) => bump(counter::EMITTED),
         Err(_) => bump(counter::LOST),
+    }
+}
+
+/// Where one program builds its events: a per-CPU map value, one map per program (see
+/// [`EventBuf`]).
+pub type Scratch = PerCpuArray<HopEvent>;
+
+/// The memory a hop's event is built in, asked for only once there is something to write: a
+/// packet nobody follows never touches it. Not the stack: an event there took a third of the
+/// 512 bytes a 6.1 verifier allows the function programs, which left no room for anything a
+/// packet's headers grow by.
+pub trait EventBuf {
+    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>>;
+}
+
+/// A program's own [`Scratch`]. One map per program, because programs nest on a CPU (a
+/// softirq's receive inside a process's free) while one program never does (the kernel skips
+/// a program's run inside its own: a tracepoint's, a trampoline's and a kprobe's recursion
+/// guard), so nothing clobbers the buffer midway.
+impl EventBuf for Scratch {
+    #[inline(always)]
+    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>> {
+        // SAFETY: this CPU's value of a one-entry map, valid for the program run and used by
+        // this program alone (see above); viewed as the uninitialised memory it is to `build`.
+        self.get_ptr_mut(0)
+            .map(|p| unsafe { &mut *p.cast::<MaybeUninit<HopEvent>>() })
+    }
+}
+
+/// An event buffer already at hand: a map value that outlives the program run.
+pub struct Held(pub *mut HopEvent);
+
+impl EventBuf for Held {
+    #[inline(always)]
+    fn event(&self) -> Option<&mut MaybeUninit<HopEvent>> {
+        // SAFETY: the map value the caller looked up for this run (`netfilter::enter`).
+        Some(unsafe { &mut *self.0.cast::<MaybeUninit<HopEvent>>() })
     }
 }

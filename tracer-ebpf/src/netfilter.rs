@@ -11,8 +11,8 @@ use aya_ebpf::{
 use tracer_common::{HopEvent, HopKind, config::have, event::nf_verdict};
 
 use crate::{
-    hop::{Held, build, emit},
-    maps::off,
+    hop::{build, emit},
+    maps::{Held, off},
     site::Site,
     skb::Access,
 };
