@@ -19,7 +19,7 @@ pub mod scenario;
 pub mod tracer;
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{
@@ -53,6 +53,26 @@ pub struct LabConfig {
     /// The host address the port is published on (`-p ADDR:PORT:PORT`, Docker's HostIp);
     /// `None`: every address (`-m addrtype --dst-type LOCAL` only).
     pub publish_on: Option<Ipv4Addr>,
+    /// IPv6 addresses, given by [`Lab::dual_stack`].
+    pub v6: Lab6,
+}
+
+/// A dual-stack lab's IPv6 addresses: the uplink's /64 (outside, host) and the bridge's /64
+/// (bridge, container), routed without NAT.
+#[derive(Clone, Copy, Debug)]
+pub struct Lab6 {
+    pub outside: Ipv6Addr,
+    pub host: Ipv6Addr,
+    pub bridge: Ipv6Addr,
+    pub container: Ipv6Addr,
+}
+
+impl Lab6 {
+    /// The bridge's /64.
+    pub fn bridge_subnet(&self) -> String {
+        let s = self.bridge.segments();
+        format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+    }
 }
 
 impl Default for LabConfig {
@@ -69,6 +89,12 @@ impl Default for LabConfig {
             published_port: 10001,
             container_port: 80,
             publish_on: None,
+            v6: Lab6 {
+                outside: "2001:db8:113::2".parse().expect("literal"),
+                host: "2001:db8:113::1".parse().expect("literal"),
+                bridge: "fd00:17::1".parse().expect("literal"),
+                container: "fd00:17::2".parse().expect("literal"),
+            },
         }
     }
 }
@@ -88,6 +114,12 @@ impl LabConfig {
             published_port: 8443,
             container_port: 8080,
             publish_on: None,
+            v6: Lab6 {
+                outside: "2001:db8:7a:3::2".parse().expect("literal"),
+                host: "2001:db8:7a:3::1".parse().expect("literal"),
+                bridge: "fd42:c8:0:5::1".parse().expect("literal"),
+                container: "fd42:c8:0:5::5".parse().expect("literal"),
+            },
         }
     }
 
@@ -106,6 +138,12 @@ impl LabConfig {
             published_port: 8088,
             container_port: 8080,
             publish_on: Some(Ipv4Addr::new(192, 168, 77, 10)),
+            v6: Lab6 {
+                outside: "2001:db8:77::20".parse().expect("literal"),
+                host: "2001:db8:77::10".parse().expect("literal"),
+                bridge: "fd00:18::1".parse().expect("literal"),
+                container: "fd00:18::3".parse().expect("literal"),
+            },
         }
     }
 
@@ -518,6 +556,55 @@ impl Lab {
         .context("loading Docker-style rules")?;
         self.listener = Some(self.listen()?);
         Ok(())
+    }
+
+    /// Gives the lab IPv6 too (`LabConfig::v6`): addresses on the uplink, the bridge and the
+    /// container, forwarding on in the host, routes both ways; no ip6tables rules. Without
+    /// duplicate address detection, so the addresses work at once.
+    pub fn dual_stack(&self) -> Result<()> {
+        let (c, v6) = (&self.config, self.config.v6);
+        let (out, host, ctr) = (&self.outside, &self.host, &self.container);
+        let add = |ns: &Netns, addr: Ipv6Addr, dev: &str| {
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ])
+        };
+        add(host, v6.host, &c.uplink)?;
+        add(out, v6.outside, "eth0")?;
+        add(host, v6.bridge, &c.bridge)?;
+        add(ctr, v6.container, "eth0")?;
+        host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        out.ip(&[
+            "-6",
+            "route",
+            "add",
+            &v6.bridge_subnet(),
+            "via",
+            &v6.host.to_string(),
+        ])?;
+        ctr.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &v6.bridge.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// Connects from the outside namespace to the container's IPv6 address and `port`
+    /// (routed, no NAT); `Ok(true)` when the handshake completed.
+    pub fn connect6(&self, port: u16, timeout: Duration) -> Result<bool> {
+        let to = SocketAddr::new(self.config.v6.container.into(), port);
+        self.outside
+            .run_in(move || TcpStream::connect_timeout(&to, timeout).is_ok())
     }
 
     /// Whether a hop line (`netns_name`) is in one of this lab's namespaces.

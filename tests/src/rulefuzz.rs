@@ -61,6 +61,7 @@ pub fn topology() -> LabConfig {
         published_port: 6380,
         container_port: 7000,
         publish_on: None,
+        ..LabConfig::default()
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Client {
     OutsideUnroutable,
     /// A second container on the same bridge, straight to the container's port.
     Peer,
+    /// The outside host over IPv6, straight to the container's IPv6 address and port (a
+    /// dual-stack lab, routed: no NAT).
+    Outside6,
 }
 
 /// Which packet of the handshake the scenario is about.
@@ -103,10 +106,19 @@ impl Scenario {
     }
 
     /// The client's source address.
-    pub fn client_addr(&self) -> std::net::Ipv4Addr {
+    pub fn client_addr(&self) -> std::net::IpAddr {
         match self.client {
-            Client::OutsideUnroutable => crate::UNROUTABLE_CLIENT,
-            _ => self.config.outside_addr,
+            Client::OutsideUnroutable => crate::UNROUTABLE_CLIENT.into(),
+            Client::Outside6 => self.config.v6.outside.into(),
+            _ => self.config.outside_addr.into(),
+        }
+    }
+
+    /// The container's address the client's packets reach it at.
+    pub fn container_addr(&self) -> std::net::IpAddr {
+        match self.client {
+            Client::Outside6 => self.config.v6.container.into(),
+            _ => self.config.container_addr.into(),
         }
     }
 
@@ -116,7 +128,9 @@ impl Scenario {
     pub fn filter(&self) -> Vec<String> {
         let c = &self.config;
         match self.client {
-            Client::Peer => vec!["--dport".into(), c.container_port.to_string()],
+            Client::Peer | Client::Outside6 => {
+                vec!["--dport".into(), c.container_port.to_string()]
+            }
             _ => vec!["--dport".into(), c.published_port.to_string()],
         }
     }
@@ -173,6 +187,15 @@ pub fn all() -> Vec<Scenario> {
             Some(Fault::NoListener),
             dropped("NO_SOCKET", "no_listener"),
         ),
+        Scenario {
+            client: Client::Outside6,
+            ..Scenario::new(
+                "ipv6-v4-only-listener",
+                "an IPv6 client of a service that listens on 0.0.0.0 only: its SYN crosses the uplink, the bridge and the veth, and is refused in the container (NO_SOCKET at tcp_v6_rcv)",
+                None,
+                dropped("NO_SOCKET", "no_listener"),
+            )
+        },
         Scenario::new(
             "docker-user-drop",
             "a DROP rule in DOCKER-USER for the container's port",
@@ -204,6 +227,7 @@ pub fn all() -> Vec<Scenario> {
                 published_port: 5601,
                 container_port: 3000,
                 publish_on: None,
+                ..LabConfig::default()
             },
             ..Scenario::new(
                 "firewalld-virbr",
@@ -748,10 +772,14 @@ type Pending = (Lab, Value, Vec<Value>);
 
 /// The scenario's lab, with its fault switched on.
 fn build(s: &Scenario) -> Result<Lab> {
-    match &s.fault {
+    let lab = match &s.fault {
         Some(f) => Lab::with_fault(s.config.clone(), f.clone()),
         None => Lab::new(s.config.clone()),
+    }?;
+    if s.client == Client::Outside6 {
+        lab.dual_stack()?;
     }
+    Ok(lab)
 }
 
 /// pathtrace's arguments: a filter, TCP, the backend, and `extra`.
@@ -775,6 +803,7 @@ fn judge(s: &Scenario, lab: &Lab, tracer: &mut Tracer) -> Result<Value> {
         Client::Outside => lab.connect(wait)?,
         Client::OutsideUnroutable => lab.connect_from(crate::UNROUTABLE_CLIENT, wait)?,
         Client::Peer => lab.connect_from_peer(wait)?,
+        Client::Outside6 => lab.connect6(s.config.container_port, wait)?,
     };
     let flags = s.judged.flags();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -646,7 +646,7 @@ fn every_drop_is_diagnosed_alike_from_the_drop_alone() {
         if before_conntrack {
             vec!["--host".into(), s.client_addr().to_string()]
         } else if in_container && s.judged != scenario::Judged::SynAck {
-            vec!["--host".into(), s.config.container_addr.to_string()]
+            vec!["--host".into(), s.container_addr().to_string()]
         } else {
             s.filter()
         }
@@ -1216,6 +1216,7 @@ fn a_namespace_number_handed_on_names_its_new_owner() {
         published_port: 7443,
         container_port: 9100,
         publish_on: None,
+        ..lab::LabConfig::default()
     };
     // Same addresses and port (one filter), other device names: a device table kept from the
     // first lab would name the second's uplink `ext7`.
@@ -1554,4 +1555,84 @@ fn a_flood_ending_two_ways_shows_each_way_once_and_counts_the_rest() {
         .expect("found above");
     assert_eq!(summary["outcome"], "dropped", "{summary:#}");
     assert_eq!(summary["tuple"]["dport"], 38211, "{summary:#}");
+}
+
+/// An IPv6 SYN, routed from outside to a container's address on a port nothing listens on, as
+/// a user filters it: by an IPv6 prefix and the port. Every hop on the way (the uplink, the
+/// bridge, the container's eth0) with its IPv6 header, the drop where and why the kernel says
+/// (`tcp_v6_rcv`, NO_SOCKET), the diagnosis naming the address and port in IPv6's notation. A
+/// trace restricted to IPv4 (`-4`) sees none of it. On the topology that resembles nothing of
+/// Docker's.
+#[test]
+fn ipv6_syn_to_a_closed_port_is_traced_and_diagnosed() {
+    const PORT: u16 = 9417;
+    let lab = lab::Lab::new(lab::LabConfig::unusual()).expect("lab");
+    lab.dual_stack().expect("dual stack");
+    let v6 = lab.config.v6;
+    let (ctr, client) = (v6.container.to_string(), v6.outside.to_string());
+    let mut t = Tracer::start(&["--host", "fd42:c8::/32", "--dport", &PORT.to_string()])
+        .expect("pathtrace");
+    assert!(
+        !lab.connect6(PORT, Duration::from_secs(3)).expect("connect"),
+        "nothing listens on port {PORT}: the connect must be refused"
+    );
+    let verdict = t
+        .wait_for(Duration::from_secs(15), |v| {
+            v["kind"] == "verdict" && v["tuple"]["dst"] == ctr.as_str()
+        })
+        .expect("the IPv6 SYN's verdict");
+    assert_eq!(verdict["outcome"], "dropped", "{verdict:#}");
+    assert_eq!(verdict["drop_reason"], "NO_SOCKET", "{verdict:#}");
+    assert_eq!(verdict["location"], "tcp_v6_rcv", "{verdict:#}");
+    assert_eq!(verdict["tuple"]["src"], client.as_str());
+    let d = &verdict["diagnosis"];
+    assert_eq!(d["code"], "no_listener", "{verdict:#}");
+    let summary = d["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("[{ctr}]:{PORT}")) && summary.contains(&lab.container.name),
+        "{summary}"
+    );
+    let hops: Vec<String> = t
+        .hops_of(&verdict)
+        .iter()
+        .map(|h| {
+            assert_eq!(h["family"], "ipv6", "{h:#}");
+            assert_eq!(h["src"], client.as_str(), "{h:#}");
+            format!(
+                "{} {}@{}{}",
+                h["hop"].as_str().unwrap_or("?"),
+                h["ifname"].as_str().unwrap_or("?"),
+                h["netns_name"].as_str().unwrap_or("?"),
+                if h["inferred"] == true {
+                    " (inferred)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    let (host, ctr_ns) = (&lab.host.name, &lab.container.name);
+    // Routed onto the bridge, the packet is received on the uplink and in the container; the
+    // host veth's transmit between them is proved by that receive.
+    let wanted = [
+        format!("receive wan0@{host}"),
+        format!("transmit {}@{host} (inferred)", lab.host_veth),
+        format!("receive eth0@{ctr_ns}"),
+        format!("drop eth0@{ctr_ns}"),
+    ];
+    for w in &wanted {
+        assert!(
+            hops.contains(w),
+            "wanted `{w}` among the SYN's hops: {hops:#?}"
+        );
+    }
+    t.stop().expect("stop");
+
+    // The same SYN under `-4`: not a single line about it.
+    let mut t4 = Tracer::start(&["-4", "--dport", &PORT.to_string()]).expect("pathtrace -4");
+    assert!(!lab.connect6(PORT, Duration::from_secs(3)).expect("connect"));
+    let seen = t4
+        .try_wait_for(Duration::from_secs(3), |v| v["kind"] == "verdict")
+        .expect("pathtrace -4 runs");
+    assert!(seen.is_none(), "-4 traced an IPv6 packet: {seen:#?}");
 }

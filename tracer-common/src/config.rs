@@ -10,6 +10,10 @@ pub mod filter_field {
     pub const SPORT: u8 = 1 << 2;
     /// `Filter::dport` is set.
     pub const DPORT: u8 = 1 << 3;
+    /// `Filter::host6` is set: an IPv6 address or prefix, source or destination. With `HOST`
+    /// set too, a packet of either family passes by its own; with one of them alone, a packet
+    /// of the other family does not.
+    pub const HOST6: u8 = 1 << 4;
 }
 
 /// `Filter::options` bits.
@@ -34,9 +38,9 @@ pub struct Dest {
 
 /// The packet filter evaluated in the kernel before anything is written to the ring buffer.
 ///
-/// A packet passes when its protocol matches (if set) and either the fields match (all that
-/// are set) or it is sent to one of `dests`. A zero `fields` with no `dests` matches every
-/// IPv4 packet.
+/// A packet passes when its IP version (if set) and protocol (if set) match and either the
+/// fields match (all that are set) or it is sent to one of `dests` (IPv4). A zero `fields`
+/// with no `dests` and no `family` matches every IPv4 and IPv6 packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
@@ -62,8 +66,13 @@ pub struct Filter {
     /// Full packets per flow per second before the rest of a flood that keeps the same way is
     /// only counted (`crate::flood`); 0 traces every packet in full (`--every-packet`).
     pub flood_budget: u16,
-    /// Explicit padding; always zero.
-    pub _pad: u16,
+    /// 4 or 6: only packets of that IP version pass (`-4`, `-6`); 0: both.
+    pub family: u8,
+    /// Prefix length of `host6` (128: one address).
+    pub host6_bits: u8,
+    /// IPv6 address (network byte order) with `filter_field::HOST6`: matches source or
+    /// destination within its first `host6_bits` bits.
+    pub host6: [u8; 16],
     /// More values of `host`: a container on several networks has an address on each.
     pub hosts: [[u8; 4]; MAX_HOSTS],
     /// The host namespace's own addresses, for `dests` published on all of them.
@@ -107,7 +116,9 @@ impl Filter {
             options: 0,
             reply_secs: 0,
             flood_budget: 0,
-            _pad: 0,
+            family: 0,
+            host6_bits: 0,
+            host6: [0; 16],
             hosts: [[0; 4]; MAX_HOSTS],
             locals: [[0; 4]; MAX_LOCALS],
             dests: [Dest {
@@ -143,6 +154,29 @@ impl Filter {
         })
     }
 
+    /// [`Filter::matches`] for an IPv6 packet.
+    #[inline(always)]
+    pub fn matches6(
+        &self,
+        saddr: &[u8; 16],
+        daddr: &[u8; 16],
+        proto: u8,
+        has_ports: bool,
+        sport: u16,
+        dport: u16,
+    ) -> bool {
+        self.accepts(&Known6 {
+            saddr,
+            daddr,
+            proto,
+            ports: if has_ports {
+                Some((sport, dport))
+            } else {
+                None
+            },
+        })
+    }
+
     /// Whether the packet `p` shows passes, asking `p` only for the fields a check needs: the
     /// kernel programs answer with loads from the packet, so a packet that fails on its
     /// protocol never has its addresses or ports read. The one definition of what the filter
@@ -150,6 +184,10 @@ impl Filter {
     #[inline(always)]
     pub fn accepts(&self, p: &impl HeaderFields) -> bool {
         let f = self.fields;
+        let version = if p.ipv6() { 6 } else { 4 };
+        if self.family != 0 && self.family != version {
+            return false;
+        }
         // Both ways to match (the fields, the destinations) require the protocol.
         if f & filter_field::PROTO != 0 && p.proto() != self.proto {
             return false;
@@ -157,18 +195,31 @@ impl Filter {
         if self.fields_match(p) {
             return true;
         }
-        self.n_dests != 0 && self.sent_to_a_dest(p)
+        // Published ports are IPv4's so far (issue 25).
+        version == 4 && self.n_dests != 0 && self.sent_to_a_dest(p)
     }
 
-    /// The AND of the set fields but the protocol (checked before).
+    /// The AND of the set fields but the protocol (checked before). A host of the other
+    /// family alone fails a packet; with hosts of both set, each family is held to its own.
     #[inline(always)]
     fn fields_match(&self, p: &impl HeaderFields) -> bool {
         let f = self.fields;
-        if f & filter_field::HOST != 0 {
+        if p.ipv6() {
+            if f & filter_field::HOST6 != 0 {
+                let (saddr, daddr) = p.addrs6();
+                if !self.is_host6(saddr) && !self.is_host6(daddr) {
+                    return false;
+                }
+            } else if f & filter_field::HOST != 0 {
+                return false;
+            }
+        } else if f & filter_field::HOST != 0 {
             let (saddr, daddr) = p.addrs();
             if !self.is_host(saddr) && !self.is_host(daddr) {
                 return false;
             }
+        } else if f & filter_field::HOST6 != 0 {
+            return false;
         }
         if f & (filter_field::SPORT | filter_field::DPORT) != 0 {
             let Some((sport, dport)) = p.ports() else {
@@ -199,6 +250,26 @@ impl Filter {
             i += 1;
         }
         false
+    }
+
+    /// Within `host6`'s first `host6_bits` bits.
+    #[inline(always)]
+    fn is_host6(&self, addr: &[u8; 16]) -> bool {
+        let bits = if self.host6_bits > 128 {
+            128
+        } else {
+            self.host6_bits as usize
+        };
+        let mut i = 0;
+        while i < 16 {
+            let left = bits.saturating_sub(i * 8);
+            let mask: u8 = if left >= 8 { 0xff } else { !(0xffu8 >> left) };
+            if (addr[i] ^ self.host6[i]) & mask != 0 {
+                return false;
+            }
+            i += 1;
+        }
+        true
     }
 
     /// Its destination address, port and protocol are one of `dests`.
@@ -256,6 +327,13 @@ impl Filter {
         *slot = addr;
         self.n_hosts += 1;
         Ok(())
+    }
+
+    /// Sets the IPv6 address or prefix (`bits` long) packets must come from or go to.
+    pub fn set_host6(&mut self, addr: [u8; 16], bits: u8) {
+        self.host6 = addr;
+        self.host6_bits = bits.min(128);
+        self.fields |= filter_field::HOST6;
     }
 
     /// Adds a host address for destinations published on all of them.
@@ -395,13 +473,20 @@ pub mod follow {
     }
 }
 
-/// An IPv4 packet's header fields as [`Filter::accepts`] asks for them, each read only when
-/// asked.
+/// A packet's header fields as [`Filter::accepts`] asks for them, each read only when asked.
 pub trait HeaderFields {
-    /// The IP protocol number.
+    /// The IP protocol number (IPv6: the header after the extension headers).
     fn proto(&self) -> u8;
-    /// Source and destination address, network byte order.
+    /// An IPv6 packet: its addresses are [`HeaderFields::addrs6`]'s.
+    fn ipv6(&self) -> bool {
+        false
+    }
+    /// Source and destination address of an IPv4 packet, network byte order.
     fn addrs(&self) -> ([u8; 4], [u8; 4]);
+    /// Source and destination address of an IPv6 packet, network byte order.
+    fn addrs6(&self) -> (&[u8; 16], &[u8; 16]) {
+        (&[0; 16], &[0; 16])
+    }
     /// Source and destination port, host byte order; `None` for protocols without ports, for
     /// fragments past the first, and when the L4 header cannot be read.
     fn ports(&self) -> Option<(u16, u16)>;
@@ -422,6 +507,38 @@ impl HeaderFields for Known {
     }
     #[inline(always)]
     fn addrs(&self) -> ([u8; 4], [u8; 4]) {
+        (self.saddr, self.daddr)
+    }
+    #[inline(always)]
+    fn ports(&self) -> Option<(u16, u16)> {
+        self.ports
+    }
+}
+
+/// Fields of an IPv6 packet already read (the addresses where they lie: no copies on a BPF
+/// stack).
+struct Known6<'a> {
+    saddr: &'a [u8; 16],
+    daddr: &'a [u8; 16],
+    proto: u8,
+    ports: Option<(u16, u16)>,
+}
+
+impl HeaderFields for Known6<'_> {
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn ipv6(&self) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn addrs(&self) -> ([u8; 4], [u8; 4]) {
+        ([0; 4], [0; 4])
+    }
+    #[inline(always)]
+    fn addrs6(&self) -> (&[u8; 16], &[u8; 16]) {
         (self.saddr, self.daddr)
     }
     #[inline(always)]
@@ -493,6 +610,8 @@ pub struct KernelOffsets {
     /// `sk_buff.mark`: the packet's fwmark, which policy routing (and reverse path filtering,
     /// with `src_valid_mark`) looks routes up with.
     pub skb_mark: u32,
+    /// BTF id (vmlinux) of `struct ipv6hdr`, with `have::RDONLY_CAST`: as `btf_iphdr`.
+    pub btf_ipv6hdr: u32,
     /// `have::*` bits: which optional groups above are valid (offset 0 is a real offset).
     pub have: u32,
 }
@@ -566,6 +685,7 @@ impl KernelOffsets {
             ct_mark: 0,
             ct_zone: 0,
             skb_mark: 0,
+            btf_ipv6hdr: 0,
             have: 0,
         }
     }
@@ -737,6 +857,53 @@ mod tests {
         assert!(!flt.matches([203, 0, 113, 2], [172, 17, 0, 2], 6, true, 40000, 22));
     }
 
+    /// IPv6 packets pass on their own fields: ports and protocol as IPv4's, an IPv6 host or
+    /// prefix against either address, a host of the other family never, `-4`/`-6` by version.
+    #[test]
+    fn ipv6_packets_pass_by_their_own_fields() {
+        let a: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        let b: [u8; 16] = [0xfd, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        let mut f = Filter::any();
+        f.dport = 8443;
+        f.fields = filter_field::DPORT;
+        assert!(f.matches6(&a, &b, 6, true, 50000, 8443));
+        assert!(!f.matches6(&a, &b, 6, true, 50000, 8444));
+        assert!(!f.matches6(&a, &b, 58, false, 0, 0), "ICMPv6 has no port");
+        // An IPv6 prefix: the whole /32 of `a`, either direction, and nothing of IPv4.
+        let mut net = Filter::any();
+        net.set_host6(
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            32,
+        );
+        assert!(net.matches6(&b, &a, 17, true, 53, 53));
+        let mut other = a;
+        other[3] = 0xb9;
+        assert!(!net.matches6(&other, &b, 17, true, 53, 53));
+        assert!(!net.matches([10, 0, 0, 1], [10, 0, 0, 2], 17, true, 53, 53));
+        // A prefix that ends inside a byte.
+        let mut nibble = Filter::any();
+        nibble.set_host6([0xfd, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 12);
+        assert!(nibble.matches6(&a, &b, 6, true, 1, 2));
+        nibble.set_host6([0xfd, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 12);
+        assert!(!nibble.matches6(&a, &b, 6, true, 1, 2));
+        // An IPv4 host alone fails IPv6 packets; both hosts set hold each family to its own.
+        let mut v4 = Filter::any();
+        v4.add_host([10, 0, 0, 1]).unwrap();
+        assert!(!v4.matches6(&a, &b, 6, true, 1, 2));
+        v4.set_host6(a, 128);
+        assert!(v4.matches6(&a, &b, 6, true, 1, 2));
+        assert!(v4.matches([10, 0, 0, 1], [10, 0, 0, 2], 6, true, 1, 2));
+        assert!(!v4.matches([10, 0, 0, 3], [10, 0, 0, 2], 6, true, 1, 2));
+        // The version alone.
+        let mut six = Filter::any();
+        six.family = 6;
+        assert!(six.matches6(&a, &b, 6, true, 1, 2));
+        assert!(!six.matches([10, 0, 0, 1], [10, 0, 0, 2], 6, true, 1, 2));
+        six.family = 4;
+        assert!(!six.matches6(&a, &b, 6, true, 1, 2));
+        assert!(Filter::any().matches6(&a, &b, 58, false, 0, 0));
+    }
+
     /// The kernel programs read these structs at the offsets their own build of this crate
     /// gives; a field moved by accident must fail here, not as a filter that matches wrongly.
     #[test]
@@ -745,7 +912,7 @@ mod tests {
         assert_eq!((size_of::<Dest>(), align_of::<Dest>()), (8, 2));
         assert_eq!(offset_of!(Dest, port), 4);
         assert_eq!(offset_of!(Dest, proto), 6);
-        assert_eq!((size_of::<Filter>(), align_of::<Filter>()), (372, 2));
+        assert_eq!((size_of::<Filter>(), align_of::<Filter>()), (388, 2));
         assert_eq!(offset_of!(Filter, sport), 4);
         assert_eq!(offset_of!(Filter, dport), 6);
         assert_eq!(offset_of!(Filter, proto), 8);
@@ -754,21 +921,23 @@ mod tests {
         assert_eq!(offset_of!(Filter, n_dests), 12);
         assert_eq!(offset_of!(Filter, reply_secs), 14);
         assert_eq!(offset_of!(Filter, flood_budget), 16);
-        assert_eq!(offset_of!(Filter, hosts), 20);
-        assert_eq!(offset_of!(Filter, locals), 52);
-        assert_eq!(offset_of!(Filter, dests), 116);
+        assert_eq!(offset_of!(Filter, family), 18);
+        assert_eq!(offset_of!(Filter, host6), 20);
+        assert_eq!(offset_of!(Filter, hosts), 36);
+        assert_eq!(offset_of!(Filter, locals), 68);
+        assert_eq!(offset_of!(Filter, dests), 132);
         assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (16, 2));
         assert_eq!(offset_of!(FlowKey, sport), 8);
         assert_eq!(offset_of!(FlowKey, proto), 12);
         assert_eq!(
             (size_of::<KernelOffsets>(), align_of::<KernelOffsets>()),
-            (128, 4)
+            (132, 4)
         );
         assert_eq!(offset_of!(KernelOffsets, nf_state_hook), 40);
         assert_eq!(offset_of!(KernelOffsets, btf_iphdr), 68);
         assert_eq!(offset_of!(KernelOffsets, ct_src_port), 100);
         assert_eq!(offset_of!(KernelOffsets, ct_zone), 116);
-        assert_eq!(offset_of!(KernelOffsets, have), 124);
+        assert_eq!(offset_of!(KernelOffsets, have), 128);
     }
 
     #[test]

@@ -48,6 +48,43 @@ impl HopKind {
     }
 }
 
+/// An IP address in network byte order: IPv4's in the first 4 bytes (the rest zero), or
+/// IPv6's. Aligned to 8 so that a BPF program copies one as two words: 16 bytes of alignment 1
+/// are a `memcpy` call, a subprogram whose frame the verifier adds to the caller's.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr(pub [u8; 16]);
+
+impl Addr {
+    pub const ZERO: Self = Self([0; 16]);
+
+    /// An IPv4 address (network byte order).
+    #[inline(always)]
+    pub const fn v4(a: [u8; 4]) -> Self {
+        Self([a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    }
+
+    /// The first 4 bytes: an IPv4 address.
+    #[inline(always)]
+    pub const fn v4_bytes(&self) -> [u8; 4] {
+        [self.0[0], self.0[1], self.0[2], self.0[3]]
+    }
+
+    /// The XOR of the four words: an IPv4 address itself, an IPv6 one folded (for hashes and
+    /// flow ids, not to be shown or matched).
+    #[inline(always)]
+    pub const fn folded(&self) -> [u8; 4] {
+        let a = &self.0;
+        let mut out = [0u8; 4];
+        let mut i = 0;
+        while i < 4 {
+            out[i] = a[i] ^ a[i + 4] ^ a[i + 8] ^ a[i + 12];
+            i += 1;
+        }
+        out
+    }
+}
+
 /// `HopEvent::flags`: the IPv4 header was read, addresses and protocol are valid.
 pub const FLAG_IPV4: u8 = 1 << 0;
 /// `HopEvent::flags`: the TCP/UDP header was read, ports (and TCP flags) are valid.
@@ -67,6 +104,9 @@ pub const FLAG_QUOTED: u8 = 1 << 5;
 /// first hop where the packet has one (or is marked untracked), each hop where its state or
 /// NAT changed since, and every drop that has one. The record is the whole struct.
 pub const FLAG_CONNTRACK: u8 = 1 << 6;
+/// `HopEvent::flags`: the IPv6 header was read (the extension headers walked to the one
+/// `proto` names); `saddr`/`daddr` hold IPv6 addresses.
+pub const FLAG_IPV6: u8 = 1 << 7;
 
 /// Conntrack's view of a packet at one hop (`skb->_nfct` and the `struct nf_conn` behind it).
 #[repr(C)]
@@ -148,10 +188,10 @@ pub struct HopEvent {
     pub netns: u32,
     /// Device index within `netns` (0 when the skb had no device).
     pub ifindex: u32,
-    /// IPv4 source address, network byte order.
-    pub saddr: [u8; 4],
-    /// IPv4 destination address, network byte order.
-    pub daddr: [u8; 4],
+    /// Source address: IPv4's in the first 4 bytes (`FLAG_IPV4`), or IPv6's (`FLAG_IPV6`).
+    pub saddr: Addr,
+    /// Destination address, as `saddr`.
+    pub daddr: Addr,
     /// Source port, host byte order.
     pub sport: u16,
     /// Destination port, host byte order.
@@ -221,8 +261,8 @@ impl HopEvent {
             location: 0,
             netns: 0,
             ifindex: 0,
-            saddr: [0; 4],
-            daddr: [0; 4],
+            saddr: Addr::ZERO,
+            daddr: Addr::ZERO,
             sport: 0,
             dport: 0,
             len: 0,
@@ -402,19 +442,20 @@ mod tests {
 
     #[test]
     fn layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<HopEvent>(), 152);
+        assert_eq!(core::mem::size_of::<HopEvent>(), 176);
         assert_eq!(core::mem::size_of::<Conntrack>(), 44);
         assert_eq!(core::mem::align_of::<HopEvent>(), 8);
         assert_eq!(core::mem::offset_of!(HopEvent, netns), 24);
-        assert_eq!(core::mem::offset_of!(HopEvent, kind), 56);
-        assert_eq!(core::mem::offset_of!(HopEvent, _pad), 63);
-        assert_eq!(core::mem::offset_of!(HopEvent, peer_netns), 64);
-        assert_eq!(core::mem::offset_of!(HopEvent, in_ifindex), 72);
-        assert_eq!(core::mem::offset_of!(HopEvent, icmp_type), 82);
-        assert_eq!(core::mem::offset_of!(HopEvent, quoted), 84);
-        assert_eq!(core::mem::offset_of!(HopEvent, stack), 100);
-        assert_eq!(core::mem::offset_of!(HopEvent, skb_mark), 104);
-        assert_eq!(core::mem::offset_of!(HopEvent, ct), 108);
+        assert_eq!(core::mem::offset_of!(HopEvent, saddr), 32);
+        assert_eq!(core::mem::offset_of!(HopEvent, kind), 80);
+        assert_eq!(core::mem::offset_of!(HopEvent, _pad), 87);
+        assert_eq!(core::mem::offset_of!(HopEvent, peer_netns), 88);
+        assert_eq!(core::mem::offset_of!(HopEvent, in_ifindex), 96);
+        assert_eq!(core::mem::offset_of!(HopEvent, icmp_type), 106);
+        assert_eq!(core::mem::offset_of!(HopEvent, quoted), 108);
+        assert_eq!(core::mem::offset_of!(HopEvent, stack), 124);
+        assert_eq!(core::mem::offset_of!(HopEvent, skb_mark), 128);
+        assert_eq!(core::mem::offset_of!(HopEvent, ct), 132);
         assert_eq!(core::mem::offset_of!(Conntrack, original), 12);
         assert_eq!(core::mem::offset_of!(Conntrack, reply), 28);
     }
@@ -427,13 +468,13 @@ mod tests {
         ev.ct.info = 2;
         ev.ct.original.dport = 8080;
         ev.ct.reply.sport = 80;
-        assert_eq!(ev.record().len(), 152);
+        assert_eq!(ev.record().len(), 176);
         assert_eq!(HopEvent::from_bytes(ev.record()), Some(ev));
         // A drop without an entry stops before it.
         ev.kind = HopKind::Drop as u8;
         ev.flags = 0;
         ev.skb_mark = 2;
-        assert_eq!(ev.record().len(), 108);
+        assert_eq!(ev.record().len(), 132);
         assert_eq!(
             HopEvent::from_bytes(ev.record()).map(|e| e.skb_mark),
             Some(2)
@@ -473,12 +514,12 @@ mod tests {
         ev.entered_dport = 80;
         let back = HopEvent::from_bytes(ev.record()).expect("full record");
         assert_eq!(back, ev);
-        assert_eq!(ev.record().len(), 108, "a drop carries its tail");
+        assert_eq!(ev.record().len(), 132, "a drop carries its tail");
         assert!(HopEvent::from_bytes(&ev.as_bytes()[..HopEvent::HEAD_LEN - 1]).is_none());
 
         // Any other hop stops before the drop's fields, which then read as zero.
         ev.kind = HopKind::Receive as u8;
-        assert_eq!(ev.record().len(), 72);
+        assert_eq!(ev.record().len(), 96);
         let back = HopEvent::from_bytes(ev.record()).expect("head record");
         assert_eq!((back.skb, back.dport), (ev.skb, ev.dport));
         assert_eq!((back.in_ifindex, back.entered_dport), (0, 0));
@@ -487,7 +528,7 @@ mod tests {
         ev.flags = FLAG_QUOTED;
         ev.quoted.dport = 10001;
         ev.icmp_type = 3;
-        assert_eq!(ev.record().len(), 108);
+        assert_eq!(ev.record().len(), 132);
         assert_eq!(HopEvent::from_bytes(ev.record()), Some(ev));
     }
 

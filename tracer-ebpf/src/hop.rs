@@ -4,8 +4,10 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
     HopEvent, HopKind,
     config::{follow, have},
+    event::Addr,
     event::{
-        FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_MATCHED, FLAG_QUOTED,
+        FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_IPV6, FLAG_L4, FLAG_MATCHED,
+        FLAG_QUOTED,
     },
     flood::{DropKey, SummaryKey},
 };
@@ -163,7 +165,8 @@ pub fn build<B: EventBuf>(skb: u64, site: Site, buf: &B) -> Option<&mut HopEvent
         return None;
     }
     // A normal free (consume_skb, the hottest hook) neither shows nor remembers it: not read.
-    let hold = if site.frees && site.kind != HopKind::Drop {
+    // Nor is an IPv6 packet's yet: the view's tuples are IPv4's (issue 25).
+    let hold = if (site.frees && site.kind != HopKind::Drop) || h.ipv6 {
         CtHold::NONE
     } else {
         ct_hold(skb, site.access)
@@ -242,6 +245,7 @@ pub fn build<B: EventBuf>(skb: u64, site: Site, buf: &B) -> Option<&mut HopEvent
             None => {}
         }
         if new_tuple
+            && h.ipv4
             && !walk.quiet
             && let Some(reply) = key.reply_to_learn(was, h.l4)
             && let Some(f) = filter()
@@ -289,8 +293,24 @@ pub fn build<B: EventBuf>(skb: u64, site: Site, buf: &B) -> Option<&mut HopEvent
     ev.location = site.location;
     ev.netns = netns;
     ev.ifindex = ifindex;
-    ev.saddr = h.saddr;
-    ev.daddr = h.daddr;
+    if h.ipv6 {
+        // Read straight into the event: no room for them on the stack.
+        // SAFETY: `saddr` and `daddr` lie next to each other, two `Addr`s (see the layout
+        // test of `HopEvent`).
+        h.addrs6_into(unsafe { &mut *(&raw mut ev.saddr).cast::<[Addr; 2]>() });
+    } else {
+        // Into the zeroed event, a word each: a whole `Addr` written would zero its other 12
+        // bytes with a `memset` call.
+        // SAFETY: `Addr` is 8-aligned, so its first 4 bytes take a u32.
+        unsafe {
+            (&raw mut ev.saddr)
+                .cast::<u32>()
+                .write(u32::from_ne_bytes(h.saddr));
+            (&raw mut ev.daddr)
+                .cast::<u32>()
+                .write(u32::from_ne_bytes(h.daddr));
+        }
+    }
     ev.sport = h.sport;
     ev.dport = h.dport;
     ev.len = field::<u32>(skb, off!(skb_len), site.access).unwrap_or(0);
@@ -304,6 +324,7 @@ pub fn build<B: EventBuf>(skb: u64, site: Site, buf: &B) -> Option<&mut HopEvent
     ev.nf_family = site.nf_family;
     ev.fingerprint = fp;
     ev.flags = (if h.ipv4 { FLAG_IPV4 } else { 0 })
+        | (if h.ipv6 { FLAG_IPV6 } else { 0 })
         | (if h.l4 { FLAG_L4 } else { 0 })
         | (if matched && !followed {
             FLAG_MATCHED
@@ -342,7 +363,7 @@ pub fn build<B: EventBuf>(skb: u64, site: Site, buf: &B) -> Option<&mut HopEvent
 /// Whether the header `h` passes the filter (none set: no).
 #[inline(always)]
 fn matches(h: &Headers) -> bool {
-    h.ipv4 && filter().is_some_and(|f| f.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport))
+    filter().is_some_and(|f| h.passes(f))
 }
 
 /// Stops following the packet at `skb`: ends its entry in place while floods are summarised

@@ -3,8 +3,8 @@
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use tracer_common::{
     Filter, HeaderFields,
-    config::{FlowKey, have, kfunc},
-    event::{Conntrack, fingerprint},
+    config::{FlowKey, filter_field, have, kfunc},
+    event::{Addr, Conntrack, fingerprint},
 };
 
 use crate::maps::off;
@@ -58,28 +58,38 @@ pub fn field<T: Copy>(base: u64, off: u32, access: Access) -> Option<T> {
     }
 }
 
-/// The headers this tracer looks at.
+/// The headers this tracer looks at. Nothing in it is an array zeroed whole (IPv6's addresses
+/// stay in the packet): LLVM zeroes one with a `memset` call, a loop the verifier walks byte
+/// by byte for every state that reaches it.
 #[derive(Clone, Copy, Default)]
 pub struct Headers {
+    /// The ICMP header's address for an ICMP packet (first fragment or none), else 0.
+    pub icmp_at: u64,
+    /// An IPv6 packet: the address of its header (where its addresses lie), else 0.
+    pub ipv6_at: u64,
+    /// Network byte order: IPv4's, or an IPv6 packet's folded (`Addr::folded`: for hashes and
+    /// flow ids; its own are read from `ipv6_at` where they are shown or matched, never kept
+    /// on a stack that has no room for them).
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
+    /// IP id, and TCP sequence/ack (UDP: length in the top half of `seq`), host order: what
+    /// [`Headers::fingerprint`] is made of, kept raw: only followed packets need it.
+    seq: u32,
+    ack: u32,
     pub sport: u16,
     pub dport: u16,
+    ip_id: u16,
+    /// The IP protocol; IPv6: the header after the extension headers.
     pub proto: u8,
     pub tcp_flags: u8,
     pub ipv4: bool,
+    pub ipv6: bool,
     pub l4: bool,
-    /// IP id, and TCP sequence/ack (UDP: length in the top half of `seq`), host order: what
-    /// [`Headers::fingerprint`] is made of, kept raw: only followed packets need it.
-    ip_id: u16,
-    seq: u32,
-    ack: u32,
-    /// The ICMP header's address for an ICMP packet (first fragment or none), else 0.
-    pub icmp_at: u64,
 }
 
 impl Headers {
-    /// The header as a [`FlowKey`] (ports 0 without them).
+    /// The header as a [`FlowKey`] (ports 0 without them); an IPv6 packet's with its addresses
+    /// folded: a hash to tell a NAT rewrite by, no reply to learn.
     #[inline(always)]
     pub fn key(&self) -> FlowKey {
         FlowKey {
@@ -93,10 +103,11 @@ impl Headers {
         }
     }
 
-    /// See `HopEvent::fingerprint`; 0 when the packet is not IPv4.
+    /// See `HopEvent::fingerprint`; 0 when the packet is not IP. IPv6 has no IP id: its UDP or
+    /// ICMPv6 checksum stands in (`ip_id`), which differs between datagrams of one flow.
     #[inline(always)]
     pub fn fingerprint(&self) -> u32 {
-        if !self.ipv4 {
+        if !self.ipv4 && !self.ipv6 {
             0
         } else if !self.l4 {
             fingerprint::ip(self.ip_id, self.proto)
@@ -108,28 +119,70 @@ impl Headers {
     }
 }
 
+impl Headers {
+    /// Whether these headers pass `f` (neither IPv4 nor IPv6: no).
+    #[inline(always)]
+    pub fn passes(&self, f: &Filter) -> bool {
+        if self.ipv6 {
+            passes6(self, f)
+        } else {
+            self.ipv4
+                && f.matches(
+                    self.saddr, self.daddr, self.proto, self.l4, self.sport, self.dport,
+                )
+        }
+    }
+
+    /// An IPv6 packet's source and destination address; `None` for IPv4's or unreadable ones.
+    #[inline(always)]
+    pub fn addrs6(&self) -> Option<[Addr; 2]> {
+        if self.ipv6_at == 0 {
+            return None;
+        }
+        read(self.ipv6_at, 8)
+    }
+
+    /// An IPv6 packet's source and destination address, read into `out` (zeros when
+    /// unreadable: the helper writes them); nothing for IPv4's.
+    #[inline(always)]
+    pub fn addrs6_into(&self, out: &mut [Addr; 2]) {
+        if self.ipv6_at != 0 {
+            read_into(out, self.ipv6_at, 8);
+        }
+    }
+}
+
 const ETH_P_IP_BE: u16 = 0x0008; // htons(0x0800) as read on little-endian
+const ETH_P_IPV6_BE: u16 = 0xdd86; // htons(0x86dd)
 const ETH_P_8021Q_BE: u16 = 0x0081;
 const ETH_P_8021AD_BE: u16 = 0xa888;
 
-/// Whether the skb carries something other than IPv4 now (ARP, IPv6, a socket's buffer with no
-/// protocol): at an address where an IPv4 packet was followed, that packet was freed unseen
-/// and the memory reused. A VLAN tag changes the protocol of the same packet: not foreign.
+/// Whether the skb carries something other than IP now (ARP, a socket's buffer with no
+/// protocol): at an address where a packet was followed, that packet was freed unseen and the
+/// memory reused. A VLAN tag changes the protocol of the same packet: not foreign. (IPv4
+/// reused for IPv6 or back shows in the fingerprint.)
 #[inline(always)]
 pub fn foreign(skb: u64, access: Access) -> bool {
     matches!(
         field::<u16>(skb, off!(skb_protocol), access),
-        Some(p) if p != ETH_P_IP_BE && p != ETH_P_8021Q_BE && p != ETH_P_8021AD_BE
+        Some(p) if p != ETH_P_IP_BE
+            && p != ETH_P_IPV6_BE
+            && p != ETH_P_8021Q_BE
+            && p != ETH_P_8021AD_BE
     )
 }
 
-/// Reads the IPv4 and TCP/UDP headers: the skb fields through `access`, then the packet bytes
-/// (see [`packet`]).
+/// Reads the IP (v4 or v6) and TCP/UDP headers: the skb fields through `access`, then the
+/// packet bytes (see [`packet`], [`headers6`]).
 #[inline(always)]
 pub fn headers(skb: u64, l3_at_data: bool, access: Access) -> Headers {
     let mut h = Headers::default();
     let l3 = l3_header(skb, l3_at_data, access);
     if l3 == 0 {
+        return h;
+    }
+    if field::<u16>(skb, off!(skb_protocol), access) == Some(ETH_P_IPV6_BE) {
+        headers6(l3, &mut h);
         return h;
     }
     let Some(p) = packet(l3) else {
@@ -171,8 +224,7 @@ pub fn headers(skb: u64, l3_at_data: bool, access: Access) -> Headers {
 pub fn passes(skb: u64, l3_at_data: bool, access: Access, filter: &Filter) -> bool {
     if off!(have) & have::RDONLY_CAST == 0 {
         // Helper reads: one call fetches every field, as for a followed packet.
-        let h = headers(skb, l3_at_data, access);
-        return h.ipv4 && filter.matches(h.saddr, h.daddr, h.proto, h.l4, h.sport, h.dport);
+        return headers(skb, l3_at_data, access).passes(filter);
     }
     let l3 = l3_header(skb, l3_at_data, access);
     if l3 == 0 {
@@ -180,6 +232,12 @@ pub fn passes(skb: u64, l3_at_data: bool, access: Access, filter: &Filter) -> bo
     }
     let ip = rdonly_cast(l3, off!(btf_iphdr));
     let ver_ihl: u8 = load(ip, 0);
+    if ver_ihl >> 4 == 6 {
+        // IPv6 is read with helper calls so far, extension headers and all.
+        let mut h = Headers::default();
+        headers6(l3, &mut h);
+        return h.passes(filter);
+    }
     ver_ihl >> 4 == 4
         && filter.accepts(&Ipv4At {
             l3,
@@ -196,6 +254,9 @@ pub fn passes(skb: u64, l3_at_data: bool, access: Access, filter: &Filter) -> bo
 pub fn reply_key(skb: u64, l3_at_data: bool, access: Access) -> Option<FlowKey> {
     if off!(have) & have::RDONLY_CAST == 0 {
         let h = headers(skb, l3_at_data, access);
+        if !h.ipv4 {
+            return None; // IPv6 replies are not followed yet (issue 25)
+        }
         if h.l4 {
             return Some(h.key());
         }
@@ -422,6 +483,10 @@ pub fn by_conntrack(skb: u64, access: Access, f: &Filter) -> ByConntrack {
     if ct < KERNEL_ADDRESSES {
         return ByConntrack::No;
     }
+    // IPv4's conntrack tuples only, so far (issue 25): an IPv6 packet's header is not read.
+    if field::<u16>(skb, off!(skb_protocol), access) != Some(ETH_P_IP_BE) {
+        return ByConntrack::No;
+    }
     let h = headers(skb, false, access);
     if !h.ipv4 {
         return ByConntrack::No;
@@ -537,12 +602,15 @@ fn ct_tuple(ct: u64, dir: u32, out: &mut FlowKey) {
     out.dport = u16::from_be(out.dport);
 }
 
-/// The address of the IPv4 header, or 0 when the skb does not carry IPv4 or its header cannot
-/// be located. At receive `skb->data` is the L3 header (the network header offset is reset
+/// The address of the IP header, or 0 when the skb carries neither IPv4 nor IPv6 or its header
+/// cannot be located. At receive `skb->data` is the L3 header (the network header offset is reset
 /// only after the tracepoint); elsewhere `head + network_header` is.
 #[inline(always)]
 fn l3_header(skb: u64, l3_at_data: bool, access: Access) -> u64 {
-    if field::<u16>(skb, off!(skb_protocol), access) != Some(ETH_P_IP_BE) {
+    if !matches!(
+        field::<u16>(skb, off!(skb_protocol), access),
+        Some(ETH_P_IP_BE | ETH_P_IPV6_BE)
+    ) {
         return 0;
     }
     if l3_at_data {
@@ -668,6 +736,101 @@ fn packet_probed(l3: u64) -> Option<Packet> {
     p.ack = u32_at(&l4b, 8);
     p.flags = l4b[13];
     Some(p)
+}
+
+/// [`Headers::passes`] for an IPv6 packet, its addresses read only for a filter on them.
+#[inline(always)]
+fn passes6(h: &Headers, f: &Filter) -> bool {
+    if f.fields & filter_field::HOST6 == 0 {
+        return f.matches6(&[0; 16], &[0; 16], h.proto, h.l4, h.sport, h.dport);
+    }
+    // Unreadable addresses match no host.
+    let Some([saddr, daddr]) = h.addrs6() else {
+        return false;
+    };
+    f.matches6(&saddr.0, &daddr.0, h.proto, h.l4, h.sport, h.dport)
+}
+
+/// IPv6 next-header values: the extension headers walked to find the upper layer, and ICMPv6.
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AUTH: u8 = 51;
+const DEST_OPTS: u8 = 60;
+const ICMPV6: u8 = 58;
+
+/// Extension headers walked at most; a packet with more is shown with the one after the last
+/// walked as its protocol, and no ports.
+const MAX_EXTENSIONS: usize = 4;
+
+/// Reads the IPv6 header at `l3` into `h`, walking its extension headers (hop-by-hop,
+/// routing, fragment, authentication, destination options) to TCP, UDP or ICMPv6: ports and
+/// sequence as for IPv4, none past a first fragment. Helper reads: the fixed header in one,
+/// each extension header's first four bytes in one, the upper layer's first 14 in one.
+#[inline(always)]
+fn headers6(l3: u64, h: &mut Headers) {
+    // Read whole (no array zeroed on the stack first: that is a `memset` call).
+    let Some(fixed) = read::<[u64; 5]>(l3, 0) else {
+        return;
+    };
+    let first = fixed[0];
+    if (first & 0xff) >> 4 != 6 {
+        return;
+    }
+    h.ipv6 = true;
+    h.ipv6_at = l3;
+    let fold = |a: u64, b: u64| ((a ^ b) as u32 ^ ((a ^ b) >> 32) as u32).to_ne_bytes();
+    h.saddr = fold(fixed[1], fixed[2]);
+    h.daddr = fold(fixed[3], fixed[4]);
+    let mut next = (first >> 48) as u8;
+    let mut at = 40u32;
+    let mut later_fragment = false;
+    let mut i = 0;
+    while i < MAX_EXTENSIONS {
+        if !matches!(next, HOP_BY_HOP | ROUTING | FRAGMENT | AUTH | DEST_OPTS) {
+            break;
+        }
+        // Next header, length, and (a fragment header's) offset, as the bytes lie.
+        let Some(ext) = read::<u32>(l3, at) else {
+            break;
+        };
+        let hdr_len = (ext >> 8) & 0xff;
+        let len = match next {
+            FRAGMENT => 8,
+            AUTH => (hdr_len + 2) * 4,
+            _ => (hdr_len + 1) * 8,
+        };
+        if next == FRAGMENT && u16::from_be((ext >> 16) as u16) & 0xfff8 != 0 {
+            later_fragment = true;
+        }
+        next = ext as u8;
+        at += len;
+        i += 1;
+    }
+    h.proto = next;
+    if later_fragment || !matches!(next, 6 | 17 | ICMPV6) {
+        return;
+    }
+    let Some(l4) = read::<[u8; 14]>(l3, at) else {
+        return;
+    };
+    if next == ICMPV6 {
+        // Its checksum: what tells one echo or error from the next (the fingerprint).
+        h.ip_id = u16::from_be_bytes([l4[2], l4[3]]);
+        return;
+    }
+    let u32_at = |o: usize| u32::from_be_bytes([l4[o], l4[o + 1], l4[o + 2], l4[o + 3]]);
+    h.sport = u16::from_be_bytes([l4[0], l4[1]]);
+    h.dport = u16::from_be_bytes([l4[2], l4[3]]);
+    h.seq = u32_at(4);
+    if next == 6 {
+        h.tcp_flags = l4[13];
+        h.ack = u32_at(8);
+    } else {
+        // UDP's checksum, as ICMPv6's above.
+        h.ip_id = u16::from_be_bytes([l4[6], l4[7]]);
+    }
+    h.l4 = true;
 }
 
 /// `bpf_rdonly_cast(p, btf_id)`, through the placeholder the loader links (see

@@ -10,7 +10,7 @@ use pathtrace::{
 };
 use tracer_common::{
     HopEvent, HopKind,
-    event::{FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
+    event::{Addr, FLAG_IPV4, FLAG_L4, FLAG_MATCHED},
 };
 
 /// Six hops per packet, as a SYN takes on the Docker-like path: uplink receive, bridge and
@@ -34,12 +34,12 @@ fn recorded(packets: u64) -> Vec<u8> {
             e.kind = kind as u8;
             e.ifindex = ifindex;
             e.netns = 4026532000 + (i as u32 / 2);
-            e.saddr = [203, 0, 113, 2];
-            e.daddr = if i >= 2 {
+            e.saddr = Addr::v4([203, 0, 113, 2]);
+            e.daddr = Addr::v4(if i >= 2 {
                 [172, 17, 0, 2]
             } else {
                 [203, 0, 113, 1]
-            };
+            });
             e.sport = 20000 + (p % 40000) as u16;
             e.dport = if i >= 2 { 80 } else { 10001 };
             e.proto = 6;

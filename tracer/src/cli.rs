@@ -1,6 +1,11 @@
 //! Command-line flags: one definition per flag, turned into a [`TraceConfig`].
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+    time::Duration,
+};
 
 use clap::{Args, Parser};
 use tracer_common::{
@@ -117,6 +122,23 @@ pub enum ArgError {
     RingSize(u32),
     #[error("`{0}` is not tcp, udp, icmp or a protocol number 0-255")]
     Proto(String),
+    #[error(
+        "`{0}` is not an IPv4 address, nor an IPv6 address with an optional prefix length (2001:db8::/64)"
+    )]
+    Host(String),
+    #[error("`{0}`: a prefix of an IPv4 address is not supported yet: give one address")]
+    HostPrefix4(String),
+    #[error("IPv4 only and IPv6 only at once: give one of ipv4 and ipv6")]
+    BothFamilies,
+    #[error(
+        "--host {host} is an IPv{host_version} address, but {flag} asks for IPv{flag_version} only"
+    )]
+    HostFamily {
+        host: HostFilter,
+        host_version: u8,
+        flag: &'static str,
+        flag_version: u8,
+    },
     #[error("`{0}` is not a number of seconds")]
     NotSeconds(String),
     #[error("`{0}`: the duration must be positive (seconds)")]
@@ -159,9 +181,16 @@ pub struct FilterArgs {
     /// Source port (TCP/UDP).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub sport: Option<u16>,
-    /// IPv4 address matching either the source or the destination.
-    #[arg(long, value_name = "IPV4")]
-    pub host: Option<Ipv4Addr>,
+    /// Address matching either the source or the destination: IPv4, or IPv6 with an optional
+    /// prefix length (`2001:db8::/64`).
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<HostFilter>,
+    /// IPv4 packets only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 packets only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
     /// Protocol: tcp, udp, icmp, or a protocol number.
     #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
     pub proto: Option<Proto>,
@@ -220,6 +249,65 @@ pub struct StopArgs {
     pub idle_ms: u64,
 }
 
+/// `--host`: one IPv4 address, or an IPv6 address or prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostFilter {
+    V4(Ipv4Addr),
+    /// An address and how many of its leading bits must match (128: the address itself).
+    V6(Ipv6Addr, u8),
+}
+
+impl HostFilter {
+    /// 4 or 6.
+    pub fn version(&self) -> u8 {
+        match self {
+            Self::V4(_) => 4,
+            Self::V6(..) => 6,
+        }
+    }
+}
+
+impl FromStr for HostFilter {
+    type Err = ArgError;
+
+    fn from_str(s: &str) -> Result<Self, ArgError> {
+        let bad = || ArgError::Host(s.to_owned());
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        if let Ok(a) = addr.parse::<Ipv4Addr>() {
+            return match bits {
+                None | Some(32) => Ok(Self::V4(a)),
+                Some(_) => Err(ArgError::HostPrefix4(s.to_owned())),
+            };
+        }
+        let a = addr.parse::<Ipv6Addr>().map_err(|_| bad())?;
+        match bits {
+            None => Ok(Self::V6(a, 128)),
+            Some(b) if b <= 128 => Ok(Self::V6(a, b)),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for HostFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4(a) => write!(f, "{a}"),
+            Self::V6(a, 128) => write!(f, "{a}"),
+            Self::V6(a, bits) => write!(f, "{a}/{bits}"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HostFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 pub fn parse_proto(s: &str) -> Result<Proto, ArgError> {
     Proto::parse(&s.to_ascii_lowercase()).ok_or_else(|| ArgError::Proto(s.to_owned()))
 }
@@ -245,9 +333,33 @@ impl FilterArgs {
                 return Err(ArgError::PortsWithout(p));
             }
         }
+        let only = match (self.ipv4, self.ipv6) {
+            (true, true) => return Err(ArgError::BothFamilies),
+            (true, false) => Some((4, "-4")),
+            (false, true) => Some((6, "-6")),
+            (false, false) => None,
+        };
+        if let Some((version, flag)) = only {
+            if let Some(h) = self.host.filter(|h| h.version() != version) {
+                return Err(ArgError::HostFamily {
+                    host: h,
+                    host_version: h.version(),
+                    flag,
+                    flag_version: version,
+                });
+            }
+            f.family = version;
+            words.push(if version == 4 { "ip" } else { "ip6" }.to_owned());
+        }
+        match self.host {
+            Some(HostFilter::V4(a)) => {
+                f.host = a.octets();
+                f.fields |= filter_field::HOST;
+            }
+            Some(HostFilter::V6(a, bits)) => f.set_host6(a.octets(), bits),
+            None => {}
+        }
         if let Some(h) = self.host {
-            f.host = h.octets();
-            f.fields |= filter_field::HOST;
             words.push(format!("host {h}"));
         }
         if let Some(p) = self.sport {
@@ -261,7 +373,7 @@ impl FilterArgs {
             words.push(format!("dport {p}"));
         }
         let text = if words.is_empty() {
-            "all IPv4 packets".to_owned()
+            "all IPv4 and IPv6 packets".to_owned()
         } else {
             words.join(" ")
         };
@@ -353,6 +465,41 @@ mod tests {
             (cfg.filter.reply_secs, cfg.filter_text.as_str()),
             (0, "dport 10001")
         );
+    }
+
+    /// `--host` takes an IPv6 address or prefix into the filter's IPv6 host; `-4`/`-6` set the
+    /// version and refuse a host of the other one; an IPv4 prefix is refused, not truncated.
+    #[test]
+    fn builds_an_ipv6_filter() {
+        let cfg = parse(&["--host", "fd42:17::/48", "--dport", "8443", "-6"])
+            .unwrap()
+            .trace_config()
+            .unwrap();
+        let f = cfg.filter;
+        assert_eq!(f.family, 6);
+        assert_eq!(f.host6_bits, 48);
+        assert_eq!(&f.host6[..6], &[0xfd, 0x42, 0, 0x17, 0, 0]);
+        assert_ne!(f.fields & filter_field::HOST6, 0);
+        assert_eq!(f.fields & filter_field::HOST, 0);
+        assert_eq!(
+            cfg.filter_text,
+            "ip6 host fd42:17::/48 dport 8443, and their replies"
+        );
+        let one = parse(&["--host", "2001:db8:7::9"])
+            .unwrap()
+            .trace_config()
+            .unwrap();
+        assert_eq!(one.filter.host6_bits, 128);
+        assert_eq!(one.filter_text, "host 2001:db8:7::9, and their replies");
+        let err = |args: &[&str]| parse(args).unwrap().trace_config().unwrap_err().to_string();
+        assert!(err(&["--host", "2001:db8::1", "-4"]).contains("IPv6 address, but -4"));
+        assert!(err(&["--host", "198.51.100.7", "-6"]).contains("IPv4 address, but -6"));
+        let prefix = parse(&["--host", "10.9.0.0/16"]).unwrap_err().to_string();
+        assert!(prefix.contains("prefix of an IPv4 address"), "{prefix}");
+        assert!(parse(&["--host", "2001:db8::/129"]).is_err());
+        assert!(parse(&["-4", "-6"]).is_err());
+        let any = parse(&[]).unwrap().trace_config().unwrap();
+        assert_eq!(any.filter_text, "all IPv4 and IPv6 packets");
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! Decoding ring buffer records into [`Hop`]s: plain `Copy` values, no allocation per event.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use serde::Serialize;
 use tracer_common::{
     HopEvent, HopKind,
     config::FlowKey,
     event::{
-        FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_L4, FLAG_QUOTED, nf_verdict,
+        Addr, FLAG_CONNTRACK, FLAG_ENTERED, FLAG_FOLLOWED, FLAG_IPV4, FLAG_IPV6, FLAG_L4,
+        FLAG_QUOTED, nf_verdict,
     },
 };
 
@@ -23,17 +27,41 @@ pub enum DecodeError {
     UnknownKind(u8),
 }
 
-/// An IPv4 5-tuple; ports are 0 for protocols without them.
+/// An IPv4 or IPv6 5-tuple; ports are 0 for protocols without them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Tuple {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
     pub proto: Proto,
 }
 
+/// An address as IPv4, where only IPv4's is known so far (the host's facts, rulesets,
+/// conntrack's view: issue 25); `None` for IPv6.
+pub fn ipv4(a: IpAddr) -> Option<Ipv4Addr> {
+    match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
 impl Tuple {
+    /// 4 or 6.
+    pub fn version(&self) -> u8 {
+        if self.src.is_ipv6() { 6 } else { 4 }
+    }
+
+    /// The source as `address:port` (`[address]:port` for IPv6).
+    pub fn src_end(&self) -> SocketAddr {
+        SocketAddr::new(self.src, self.sport)
+    }
+
+    /// The destination as `address:port` (`[address]:port` for IPv6).
+    pub fn dst_end(&self) -> SocketAddr {
+        SocketAddr::new(self.dst, self.dport)
+    }
+
     /// The same flow seen from the other end.
     pub fn reversed(self) -> Self {
         Self {
@@ -51,8 +79,9 @@ impl fmt::Display for Tuple {
         if self.proto.has_ports() {
             write!(
                 f,
-                "{}:{} → {}:{}",
-                self.src, self.sport, self.dst, self.dport
+                "{} → {}",
+                SocketAddr::new(self.src, self.sport),
+                SocketAddr::new(self.dst, self.dport)
             )
         } else {
             write!(f, "{} → {} ({})", self.src, self.dst, self.proto)
@@ -147,12 +176,20 @@ impl Hop {
     #[inline]
     pub fn from_event(ev: &HopEvent) -> Result<Self, DecodeError> {
         let kind = HopKind::from_raw(ev.kind).ok_or(DecodeError::UnknownKind(ev.kind))?;
-        let tuple = (ev.flags & FLAG_IPV4 != 0).then(|| {
+        let v6 = ev.flags & FLAG_IPV6 != 0;
+        let addr = |a: &Addr| -> IpAddr {
+            if v6 {
+                Ipv6Addr::from(a.0).into()
+            } else {
+                Ipv4Addr::from(a.v4_bytes()).into()
+            }
+        };
+        let tuple = (ev.flags & (FLAG_IPV4 | FLAG_IPV6) != 0).then(|| {
             let l4 = ev.flags & FLAG_L4 != 0;
             Tuple {
-                src: Ipv4Addr::from(ev.saddr),
+                src: addr(&ev.saddr),
                 sport: if l4 { ev.sport } else { 0 },
-                dst: Ipv4Addr::from(ev.daddr),
+                dst: addr(&ev.daddr),
                 dport: if l4 { ev.dport } else { 0 },
                 proto: Proto::from_number(ev.proto),
             }
@@ -160,7 +197,7 @@ impl Hop {
         let entered = tuple
             .filter(|_| ev.flags & FLAG_ENTERED != 0)
             .map(|t| Tuple {
-                dst: Ipv4Addr::from(ev.entered_daddr),
+                dst: Ipv4Addr::from(ev.entered_daddr).into(),
                 dport: if ev.flags & FLAG_L4 != 0 {
                     ev.entered_dport
                 } else {
@@ -226,9 +263,9 @@ fn netfilter(ev: &HopEvent) -> Netfilter {
 fn conntrack(ev: &HopEvent) -> Option<CtView> {
     let (state, reply) = CtState::from_info(ev.ct.info)?;
     let tuple = |k: &FlowKey| Tuple {
-        src: Ipv4Addr::from(k.saddr),
+        src: Ipv4Addr::from(k.saddr).into(),
         sport: k.sport,
-        dst: Ipv4Addr::from(k.daddr),
+        dst: Ipv4Addr::from(k.daddr).into(),
         dport: k.dport,
         proto: Proto::from_number(k.proto),
     };
@@ -253,9 +290,9 @@ fn quoted(ev: &HopEvent) -> Quoted {
             code: ev.icmp_code,
         },
         tuple: Tuple {
-            src: Ipv4Addr::from(ev.quoted.saddr),
+            src: Ipv4Addr::from(ev.quoted.saddr).into(),
             sport: ev.quoted.sport,
-            dst: Ipv4Addr::from(ev.quoted.daddr),
+            dst: Ipv4Addr::from(ev.quoted.daddr).into(),
             dport: ev.quoted.dport,
             proto: Proto::from_number(ev.quoted.proto),
         },
@@ -299,8 +336,8 @@ pub(crate) mod fixture {
         e.kind = kind as u8;
         e.netns = netns;
         e.ifindex = ifindex;
-        e.saddr = [203, 0, 113, 2];
-        e.daddr = [203, 0, 113, 1];
+        e.saddr = tracer_common::event::Addr::v4([203, 0, 113, 2]);
+        e.daddr = tracer_common::event::Addr::v4([203, 0, 113, 1]);
         e.sport = 40000;
         e.dport = 10001;
         e.proto = 6;
@@ -318,11 +355,11 @@ pub(crate) mod fixture {
     /// before it, as the kernel program records.
     pub fn dnat(mut e: HopEvent) -> HopEvent {
         if e.kind == HopKind::Drop as u8 {
-            e.entered_daddr = e.daddr;
+            e.entered_daddr = e.daddr.v4_bytes();
             e.entered_dport = e.dport;
             e.flags |= FLAG_ENTERED;
         }
-        e.daddr = [172, 17, 0, 2];
+        e.daddr = tracer_common::event::Addr::v4([172, 17, 0, 2]);
         e.dport = 80;
         e
     }
@@ -331,9 +368,9 @@ pub(crate) mod fixture {
     /// 172.17.0.2:80 → 203.0.113.2:40000.
     pub fn syn_ack_ev(kind: HopKind, ts_ns: u64, netns: u32, ifindex: u32) -> HopEvent {
         let mut e = ev(kind, ts_ns, netns, ifindex);
-        e.saddr = [172, 17, 0, 2];
+        e.saddr = tracer_common::event::Addr::v4([172, 17, 0, 2]);
         e.sport = 80;
-        e.daddr = [203, 0, 113, 2];
+        e.daddr = tracer_common::event::Addr::v4([203, 0, 113, 2]);
         e.dport = 40000;
         e.tcp_flags = 0x12;
         e
@@ -432,6 +469,42 @@ mod tests {
         let t = Hop::from_event(&e).unwrap().tuple.unwrap();
         assert_eq!((t.sport, t.dport), (0, 0));
         assert_eq!(t.to_string(), "203.0.113.2 → 203.0.113.1 (icmp)");
+    }
+
+    /// An IPv6 record: its 16-byte addresses, shown bracketed with ports; the IPv4 and IPv6
+    /// flags each decode their own width from the same fields.
+    #[test]
+    fn decodes_an_ipv6_record() {
+        let mut e = ev(HopKind::Receive, 42, HOST_NS, 7);
+        let a: Ipv6Addr = "2001:db8:7a:3::2".parse().unwrap();
+        let b: Ipv6Addr = "fd42:c8:0:5::5".parse().unwrap();
+        e.saddr = Addr(a.octets());
+        e.daddr = Addr(b.octets());
+        e.sport = 51000;
+        e.dport = 9417;
+        e.flags = FLAG_IPV6 | FLAG_L4;
+        let t = Hop::from_event(&e).unwrap().tuple.expect("ipv6");
+        assert_eq!((t.src, t.dst), (IpAddr::V6(a), IpAddr::V6(b)));
+        assert_eq!(t.version(), 6);
+        assert_eq!(
+            t.to_string(),
+            "[2001:db8:7a:3::2]:51000 → [fd42:c8:0:5::5]:9417"
+        );
+        assert_eq!(t.dst_end().to_string(), "[fd42:c8:0:5::5]:9417");
+        assert_eq!(
+            ipv4(t.dst),
+            None,
+            "no IPv4 fact is asked of an IPv6 address"
+        );
+        // ICMPv6: no ports, the protocol by its number.
+        e.flags = FLAG_IPV6;
+        e.proto = 58;
+        let t = Hop::from_event(&e).unwrap().tuple.unwrap();
+        assert_eq!(t.to_string(), "2001:db8:7a:3::2 → fd42:c8:0:5::5 (icmp6)");
+        // The same bytes under the IPv4 flag are the first four only.
+        e.flags = FLAG_IPV4;
+        let t = Hop::from_event(&e).unwrap().tuple.unwrap();
+        assert_eq!(t.src, IpAddr::V4(Ipv4Addr::new(0x20, 0x01, 0x0d, 0xb8)));
     }
 
     #[test]

@@ -4,12 +4,14 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    net::IpAddr,
     sync::Arc,
 };
 
 use serde::Serialize;
 use tracer_common::{
     HopKind,
+    event::Addr,
     flood::{SummaryCount, SummaryKey, flow_id},
 };
 
@@ -310,11 +312,19 @@ pub fn flow_of(hops: &[Hop]) -> Option<u32> {
     let first = hops.iter().find(|h| !h.inferred)?;
     let t = first.tuple?;
     Some(flow_id(
-        t.src.octets(),
-        t.dst.octets(),
+        folded(t.src),
+        folded(t.dst),
         t.proto.number(),
         t.dport,
     ))
+}
+
+/// An address as the kernel keys a flow by it: IPv4's, IPv6's folded (`Addr::folded`).
+fn folded(a: IpAddr) -> [u8; 4] {
+    match a {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => Addr(a.octets()).folded(),
+    }
 }
 
 #[cfg(test)]
@@ -345,8 +355,8 @@ mod tests {
         for &(kind, at) in way {
             let mut e = ev(kind, ts + at, HOST_NS, 2);
             e.skb = skb;
-            e.saddr = [198, 51, 100, 23];
-            e.daddr = [10, 61, 4, 9];
+            e.saddr = tracer_common::event::Addr::v4([198, 51, 100, 23]);
+            e.daddr = tracer_common::event::Addr::v4([10, 61, 4, 9]);
             e.sport = 51000;
             e.dport = 5353;
             e.proto = 17;

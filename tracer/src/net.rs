@@ -17,10 +17,12 @@ impl Proto {
     pub const TCP: Self = Self(6);
     pub const UDP: Self = Self(17);
     pub const SCTP: Self = Self(132);
+    pub const ICMPV6: Self = Self(58);
 
-    /// The protocols with a name, in one table.
-    const NAMES: [(Self, &'static str); 4] = [
+    /// The protocols with a name, in one table (`icmp6` as tcpdump says it).
+    const NAMES: [(Self, &'static str); 5] = [
         (Self::ICMP, "icmp"),
+        (Self::ICMPV6, "icmp6"),
         (Self::TCP, "tcp"),
         (Self::UDP, "udp"),
         (Self::SCTP, "sctp"),

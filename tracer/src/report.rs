@@ -1,7 +1,7 @@
 //! The view model: a decided, diagnosed packet ([`Judged`]) with everything resolved for
 //! output (interface and namespace names, symbols). Output formats only render this.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -31,9 +31,12 @@ pub struct HopView {
     /// Network namespace inode.
     pub netns: u32,
     pub netns_name: String,
-    pub src: Option<Ipv4Addr>,
+    /// `ipv4` or `ipv6`; absent where the IP header could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<&'static str>,
+    pub src: Option<IpAddr>,
     pub sport: Option<u16>,
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     pub dport: Option<u16>,
     pub proto: Option<&'static str>,
     pub tcp_flags: &'static str,
@@ -147,7 +150,7 @@ impl ConntrackView {
 /// A packet's destination as it entered a namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct EnteredView {
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dport: Option<u16>,
 }
@@ -207,6 +210,7 @@ impl HopView {
             ifindex: hop.ifindex,
             netns: hop.netns,
             netns_name: facts.netns_label(hop.netns),
+            family: t.map(|t| if t.version() == 6 { "ipv6" } else { "ipv4" }),
             src: t.map(|t| t.src),
             sport: t.filter(|_| l4).map(|t| t.sport),
             dst: t.map(|t| t.dst),

@@ -1,5 +1,6 @@
 //! The outcome of one packet, decided from its hops: delivered, dropped, or unknown.
 
+use crate::events::ipv4;
 use serde::Serialize;
 use tracer_common::HopKind;
 
@@ -141,11 +142,11 @@ fn sent_unseen(rx: &Hop, end: &Hop, facts: &mut dyn HostFacts) -> bool {
         && end
             .tuple
             .or(rx.tuple)
-            .is_some_and(|t| facts.is_local(rx.netns, t.dst) == Some(false))
+            .is_some_and(|t| ipv4(t.dst).and_then(|a| facts.is_local(rx.netns, a)) == Some(false))
 }
 
 fn local_delivery(hop: &Hop, facts: &mut dyn HostFacts) -> Option<Delivery> {
-    let dst = hop.tuple?.dst;
+    let dst = ipv4(hop.tuple?.dst)?;
     facts
         .is_local(hop.netns, dst)?
         .then_some(Delivery::LocalNamespace)

@@ -227,7 +227,7 @@ mod tests {
         // SYN-ACK from the container: 172.17.0.2:80 → 203.0.113.2:40000, un-DNATed on the way.
         let reply = syn_ack_ev(HopKind::Transmit, 10_000, CTR_NS, 2);
         let mut out = reply;
-        out.saddr = [203, 0, 113, 1];
+        out.saddr = tracer_common::event::Addr::v4([203, 0, 113, 1]);
         out.sport = 10001;
         out.ts_ns = 12_000;
         let view = flows
@@ -248,8 +248,8 @@ mod tests {
         // the quote back).
         for quoted in [syn.translated, syn.original] {
             let mut e = ev(HopKind::Receive, 20_000, HOST_NS, 2);
-            e.saddr = [203, 0, 113, 1];
-            e.daddr = [203, 0, 113, 2];
+            e.saddr = tracer_common::event::Addr::v4([203, 0, 113, 1]);
+            e.daddr = tracer_common::event::Addr::v4([203, 0, 113, 2]);
             e.proto = 1;
             e.flags &= !tracer_common::event::FLAG_L4;
             let mut h = hop(e);
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(view.original.src, Ipv4Addr::new(203, 0, 113, 2));
         // The client's next packet joins it as the original direction.
         let mut ack = ev(HopKind::Receive, 9_000, CTR_NS, 2);
-        ack.daddr = [172, 17, 0, 2];
+        ack.daddr = tracer_common::event::Addr::v4([172, 17, 0, 2]);
         ack.dport = 80;
         ack.tcp_flags = 0x10;
         let next = flows.observe(&packet(vec![hop(ack)])).expect("ipv4");

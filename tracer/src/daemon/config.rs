@@ -70,8 +70,15 @@ fn at(text: &str, path: &str, section: Option<&str>, key: &str) -> String {
 pub struct FilterConfig {
     pub dport: Option<u16>,
     pub sport: Option<u16>,
-    pub host: Option<std::net::Ipv4Addr>,
+    /// IPv4, or IPv6 with an optional prefix length (`--host`).
+    pub host: Option<crate::cli::HostFilter>,
     pub proto: Option<String>,
+    /// `-4`: IPv4 packets only.
+    #[serde(default)]
+    pub ipv4: bool,
+    /// `-6`: IPv6 packets only.
+    #[serde(default)]
+    pub ipv6: bool,
     /// `--all-drops`.
     #[serde(default)]
     pub all_drops: bool,
@@ -196,6 +203,10 @@ impl DaemonConfig {
         self.filter.dport = f.dport.or(self.filter.dport);
         self.filter.sport = f.sport.or(self.filter.sport);
         self.filter.host = f.host.or(self.filter.host);
+        if f.ipv4 || f.ipv6 {
+            self.filter.ipv4 = f.ipv4;
+            self.filter.ipv6 = f.ipv6;
+        }
         self.filter.all_drops |= f.all_drops;
         self.filter.no_replies |= f.no_replies;
         self.filter.stack |= f.stack;
@@ -321,6 +332,8 @@ impl DaemonConfig {
             dport: self.filter.dport,
             sport: self.filter.sport,
             host: self.filter.host,
+            ipv4: self.filter.ipv4,
+            ipv6: self.filter.ipv6,
             proto: self
                 .filter
                 .proto
@@ -366,6 +379,31 @@ mod tests {
         let stacks = DaemonConfig::parse("[filter]\nstack = true\n", "s.toml").expect("valid");
         let (f, _) = stacks.filter_args().unwrap().to_filter().unwrap();
         assert_eq!(f.options, tracer_common::config::option::STACK);
+    }
+
+    /// `[filter]` takes an IPv6 host or prefix and one family, as the flags do; both
+    /// families at once, or an IPv4 prefix, is an error naming the field.
+    #[test]
+    fn ipv6_filters_from_the_file() {
+        let cfg = DaemonConfig::parse(
+            "[filter]\nhost = \"2001:db8:7::/48\"\nipv6 = true\n",
+            "six.toml",
+        )
+        .expect("valid");
+        let (f, text) = cfg.filter_args().unwrap().to_filter().unwrap();
+        assert_eq!((f.family, f.host6_bits), (6, 48));
+        assert_eq!(text, "ip6 host 2001:db8:7::/48, and their replies");
+        let err = DaemonConfig::parse("[filter]\nipv4 = true\nipv6 = true\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("b.toml") && err.contains("give one of ipv4 and ipv6"),
+            "{err}"
+        );
+        let err = DaemonConfig::parse("[filter]\nhost = \"10.1.0.0/16\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefix of an IPv4 address"), "{err}");
     }
 
     #[test]
@@ -435,6 +473,8 @@ mod tests {
             dport: Some(7000),
             sport: None,
             host: None,
+            ipv4: false,
+            ipv6: false,
             proto: None,
             container: None,
             all_drops: false,

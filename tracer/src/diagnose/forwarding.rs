@@ -5,6 +5,7 @@
 //! because forwarding is off — sends no ICMP error. The client just times out.
 
 use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns, sysctl_is};
+use crate::events::ipv4;
 use crate::{
     events::Hop,
     host::{HostFacts, Unreadable},
@@ -115,7 +116,9 @@ impl Seen {
             ));
         }
         let at_drop = case.drop_hop().and_then(|h| h.tuple).or(input.tuple);
-        if let Some(t) = at_drop.filter(|t| facts.is_local(self.netns, t.dst) == Some(false)) {
+        if let Some(t) = at_drop
+            .filter(|t| ipv4(t.dst).and_then(|a| facts.is_local(self.netns, a)) == Some(false))
+        {
             evidence.push(format!(
                 "destination {} is not a local address of netns {ns}: the packet had to be forwarded",
                 t.dst

@@ -1,6 +1,7 @@
 //! Judging a finished packet: its verdict, the container it was meant for, and the first
 //! diagnosis rule that recognises its case. The report is built from what this returns.
 
+use crate::events::ipv4;
 use serde::Serialize;
 
 use super::{Case, Diagnosis, diagnose};
@@ -61,7 +62,7 @@ pub fn judge(
         .hops
         .iter()
         .find_map(Hop::entered_tuple)
-        .and_then(|t| facts.published(Some(t.dst), t.dport, t.proto))
+        .and_then(|t| facts.published(Some(ipv4(t.dst)?), t.dport, t.proto))
         .map(Target::of);
     let case = Case {
         packet: &packet,

@@ -19,6 +19,7 @@ pub use judge::{Judged, Target, judge};
 pub use premises::{CLIENT, PortCheck, Premises, examine};
 pub use routing::{NO_ROUTE_BACK, Unanswered, no_route_back};
 
+use crate::events::ipv4;
 use serde::Serialize;
 use tracer_common::HopKind;
 
@@ -209,7 +210,8 @@ impl Case<'_> {
         })
     }
 
-    /// The packet at a hook of namespace `netns`, with `tuple` as its header there.
+    /// The packet at a hook of namespace `netns`, with `tuple` as its header there; `None` for
+    /// an IPv6 packet (rulesets are evaluated for IPv4 so far: issue 25).
     pub fn at_hook(
         &self,
         facts: &mut dyn HostFacts,
@@ -217,14 +219,15 @@ impl Case<'_> {
         tuple: Tuple,
         in_if: Option<String>,
         out_if: Option<String>,
-    ) -> PacketAtHook {
-        let local_addrs = [tuple.src, tuple.dst]
+    ) -> Option<PacketAtHook> {
+        let (src, dst) = (ipv4(tuple.src)?, ipv4(tuple.dst)?);
+        let local_addrs = [src, dst]
             .into_iter()
             .filter(|a| facts.is_local(netns, *a) == Some(true))
             .collect();
-        PacketAtHook {
-            src: tuple.src,
-            dst: tuple.dst,
+        Some(PacketAtHook {
+            src,
+            dst,
             proto: tuple.proto,
             sport: tuple.sport,
             dport: tuple.dport,
@@ -235,7 +238,7 @@ impl Case<'_> {
             physdev_out: None,
             ct_state: self.ct_state(),
             local_addrs,
-        }
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Routing: reverse path filtering, no route, neighbour resolution.
 
 use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns, sysctl_is};
+use crate::events::ipv4;
 use crate::{
     events::{Hop, Tuple},
     host::{HostFacts, Lookup, RouteRule},
@@ -38,7 +39,9 @@ fn rp_filter(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let ns = facts.netns_label(input.netns);
     let all = facts.sysctl(input.netns, "net.ipv4.conf.all.rp_filter");
     let iface = facts.sysctl(input.netns, &format!("net.ipv4.conf.{ifname}.rp_filter"));
-    let back = facts.connected_route(input.netns, t.src).map(|l| l.name);
+    let back = ipv4(t.src)
+        .and_then(|a| facts.connected_route(input.netns, a))
+        .map(|l| l.name);
     let mut evidence = vec![
         format!(
             "kfree_skb: reason IP_RPFILTER on {ifname} in netns {ns}, the interface it came in on"
@@ -161,8 +164,8 @@ fn marked_rp_filter(
         "ip route get {} from {} iif {ifname} mark {:#x}",
         t.src, t.dst, m.mark
     );
-    let subnet = facts
-        .connected_subnet(input.netns, t.src)
+    let subnet = ipv4(t.src)
+        .and_then(|src| facts.connected_subnet(input.netns, src))
         .map_or_else(|| format!("{}/32", t.src), |(n, l)| format!("{n}/{l}"));
     let (summary_tail, fix) = match &m.rule {
         Some(r) => {
@@ -245,8 +248,9 @@ pub const NO_ROUTE_BACK: &str = "no_route_back";
 /// trace, and only the routing table can say why.
 pub fn no_route_back(facts: &mut dyn HostFacts, u: &Unanswered, packet: &str) -> Option<Diagnosis> {
     let t = u.tuple;
-    let crate::host::RouteLookup::Unreachable(why) =
-        facts.route_get(u.netns, t.src, t.dst).ok()??
+    let crate::host::RouteLookup::Unreachable(why) = facts
+        .route_get(u.netns, ipv4(t.src)?, ipv4(t.dst)?)
+        .ok()??
     else {
         return None;
     };
@@ -256,7 +260,10 @@ pub fn no_route_back(facts: &mut dyn HostFacts, u: &Unanswered, packet: &str) ->
         |d| format!("container {}", d.container.name),
     );
     let dev = facts.interface(u.netns, u.ifindex).map(|l| l.name);
-    let gateway = u.via_netns.and_then(|h| facts.own_address_near(h, t.dst));
+    let gateway = u
+        .via_netns
+        .zip(ipv4(t.dst))
+        .and_then(|(h, dst)| facts.own_address_near(h, dst));
     let fix = match (gateway, &dev) {
         (Some(gw), Some(dev)) => format!("ip route add default via {gw} dev {dev}"),
         (Some(gw), None) => format!("ip route add default via {gw}"),
@@ -396,7 +403,7 @@ fn neighbor_failed(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnos
     let netns = case.drop_netns()?;
     let t = case.drop_hop().and_then(|h| h.tuple)?;
     let ns = facts.netns_label(netns);
-    let dev = facts.connected_route(netns, t.dst).map(|l| l.name);
+    let dev = facts.connected_route(netns, ipv4(t.dst)?).map(|l| l.name);
     let on = dev
         .as_deref()
         .map(|d| format!(" on {d}"))

@@ -1,6 +1,7 @@
 //! The packet reached its destination namespace and nothing listens there.
 
 use super::{Case, Confidence, Diagnosis, Rule, in_netns};
+use crate::events::ipv4;
 use crate::{host::HostFacts, net::Proto};
 
 pub const NO_LISTENER: Rule = Rule {
@@ -29,19 +30,19 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
         |d| format!("container {}", d.container.name),
     );
     let mut evidence = vec![format!(
-        "kfree_skb: reason NO_SOCKET at {} in netns {ns}: no {proto} socket for {}:{}",
+        "kfree_skb: reason NO_SOCKET at {} in netns {ns}: no {proto} socket for {}",
         drop.location
             .as_ref()
             .map_or_else(|| "?".into(), |s| s.name.clone()),
-        t.dst,
-        t.dport
+        t.dst_end()
     )];
     // Docker forwards a published port here: the mapping may name the wrong port.
-    let published = facts.published_to(t.dst, t.dport, t.proto);
+    let published = ipv4(t.dst).and_then(|dst| facts.published_to(dst, t.dport, t.proto));
     if (first.dst, first.dport) != (t.dst, t.dport) {
         evidence.push(format!(
-            "the packet was sent to {}:{} and DNATed to {}:{}: the path worked",
-            first.dst, first.dport, t.dst, t.dport
+            "the packet was sent to {} and DNATed to {}: the path worked",
+            first.dst_end(),
+            t.dst_end()
         ));
     } else if let Some(p) = &published {
         // Seen only as it died (`--hooks drops`): the mapping says where it came from.
@@ -61,17 +62,21 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     Some(Diagnosis {
         code: NO_LISTENER.code,
         summary: format!(
-            "{} reached {whom} on {}:{}, but nothing listens on {proto} port {} there.",
+            "{} reached {whom} on {}, but nothing listens on {proto} port {} there.",
             case.packet_name(),
-            t.dst,
-            t.dport,
+            t.dst_end(),
             t.dport
         ),
         evidence,
         fix: Some(format!(
-            "{}   # then start the service on 0.0.0.0:{} (not 127.0.0.1) in {whom}{}",
+            "{}   # then start the service on {} (not {}) in {whom}{}",
             in_netns(facts, input.netns, ss),
-            t.dport,
+            if t.version() == 6 {
+                format!("[::]:{}", t.dport)
+            } else {
+                format!("0.0.0.0:{}", t.dport)
+            },
+            if t.version() == 6 { "::1" } else { "127.0.0.1" },
             published.map_or_else(String::new, |p| format!(
                 ", or publish the port it listens on (-p {}:<that port>)",
                 p.host_port
@@ -100,7 +105,7 @@ mod tests {
     fn a_lone_refusal_in_a_container_names_the_port_docker_publishes_to_it() {
         let mut host = FakeHost::lab_with_docker();
         let mut drop = ev(HopKind::Drop, 3_000, CTR_NS, 2);
-        drop.daddr = [172, 17, 0, 2];
+        drop.daddr = tracer_common::event::Addr::v4([172, 17, 0, 2]);
         drop.dport = 80;
         drop.drop_reason = 3;
         let packet = Packet {

@@ -1,7 +1,7 @@
 //! The timeline a person reads: one block per packet, hops with relative times, NAT rewrites
 //! where they happen, then the verdict and diagnosis in plain words.
 
-use std::{fmt::Write as _, io::Write};
+use std::{fmt::Write as _, io::Write, net::SocketAddr};
 
 use tracer_common::HopKind;
 
@@ -95,7 +95,7 @@ fn title(report: &Report) -> String {
         .map_or("", |h| h.tcp_flags.name());
     let quoted = report.packet.hops.iter().find_map(|h| h.quoted);
     let what = report.first_tuple().map_or_else(
-        || "non-IPv4 packet".to_owned(),
+        || "non-IP packet".to_owned(),
         |t| match quoted {
             Some(q) => format!(
                 "ICMP {} {} → {} about {} ({})",
@@ -155,9 +155,10 @@ fn hop_detail(detail: &mut String, hop: &Hop, view: &HopView) {
     if let (Some(e), Some(t)) = (&view.entered, hop.tuple)
         && (e.dst, e.dport.unwrap_or(0)) != (t.dst, t.dport)
     {
-        let to = e
-            .dport
-            .map_or_else(|| e.dst.to_string(), |p| format!("{}:{p}", e.dst));
+        let to = e.dport.map_or_else(
+            || e.dst.to_string(),
+            |p| SocketAddr::new(e.dst, p).to_string(),
+        );
         let _ = write!(detail, "  (sent to {to} before NAT)");
     }
     if view.repeated {
@@ -428,7 +429,7 @@ pub fn summary_line(s: &Summary) -> String {
         Some(r) => {
             let to = r
                 .first_tuple()
-                .map(|t| format!("{} → {}:{} ({})", t.src, t.dst, t.dport, t.proto))
+                .map(|t| format!("{} → {} ({})", t.src, t.dst_end(), t.proto))
                 .unwrap_or_default();
             let code = r
                 .diagnosis

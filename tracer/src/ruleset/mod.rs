@@ -95,6 +95,21 @@ pub struct HookOutcome {
     pub tied: Option<String>,
 }
 
+impl HookOutcome {
+    /// A hook the evaluator did not walk: accepted, nothing known.
+    pub fn unevaluated(hook: Hook) -> Self {
+        Self {
+            hook,
+            verdict: RuleVerdict::Accept,
+            by: None,
+            path: Vec::new(),
+            dnat: None,
+            unknown_matches: Vec::new(),
+            tied: None,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod ruleset_fixtures {
     use std::net::Ipv4Addr;

@@ -3,6 +3,7 @@
 //! published to a container or DNATed by a rule.
 
 use super::DNAT_SKIPPED;
+use crate::events::ipv4;
 use crate::{
     diagnose::{Case, Confidence, Diagnosis, describe_rule, in_netns},
     events::{Hop, Tuple},
@@ -26,7 +27,7 @@ pub(super) fn dnat_skipped(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option
         return None;
     }
     let in_if = facts.interface(input.netns, input.ifindex).map(|l| l.name);
-    let pkt = case.at_hook(facts, input.netns, first, in_if, None);
+    let pkt = case.at_hook(facts, input.netns, first, in_if, None)?;
     let pre = rs.evaluate(Hook::Prerouting, &pkt);
     tracing::debug!(?pre, "dnat_skipped: PREROUTING walk");
     if pre.dnat.is_some() {
@@ -69,7 +70,7 @@ fn ended_undnatted(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<(Hop, T
                     .is_some_and(|h| h.netns == input.netns || h.netns == 0)
         }
     };
-    if !ended_here || facts.is_local(input.netns, first.dst) != Some(true) {
+    if !ended_here || ipv4(first.dst).and_then(|a| facts.is_local(input.netns, a)) != Some(true) {
         tracing::debug!(ended_here, "dnat_skipped: not delivered locally");
         return None;
     }

@@ -129,9 +129,9 @@ pub(super) fn netfilter_drop(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Dia
         }
         let Some(by) = fwd.by.clone() else { continue };
         let tuple = Tuple {
-            src: fwd_pkt.src,
+            src: fwd_pkt.src.into(),
             sport: fwd_pkt.sport,
-            dst: to,
+            dst: to.into(),
             dport: fwd_pkt.dport,
             proto: port.proto,
         };

@@ -12,6 +12,7 @@ mod examine;
 mod fix;
 mod walk;
 
+use crate::events::ipv4;
 use std::{sync::Arc, time::Duration};
 
 use self::{
@@ -368,8 +369,8 @@ struct Ends {
 
 impl Ends {
     fn of(case: &Case<'_>, facts: &mut dyn HostFacts, netns: u32, tuple: Option<Tuple>) -> Self {
-        let src = tuple.and_then(|t| facts.container_at(t.src));
-        let dst = tuple.and_then(|t| facts.container_at(t.dst));
+        let src = tuple.and_then(|t| facts.container_at(ipv4(t.src)?));
+        let dst = tuple.and_then(|t| facts.container_at(ipv4(t.dst)?));
         // The target's address first (the packet may have died before its DNAT), then the
         // flow's DNAT target (a server behind a published port, Docker's or not), then
         // whichever end is a container's.
@@ -384,14 +385,18 @@ impl Ends {
                 let d = case.drop_hop()?;
                 let (entered, now) = (d.entered?, d.tuple?);
                 (entered.dst != now.dst).then_some(now.dst)
-            });
+            })
+            .and_then(ipv4);
         let container_addrs = target
             .into_iter()
             .chain(dnat_to)
             .chain(tuple.into_iter().flat_map(|t| {
-                [dst.as_ref().map(|_| t.dst), src.as_ref().map(|_| t.src)]
-                    .into_iter()
-                    .flatten()
+                [
+                    dst.as_ref().and_then(|_| ipv4(t.dst)),
+                    src.as_ref().and_then(|_| ipv4(t.src)),
+                ]
+                .into_iter()
+                .flatten()
             }));
         let mut container_side = None;
         for addr in container_addrs.collect::<Vec<_>>() {
@@ -868,8 +873,8 @@ mod tests {
         host.rulesets.insert(HOST_NS, Arc::new(rs));
         let outbound = |kind, ts| {
             let mut e = ev(kind, ts, HOST_NS, 3);
-            e.saddr = [172, 17, 0, 2];
-            e.daddr = [203, 0, 113, 50];
+            e.saddr = tracer_common::event::Addr::v4([172, 17, 0, 2]);
+            e.daddr = tracer_common::event::Addr::v4([203, 0, 113, 50]);
             e.dport = 5432;
             e
         };
@@ -935,8 +940,8 @@ mod tests {
             .insert(HOST_NS, Arc::new(Ruleset::parse(&text).unwrap()));
         let from_api = |kind, ts| {
             let mut e = ev(kind, ts, HOST_NS, 9);
-            e.saddr = [172, 23, 0, 4];
-            e.daddr = [172, 17, 0, 2];
+            e.saddr = tracer_common::event::Addr::v4([172, 23, 0, 4]);
+            e.daddr = tracer_common::event::Addr::v4([172, 17, 0, 2]);
             e.dport = 80;
             e
         };

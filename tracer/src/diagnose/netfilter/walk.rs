@@ -3,6 +3,7 @@
 //! which) and the rule or policy that dropped it.
 
 use super::fix::Where;
+use crate::events::ipv4;
 use crate::{
     diagnose::{Case, sysctl_is},
     events::{Hop, Tuple},
@@ -102,7 +103,9 @@ impl<'w> Walker<'w> {
             .hops
             .iter()
             .filter(|h| h.netns == netns)
-            .find_map(Hop::entered_tuple)?;
+            .find_map(Hop::entered_tuple)
+            // Rulesets are evaluated for IPv4 packets so far (issue 25).
+            .filter(|t| t.version() == 4)?;
         let at_drop = case.drop_hop().and_then(|h| h.tuple).unwrap_or(first);
         let (in_if, physdev_in, bridge, bridge_index) = match input {
             Some(h) => {
@@ -162,7 +165,7 @@ impl<'w> Walker<'w> {
             (Hook::Input, self.first, None)
         };
         let case = self.case;
-        let mut p = case.at_hook(facts, self.netns, t, Some(port.clone()), out_port.clone());
+        let mut p = case.at_hook(facts, self.netns, t, Some(port.clone()), out_port.clone())?;
         p.physdev_in = Some(port.clone());
         p.physdev_out = out_port.clone();
         for hook in [Hook::Prerouting, last] {
@@ -225,14 +228,14 @@ impl<'w> Walker<'w> {
         }
         let mut t = self.first;
         if let Some((addr, port)) = pre.dnat {
-            t.dst = addr;
+            t.dst = addr.into();
             if let Some(p) = port {
                 t.dport = p;
             }
         } else if self.at_drop != self.first {
             t = self.at_drop; // a rewrite the ruleset walk did not model, seen by the kernel
         }
-        if facts.is_local(self.netns, t.dst) == Some(true) {
+        if ipv4(t.dst).and_then(|a| facts.is_local(self.netns, a)) == Some(true) {
             let (o, out_if) = self.at(facts, Hook::Input, t, None);
             return self.result(o, out_if, None, false);
         }
@@ -255,7 +258,7 @@ impl<'w> Walker<'w> {
     /// nft `bridge` table (ebtables) may drop it. The port is the device at the drop.
     fn sent_by_bridge(&self, facts: &mut dyn HostFacts, t: Tuple) -> Option<Walked> {
         let bridge = facts
-            .connected_route(self.netns, t.dst)
+            .connected_route(self.netns, ipv4(t.dst)?)
             .filter(|l| l.kind == "bridge")?;
         let port = self
             .case
@@ -264,7 +267,9 @@ impl<'w> Walker<'w> {
             .and_then(|h| facts.interface(self.netns, h.ifindex))
             .filter(|l| l.master == Some(bridge.ifindex))
             .map(|l| l.name);
-        let mut p = self.case.at_hook(facts, self.netns, t, None, port.clone());
+        let mut p = self
+            .case
+            .at_hook(facts, self.netns, t, None, port.clone())?;
         p.physdev_out = port.clone();
         for hook in [Hook::Output, Hook::Postrouting] {
             let outcome = self.rs.evaluate_bridge(hook, &p);
@@ -290,9 +295,13 @@ impl<'w> Walker<'w> {
         t: Tuple,
         out_if: Option<String>,
     ) -> (HookOutcome, Option<String>) {
-        let mut p = self
-            .case
-            .at_hook(facts, self.netns, t, self.in_if.clone(), out_if.clone());
+        let Some(mut p) =
+            self.case
+                .at_hook(facts, self.netns, t, self.in_if.clone(), out_if.clone())
+        else {
+            // Not reached: a walker is made for IPv4 packets only (`Walker::new`).
+            return (HookOutcome::unevaluated(hook), out_if);
+        };
         if hook != Hook::Output {
             p.physdev_in = self.physdev_in.clone();
         } else {
@@ -306,7 +315,9 @@ impl<'w> Walker<'w> {
 
     /// The device of the connected route to `t`'s destination.
     fn route(&self, facts: &mut dyn HostFacts, t: Tuple) -> Option<String> {
-        facts.connected_route(self.netns, t.dst).map(|l| l.name)
+        facts
+            .connected_route(self.netns, ipv4(t.dst)?)
+            .map(|l| l.name)
     }
 
     /// The bridge, when the packet leaves by the bridge it came in on and br_netfilter hands
