@@ -96,7 +96,8 @@ pub struct HookOutcome {
 }
 
 impl HookOutcome {
-    /// A hook the evaluator did not walk: accepted, nothing known.
+    /// A hook before any chain is walked (and one the evaluator does not walk at all):
+    /// accepted, nothing known.
     pub fn unevaluated(hook: Hook) -> Self {
         Self {
             hook,

@@ -473,15 +473,7 @@ impl Ruleset {
     }
 
     fn evaluate_family(&self, hook: Hook, pkt: &PacketAtHook, bridge: bool) -> HookOutcome {
-        let mut out = HookOutcome {
-            hook,
-            verdict: RuleVerdict::Accept,
-            by: None,
-            path: Vec::new(),
-            dnat: None,
-            unknown_matches: Vec::new(),
-            tied: None,
-        };
+        let mut out = HookOutcome::unevaluated(hook);
         // Every base chain of this hook, from every table and source, in the order the
         // kernel runs them: by priority, ties in registration (listing) order.
         let mut entries: Vec<(&Table, &Chain, BaseChain)> = self
