@@ -221,6 +221,9 @@ pub enum Fault {
     ForwardingOff(String),
     /// `net.ipv4.ip_forward = 0` in the host namespace.
     IpForwardOff,
+    /// `net.ipv6.conf.all.forwarding = 0` in the host namespace (a dual-stack lab): with the
+    /// uplink's own `forwarding` left at 1, which for IPv6 does not forward.
+    Ipv6ForwardingOff,
     /// Nothing listens in the container.
     NoListener,
     /// A DROP rule in DOCKER-USER for the container port (netfilter_drop, rule).
@@ -635,6 +638,13 @@ impl Lab {
                 .host
                 .sysctl(&format!("net.ipv4.conf.{iface}.forwarding"), "0"),
             Fault::IpForwardOff => self.host.sysctl("net.ipv4.ip_forward", "0"),
+            Fault::Ipv6ForwardingOff => {
+                // `all` is written to every interface too: the uplink's own switch goes back
+                // on, so the lab shows that it is not the one that forwards.
+                self.host.sysctl("net.ipv6.conf.all.forwarding", "0")?;
+                self.host
+                    .sysctl(&format!("net.ipv6.conf.{}.forwarding", c.uplink), "1")
+            }
             Fault::NoListener => {
                 self.listener = None;
                 Ok(())

@@ -114,6 +114,17 @@ impl Scenario {
         }
     }
 
+    /// Where the client connects: the published port, or for an IPv6 client the container's
+    /// own address (routed, no NAT).
+    pub fn target(&self) -> std::net::SocketAddr {
+        let c = &self.config;
+        match self.client {
+            Client::Outside6 => (c.v6.container, c.container_port).into(),
+            Client::Peer => (c.container_addr, c.container_port).into(),
+            _ => (c.host_addr, c.published_port).into(),
+        }
+    }
+
     /// The container's address the client's packets reach it at.
     pub fn container_addr(&self) -> std::net::IpAddr {
         match self.client {
@@ -194,6 +205,15 @@ pub fn all() -> Vec<Scenario> {
                 "an IPv6 client of a service that listens on 0.0.0.0 only: its SYN crosses the uplink, the bridge and the veth, and is refused in the container (NO_SOCKET at tcp_v6_rcv)",
                 None,
                 dropped("NO_SOCKET", "no_listener"),
+            )
+        },
+        Scenario {
+            client: Client::Outside6,
+            ..Scenario::new(
+                "ipv6-forwarding-off",
+                "net.ipv6.conf.all.forwarding=0 on the host, the uplink's own forwarding=1 (which for IPv6 does not forward): an IPv6 SYN to the container dies in ip6_forward",
+                Some(Fault::Ipv6ForwardingOff),
+                fwd(),
             )
         },
         Scenario::new(
@@ -770,14 +790,15 @@ fn with_counters(e: anyhow::Error, stats: &Result<Value>) -> anyhow::Error {
 /// A lab with its judged packet's verdict and hops, waiting for its trace to stop.
 type Pending = (Lab, Value, Vec<Value>);
 
-/// The scenario's lab, with its fault switched on.
-fn build(s: &Scenario) -> Result<Lab> {
-    let lab = match &s.fault {
-        Some(f) => Lab::with_fault(s.config.clone(), f.clone()),
-        None => Lab::new(s.config.clone()),
-    }?;
+/// The scenario's lab, dual-stack for an IPv6 client, with its fault switched on last (an
+/// IPv6 fault undoes what the dual stack set up).
+pub fn build(s: &Scenario) -> Result<Lab> {
+    let mut lab = Lab::new(s.config.clone())?;
     if s.client == Client::Outside6 {
         lab.dual_stack()?;
+    }
+    if let Some(f) = &s.fault {
+        lab.apply(f)?;
     }
     Ok(lab)
 }

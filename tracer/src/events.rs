@@ -414,6 +414,31 @@ pub(crate) mod fixture {
         ]
     }
 
+    /// [`ev`] as an IPv6 SYN routed to the container's own address:
+    /// [2001:db8:113::2]:40000 → [fd00:17::2]:80 (no NAT).
+    pub fn v6(mut e: HopEvent) -> HopEvent {
+        use tracer_common::event::{Addr, FLAG_IPV6};
+        let addr = |s: &str| s.parse::<std::net::Ipv6Addr>().map(|a| Addr(a.octets()));
+        e.saddr = addr("2001:db8:113::2").expect("fixture address");
+        e.daddr = addr("fd00:17::2").expect("fixture address");
+        e.dport = 80;
+        e.flags = (e.flags & !FLAG_IPV4) | FLAG_IPV6;
+        e
+    }
+
+    /// An IPv6 SYN from the outside namespace that dies in ip6_forward on the host's eth0:
+    /// IPv6 forwarding is off there.
+    pub fn forwarding_off_syn6() -> Vec<Hop> {
+        let mut drop = v6(ev(HopKind::Drop, 3_000, HOST_NS, 2));
+        drop.drop_reason = 87;
+        drop.location = 0xffff_ffff_81f0_1654;
+        vec![
+            hop(v6(ev(HopKind::Transmit, 1_000, OUT_NS, 2))),
+            hop(v6(ev(HopKind::Receive, 2_000, HOST_NS, 2))),
+            hop(drop),
+        ]
+    }
+
     /// A healthy SYN: uplink, DNAT, bridge, veth, container, consumed by the listener.
     pub fn healthy_syn() -> Vec<Hop> {
         let mut consume = dnat(ev(HopKind::Consume, 9_000, CTR_NS, 2));

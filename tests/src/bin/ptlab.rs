@@ -97,22 +97,19 @@ fn run(args: Vec<String>) -> Result<()> {
             let name = args.get(1).context("ptlab shell SCENARIO")?;
             let s = scenario::find(name)
                 .with_context(|| format!("no scenario `{name}` (ptlab list)"))?;
-            let lab = match &s.fault {
-                Some(f) => lab::Lab::with_fault(s.config.clone(), f.clone())?,
-                None => lab::Lab::new(s.config.clone())?,
-            };
+            let lab = scenario::build(&s)?;
+            let to = s.target();
             println!(
-                "\nScenario {}: {}\n  client:    ip netns exec {} ...   (connect to {})\n  host:      ip netns exec {} ...\n  container: ip netns exec {} ...\nTry: pathtrace --dport {} &  then  ip netns exec {} nc -w1 {} {}\nExit the shell to tear the lab down.\n",
+                "\nScenario {}: {}\n  client:    ip netns exec {} ...   (connect to {to})\n  host:      ip netns exec {} ...\n  container: ip netns exec {} ...\nTry: pathtrace {} &  then  ip netns exec {} nc -w1 {} {}\nExit the shell to tear the lab down.\n",
                 s.name,
                 s.about,
                 lab.outside.name,
-                lab.published(),
                 lab.host.name,
                 lab.container.name,
-                s.config.published_port,
+                s.filter().join(" "),
                 lab.outside.name,
-                s.config.host_addr,
-                s.config.published_port,
+                to.ip(),
+                to.port(),
             );
             let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
             let status = Command::new(&shell)

@@ -3,12 +3,17 @@
 //! Kernel view: routing picks a forward route, `ip_route_input_slow` sees the input device's
 //! `forwarding` off and installs `ip_error`, which frees the skb with IP_INADDRERRORS and —
 //! because forwarding is off — sends no ICMP error. The client just times out.
+//!
+//! IPv6 differs (measured on 6.18): `ip6_forward` itself frees the skb with IP_INADDRERRORS,
+//! again without an ICMPv6 error, when `net.ipv6.conf.all.forwarding` is 0, whatever the input
+//! interface's own `forwarding` (for IPv6 that only makes an interface act as a router). Since
+//! 6.17 an interface's `force_forwarding = 1` forwards from it alone.
 
 use super::{Case, Confidence, Diagnosis, Premises, Rule, in_netns, sysctl_is};
 use crate::events::ipv4;
 use crate::{
     events::Hop,
-    host::{HostFacts, Unreadable},
+    host::{HostFacts, Symbol, Unreadable},
 };
 
 pub const RULE: Rule = Rule {
@@ -34,10 +39,13 @@ fn check(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     if drop.reason != "IP_INADDRERRORS" {
         return None;
     }
+    let input = case.input_hop()?;
+    if input.tuple.is_some_and(|t| t.version() == 6) {
+        return check6(case, facts, &input, drop.location.as_ref());
+    }
     if drop.location.as_ref().is_some_and(|s| s.name != "ip_error") {
         return None;
     }
-    let input = case.input_hop()?;
     let ifname = facts.interface(input.netns, input.ifindex)?.name;
     let key = format!("net.ipv4.conf.{ifname}.forwarding");
     // Unreadable, the switch is not confirmed off, but the drop is the one it makes: say both.
@@ -165,6 +173,111 @@ impl Seen {
     }
 }
 
+/// The one IPv6 switch that forwards.
+const ALL6: &str = "net.ipv6.conf.all.forwarding";
+
+/// An IPv6 packet freed in `ip6_forward` with forwarding off in its namespace.
+fn check6(
+    case: &Case<'_>,
+    facts: &mut dyn HostFacts,
+    input: &Hop,
+    location: Option<&Symbol>,
+) -> Option<Diagnosis> {
+    if location.is_some_and(|s| s.name != "ip6_forward") {
+        return None;
+    }
+    let netns = input.netns;
+    let ifname = facts.interface(netns, input.ifindex)?.name;
+    let unread = match facts.sysctl(netns, ALL6) {
+        Ok(Some(value)) if value == "0" => None,
+        Ok(_) => return None,
+        Err(u) => Some(u),
+    };
+    let mut read = |key: String| {
+        let value = facts.sysctl(netns, &key).ok().flatten();
+        (key, value)
+    };
+    // Since 6.17: forwarding from this interface alone. Absent before.
+    let force = read(format!("net.ipv6.conf.{ifname}.force_forwarding"));
+    if force.1.as_deref() == Some("1") {
+        return None;
+    }
+    let own = read(format!("net.ipv6.conf.{ifname}.forwarding"));
+    let accept_ra = read(format!("net.ipv6.conf.{ifname}.accept_ra"));
+    let ns = facts.netns_label(netns);
+    let location = location.map_or_else(|| "ip6_forward".to_owned(), ToString::to_string);
+    let mut evidence = vec![
+        format!(
+            "kfree_skb: reason IP_INADDRERRORS at {location} on {ifname}, the interface it came in on"
+        ),
+        match &unread {
+            None => format!("{ALL6} = 0 in netns {ns}"),
+            Some(u) => format!("{u}: the drop is the one IPv6 forwarding off makes, not confirmed"),
+        },
+    ];
+    if own.1.as_deref() == Some("1") {
+        evidence.push(format!(
+            "{} = 1 does not forward: for IPv6 it only makes {ifname} act as a router; the kernel forwards when {ALL6} = 1",
+            own.0
+        ));
+    }
+    if force.1.is_some() {
+        evidence.push(format!(
+            "{} = 0: this kernel can also forward from {ifname} alone, with it set to 1",
+            force.0
+        ));
+    }
+    // With forwarding on, an interface with accept_ra = 1 ignores router advertisements: a
+    // host whose default route comes from them would lose it. 2 keeps taking them.
+    let keep_ra = accept_ra.1.as_deref() == Some("1");
+    if keep_ra {
+        evidence.push(format!(
+            "{} = 1: once forwarding is on, {ifname} ignores router advertisements; the fix sets 2 so that a default route learned from them stays",
+            accept_ra.0
+        ));
+    }
+    evidence.push(
+        "ip6_forward sends no ICMPv6 error when forwarding is off: the client sees a timeout"
+            .into(),
+    );
+    let arrived = input
+        .tuple
+        .map(|t| format!(" for {}", t.dst_end()))
+        .unwrap_or_default();
+    let meant_for = case
+        .target
+        .map(|t| format!(" for container {}", t.container.name))
+        .unwrap_or_default();
+    let cause = match &unread {
+        None => format!("IPv6 forwarding is off in this namespace ({ALL6} = 0)"),
+        Some(_) => format!(
+            "IPv6 forwarding is most likely off in this namespace ({ALL6} could not be read)"
+        ),
+    };
+    let fix = if keep_ra {
+        format!("sysctl -w {}=2 {ALL6}=1", accept_ra.0)
+    } else {
+        format!("sysctl -w {ALL6}=1")
+    };
+    Some(Diagnosis {
+        code: RULE.code,
+        summary: format!(
+            "{}{meant_for} arrived on {ifname} (netns {ns}){arrived} and had to be forwarded, but \
+             {cause}: ip6_forward drops it without telling the sender. An interface's own \
+             IPv6 forwarding switch does not forward. Make the fix persistent in /etc/sysctl.d/.",
+            case.packet_name(),
+        ),
+        evidence,
+        fix: Some(in_netns(facts, netns, &fix)),
+        confidence: if unread.is_some() {
+            Confidence::Medium
+        } else {
+            Confidence::High
+        },
+        rule: None,
+    })
+}
+
 /// Forwarding off globally while something needs it (a published port, a bridge), or off
 /// on one interface while on globally: the first packet to cross would die at ip_error.
 fn examine(p: &Premises, facts: &mut dyn HostFacts) -> Vec<Diagnosis> {
@@ -215,9 +328,16 @@ mod tests {
     };
 
     fn run(host: &mut FakeHost) -> Option<crate::diagnose::Diagnosis> {
+        run_on(host, forwarding_off_syn())
+    }
+
+    fn run_on(
+        host: &mut FakeHost,
+        hops: Vec<crate::events::Hop>,
+    ) -> Option<crate::diagnose::Diagnosis> {
         let packet = Packet {
             skb: SKB,
-            hops: forwarding_off_syn(),
+            hops,
             freed: true,
         };
         let reasons = DropReasons::from_pairs([("SKB_DROP_REASON_IP_INADDRERRORS".to_owned(), 87)]);
@@ -323,5 +443,78 @@ mod tests {
             None,
             "sysctl not there: say nothing (unreadable is the test above)"
         );
+    }
+
+    /// IPv6: the switch is `all`, an interface's own `forwarding = 1` is named as not
+    /// forwarding, and a fix that turns forwarding on keeps router advertisements coming on
+    /// an interface that takes them.
+    #[test]
+    fn ipv6_forwarding_off_names_the_one_switch_that_forwards() {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.all.forwarding", "0");
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.eth0.forwarding", "1");
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.eth0.accept_ra", "1");
+        let d = run_on(&mut host, forwarding_off_syn6()).expect("diagnosed");
+        assert_eq!(d.code, "forwarding_disabled");
+        assert_eq!(
+            d.fix.as_deref(),
+            Some(
+                "ip netns exec lab-host sysctl -w net.ipv6.conf.eth0.accept_ra=2 net.ipv6.conf.all.forwarding=1"
+            )
+        );
+        assert!(
+            d.summary.starts_with(
+                "The SYN arrived on eth0 (netns lab-host) for [fd00:17::2]:80 and had to be forwarded, but IPv6 forwarding is off in this namespace (net.ipv6.conf.all.forwarding = 0): ip6_forward drops it"
+            ),
+            "{}",
+            d.summary
+        );
+        let said = d.evidence.join("\n");
+        for want in [
+            "reason IP_INADDRERRORS at ip6_forward+0x654 on eth0",
+            "net.ipv6.conf.all.forwarding = 0 in netns lab-host",
+            "net.ipv6.conf.eth0.forwarding = 1 does not forward",
+            "net.ipv6.conf.eth0.accept_ra = 1: once forwarding is on",
+            "no ICMPv6 error",
+        ] {
+            assert!(said.contains(want), "wanted `{want}` in {said}");
+        }
+        assert!(
+            !said.contains("force_forwarding"),
+            "a kernel without it: {said}"
+        );
+        assert!(!said.contains("ipv4"), "{said}");
+    }
+
+    /// A kernel with `force_forwarding` (6.17+): said as the per-interface way; set to 1 it
+    /// forwards, so the drop is not this rule's; forwarding on: not this rule's either.
+    #[test]
+    fn ipv6_force_forwarding_is_offered_where_the_kernel_has_it() {
+        let mut host = FakeHost::lab();
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.all.forwarding", "0");
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.eth0.force_forwarding", "0");
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.eth0.accept_ra", "0");
+        let d = run_on(&mut host, forwarding_off_syn6()).expect("diagnosed");
+        assert!(
+            d.evidence.iter().any(|e| e.starts_with(
+                "net.ipv6.conf.eth0.force_forwarding = 0: this kernel can also forward from eth0 alone"
+            )),
+            "{:?}",
+            d.evidence
+        );
+        assert_eq!(
+            d.fix.as_deref(),
+            Some("ip netns exec lab-host sysctl -w net.ipv6.conf.all.forwarding=1"),
+            "accept_ra 0: nothing to keep"
+        );
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.eth0.force_forwarding", "1");
+        assert_eq!(run_on(&mut host, forwarding_off_syn6()), None);
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.eth0.force_forwarding", "0");
+        host.set_sysctl(HOST_NS, "net.ipv6.conf.all.forwarding", "1");
+        assert_eq!(run_on(&mut host, forwarding_off_syn6()), None);
+        // The IPv4 switches say nothing about an IPv6 packet.
+        let mut v4_only = FakeHost::lab();
+        v4_only.set_sysctl(HOST_NS, "net.ipv4.conf.eth0.forwarding", "0");
+        assert_eq!(run_on(&mut v4_only, forwarding_off_syn6()), None);
     }
 }

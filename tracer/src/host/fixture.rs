@@ -85,6 +85,7 @@ impl FakeHost {
             (HOST_NS, Ipv4Addr::new(172, 17, 0, 0), 16, 3),
         ];
         h.symbols = vec![
+            (0xffff_ffff_81f0_1000, "ip6_forward"),
             (0xffff_ffff_81fe_d320, "ip_error"),
             (0xffff_ffff_8200_0000, "tcp_rcv_state_process"),
         ];
