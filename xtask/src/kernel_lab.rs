@@ -1,7 +1,11 @@
 //! `cargo xtask lab`: the lab scenarios inside a VM running another kernel (Debian's 6.1 by
 //! default, with kprobes and fentry), once per backend, as a table of expected vs observed.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -25,6 +29,10 @@ pub struct LabArgs {
     /// kvm, tcg, or auto (KVM when it runs a guest here, else TCG).
     #[arg(long, default_value = "auto")]
     pub accel: String,
+    /// Guests booted at once, one backend each (default: one per host CPU). A TCG guest keeps
+    /// about one host CPU busy, whatever its own count.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 pub fn run(args: LabArgs) -> Result<()> {
@@ -48,33 +56,53 @@ pub fn run(args: LabArgs) -> Result<()> {
         .join("release")
         .canonicalize()
         .context("target/release")?;
-    let guest = Guest::prepare(args.kernel.as_deref(), &args.accel, &bin_dir)?;
+    let mut guest = Guest::prepare(args.kernel.as_deref(), &args.accel, &bin_dir)?;
 
     if let Some(scenario) = &args.shell {
         return guest.shell(&format!("exec ptlab shell {scenario}"));
     }
 
-    let mut rows: Vec<(String, Value)> = Vec::new();
-    for backend in &args.backends {
-        let started = std::time::Instant::now();
-        let console = guest.run(
-            &format!("run-{backend}.sh"),
-            &format!(
-                "ptlab run --backend {backend} {}; echo \"PTLAB-EXIT $?\"",
-                args.scenarios.join(" ")
-            ),
-            Duration::from_secs(1200),
-        )?;
-        eprintln!(
-            "xtask lab: {backend}: VM run took {:.0?}",
-            started.elapsed()
-        );
-        if std::env::var_os("PTLAB_CONSOLE").is_some() {
-            eprintln!("{console}");
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .clamp(1, args.backends.len().max(1));
+    if jobs > 1 {
+        guest.cpus = 1;
+    }
+    let next = AtomicUsize::new(0);
+    let worker = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(backend) = args.backends.get(i) else {
+                return done;
+            };
+            done.push((i, run_backend(&guest, backend, &args.scenarios)));
         }
-        let results = whole_run(&console, backend)
-            .with_context(|| format!("the {backend} run is not whole; console:\n{console}"))?;
-        rows.extend(results.into_iter().map(|r| (backend.clone(), r)));
+    };
+    let mut runs: Vec<(usize, Result<Vec<Value>>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs).map(|_| scope.spawn(worker)).collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    runs.sort_by_key(|(i, _)| *i);
+    if runs.len() != args.backends.len() {
+        bail!(
+            "{} of {} guest runs came back (a runner thread panicked)",
+            runs.len(),
+            args.backends.len()
+        );
+    }
+    let mut rows: Vec<(String, Value)> = Vec::new();
+    let mut broken = Vec::new();
+    for (i, results) in runs {
+        let backend = &args.backends[i];
+        match results {
+            Ok(results) => rows.extend(results.into_iter().map(|r| (backend.clone(), r))),
+            Err(e) => broken.push(format!("{backend}: {e:#}")),
+        }
     }
     print_table(&rows);
     let failed: Vec<String> = rows
@@ -82,10 +110,45 @@ pub fn run(args: LabArgs) -> Result<()> {
         .filter(|(backend, r)| !row_passes(backend, r))
         .map(|(b, r)| format!("{} on {b}", r["scenario"].as_str().unwrap_or("?")))
         .collect();
+    if !broken.is_empty() {
+        bail!(
+            "{} guest run(s) failed{}:\n{}",
+            broken.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" and mismatches in the others: {}", failed.join(", "))
+            },
+            broken.join("\n")
+        );
+    }
     if !failed.is_empty() {
         bail!("kernel lab mismatches: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// One guest boot running every scenario with `backend`; its result rows once the run is whole.
+fn run_backend(guest: &Guest, backend: &str, scenarios: &[String]) -> Result<Vec<Value>> {
+    let started = std::time::Instant::now();
+    let console = guest.run(
+        &format!("run-{backend}.sh"),
+        &format!(
+            "ptlab run --backend {backend} {}; echo \"PTLAB-EXIT $?\"",
+            scenarios.join(" ")
+        ),
+        // 1094 s for the kprobe run on the slowest CI so far.
+        Duration::from_secs(1800),
+    )?;
+    eprintln!(
+        "xtask lab: {backend}: VM run took {:.0?}",
+        started.elapsed()
+    );
+    if std::env::var_os("PTLAB_CONSOLE").is_some() {
+        eprintln!("{console}");
+    }
+    whole_run(&console, backend)
+        .with_context(|| format!("the {backend} run is not whole; console:\n{console}"))
 }
 
 /// The result rows of one guest run, only when the run is whole: the plan was printed, every

@@ -53,5 +53,6 @@ pub fn run(no_vm: bool) -> Result<()> {
         backends: vec!["fentry".into(), "kprobe".into()],
         shell: None,
         accel: "auto".into(),
+        jobs: None,
     })
 }

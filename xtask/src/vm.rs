@@ -330,6 +330,7 @@ pub fn boot(
     initrd: &Path,
     script: &Path,
     accel: Accel,
+    cpus: u32,
     interactive: bool,
     timeout: Duration,
 ) -> Result<String> {
@@ -345,7 +346,7 @@ pub fn boot(
     };
     cmd.args([
         "-smp",
-        "2",
+        &cpus.to_string(),
         "-m",
         "1G",
         "-nographic",
@@ -386,11 +387,15 @@ pub fn boot(
     let mut out = String::new();
     let mut booted = false;
     let verbose = std::env::var_os("PTLAB_VERBOSE").is_some();
+    // Guests run side by side: each line says whose it is.
+    let label = script
+        .file_stem()
+        .map_or_else(|| "vm".into(), |s| s.to_string_lossy());
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 if verbose {
-                    eprintln!("vm| {line}");
+                    eprintln!("{label}| {line}");
                 }
                 booted |= line.contains("PTLAB-BOOTED");
                 out.push_str(&line);
@@ -441,6 +446,7 @@ pub fn pick_accel(kernel: &Kernel, initrd: &Path) -> (Accel, String) {
         initrd,
         &script,
         Accel::Kvm,
+        1,
         false,
         Duration::from_secs(20),
     ) {
@@ -475,6 +481,9 @@ pub struct Guest {
     initrd: PathBuf,
     accel: Accel,
     env: String,
+    /// vCPUs of each boot: 2 alone; 1 when guests run side by side, because under TCG a
+    /// guest's second vCPU spins on locks its descheduled first one holds.
+    pub cpus: u32,
 }
 
 impl Guest {
@@ -497,16 +506,25 @@ impl Guest {
             kernel.version,
             kernel.vmlinuz.display()
         );
-        let env = format!(
+        let mut env = format!(
             "export PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PATHTRACE_BIN={bin}/pathtrace\nexport HOME=/run/ptlab TMPDIR=/run/ptlab PTLAB_IN_VM=1\ncd {root}\n",
             bin = bin_dir.display(),
             root = root().display()
         );
+        // pathtrace's own log level carried in, so a slow or failing guest run can say what
+        // it spent its time on (`verified=` per program at debug).
+        if let Some(level) = std::env::var("PATHTRACE_LOG").ok().filter(|l| {
+            l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ",=_:".contains(c))
+        }) {
+            env.push_str(&format!("export PATHTRACE_LOG={level}\n"));
+        }
         Ok(Self {
             kernel,
             initrd,
             accel,
             env,
+            cpus: 2,
         })
     }
 
@@ -520,6 +538,7 @@ impl Guest {
                 &self.initrd,
                 &script,
                 self.accel,
+                self.cpus,
                 false,
                 timeout,
             )
@@ -541,6 +560,7 @@ impl Guest {
             &self.initrd,
             &script,
             self.accel,
+            self.cpus,
             true,
             Duration::MAX,
         )

@@ -503,12 +503,16 @@ impl Attempt<'_> {
         let floods = summarises(backend);
         let mut ebpf = self.load(floods)?;
         write_filter(&mut ebpf, self.filter)?;
-        let mut done = Attached::default();
-        self.attach_tracepoints(&mut ebpf, &mut done)?;
+        // The function hooks first: a kernel that refuses them (fentry's EPERM) says so before
+        // the tracepoint programs are verified for nothing (3 s of an auto start on 6.18).
+        let mut functions = Attached::default();
         let hooks = self.hooks;
         for hook in FUNCTION_HOOKS.iter().filter(|h| hooks.includes(h.kind)) {
-            self.attach_function(&mut ebpf, &mut done, hook, backend, kprobes)?;
+            self.attach_function(&mut ebpf, &mut functions, hook, backend, kprobes)?;
         }
+        let mut done = Attached::default();
+        self.attach_tracepoints(&mut ebpf, &mut done)?;
+        done.then(functions);
         Ok(Probes {
             ebpf,
             backend,
@@ -687,6 +691,15 @@ struct Attached {
     targets: Vec<&'static str>,
     attachments: Vec<String>,
     skipped: Vec<(&'static str, String)>,
+}
+
+impl Attached {
+    /// `later`'s hooks after these, so a trace lists its hooks in the packet's order.
+    fn then(&mut self, later: Attached) {
+        self.targets.extend(later.targets);
+        self.attachments.extend(later.attachments);
+        self.skipped.extend(later.skipped);
+    }
 }
 
 fn attach_program(
