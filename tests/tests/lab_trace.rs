@@ -351,6 +351,11 @@ fn dnat_to_nowhere_is_no_route_and_dead_neighbour_is_named() {
             .unwrap_or_default()
             .contains("there is no route to 10.250.0.9")
     );
+    assert!(
+        fix(&seen).ends_with("or fix the address the DNAT targets"),
+        "{}",
+        fix(&seen)
+    );
     let (_lab, seen, _) = run("dnat-dead-neighbor");
     let summary = diagnosis(&seen)["summary"]
         .as_str()

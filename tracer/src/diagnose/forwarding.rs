@@ -263,8 +263,8 @@ fn check6(
         code: RULE.code,
         summary: format!(
             "{}{meant_for} arrived on {ifname} (netns {ns}){arrived} and had to be forwarded, but \
-             {cause}: ip6_forward drops it without telling the sender. An interface's own \
-             IPv6 forwarding switch does not forward. Make the fix persistent in /etc/sysctl.d/.",
+             {cause}: ip6_forward drops it without telling the sender, whatever \
+             net.ipv6.conf.{ifname}.forwarding says. Make the fix persistent in /etc/sysctl.d/.",
             case.packet_name(),
         ),
         evidence,

@@ -360,7 +360,8 @@ fn no_route(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
             .as_ref()
             .map_or_else(|| "?".into(), |s| s.to_string())
     )];
-    if first.dst != t.dst {
+    let rewritten = first.dst != t.dst;
+    if rewritten {
         evidence.push(format!(
             "the destination was rewritten (DNAT) from {} to {}",
             first.dst, t.dst
@@ -383,8 +384,13 @@ fn no_route(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
             facts,
             netns,
             &format!(
-                "ip route get {}   # then add the missing route, or fix the address the DNAT targets",
-                t.dst
+                "ip route get {}   # then add the missing route{}",
+                t.dst,
+                if rewritten {
+                    ", or fix the address the DNAT targets"
+                } else {
+                    ""
+                }
             ),
         )),
         confidence: Confidence::High,
@@ -549,6 +555,54 @@ mod tests {
             d.fix.as_deref().is_some_and(|f| f.contains("rp_filter=2")),
             "{:?}",
             d.fix
+        );
+    }
+
+    /// A SYN with no route on: after a DNAT the fix names the DNAT's target as a suspect; an
+    /// IPv6 SYN routed to the container's own address had no DNAT, and the fix says none.
+    #[test]
+    fn no_route_blames_a_dnat_only_when_there_was_one() {
+        let no_route = |hops: Vec<crate::events::Hop>| {
+            let packet = Packet {
+                skb: SKB,
+                hops,
+                freed: true,
+            };
+            let flow = FlowTable::new(4).observe(&packet);
+            let reasons =
+                DropReasons::from_pairs([("SKB_DROP_REASON_IP_INNOROUTES".to_owned(), 88)]);
+            let mut host = FakeHost::lab();
+            judge(packet, flow, &mut host, &reasons, HookSet::Receive)
+                .diagnosis
+                .expect("diagnosed")
+        };
+        let mut drop = dnat(ev(HopKind::Drop, 3_000, HOST_NS, 2));
+        drop.drop_reason = 88;
+        let d = no_route(vec![
+            hop(ev(HopKind::Receive, 2_000, HOST_NS, 2)),
+            hop(drop),
+        ]);
+        assert_eq!(d.code, "no_route");
+        assert_eq!(
+            d.fix.as_deref(),
+            Some(
+                "ip netns exec lab-host ip route get 172.17.0.2   # then add the missing route, or fix the address the DNAT targets"
+            )
+        );
+        let mut drop6 = v6(ev(HopKind::Drop, 3_000, HOST_NS, 2));
+        drop6.drop_reason = 88;
+        let d = no_route(vec![
+            hop(v6(ev(HopKind::Receive, 2_000, HOST_NS, 2))),
+            hop(drop6),
+        ]);
+        assert_eq!(
+            d.fix.as_deref(),
+            Some("ip netns exec lab-host ip route get fd00:17::2   # then add the missing route")
+        );
+        assert!(
+            !d.evidence.iter().any(|e| e.contains("DNAT")),
+            "{:?}",
+            d.evidence
         );
     }
 }
