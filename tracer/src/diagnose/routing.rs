@@ -352,7 +352,14 @@ fn no_route(case: &Case<'_>, facts: &mut dyn HostFacts) -> Option<Diagnosis> {
     let netns = case.drop_netns()?;
     let t = case.drop_hop().and_then(|h| h.tuple)?;
     let ns = facts.netns_label(netns);
-    let first = case.packet.hops.iter().find_map(|h| h.tuple).unwrap_or(t);
+    // The header it came with: the first hop's, or with the drop alone (`--hooks drops`)
+    // the one the drop says it entered the namespace with, before a DNAT.
+    let first = case
+        .packet
+        .hops
+        .iter()
+        .find_map(|h| h.entered_tuple())
+        .unwrap_or(t);
     let mut evidence = vec![format!(
         "kfree_skb: reason {} at {} in netns {ns}",
         drop.reason,
@@ -578,17 +585,16 @@ mod tests {
         };
         let mut drop = dnat(ev(HopKind::Drop, 3_000, HOST_NS, 2));
         drop.drop_reason = 88;
+        let dnat_fix = "ip netns exec lab-host ip route get 172.17.0.2   # then add the missing route, or fix the address the DNAT targets";
         let d = no_route(vec![
             hop(ev(HopKind::Receive, 2_000, HOST_NS, 2)),
             hop(drop),
         ]);
         assert_eq!(d.code, "no_route");
-        assert_eq!(
-            d.fix.as_deref(),
-            Some(
-                "ip netns exec lab-host ip route get 172.17.0.2   # then add the missing route, or fix the address the DNAT targets"
-            )
-        );
+        assert_eq!(d.fix.as_deref(), Some(dnat_fix));
+        // The drop alone (`--hooks drops`): the header it entered with tells the DNAT.
+        let d = no_route(vec![hop(drop)]);
+        assert_eq!(d.fix.as_deref(), Some(dnat_fix));
         let mut drop6 = v6(ev(HopKind::Drop, 3_000, HOST_NS, 2));
         drop6.drop_reason = 88;
         let d = no_route(vec![
